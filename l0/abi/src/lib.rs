@@ -1,0 +1,49 @@
+//! The nestbench ABI: everything that L0 (the KVM VMM), L1 (the bare-metal hypervisor) and
+//! L2 (the payloads) must agree on, in one versioned `no_std` crate.
+//!
+//! * [`cpuid`]: the hypervisor CPUID leaves through which a guest finds nestbench's L0.
+//! * [`hypercall`]: the L1 -> L0 call convention (port I/O, never VMCALL: VMCALL hangs the
+//!   vCPU on the development hosts' KVM), call numbers and status codes.
+//! * [`layout`]: the fixed guest-physical layout of the L1 VM.
+//! * [`boot`]: the boot information block L0 hands L1.
+//! * [`report`]: the structured reports L1 sends back (CPU probe, exception).
+//!
+//! Every structure that crosses a level is `#[repr(C)]`, built only from integers, and has
+//! its size pinned by a compile-time assertion. Any incompatible change bumps [`ABI_VERSION`].
+#![no_std]
+#![deny(missing_docs)]
+
+pub mod boot;
+pub mod cpuid;
+pub mod hypercall;
+pub mod layout;
+pub mod report;
+
+/// Version of this ABI. L0 publishes it in CPUID leaf [`cpuid::LEAF_INFO`] and in
+/// [`boot::BootInfo::abi_version`]; L1 refuses to run on a different version.
+pub const ABI_VERSION: u32 = 1;
+
+/// Reinterpret a plain-old-data ABI structure as bytes.
+///
+/// Only for the `#[repr(C)]`, integer-only, padding-free structures of this crate (their
+/// sizes are asserted at compile time, and each type documents that it has no padding).
+pub trait Pod: Copy + Sized {
+    /// The structure's bytes, in guest (little-endian) order.
+    fn as_bytes(&self) -> &[u8] {
+        // SAFETY: implementors are `#[repr(C)]` structures of integers with no padding
+        // (asserted by their size checks), so every byte is initialised, and the slice
+        // borrows `self` for its whole lifetime.
+        unsafe { core::slice::from_raw_parts((self as *const Self).cast::<u8>(), size_of::<Self>()) }
+    }
+
+    /// Build the structure from bytes (any bit pattern is a valid value), or `None` when
+    /// `bytes` is too short.
+    fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked above; implementors are integer-only, so every bit
+        // pattern is a valid value; `read_unaligned` has no alignment requirement.
+        Some(unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}

@@ -1,0 +1,115 @@
+//! `nestbench-l0`: boots L1 on KVM and writes the event stream (JSON lines, see
+//! docs/event-stream.md) on stdout. Diagnostics go to stderr.
+//!
+//! Exit status: 0 when the guest exited with status 0, 1 when the run ended any other way
+//! (guest failure, timeout, exception: see the `end` event), 2 when L0 itself could not run
+//! it (bad image, no KVM, ...: see the `error` event).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand, ValueEnum};
+use l0::events::STREAM_VERSION;
+use l0::machine::{Image, Machine, MachineConfig};
+use l0::x86_setup::Cpl;
+use nestbench_abi::boot::Scenario;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(name = "nestbench-l0", version, about = "nestbench's L0: boots L1 on KVM and streams what happens")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Boot L1, let it probe the CPU, and report.
+    Boot(BootArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ScenarioArg {
+    /// Probe the CPU and exit.
+    Probe,
+    /// Probe, then take a page fault (tests L1's exception reporting).
+    PageFault,
+}
+
+#[derive(clap::Args)]
+struct BootArgs {
+    /// The L1 ELF image [default: the one built with this l0, or $NESTBENCH_L1_ELF].
+    #[arg(long)]
+    l1: Option<PathBuf>,
+    /// The KVM device.
+    #[arg(long, default_value = "/dev/kvm")]
+    kvm: PathBuf,
+    /// Guest memory of the L1 VM, in MiB (at least 2).
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u64).range(2..=65536))]
+    mem_mib: u64,
+    /// Time budget of the run in milliseconds; the watchdog stops the guest after it.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
+    /// What L1 does after booting.
+    #[arg(long, value_enum, default_value_t = ScenarioArg::Probe)]
+    scenario: ScenarioArg,
+}
+
+fn emit(v: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    // A closed stdout (the orchestrator went away) is not worth a panic: the run goes on
+    // and the exit status still tells.
+    let _ = writeln!(out, "{v}");
+    let _ = out.flush();
+}
+
+fn boot(args: BootArgs) -> anyhow::Result<bool> {
+    let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
+    let config = MachineConfig {
+        kvm_path: args.kvm,
+        mem_size: args.mem_mib << 20,
+        timeout: Duration::from_millis(args.timeout_ms),
+        cpl: Cpl::Kernel,
+        scenario: match args.scenario {
+            ScenarioArg::Probe => Scenario::Probe,
+            ScenarioArg::PageFault => Scenario::PageFault,
+        },
+    };
+    emit(&json!({
+        "event": "hello",
+        "stream_version": STREAM_VERSION,
+        "abi_version": nestbench_abi::ABI_VERSION,
+        "l0_version": env!("CARGO_PKG_VERSION"),
+        "l1_image": l1.display().to_string(),
+        "mem_size": config.mem_size,
+        "timeout_ms": args.timeout_ms,
+    }));
+    let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
+    let report = machine.run(|ev| emit(&serde_json::to_value(&ev).expect("events serialize")))?;
+    let ok = report.outcome.is_success();
+    emit(&json!({ "event": "end", "report": report }));
+    Ok(ok)
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.cmd {
+        Cmd::Boot(args) => boot(args),
+    };
+    match result {
+        Ok(true) => std::process::exit(0),
+        Ok(false) => std::process::exit(1),
+        Err(e) => {
+            let message = format!("{e:#}");
+            emit(&json!({ "event": "error", "message": message }));
+            eprintln!("nestbench-l0: error: {message}");
+            std::process::exit(2);
+        }
+    }
+}

@@ -1,0 +1,316 @@
+//! What a run produces: events while it runs, an [`Outcome`] and a [`RunReport`] at the end.
+//! All of it serializes to the JSON event stream `nestbench-l0` writes on stdout
+//! (see `docs/event-stream.md`; version [`STREAM_VERSION`]).
+
+use std::collections::BTreeMap;
+
+use kvm_bindings::kvm_regs;
+use nestbench_abi::cpuid as hv;
+use nestbench_abi::report::{ExceptionReport, MsrProbe, MsrStatus, ProbeReport, exception_name};
+use serde::Serialize;
+
+use crate::stats::StatsDelta;
+
+/// Version of the l0 -> orchestrator event stream.
+pub const STREAM_VERSION: u32 = 1;
+
+/// Something L1 or L0 said during a run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// A line (or a full buffer) of L1 console output.
+    Console {
+        /// The text, without a trailing newline.
+        text: String,
+    },
+    /// L1's CPU probe.
+    Probe(Probe),
+    /// A hypercall L0 refused; the guest got `status` in RAX and went on.
+    HypercallError {
+        /// The call number (EAX).
+        call: u32,
+        /// The status returned, by name.
+        status: String,
+        /// What was wrong.
+        detail: String,
+        /// Guest RIP of the OUT.
+        rip: u64,
+    },
+}
+
+/// One MSR as L1 read it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Msr {
+    /// MSR index.
+    pub index: u32,
+    /// `ok`, `gp` (RDMSR raised #GP) or `not_read`.
+    pub status: &'static str,
+    /// The value, when read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub value: Option<u64>,
+}
+
+impl From<MsrProbe> for Msr {
+    fn from(m: MsrProbe) -> Self {
+        let (status, value) = match MsrStatus::from_u32(m.status) {
+            Some(MsrStatus::Ok) => ("ok", Some(m.value)),
+            Some(MsrStatus::GeneralProtection) => ("gp", None),
+            Some(MsrStatus::NotRead) => ("not_read", None),
+            None => ("invalid", None),
+        };
+        Self { index: m.index, status, value }
+    }
+}
+
+/// L1's CPU probe, decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Probe {
+    /// CPUID vendor string.
+    pub vendor: String,
+    /// CPUID.1:EAX.
+    pub family_model_stepping: u32,
+    /// CPUID.1:ECX.VMX.
+    pub vmx: bool,
+    /// CPUID.8000_0001:ECX.SVM.
+    pub svm: bool,
+    /// CPUID.1:ECX.hypervisor.
+    pub hypervisor_bit: bool,
+    /// CPUID.4000_0000 signature.
+    pub hypervisor_signature: String,
+    /// Whether that signature is nestbench's L0.
+    pub nestbench_l0: bool,
+    /// CPUID.4000_0000:EAX.
+    pub hypervisor_max_leaf: u32,
+    /// CPUID.4000_0001:EAX.
+    pub l0_abi_version: u32,
+    /// CPUID.4000_0001:EBX.
+    pub l0_features: u32,
+    /// CPUID.4000_0001:ECX.
+    pub l0_hypercall_port: u32,
+    /// CR0 / CR4 / EFER as L1 runs.
+    pub cr0: u64,
+    /// CR4.
+    pub cr4: u64,
+    /// IA32_EFER.
+    pub efer: u64,
+    /// IA32_MTRR_DEF_TYPE.
+    pub mtrr_def_type: Msr,
+    /// IA32_FEATURE_CONTROL.
+    pub feature_control: Msr,
+    /// IA32_VMX_BASIC .. IA32_VMX_VMFUNC.
+    pub vmx_msrs: Vec<Msr>,
+}
+
+fn ascii(b: &[u8]) -> String {
+    b.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '.' }).collect()
+}
+
+impl From<&ProbeReport> for Probe {
+    fn from(r: &ProbeReport) -> Self {
+        Self {
+            vendor: ascii(&r.vendor),
+            family_model_stepping: r.cpuid1_eax,
+            vmx: r.cpuid1_ecx & hv::CPUID1_ECX_VMX != 0,
+            svm: r.ext1_ecx & hv::CPUID_EXT1_ECX_SVM != 0,
+            hypervisor_bit: r.cpuid1_ecx & hv::CPUID1_ECX_HYPERVISOR != 0,
+            hypervisor_signature: ascii(&r.hv_signature),
+            nestbench_l0: r.hv_signature == hv::SIGNATURE,
+            hypervisor_max_leaf: r.hv_max_leaf,
+            l0_abi_version: r.hv_abi_version,
+            l0_features: r.hv_features,
+            l0_hypercall_port: r.hv_hypercall_port,
+            cr0: r.cr0,
+            cr4: r.cr4,
+            efer: r.efer,
+            mtrr_def_type: r.mtrr_def_type.into(),
+            feature_control: r.feature_control.into(),
+            vmx_msrs: r.vmx_msrs.iter().copied().map(Msr::from).collect(),
+        }
+    }
+}
+
+/// General registers, for reports.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[allow(missing_docs)]
+pub struct Gprs {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+}
+
+impl From<&kvm_regs> for Gprs {
+    fn from(r: &kvm_regs) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rbp: r.rbp,
+            rsp: r.rsp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// The guest made the Exit hypercall.
+    Exited {
+        /// Its status (0 = success).
+        status: u64,
+    },
+    /// L1 caught an exception it did not expect and reported it.
+    GuestException {
+        /// Vector.
+        vector: u64,
+        /// Mnemonic (#PF, #GP, ...).
+        name: &'static str,
+        /// Error code (0 when the vector has none).
+        error_code: u64,
+        /// RIP of the fault.
+        rip: u64,
+        /// CR2 at the fault.
+        cr2: u64,
+        /// RSP at the fault.
+        rsp: u64,
+        /// RFLAGS at the fault.
+        rflags: u64,
+        /// RAX..R15 at the fault.
+        gprs: Vec<u64>,
+    },
+    /// KVM_EXIT_SHUTDOWN: the guest triple-faulted.
+    TripleFault {
+        /// Registers at the shutdown.
+        regs: Gprs,
+        /// CR0.
+        cr0: u64,
+        /// CR3.
+        cr3: u64,
+        /// CR4.
+        cr4: u64,
+        /// IDT base and limit.
+        idt: (u64, u16),
+    },
+    /// KVM could not emulate an instruction.
+    EmulationFailure {
+        /// Guest RIP.
+        rip: u64,
+        /// The instruction bytes at RIP (from KVM when it supplies them, else read by L0
+        /// through the guest's page tables).
+        insn_bytes: Vec<u8>,
+        /// Those bytes disassembled.
+        disassembly: String,
+    },
+    /// Another KVM internal error.
+    InternalError {
+        /// internal.suberror.
+        suberror: u32,
+        /// internal.data.
+        data: Vec<u64>,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// The watchdog stopped a guest that exceeded its time budget (or hung in KVM_RUN).
+    Timeout {
+        /// The budget, in milliseconds.
+        budget_ms: u64,
+        /// Registers when it was stopped.
+        regs: Gprs,
+        /// The instruction at RIP, disassembled (empty if unreadable).
+        disassembly: String,
+    },
+    /// The guest halted with nothing to wake it.
+    Halted {
+        /// RIP after the HLT.
+        rip: u64,
+    },
+    /// An exit this VM does not serve (I/O to another port, MMIO, ...).
+    UnhandledExit {
+        /// The exit, described.
+        exit: String,
+        /// Guest RIP.
+        rip: u64,
+    },
+    /// KVM_EXIT_FAIL_ENTRY.
+    EntryFailed {
+        /// Hardware entry failure reason.
+        reason: u64,
+    },
+}
+
+impl Outcome {
+    /// An exception L1 reported.
+    #[must_use]
+    pub fn from_exception(r: &ExceptionReport) -> Self {
+        Self::GuestException {
+            vector: r.vector,
+            name: exception_name(r.vector),
+            error_code: r.error_code,
+            rip: r.rip,
+            cr2: r.cr2,
+            rsp: r.rsp,
+            rflags: r.rflags,
+            gprs: r.gprs.to_vec(),
+        }
+    }
+
+    /// Whether this is a clean exit with status 0.
+    #[must_use]
+    pub fn is_success(&self) -> bool {
+        matches!(self, Self::Exited { status: 0 })
+    }
+}
+
+/// KVM statistics deltas over a run.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KvmStats {
+    /// The VM's statistics.
+    pub vm: StatsDelta,
+    /// vCPU 0's statistics.
+    pub vcpu: StatsDelta,
+}
+
+/// The end of a run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RunReport {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// KVM_RUN returns L0 saw ("KVM exits"), by kind.
+    pub kvm_exits: BTreeMap<String, u64>,
+    /// Their total.
+    pub kvm_exits_total: u64,
+    /// Hypercalls served, by call.
+    pub hypercalls: BTreeMap<String, u64>,
+    /// Wall-clock time from the first KVM_RUN to the end of the run, in nanoseconds.
+    pub wall_ns: u64,
+    /// KVM binary statistics deltas (`None` when the host has no KVM_GET_STATS_FD).
+    pub kvm_stats: Option<KvmStats>,
+}

@@ -1,0 +1,1 @@
+//! Host facts (filled in below).

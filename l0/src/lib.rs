@@ -1,0 +1,27 @@
+//! nestbench's L0: a VMM on Linux KVM (kvm-ioctls, vm-memory, linux-loader) that boots the L1
+//! hypervisor, serves its hypercalls, and reports what happened.
+//!
+//! * [`vm`], [`vcpu`], [`x86_setup`]: a VM in 64-bit mode; KVM_RUN as owned [`vcpu::Exit`]s;
+//!   a race-free kick.
+//! * [`machine`]: a guest run to completion on a dedicated vCPU thread, with hypercalls,
+//!   a [`watchdog`], and KVM [`stats`].
+//! * [`memory`], [`paging`], [`loader`]: bounds-checked guest memory, a guest page walk,
+//!   and ELF loading. L1 is hostile input: nothing it passes can make L0 read or write
+//!   outside guest memory.
+//! * [`events`]: the run's events, outcome and report, as they go on the event stream.
+//! * [`images`]: where the built guest images are.
+//! * [`host`]: host facts for `nestbench doctor`.
+#![deny(missing_docs)]
+
+pub mod events;
+pub mod host;
+pub mod images;
+pub mod loader;
+pub mod machine;
+pub mod memory;
+pub mod paging;
+pub mod stats;
+pub mod vcpu;
+pub mod vm;
+pub mod watchdog;
+pub mod x86_setup;

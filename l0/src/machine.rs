@@ -1,0 +1,392 @@
+//! A machine: a VM with a loaded guest, run to completion on a dedicated vCPU thread while
+//! L0 serves its hypercalls, with a watchdog and KVM statistics.
+//!
+//! The vCPU thread owns the [`Vcpu`] for its whole life (the kick handler's thread-local
+//! pointer must outlive nothing), streams [`Event`]s to the caller over a channel, and
+//! returns the [`RunReport`]. The caller's thread only forwards events.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use nestbench_abi::boot::{BOOT_MAGIC, BootInfo, Scenario};
+use nestbench_abi::hypercall::{CONSOLE_MAX, Call, PORT, Status};
+use nestbench_abi::layout::{BOOT_INFO, BOOT_STACK_TOP, IDENTITY_MAP_SIZE};
+use nestbench_abi::report::{ExceptionReport, ProbeReport, ReportKind};
+use nestbench_abi::{ABI_VERSION, Pod};
+
+use crate::events::{Event, Gprs, KvmStats, Outcome, Probe, RunReport};
+use crate::loader::{self, LoadError};
+use crate::memory::GuestMem;
+use crate::paging;
+use crate::stats::{self, StatsFd};
+use crate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::vm::{Vm, VmError};
+use crate::watchdog::Watchdog;
+use crate::x86_setup::Cpl;
+
+/// KVM_INTERNAL_ERROR_EMULATION.
+const SUBERROR_EMULATION: u32 = 1;
+/// KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES.
+const EMULATION_FLAG_INSN_BYTES: u64 = 1;
+
+/// Errors that stop a machine before or while it runs (guest misbehaviour is an
+/// [`Outcome`], not an error).
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// Creating or setting up the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The image could not be loaded.
+    #[error(transparent)]
+    Load(#[from] LoadError),
+    /// A vCPU ioctl failed while running.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// A raw image does not fit guest memory.
+    #[error("raw image of {len} bytes at {gpa:#x} does not fit in {mem:#x} bytes of guest memory")]
+    RawImage {
+        /// Where it was to go.
+        gpa: u64,
+        /// Its length.
+        len: usize,
+        /// Guest memory size.
+        mem: u64,
+    },
+    /// The vCPU thread panicked (a bug in L0).
+    #[error("the vCPU thread panicked: {0}")]
+    VcpuThreadPanicked(String),
+}
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub enum Image {
+    /// An L1 ELF, entered in 64-bit mode at CPL 0 with RDI = the boot info.
+    Elf(PathBuf),
+    /// Raw code bytes placed at `gpa` and entered there (for host-behaviour tests).
+    Raw {
+        /// Load address (= linear address, identity-mapped).
+        gpa: u64,
+        /// The code.
+        bytes: Vec<u8>,
+    },
+}
+
+/// How to build and run the machine.
+#[derive(Clone, Debug)]
+pub struct MachineConfig {
+    /// The KVM device.
+    pub kvm_path: PathBuf,
+    /// Guest memory in bytes.
+    pub mem_size: u64,
+    /// Time budget of the run; the watchdog stops the guest after it.
+    pub timeout: Duration,
+    /// Privilege level at entry.
+    pub cpl: Cpl,
+    /// Scenario passed to L1 in the boot info.
+    pub scenario: Scenario,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            kvm_path: PathBuf::from("/dev/kvm"),
+            mem_size: nestbench_abi::layout::DEFAULT_MEM_SIZE,
+            timeout: Duration::from_secs(10),
+            cpl: Cpl::Kernel,
+            scenario: Scenario::Probe,
+        }
+    }
+}
+
+/// A VM with its guest loaded, ready to run.
+#[derive(Debug)]
+pub struct Machine {
+    vm: Vm,
+    vcpu: Vcpu,
+    config: MachineConfig,
+}
+
+impl Machine {
+    /// Create the VM, load `image`, write the boot info and set up vCPU 0.
+    pub fn new(config: MachineConfig, image: &Image) -> Result<Self, MachineError> {
+        let vm = Vm::new(&config.kvm_path, config.mem_size)?;
+        let entry = match image {
+            Image::Elf(path) => loader::load_elf(&vm.mem, path)?.entry,
+            Image::Raw { gpa, bytes } => {
+                vm.mem.write(*gpa, bytes).map_err(|_| MachineError::RawImage {
+                    gpa: *gpa,
+                    len: bytes.len(),
+                    mem: vm.mem.size(),
+                })?;
+                *gpa
+            }
+        };
+        let boot = BootInfo {
+            magic: BOOT_MAGIC,
+            abi_version: ABI_VERSION,
+            scenario: config.scenario as u32,
+            mem_size: vm.mem.size(),
+            identity_map_size: IDENTITY_MAP_SIZE,
+            reserved: [0; 4],
+        };
+        vm.mem.write(BOOT_INFO, boot.as_bytes()).map_err(VmError::from)?;
+        let vcpu = vm.create_vcpu(config.cpl, entry, BOOT_STACK_TOP, BOOT_INFO)?;
+        Ok(Self { vm, vcpu, config })
+    }
+
+    /// Guest memory (for tests that inspect it after a run).
+    #[must_use]
+    pub fn mem(&self) -> &GuestMem {
+        &self.vm.mem
+    }
+
+    /// Run to completion. `on_event` sees every event as it happens, on the caller's thread.
+    pub fn run(self, mut on_event: impl FnMut(Event)) -> Result<RunReport, MachineError> {
+        let Self { vm, vcpu, config } = self;
+        let vm_stats = vm.stats().ok();
+        let vm_before = vm_stats.as_ref().and_then(|s| s.snapshot().ok());
+        let (tx, rx) = mpsc::channel();
+        let mem = vm.mem.clone();
+        let thread = std::thread::Builder::new()
+            .name("l0-vcpu0".into())
+            .spawn(move || VcpuThread::new(vcpu, mem, config, tx).run())
+            .expect("spawning the vCPU thread");
+        for ev in rx {
+            on_event(ev);
+        }
+        let (mut report, vcpu_stats) = thread
+            .join()
+            .map_err(|p| MachineError::VcpuThreadPanicked(panic_text(&*p)))??;
+        let vm_delta = match (vm_stats, vm_before) {
+            (Some(s), Some(before)) => s.snapshot().ok().map(|after| stats::delta(&before, &after)),
+            _ => None,
+        };
+        report.kvm_stats = match (vm_delta, vcpu_stats) {
+            (Some(vm), Some(vcpu)) => Some(KvmStats { vm, vcpu }),
+            _ => None,
+        };
+        Ok(report)
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Disassemble the first instruction of `bytes` at `rip` (Intel syntax), or "" if none.
+#[must_use]
+pub fn disassemble_one(bytes: &[u8], rip: u64) -> String {
+    use iced_x86::{Decoder, DecoderOptions, Formatter, IntelFormatter};
+    let mut d = Decoder::with_ip(64, bytes, rip, DecoderOptions::NONE);
+    if !d.can_decode() {
+        return String::new();
+    }
+    let insn = d.decode();
+    if insn.is_invalid() {
+        return "(invalid instruction)".into();
+    }
+    let mut out = String::new();
+    IntelFormatter::new().format(&insn, &mut out);
+    out
+}
+
+/// What the hypercall handler tells the run loop.
+enum Flow {
+    Continue,
+    Stop(Outcome),
+}
+
+struct VcpuThread {
+    vcpu: Vcpu,
+    mem: GuestMem,
+    config: MachineConfig,
+    tx: mpsc::Sender<Event>,
+    exits: BTreeMap<String, u64>,
+    hypercalls: BTreeMap<String, u64>,
+}
+
+impl VcpuThread {
+    fn new(vcpu: Vcpu, mem: GuestMem, config: MachineConfig, tx: mpsc::Sender<Event>) -> Self {
+        Self { vcpu, mem, config, tx, exits: BTreeMap::new(), hypercalls: BTreeMap::new() }
+    }
+
+    fn emit(&self, ev: Event) {
+        // The receiver lives until the thread ends; a send error only means the caller is
+        // gone, and then nobody wants the event.
+        let _ = self.tx.send(ev);
+    }
+
+    fn run(mut self) -> Result<(RunReport, Option<stats::StatsDelta>), MachineError> {
+        let kicker = self.vcpu.bind_to_current_thread()?;
+        let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
+        let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());
+        let watchdog = Watchdog::arm(kicker, self.config.timeout);
+        let start = Instant::now();
+        let outcome = loop {
+            let exit = self.vcpu.run()?;
+            *self.exits.entry(exit_kind(&exit).to_owned()).or_default() += 1;
+            if let Flow::Stop(o) = self.handle(exit, &watchdog)? {
+                break o;
+            }
+        };
+        let wall_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        drop(watchdog);
+        let vcpu_delta = match (stats_fd, before) {
+            (Some(s), Some(b)) => s.snapshot().ok().map(|a| stats::delta(&b, &a)),
+            _ => None,
+        };
+        let report = RunReport {
+            outcome,
+            kvm_exits_total: self.exits.values().sum(),
+            kvm_exits: self.exits,
+            hypercalls: self.hypercalls,
+            wall_ns,
+            kvm_stats: None,
+        };
+        Ok((report, vcpu_delta))
+    }
+
+    fn rip(&self) -> u64 {
+        self.vcpu.regs_now().map(|r| r.rip).unwrap_or(0)
+    }
+
+    /// The bytes at the guest's current RIP, through its page tables.
+    fn bytes_at(&self, rip: u64) -> Vec<u8> {
+        let cr3 = self.vcpu.sregs().map(|s| s.cr3).unwrap_or(0);
+        paging::read_linear(&self.mem, cr3, rip, 15)
+    }
+
+    fn handle(&mut self, exit: Exit, watchdog: &Watchdog) -> Result<Flow, MachineError> {
+        Ok(match exit {
+            Exit::IoOut { port: PORT, size: 4, count: 1, data } => {
+                let nr = u32::from_le_bytes(data[..4].try_into().expect("4-byte OUT"));
+                self.hypercall(nr)?
+            }
+            Exit::IoIn { port: PORT, .. } => {
+                // An IN from the hypercall port: the IN's data becomes RAX, so the status
+                // goes there.
+                self.vcpu.set_in_data(&(Status::BadAccess as u32).to_le_bytes());
+                Flow::Continue
+            }
+            Exit::Interrupted if watchdog.fired() => {
+                let regs = self.vcpu.regs_now()?;
+                let disassembly = disassemble_one(&self.bytes_at(regs.rip), regs.rip);
+                let budget_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
+                Flow::Stop(Outcome::Timeout { budget_ms, regs: Gprs::from(&regs), disassembly })
+            }
+            // A stray signal: go back in.
+            Exit::Interrupted => Flow::Continue,
+            Exit::Shutdown => {
+                let regs = self.vcpu.regs_now()?;
+                let s = self.vcpu.sregs()?;
+                Flow::Stop(Outcome::TripleFault {
+                    regs: Gprs::from(&regs),
+                    cr0: s.cr0,
+                    cr3: s.cr3,
+                    cr4: s.cr4,
+                    idt: (s.idt.base, s.idt.limit),
+                })
+            }
+            Exit::InternalError { suberror: SUBERROR_EMULATION, data } => {
+                let rip = self.rip();
+                // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[1] is the
+                // length and data[2..] the bytes; otherwise read them ourselves.
+                let insn_bytes = if data.first().is_some_and(|f| f & EMULATION_FLAG_INSN_BYTES != 0) && data.len() >= 2 {
+                    let n = (data[1] as usize).min(15);
+                    data[2..].iter().flat_map(|w| w.to_le_bytes()).take(n).collect()
+                } else {
+                    self.bytes_at(rip)
+                };
+                let disassembly = disassemble_one(&insn_bytes, rip);
+                Flow::Stop(Outcome::EmulationFailure { rip, insn_bytes, disassembly })
+            }
+            Exit::InternalError { suberror, data } => {
+                Flow::Stop(Outcome::InternalError { suberror, data, rip: self.rip() })
+            }
+            Exit::Hlt => Flow::Stop(Outcome::Halted { rip: self.rip() }),
+            Exit::FailEntry { reason } => Flow::Stop(Outcome::EntryFailed { reason }),
+            other => Flow::Stop(Outcome::UnhandledExit { exit: format!("{other:?}"), rip: self.rip() }),
+        })
+    }
+
+    /// Serve hypercall `nr` (EAX) with arguments from the registers; write the status to RAX.
+    fn hypercall(&mut self, nr: u32) -> Result<Flow, MachineError> {
+        let mut regs = self.vcpu.regs()?;
+        let (a0, a1, a2) = (regs.rdi, regs.rsi, regs.r8);
+        let call = Call::from_u32(nr);
+        *self.hypercalls.entry(call.map_or_else(|| format!("unknown({nr})"), |c| format!("{c:?}"))).or_default() += 1;
+        let result: Result<Flow, (Status, String)> = match call {
+            None => Err((Status::UnknownCall, format!("unknown hypercall number {nr}"))),
+            Some(Call::Exit) => Ok(Flow::Stop(Outcome::Exited { status: a0 })),
+            Some(Call::ConsoleWrite) => self.console_write(a0, a1).map(|()| Flow::Continue),
+            Some(Call::Report) => self.report(a0, a1, a2).map(|()| Flow::Continue),
+            Some(Call::Exception) => self
+                .read_pod::<ExceptionReport>(a0, size_of::<ExceptionReport>() as u64)
+                .map(|r| Flow::Stop(Outcome::from_exception(&r))),
+        };
+        let (status, flow) = match result {
+            Ok(flow) => (Status::Ok, flow),
+            Err((status, detail)) => {
+                self.emit(Event::HypercallError { call: nr, status: format!("{status:?}"), detail, rip: regs.rip });
+                (status, Flow::Continue)
+            }
+        };
+        regs.rax = status as u64;
+        self.vcpu.set_regs(&regs)?;
+        Ok(flow)
+    }
+
+    fn read_pod<T: Pod>(&self, gpa: u64, len: u64) -> Result<T, (Status, String)> {
+        if len != size_of::<T>() as u64 {
+            return Err((Status::BadArgument, format!("length {len} is not the {} bytes of the structure", size_of::<T>())));
+        }
+        let bytes = self.mem.read_vec(gpa, len).map_err(|e| (Status::BadAddress, e.to_string()))?;
+        Ok(T::from_bytes(&bytes).expect("length checked above"))
+    }
+
+    fn console_write(&mut self, gpa: u64, len: u64) -> Result<(), (Status, String)> {
+        if len > CONSOLE_MAX {
+            return Err((Status::BadArgument, format!("console write of {len} bytes exceeds {CONSOLE_MAX}")));
+        }
+        let bytes = self.mem.read_vec(gpa, len).map_err(|e| (Status::BadAddress, e.to_string()))?;
+        let text = String::from_utf8_lossy(&bytes);
+        self.emit(Event::Console { text: text.strip_suffix('\n').unwrap_or(&text).to_owned() });
+        Ok(())
+    }
+
+    fn report(&mut self, kind: u64, gpa: u64, len: u64) -> Result<(), (Status, String)> {
+        match ReportKind::from_u64(kind) {
+            Some(ReportKind::Probe) => {
+                let r: ProbeReport = self.read_pod(gpa, len)?;
+                self.emit(Event::Probe(Probe::from(&r)));
+                Ok(())
+            }
+            None => Err((Status::BadArgument, format!("unknown report kind {kind}"))),
+        }
+    }
+}
+
+/// A short name for an exit, for the per-kind counts.
+#[must_use]
+pub fn exit_kind(e: &Exit) -> &'static str {
+    match e {
+        Exit::IoOut { .. } => "io_out",
+        Exit::IoIn { .. } => "io_in",
+        Exit::MmioRead { .. } => "mmio_read",
+        Exit::MmioWrite { .. } => "mmio_write",
+        Exit::Hlt => "hlt",
+        Exit::Shutdown => "shutdown",
+        Exit::RdMsr { .. } => "rdmsr",
+        Exit::WrMsr { .. } => "wrmsr",
+        Exit::InternalError { .. } => "internal_error",
+        Exit::FailEntry { .. } => "fail_entry",
+        Exit::Debug => "debug",
+        Exit::Interrupted => "interrupted",
+        Exit::Other(_) => "other",
+    }
+}

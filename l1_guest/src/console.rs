@@ -1,0 +1,69 @@
+//! Console output: a line buffer flushed with one hypercall per line (or when full), never
+//! an exit per byte.
+
+/// A fixed-size line buffer. `sink` gets each complete line (newline included) or each
+/// full buffer.
+#[derive(Debug)]
+pub struct LineBuffer<const N: usize> {
+    buf: [u8; N],
+    len: usize,
+}
+
+impl<const N: usize> Default for LineBuffer<N> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<const N: usize> LineBuffer<N> {
+    /// An empty buffer.
+    #[must_use]
+    pub const fn new() -> Self {
+        Self { buf: [0; N], len: 0 }
+    }
+
+    /// Append `bytes`, calling `sink` for every newline reached and whenever the buffer fills.
+    pub fn write(&mut self, bytes: &[u8], sink: &mut impl FnMut(&[u8])) {
+        for &b in bytes {
+            self.buf[self.len] = b;
+            self.len += 1;
+            if b == b'\n' || self.len == N {
+                self.flush(sink);
+            }
+        }
+    }
+
+    /// Hand whatever is buffered to `sink` (nothing if empty).
+    pub fn flush(&mut self, sink: &mut impl FnMut(&[u8])) {
+        if self.len > 0 {
+            sink(&self.buf[..self.len]);
+            self.len = 0;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn collect<const N: usize>(chunks: &[&str]) -> Vec<String> {
+        let mut lb = LineBuffer::<N>::new();
+        let mut out = Vec::new();
+        let mut sink = |b: &[u8]| out.push(String::from_utf8(b.to_vec()).unwrap());
+        for c in chunks {
+            lb.write(c.as_bytes(), &mut sink);
+        }
+        lb.flush(&mut sink);
+        out
+    }
+
+    #[test]
+    fn one_flush_per_line() {
+        assert_eq!(collect::<64>(&["hel", "lo\nwor", "ld\n"]), ["hello\n", "world\n"]);
+    }
+
+    #[test]
+    fn full_buffer_flushes_and_tail_flushes_on_demand() {
+        assert_eq!(collect::<4>(&["abcdefg"]), ["abcd", "efg"]);
+    }
+}

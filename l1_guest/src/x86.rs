@@ -1,0 +1,102 @@
+//! Thin wrappers over the x86 instructions L1 uses outside VMX.
+//!
+//! These compile on the host too (so the library's tests build), but they are only executed
+//! in the guest. Every instruction here is one this host's KVM can emulate at CPL 0 (no SSE
+//! arithmetic, POPCNT, RDTSCP, ...): the image-disassembly test in `l0` checks that.
+
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+/// CPUID result.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpuid {
+    /// EAX.
+    pub eax: u32,
+    /// EBX.
+    pub ebx: u32,
+    /// ECX.
+    pub ecx: u32,
+    /// EDX.
+    pub edx: u32,
+}
+
+/// Execute CPUID for `leaf`, sub-leaf 0.
+#[must_use]
+pub fn cpuid(leaf: u32) -> Cpuid {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    Cpuid { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
+}
+
+/// Where the #GP handler resumes a faulting [`rdmsr_safe`]; 0 when no RDMSR is in flight.
+static RECOVERY_RIP: AtomicU64 = AtomicU64::new(0);
+
+/// Called by the exception handler: if a fault-tolerant instruction is in flight, returns
+/// the RIP to resume at (and disarms it).
+pub fn take_recovery_rip() -> Option<u64> {
+    match RECOVERY_RIP.swap(0, Ordering::Relaxed) {
+        0 => None,
+        rip => Some(rip),
+    }
+}
+
+/// RDMSR that survives a #GP (a non-existent MSR): `Err(())` when it faulted.
+///
+/// The recovery address is armed before RDMSR; on #GP the exception handler resumes at it
+/// (see [`take_recovery_rip`]), which sets the fault flag.
+#[allow(clippy::result_unit_err)]
+pub fn rdmsr_safe(msr: u32) -> Result<u64, ()> {
+    let lo: u32;
+    let hi: u32;
+    let faulted: u64;
+    // SAFETY: RDMSR reads an MSR; a #GP for a missing MSR is caught by L1's handler, which
+    // resumes at label 2 with all registers as they were before RDMSR. The recovery slot is a
+    // static, valid for the whole program.
+    unsafe {
+        asm!(
+            "lea {tmp}, [rip + 2f]",
+            "mov [{slot}], {tmp}",
+            "xor {flt:e}, {flt:e}",
+            "rdmsr",
+            "jmp 3f",
+            "2:",
+            "mov {flt:e}, 1",
+            "3:",
+            "mov qword ptr [{slot}], 0",
+            slot = in(reg) RECOVERY_RIP.as_ptr(),
+            tmp = out(reg) _,
+            flt = out(reg) faulted,
+            in("ecx") msr,
+            inout("eax") 0u32 => lo,
+            inout("edx") 0u32 => hi,
+            options(nostack),
+        );
+    }
+    if faulted == 0 { Ok(u64::from(hi) << 32 | u64::from(lo)) } else { Err(()) }
+}
+
+/// Read CR0.
+#[must_use]
+pub fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects (CPL 0 only; L1 runs at CPL 0).
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Read CR2.
+#[must_use]
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Read CR4.
+#[must_use]
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
