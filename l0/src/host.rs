@@ -1,1 +1,258 @@
-//! Host facts (filled in below).
+//! Facts about the host, for `nestbench doctor` and for every result: CPU, kernel, KVM
+//! modules and their parameters, what KVM offers guests, and whether guest CPL 0 code is
+//! emulated (measured by running a guest, not guessed).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
+use kvm_ioctls::Cap;
+use nestbench_abi::cpuid as hv;
+use serde::Serialize;
+
+use crate::machine::{Image, Machine, MachineConfig};
+use crate::x86_setup::Cpl;
+
+/// KVM modules whose presence and parameters matter here.
+pub const KVM_MODULES: [&str; 4] = ["kvm", "kvm_intel", "kvm_amd", "kvm_pvm"];
+
+/// What the host's KVM offers.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KvmFacts {
+    /// The device path.
+    pub path: PathBuf,
+    /// Whether it opened and answered like KVM.
+    pub usable: bool,
+    /// Why not, when not usable.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// KVM_GET_API_VERSION.
+    pub api_version: Option<i32>,
+    /// CPUID.1:ECX.VMX in KVM_GET_SUPPORTED_CPUID: KVM offers VMX to guests.
+    pub offers_vmx: bool,
+    /// CPUID.8000_0001:ECX.SVM in KVM_GET_SUPPORTED_CPUID.
+    pub offers_svm: bool,
+    /// KVM_CAP_NESTED_STATE (0 = no nested state to save).
+    pub nested_state: i32,
+    /// KVM_CAP_SYNC_REGS.
+    pub sync_regs: bool,
+    /// KVM_CAP_X86_USER_SPACE_MSR.
+    pub user_space_msr: bool,
+    /// KVM_CAP_NR_MEMSLOTS.
+    pub nr_memslots: usize,
+}
+
+/// The result of the CPL 0 emulation probe.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Cpl0Probe {
+    /// Instructions the probe guest executed at CPL 0.
+    pub guest_instructions: u64,
+    /// The vCPU's `insn_emulation` statistic over the probe (`None`: not offered).
+    pub insn_emulation: Option<u64>,
+    /// Whether CPL 0 code is emulated instruction by instruction.
+    pub emulated: bool,
+    /// Wall time of the probe run in nanoseconds.
+    pub wall_ns: u64,
+}
+
+/// Everything `doctor` reports about the host.
+#[derive(Clone, Debug, Serialize)]
+pub struct HostFacts {
+    /// /proc/cpuinfo "model name".
+    pub cpu_model: String,
+    /// /proc/cpuinfo "vendor_id".
+    pub cpu_vendor: String,
+    /// /proc/cpuinfo "microcode" (absent in many VMs).
+    pub microcode: Option<String>,
+    /// Logical CPUs.
+    pub cpus: usize,
+    /// Kernel release.
+    pub kernel: String,
+    /// Loaded KVM modules and their parameters (/sys/module/NAME/parameters).
+    pub kvm_modules: BTreeMap<String, BTreeMap<String, String>>,
+    /// KVM's offer.
+    pub kvm: KvmFacts,
+    /// The CPL 0 probe (`None` when KVM is unusable or the probe failed; see
+    /// `cpl0_probe_error`).
+    pub cpl0: Option<Cpl0Probe>,
+    /// Why the probe did not run or failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpl0_probe_error: Option<String>,
+    /// External tools.
+    pub tools: BTreeMap<String, Tool>,
+}
+
+/// An external program.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Tool {
+    /// Where it is, if found on PATH.
+    pub path: Option<PathBuf>,
+    /// Support files it needs that are missing.
+    pub missing: Vec<PathBuf>,
+}
+
+impl Tool {
+    /// Found, with everything it needs.
+    #[must_use]
+    pub fn available(&self) -> bool {
+        self.path.is_some() && self.missing.is_empty()
+    }
+}
+
+fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
+    cpuinfo.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().to_owned())
+    })
+}
+
+/// Parameters of a loaded kernel module, or `None` if it is not loaded.
+#[must_use]
+pub fn module_params(module: &str) -> Option<BTreeMap<String, String>> {
+    let dir = Path::new("/sys/module").join(module);
+    if !dir.exists() {
+        return None;
+    }
+    let mut out = BTreeMap::new();
+    if let Ok(entries) = std::fs::read_dir(dir.join("parameters")) {
+        for e in entries.flatten() {
+            if let Ok(v) = std::fs::read_to_string(e.path()) {
+                out.insert(e.file_name().to_string_lossy().into_owned(), v.trim().to_owned());
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Find `name` on PATH.
+#[must_use]
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(name)).find(|p| p.is_file())
+}
+
+fn tool(name: &str, needs: &[&str]) -> Tool {
+    Tool {
+        path: which(name),
+        missing: needs.iter().map(PathBuf::from).filter(|p| !p.exists()).collect(),
+    }
+}
+
+/// Query KVM at `path`.
+#[must_use]
+pub fn kvm_facts(path: &Path) -> KvmFacts {
+    let mut f = KvmFacts { path: path.to_owned(), ..Default::default() };
+    let kvm = match crate::vm::open_kvm(path) {
+        Ok(k) => k,
+        Err(e) => {
+            f.error = Some(e.to_string());
+            return f;
+        }
+    };
+    f.usable = true;
+    f.api_version = Some(kvm.get_api_version());
+    if let Ok(c) = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES) {
+        for e in c.as_slice() {
+            if e.function == 1 {
+                f.offers_vmx = e.ecx & hv::CPUID1_ECX_VMX != 0;
+            }
+            if e.function == 0x8000_0001 {
+                f.offers_svm = e.ecx & hv::CPUID_EXT1_ECX_SVM != 0;
+            }
+        }
+    }
+    f.nested_state = kvm.check_extension_int(Cap::NestedState);
+    f.sync_regs = kvm.check_extension(Cap::SyncRegs);
+    f.user_space_msr = kvm.check_extension(Cap::X86UserSpaceMsr);
+    f.nr_memslots = kvm.get_nr_memslots();
+    f
+}
+
+/// Iterations of the probe loop (two instructions each).
+const PROBE_ITERATIONS: u32 = 1000;
+
+/// Run a tiny CPL 0 guest (`mov ecx, N; 1: dec ecx; jnz 1b`, then the Exit hypercall) and
+/// read the vCPU's `insn_emulation` statistic. Where CPL 0 is emulated instruction by
+/// instruction (the development hosts' kvm_pvm), it counts at least the 2N loop instructions.
+pub fn probe_cpl0(kvm_path: &Path) -> Result<Cpl0Probe, crate::machine::MachineError> {
+    let code = cpl0_probe_code();
+    let config = MachineConfig {
+        kvm_path: kvm_path.to_owned(),
+        mem_size: 4 << 20,
+        timeout: Duration::from_secs(10),
+        cpl: Cpl::Kernel,
+        ..Default::default()
+    };
+    let report = Machine::new(config, &Image::Raw { gpa: 0x10_0000, bytes: code })?.run(|_| {})?;
+    let guest_instructions = 1 + 2 * u64::from(PROBE_ITERATIONS) + 4;
+    let insn_emulation = report.kvm_stats.as_ref().and_then(|s| s.vcpu.counters.get("insn_emulation").copied());
+    Ok(Cpl0Probe {
+        guest_instructions,
+        insn_emulation,
+        emulated: insn_emulation.is_some_and(|n| n >= 2 * u64::from(PROBE_ITERATIONS)),
+        wall_ns: report.wall_ns,
+    })
+}
+
+fn cpl0_probe_code() -> Vec<u8> {
+    use iced_x86::code_asm::{CodeAssembler, dx, eax, ecx, edi};
+    let mut a = CodeAssembler::new(64).expect("64-bit assembler");
+    let mut top = a.create_label();
+    let steps = (|| -> Result<(), iced_x86::IcedError> {
+        a.mov(ecx, PROBE_ITERATIONS)?;
+        a.set_label(&mut top)?;
+        a.dec(ecx)?;
+        a.jnz(top)?;
+        a.mov(eax, nestbench_abi::hypercall::Call::Exit as u32)?;
+        a.xor(edi, edi)?;
+        a.mov(dx, u32::from(nestbench_abi::hypercall::PORT))?;
+        a.out(dx, eax)?;
+        Ok(())
+    })();
+    steps.expect("the probe assembles");
+    a.assemble(0x10_0000).expect("the probe assembles")
+}
+
+/// Gather everything.
+#[must_use]
+pub fn gather(kvm_path: &Path) -> HostFacts {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let kvm = kvm_facts(kvm_path);
+    let (cpl0, cpl0_probe_error) = if kvm.usable {
+        match probe_cpl0(kvm_path) {
+            Ok(p) => (Some(p), None),
+            Err(e) => (None, Some(e.to_string())),
+        }
+    } else {
+        (None, Some("KVM is not usable".into()))
+    };
+    HostFacts {
+        cpu_model: cpuinfo_field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
+        cpu_vendor: cpuinfo_field(&cpuinfo, "vendor_id").unwrap_or_else(|| "unknown".into()),
+        microcode: cpuinfo_field(&cpuinfo, "microcode"),
+        cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_owned()),
+        kvm_modules: KVM_MODULES.iter().filter_map(|m| Some(((*m).to_owned(), module_params(m)?))).collect(),
+        kvm,
+        cpl0,
+        cpl0_probe_error,
+        tools: [
+            ("bochs".to_owned(), tool("bochs", &["/usr/share/bochs/BIOS-bochs-latest", "/usr/share/vgabios/vgabios.bin"])),
+            ("qemu-system-x86_64".to_owned(), tool("qemu-system-x86_64", &[])),
+        ]
+        .into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuinfo_fields_parse() {
+        let c = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n";
+        assert_eq!(cpuinfo_field(c, "model name").as_deref(), Some("AMD EPYC"));
+        assert_eq!(cpuinfo_field(c, "microcode"), None);
+    }
+}

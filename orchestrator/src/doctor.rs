@@ -1,0 +1,273 @@
+//! `nestbench doctor`: which engines this host can run, and why not the others.
+
+use std::fmt::Write;
+
+use l0::host::HostFacts;
+use serde::Serialize;
+
+/// Version of the doctor JSON document.
+pub const DOCTOR_VERSION: u32 = 1;
+
+/// One engine's verdict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EngineStatus {
+    /// `soft`, `kvm` or `bochs`.
+    pub engine: &'static str,
+    /// Whether this host has what the engine needs.
+    pub can_run: bool,
+    /// Whether nestbench has this engine built yet (an engine that is not can still be
+    /// runnable here; `nestbench run` refuses it until it is).
+    pub implemented: bool,
+    /// Why it can or cannot run.
+    pub reason: String,
+}
+
+/// The doctor's report.
+#[derive(Clone, Debug, Serialize)]
+pub struct Doctor {
+    /// [`DOCTOR_VERSION`].
+    pub doctor_version: u32,
+    /// Host facts.
+    pub host: HostFacts,
+    /// Engine verdicts, in the order soft, kvm, bochs.
+    pub engines: Vec<EngineStatus>,
+}
+
+fn param<'a>(h: &'a HostFacts, module: &str, name: &str) -> Option<&'a str> {
+    h.kvm_modules.get(module)?.get(name).map(String::as_str)
+}
+
+fn yes(v: Option<&str>) -> bool {
+    matches!(v, Some("Y" | "y" | "1"))
+}
+
+/// Decide each engine from the host facts.
+#[must_use]
+pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
+    let kvm = &h.kvm;
+    let soft = if kvm.usable {
+        EngineStatus {
+            engine: "soft",
+            can_run: true,
+            implemented: false,
+            reason: format!(
+                "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM \
+                 (the soft engine itself is not built yet)",
+                kvm.path.display()
+            ),
+        }
+    } else {
+        EngineStatus {
+            engine: "soft",
+            can_run: false,
+            implemented: false,
+            reason: format!("KVM is not usable: {}", kvm.error.as_deref().unwrap_or("unknown error")),
+        }
+    };
+
+    let kvm_engine = if !kvm.usable {
+        (false, format!("KVM is not usable: {}", kvm.error.as_deref().unwrap_or("unknown error")))
+    } else if kvm.offers_vmx {
+        let nested = param(h, "kvm_intel", "nested");
+        if yes(nested) {
+            (true, "KVM offers VMX to guests (kvm_intel nested=Y)".to_owned())
+        } else {
+            (false, format!("KVM lists VMX but kvm_intel nested={}", nested.unwrap_or("absent")))
+        }
+    } else if kvm.offers_svm {
+        (false, "KVM offers SVM (AMD nested virtualization), but the SVM path of L1 is not built yet".to_owned())
+    } else {
+        let backend = ["kvm_intel", "kvm_amd", "kvm_pvm"]
+            .iter()
+            .find(|m| h.kvm_modules.contains_key(**m))
+            .copied()
+            .unwrap_or("unknown");
+        (
+            false,
+            format!(
+                "KVM offers no VMX to guests (CPUID.1:ECX.VMX clear in KVM_GET_SUPPORTED_CPUID; backend {backend}, \
+                 KVM_CAP_NESTED_STATE={})",
+                kvm.nested_state
+            ),
+        )
+    };
+    let kvm_engine = EngineStatus { engine: "kvm", can_run: kvm_engine.0, implemented: false, reason: kvm_engine.1 };
+
+    let bochs_tool = h.tools.get("bochs");
+    let bochs = match bochs_tool {
+        Some(t) if t.available() => EngineStatus {
+            engine: "bochs",
+            can_run: true,
+            implemented: false,
+            reason: format!(
+                "bochs is installed at {} (the bochs engine itself is not built yet)",
+                t.path.as_ref().map_or_else(String::new, |p| p.display().to_string())
+            ),
+        },
+        Some(t) if t.path.is_some() => EngineStatus {
+            engine: "bochs",
+            can_run: false,
+            implemented: false,
+            reason: format!(
+                "bochs is installed but these files are missing: {} (apt-get install bochsbios vgabios)",
+                t.missing.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+            ),
+        },
+        _ => EngineStatus {
+            engine: "bochs",
+            can_run: false,
+            implemented: false,
+            reason: "bochs is not installed (apt-get install bochs bochsbios vgabios)".to_owned(),
+        },
+    };
+    vec![soft, kvm_engine, bochs]
+}
+
+/// Build the report.
+#[must_use]
+pub fn doctor(host: HostFacts) -> Doctor {
+    Doctor { doctor_version: DOCTOR_VERSION, engines: engines(&host), host }
+}
+
+/// The report as text for a terminal.
+#[must_use]
+pub fn render(d: &Doctor) -> String {
+    let h = &d.host;
+    let mut s = String::new();
+    let _ = writeln!(s, "host");
+    let _ = writeln!(s, "  cpu        {} ({}, {} cpus{})", h.cpu_model, h.cpu_vendor, h.cpus,
+        h.microcode.as_ref().map_or_else(String::new, |m| format!(", microcode {m}")));
+    let _ = writeln!(s, "  kernel     {}", h.kernel);
+    for (m, params) in &h.kvm_modules {
+        let interesting: Vec<String> = ["nested", "enable_shadow_vmcs", "ept", "unrestricted_guest", "npt", "tdp_mmu"]
+            .iter()
+            .filter_map(|k| params.get(*k).map(|v| format!("{k}={v}")))
+            .collect();
+        let _ = writeln!(s, "  module     {m} {}", interesting.join(" "));
+    }
+    let k = &h.kvm;
+    if k.usable {
+        let _ = writeln!(
+            s,
+            "  kvm        {}: API {}, offers VMX: {}, offers SVM: {}, nested state: {}, memslots: {}",
+            k.path.display(),
+            k.api_version.unwrap_or(0),
+            if k.offers_vmx { "yes" } else { "no" },
+            if k.offers_svm { "yes" } else { "no" },
+            k.nested_state,
+            k.nr_memslots
+        );
+    } else {
+        let _ = writeln!(s, "  kvm        {}: {}", k.path.display(), k.error.as_deref().unwrap_or("unusable"));
+    }
+    match (&h.cpl0, &h.cpl0_probe_error) {
+        (Some(p), _) => {
+            let _ = writeln!(
+                s,
+                "  guest CPL0 {} ({} of {} probe instructions emulated by KVM, {:.1} us each)",
+                if p.emulated { "emulated instruction by instruction" } else { "runs natively" },
+                p.insn_emulation.map_or_else(|| "?".into(), |n| n.to_string()),
+                p.guest_instructions,
+                p.wall_ns as f64 / 1000.0 / p.guest_instructions as f64
+            );
+        }
+        (None, Some(e)) => {
+            let _ = writeln!(s, "  guest CPL0 probe failed: {e}");
+        }
+        (None, None) => {}
+    }
+    for (name, t) in &h.tools {
+        let _ = writeln!(
+            s,
+            "  {:<10} {}",
+            name,
+            match &t.path {
+                Some(p) if t.missing.is_empty() => p.display().to_string(),
+                Some(p) => format!("{} (missing {})", p.display(), t.missing.len()),
+                None => "not installed".to_owned(),
+            }
+        );
+    }
+    let _ = writeln!(s, "\nengines");
+    for e in &d.engines {
+        let _ = writeln!(s, "  {:<6} {:<8} {}", e.engine, if e.can_run { "can run" } else { "cannot" }, e.reason);
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use l0::host::{KvmFacts, Tool};
+
+    use super::*;
+
+    fn host(kvm: KvmFacts, modules: &[(&str, &[(&str, &str)])], bochs: Option<Tool>) -> HostFacts {
+        HostFacts {
+            cpu_model: "fixture".into(),
+            cpu_vendor: "fixture".into(),
+            microcode: None,
+            cpus: 2,
+            kernel: "6.18".into(),
+            kvm_modules: modules
+                .iter()
+                .map(|(m, p)| ((*m).to_owned(), p.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect()))
+                .collect(),
+            kvm,
+            cpl0: None,
+            cpl0_probe_error: None,
+            tools: bochs.map(|t| ("bochs".to_owned(), t)).into_iter().collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    fn usable(vmx: bool, svm: bool) -> KvmFacts {
+        KvmFacts { path: "/dev/kvm".into(), usable: true, offers_vmx: vmx, offers_svm: svm, ..Default::default() }
+    }
+
+    #[test]
+    fn pvm_host_runs_soft_but_not_kvm() {
+        let e = engines(&host(usable(false, false), &[("kvm", &[]), ("kvm_pvm", &[])], None));
+        assert!(e[0].can_run, "soft");
+        assert!(!e[1].can_run);
+        assert!(e[1].reason.contains("no VMX"), "{}", e[1].reason);
+        assert!(e[1].reason.contains("kvm_pvm"));
+        assert!(!e[2].can_run);
+        assert!(e[2].reason.contains("not installed"));
+    }
+
+    #[test]
+    fn intel_nested_host_runs_kvm_only_with_nested_on() {
+        let on = engines(&host(usable(true, false), &[("kvm_intel", &[("nested", "Y")])], None));
+        assert!(on[1].can_run);
+        let off = engines(&host(usable(true, false), &[("kvm_intel", &[("nested", "N")])], None));
+        assert!(!off[1].can_run);
+        assert!(off[1].reason.contains("nested=N"));
+    }
+
+    #[test]
+    fn amd_host_says_svm_is_not_built() {
+        let e = engines(&host(usable(false, true), &[("kvm_amd", &[("nested", "1")])], None));
+        assert!(!e[1].can_run);
+        assert!(e[1].reason.contains("SVM path of L1 is not built"));
+    }
+
+    #[test]
+    fn no_kvm_means_no_soft_engine() {
+        let k = KvmFacts { path: "/dev/kvm".into(), error: Some("cannot open /dev/kvm".into()), ..Default::default() };
+        let e = engines(&host(k, &[], None));
+        assert!(!e[0].can_run && !e[1].can_run);
+        assert!(e[0].reason.contains("cannot open"));
+    }
+
+    #[test]
+    fn bochs_with_and_without_bios_files() {
+        let ok = Tool { path: Some(PathBuf::from("/usr/bin/bochs")), missing: vec![] };
+        assert!(engines(&host(usable(false, false), &[], Some(ok)))[2].can_run);
+        let partial = Tool { path: Some(PathBuf::from("/usr/bin/bochs")), missing: vec![PathBuf::from("/usr/share/vgabios/vgabios.bin")] };
+        let e = engines(&host(usable(false, false), &[], Some(partial)));
+        assert!(!e[2].can_run);
+        assert!(e[2].reason.contains("vgabios.bin"));
+    }
+}

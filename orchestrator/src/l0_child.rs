@@ -1,0 +1,146 @@
+//! Supervising one `nestbench-l0` child: spawn it, read its event stream line by line as it
+//! comes, stop it on timeout or Ctrl-C, and keep whatever it said.
+//!
+//! The child boundary is deliberate (shared/DESIGN.md): a crashing VM cannot take the
+//! orchestrator down, and KVM_RUN never runs on a tokio worker thread.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+
+/// Errors of supervising the child.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    /// The `nestbench-l0` binary was not found.
+    #[error("cannot find nestbench-l0 (looked at {0}); build it with `cargo build -p l0` or pass --l0 PATH")]
+    NotFound(PathBuf),
+    /// Spawning failed.
+    #[error("cannot start {path}: {source}")]
+    Spawn {
+        /// The binary.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Reading its output failed.
+    #[error("reading nestbench-l0's output: {0}")]
+    Read(std::io::Error),
+}
+
+/// Why a child's stream ended early.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Interruption {
+    /// The orchestrator's own deadline passed and the child was killed.
+    Timeout,
+    /// Ctrl-C: the child was killed.
+    Interrupted,
+}
+
+/// Everything a child said.
+#[derive(Clone, Debug, Default)]
+pub struct ChildRun {
+    /// Each stream line that parsed as JSON, in order.
+    pub events: Vec<Value>,
+    /// Lines that did not parse (kept, never dropped silently).
+    pub malformed: Vec<String>,
+    /// Its exit code (`None` if killed by a signal).
+    pub exit_code: Option<i32>,
+    /// Set when the orchestrator stopped it.
+    pub interrupted: Option<Interruption>,
+    /// What it wrote on stderr.
+    pub stderr: String,
+}
+
+impl ChildRun {
+    /// The first event of type `kind`.
+    #[must_use]
+    pub fn event(&self, kind: &str) -> Option<&Value> {
+        self.events.iter().find(|e| e["event"] == kind)
+    }
+
+    /// Whether the stream is complete: it has an `end` or `error` event and nobody stopped it.
+    #[must_use]
+    pub fn complete(&self) -> bool {
+        self.interrupted.is_none() && (self.event("end").is_some() || self.event("error").is_some())
+    }
+}
+
+/// Where `nestbench-l0` is: `explicit`, else `$NESTBENCH_L0`, else next to this executable.
+pub fn locate_l0(explicit: Option<&Path>) -> Result<PathBuf, ChildError> {
+    let candidate = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("NESTBENCH_L0").map(PathBuf::from)).unwrap_or_else(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(|d| d.join("nestbench-l0")))
+            .unwrap_or_else(|| PathBuf::from("nestbench-l0"))
+    });
+    if candidate.is_file() { Ok(candidate) } else { Err(ChildError::NotFound(candidate)) }
+}
+
+/// Run `l0 args...`, calling `on_event` for each event as it arrives. The child is killed
+/// if it outlives `deadline` or on Ctrl-C; what it said until then is kept.
+pub async fn run_l0(
+    l0: &Path,
+    args: &[String],
+    deadline: Duration,
+    mut on_event: impl FnMut(&Value),
+) -> Result<ChildRun, ChildError> {
+    let mut child = Command::new(l0)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ChildError::Spawn { path: l0.to_owned(), source })?;
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
+    let mut stderr = child.stderr.take().expect("stderr is piped");
+    let stderr_task = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut s).await;
+        s
+    });
+    let mut run = ChildRun::default();
+    let sleep = tokio::time::sleep(deadline);
+    tokio::pin!(sleep);
+    loop {
+        tokio::select! {
+            line = lines.next_line() => match line.map_err(ChildError::Read)? {
+                Some(l) => match serde_json::from_str::<Value>(&l) {
+                    Ok(v) => {
+                        on_event(&v);
+                        run.events.push(v);
+                    }
+                    Err(_) => run.malformed.push(l),
+                },
+                None => break,
+            },
+            () = &mut sleep => {
+                run.interrupted = Some(Interruption::Timeout);
+                break;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                run.interrupted = Some(Interruption::Interrupted);
+                break;
+            }
+        }
+    }
+    if run.interrupted.is_some() {
+        let _ = child.start_kill();
+    }
+    // Bounded wait: the child has closed stdout or been killed.
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
+    run.exit_code = match status {
+        Ok(Ok(s)) => s.code(),
+        _ => {
+            let _ = child.start_kill();
+            None
+        }
+    };
+    run.stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
+    Ok(run)
+}
