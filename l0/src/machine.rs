@@ -294,13 +294,16 @@ impl VcpuThread {
             }
             Exit::InternalError { suberror: SUBERROR_EMULATION, data } => {
                 let rip = self.rip();
-                // With KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES, data[1] is the
-                // length and data[2..] the bytes; otherwise read them ourselves.
-                let insn_bytes = if data.first().is_some_and(|f| f & EMULATION_FLAG_INSN_BYTES != 0) && data.len() >= 2 {
-                    let n = (data[1] as usize).min(15);
-                    data[2..].iter().flat_map(|w| w.to_le_bytes()).take(n).collect()
-                } else {
-                    self.bytes_at(rip)
+                // struct emulation_failure (include/uapi/linux/kvm.h): data[0] = flags; with
+                // KVM_INTERNAL_ERROR_EMULATION_FLAG_INSTRUCTION_BYTES the next 16 bytes are
+                // insn_size then insn_bytes[15]. Without the flag, read them ourselves.
+                let insn_bytes = match data.as_slice() {
+                    [flags, w1, w2, ..] if flags & EMULATION_FLAG_INSN_BYTES != 0 => {
+                        let raw: Vec<u8> = [w1, w2].iter().flat_map(|w| w.to_le_bytes()).collect();
+                        let n = usize::from(raw[0]).min(15);
+                        raw[1..=n].to_vec()
+                    }
+                    _ => self.bytes_at(rip),
                 };
                 let disassembly = disassemble_one(&insn_bytes, rip);
                 Flow::Stop(Outcome::EmulationFailure { rip, insn_bytes, disassembly })

@@ -144,3 +144,34 @@ pub async fn run_l0(
     run.stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
     Ok(run)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_child_past_its_deadline_is_killed_and_what_it_said_is_kept() {
+        let script = r#"echo '{"event":"hello","stream_version":1}'; echo 'not json'; exec sleep 30"#;
+        let args = ["-c".to_owned(), script.to_owned()];
+        let start = std::time::Instant::now();
+        let run = run_l0(Path::new("/bin/sh"), &args, Duration::from_millis(500), |_| {}).await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(10), "bounded shutdown");
+        assert_eq!(run.interrupted, Some(Interruption::Timeout));
+        assert!(!run.complete(), "partial");
+        assert_eq!(run.events.len(), 1);
+        assert_eq!(run.event("hello").unwrap()["stream_version"], 1);
+        assert_eq!(run.malformed, ["not json"]);
+        assert_eq!(run.exit_code, None, "killed by a signal");
+    }
+
+    #[tokio::test]
+    async fn a_child_that_dies_without_a_final_event_is_incomplete() {
+        let args = ["-c".to_owned(), r#"echo '{"event":"hello"}'; echo boom >&2; exit 3"#.to_owned()];
+        let run = run_l0(Path::new("/bin/sh"), &args, Duration::from_secs(10), |_| {}).await.unwrap();
+        assert_eq!(run.interrupted, None);
+        assert!(!run.complete());
+        assert_eq!(run.exit_code, Some(3));
+        assert_eq!(run.stderr.trim(), "boom");
+        assert!(crate::boot::render(&run).contains("PARTIAL: l0 ended without a final event (exit code Some(3))"));
+    }
+}

@@ -1,0 +1,93 @@
+//! `nestbench doctor` and `nestbench boot` on this host, through the real binaries.
+
+use std::process::Command;
+
+use serde_json::Value;
+
+fn nestbench(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nestbench")).args(args).output().expect("nestbench runs");
+    (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+fn engine<'a>(doc: &'a Value, name: &str) -> &'a Value {
+    doc["engines"].as_array().unwrap().iter().find(|e| e["engine"] == name).unwrap()
+}
+
+#[test]
+fn doctor_json_reports_host_and_engines() {
+    let (code, out, err) = nestbench(&["doctor", "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let d: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(d["doctor_version"], 1);
+    let host = &d["host"];
+    assert!(host["kernel"].as_str().unwrap().len() > 2);
+    assert_eq!(host["kvm"]["usable"], true, "these tests need /dev/kvm");
+    assert!(host["kvm_modules"].as_object().unwrap().contains_key("kvm"));
+
+    assert_eq!(engine(&d, "soft")["can_run"], true);
+    let offers_vmx = host["kvm"]["offers_vmx"].as_bool().unwrap();
+    let kvm = engine(&d, "kvm");
+    if offers_vmx {
+        println!("note: this host's KVM offers VMX; kvm engine: {}", kvm["reason"]);
+    } else {
+        assert_eq!(kvm["can_run"], false);
+        assert!(kvm["reason"].as_str().unwrap().contains("no VMX"), "{}", kvm["reason"]);
+    }
+    // The CPL 0 probe ran a real guest and read insn_emulation.
+    let cpl0 = &host["cpl0"];
+    assert_eq!(cpl0["guest_instructions"], 2005);
+    if host["kvm_modules"].as_object().unwrap().contains_key("kvm_pvm") {
+        assert_eq!(cpl0["emulated"], true, "kvm_pvm emulates CPL 0: {cpl0}");
+        assert!(cpl0["insn_emulation"].as_u64().unwrap() >= 2000);
+    }
+    // bochs: available exactly when the binary and its BIOS files are here.
+    let installed = l0::host::which("bochs").is_some()
+        && std::path::Path::new("/usr/share/bochs/BIOS-bochs-latest").exists()
+        && std::path::Path::new("/usr/share/vgabios/vgabios.bin").exists();
+    assert_eq!(engine(&d, "bochs")["can_run"], installed, "{}", engine(&d, "bochs")["reason"]);
+}
+
+#[test]
+fn doctor_text_names_every_engine() {
+    let (code, out, _) = nestbench(&["doctor"]);
+    assert_eq!(code, Some(0));
+    for e in ["soft", "kvm", "bochs"] {
+        assert!(out.lines().any(|l| l.trim_start().starts_with(e)), "{e} missing:\n{out}");
+    }
+}
+
+#[test]
+fn boot_json_carries_l1_report_and_kvm_stats() {
+    let (code, out, err) = nestbench(&["boot", "--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let b: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(b["complete"], true);
+    assert_eq!(b["console"][0], "nestbench L1: hello from L1, ABI v1, 32 MiB");
+    assert_eq!(b["probe"]["nestbench_l0"], true);
+    assert_eq!(b["probe"]["l0_abi_version"], nestbench_abi::ABI_VERSION);
+    assert_eq!(b["report"]["outcome"]["kind"], "exited");
+    assert_eq!(b["report"]["kvm_exits_total"], 4);
+    assert!(b["report"]["kvm_stats"]["vcpu"]["counters"]["exits"].as_u64().unwrap() >= 4);
+}
+
+#[test]
+fn boot_text_shows_the_page_fault_and_fails() {
+    let (code, out, _) = nestbench(&["boot", "--scenario", "page-fault"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("L1 took #PF (vector 14)"), "{out}");
+    assert!(out.contains("CR2 0x40000000"), "{out}");
+}
+
+#[test]
+fn boot_with_a_missing_image_is_a_clear_error() {
+    let (code, out, _) = nestbench(&["boot", "--l1", "/nonexistent/l1.elf"]);
+    assert_eq!(code, Some(2));
+    assert!(out.contains("error") && out.contains("/nonexistent/l1.elf"), "{out}");
+}
+
+#[test]
+fn boot_with_a_missing_l0_binary_names_it() {
+    let (code, _, err) = nestbench(&["boot", "--l0", "/nonexistent/nestbench-l0"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("cannot find nestbench-l0") && err.contains("/nonexistent/nestbench-l0"), "{err}");
+}
