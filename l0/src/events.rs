@@ -52,7 +52,7 @@ pub struct Msr {
 
 impl From<MsrProbe> for Msr {
     fn from(m: MsrProbe) -> Self {
-        let (status, value) = match MsrStatus::from_u32(m.status) {
+        let (status, value) = match MsrStatus::from_raw(m.status) {
             Some(MsrStatus::Ok) => ("ok", Some(m.value)),
             Some(MsrStatus::GeneralProtection) => ("gp", None),
             Some(MsrStatus::NotRead) => ("not_read", None),

@@ -109,7 +109,7 @@ pub fn load_elf(mem: &GuestMem, path: &Path) -> Result<Loaded, LoadError> {
             continue;
         }
         let start = ph.p_paddr;
-        let end = start.checked_add(ph.p_memsz).unwrap_or(u64::MAX);
+        let end = start.saturating_add(ph.p_memsz);
         if start < L1_IMAGE_BASE || end > mem.size() || ph.p_filesz > ph.p_memsz {
             return Err(LoadError::SegmentOutside {
                 path: path.to_owned(),

@@ -321,7 +321,7 @@ impl VcpuThread {
     fn hypercall(&mut self, nr: u32) -> Result<Flow, MachineError> {
         let mut regs = self.vcpu.regs()?;
         let (a0, a1, a2) = (regs.rdi, regs.rsi, regs.r8);
-        let call = Call::from_u32(nr);
+        let call = Call::from_raw(nr);
         *self.hypercalls.entry(call.map_or_else(|| format!("unknown({nr})"), |c| format!("{c:?}"))).or_default() += 1;
         let result: Result<Flow, (Status, String)> = match call {
             None => Err((Status::UnknownCall, format!("unknown hypercall number {nr}"))),
@@ -363,7 +363,7 @@ impl VcpuThread {
     }
 
     fn report(&mut self, kind: u64, gpa: u64, len: u64) -> Result<(), (Status, String)> {
-        match ReportKind::from_u64(kind) {
+        match ReportKind::from_raw(kind) {
             Some(ReportKind::Probe) => {
                 let r: ProbeReport = self.read_pod(gpa, len)?;
                 self.emit(Event::Probe(Probe::from(&r)));

@@ -29,7 +29,7 @@ pub fn hypercall(call: Call, a0: u64, a1: u64, a2: u64, a3: u64) -> (u64, u64) {
 /// their linear address is their guest-physical address.
 pub fn console_write(bytes: &[u8]) -> Option<Status> {
     let (st, _) = hypercall(Call::ConsoleWrite, bytes.as_ptr() as u64, bytes.len() as u64, 0, 0);
-    Status::from_u64(st)
+    Status::from_raw(st)
 }
 
 /// Tell L0 we are done. Does not return: L0 stops the vCPU.

@@ -282,7 +282,7 @@ extern "C" fn l1_main(boot: *const BootInfo) -> ! {
         println!("l1: boot info magic {:#x} ABI v{} (want v{ABI_VERSION})", boot.magic, boot.abi_version);
         hypercall::exit(EXIT_BAD_BOOT_INFO);
     }
-    let Some(scenario) = Scenario::from_u32(boot.scenario) else {
+    let Some(scenario) = Scenario::from_raw(boot.scenario) else {
         println!("l1: unknown scenario {}", boot.scenario);
         hypercall::exit(EXIT_BAD_BOOT_INFO);
     };

@@ -4,27 +4,15 @@
 /// "NBBOOT01" as a little-endian u64.
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"NBBOOT01");
 
-/// What L1 should do after it has set itself up. The foundation L1 knows these; unknown
-/// values make it report and exit with status [`EXIT_BAD_BOOT_INFO`].
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Scenario {
-    /// Probe the CPU, send a [`crate::report::ProbeReport`], exit 0.
-    Probe = 0,
-    /// Probe, then touch an unmapped linear address: exercises L1's exception reporting
-    /// (a #PF that L1 reports through the Exception hypercall).
-    PageFault = 1,
-}
-
-impl Scenario {
-    /// Decode, or `None` for an unknown value.
-    #[must_use]
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => Self::Probe,
-            1 => Self::PageFault,
-            _ => return None,
-        })
+abi_enum! {
+    /// What L1 should do after it has set itself up. The foundation L1 knows these; unknown
+    /// values make it report and exit with status [`EXIT_BAD_BOOT_INFO`].
+    pub enum Scenario: u32 {
+        /// Probe the CPU, send a [`crate::report::ProbeReport`], exit 0.
+        Probe = 0,
+        /// Probe, then touch an unmapped linear address: exercises L1's exception reporting
+        /// (a #PF that L1 reports through the Exception hypercall).
+        PageFault = 1,
     }
 }
 

@@ -13,68 +13,55 @@
 /// The I/O port the hypercall OUT targets (32-bit access).
 pub const PORT: u16 = 0x0510;
 
-/// Hypercall numbers (EAX of the OUT).
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Call {
-    /// Write console text: RDI = guest-physical address of UTF-8 bytes, RSI = length
-    /// (at most [`CONSOLE_MAX`]). The guest buffers a line and flushes it with one call.
-    ConsoleWrite = 1,
-    /// The guest is done: RDI = exit status (0 = success). L0 stops the vCPU.
-    Exit = 2,
-    /// A structured report: RDI = [`crate::report::ReportKind`], RSI = guest-physical
-    /// address, R8 = length in bytes (must equal the report type's size).
-    Report = 3,
-    /// An unexpected CPU exception in the guest: RDI = guest-physical address of a
-    /// [`crate::report::ExceptionReport`]. Terminal: L0 stops the vCPU and reports it.
-    Exception = 4,
-}
-
-impl Call {
-    /// Decode a call number, or `None` for an unknown one.
-    #[must_use]
-    pub fn from_u32(nr: u32) -> Option<Self> {
-        Some(match nr {
-            1 => Self::ConsoleWrite,
-            2 => Self::Exit,
-            3 => Self::Report,
-            4 => Self::Exception,
-            _ => return None,
-        })
+abi_enum! {
+    /// Hypercall numbers (EAX of the OUT).
+    pub enum Call: u32 {
+        /// Write console text: RDI = guest-physical address of UTF-8 bytes, RSI = length
+        /// (at most [`CONSOLE_MAX`]). The guest buffers a line and flushes it with one call.
+        ConsoleWrite = 1,
+        /// The guest is done: RDI = exit status (0 = success). L0 stops the vCPU.
+        Exit = 2,
+        /// A structured report: RDI = [`crate::report::ReportKind`], RSI = guest-physical
+        /// address, R8 = length in bytes (must equal the report type's size).
+        Report = 3,
+        /// An unexpected CPU exception in the guest: RDI = guest-physical address of a
+        /// [`crate::report::ExceptionReport`]. Terminal: L0 stops the vCPU and reports it.
+        Exception = 4,
     }
 }
 
-/// The status L0 leaves in RAX after a hypercall.
-#[repr(u64)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// The call was carried out.
-    Ok = 0,
-    /// EAX held no known call number.
-    UnknownCall = 1,
-    /// An address argument (with its length) does not lie inside guest memory.
-    BadAddress = 2,
-    /// An argument other than an address is out of range (a length too large, an unknown
-    /// report kind, a report of the wrong size).
-    BadArgument = 3,
-    /// The access was not a 32-bit OUT (IN, or another width).
-    BadAccess = 4,
-}
-
-impl Status {
-    /// Decode a status word returned in RAX.
-    #[must_use]
-    pub fn from_u64(v: u64) -> Option<Self> {
-        Some(match v {
-            0 => Self::Ok,
-            1 => Self::UnknownCall,
-            2 => Self::BadAddress,
-            3 => Self::BadArgument,
-            4 => Self::BadAccess,
-            _ => return None,
-        })
+abi_enum! {
+    /// The status L0 leaves in RAX after a hypercall.
+    pub enum Status: u64 {
+        /// The call was carried out.
+        Ok = 0,
+        /// EAX held no known call number.
+        UnknownCall = 1,
+        /// An address argument (with its length) does not lie inside guest memory.
+        BadAddress = 2,
+        /// An argument other than an address is out of range (a length too large, an unknown
+        /// report kind, a report of the wrong size).
+        BadArgument = 3,
+        /// The access was not a 32-bit OUT (IN, or another width).
+        BadAccess = 4,
     }
 }
 
 /// The longest console write L0 accepts in one call.
 pub const CONSOLE_MAX: u64 = 4096;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_values_decode_exactly_the_defined_ones() {
+        for c in [Call::ConsoleWrite, Call::Exit, Call::Report, Call::Exception] {
+            assert_eq!(Call::from_raw(c as u32), Some(c));
+        }
+        assert_eq!(Call::from_raw(0), None);
+        assert_eq!(Call::from_raw(5), None);
+        assert_eq!(Status::from_raw(Status::BadAddress as u64), Some(Status::BadAddress));
+        assert_eq!(Status::from_raw(u64::MAX), None);
+    }
+}

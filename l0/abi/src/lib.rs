@@ -13,6 +13,31 @@
 #![no_std]
 #![deny(missing_docs)]
 
+/// An ABI enum: `#[repr]`, the usual derives, and `from_raw`, which decodes a raw value or
+/// returns `None` for one this ABI version does not define (values come from another level,
+/// so they are never trusted to be in range).
+macro_rules! abi_enum {
+    ($(#[$meta:meta])* pub enum $name:ident: $repr:ty {
+        $($(#[$vmeta:meta])* $variant:ident = $value:expr,)*
+    }) => {
+        $(#[$meta])*
+        #[repr($repr)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)*
+        }
+
+        impl $name {
+            /// Decode a raw value, or `None` if this ABI version does not define it.
+            #[must_use]
+            pub const fn from_raw(v: $repr) -> Option<Self> {
+                $(if v == $value { return Some(Self::$variant); })*
+                None
+            }
+        }
+    };
+}
+
 pub mod boot;
 pub mod cpuid;
 pub mod hypercall;

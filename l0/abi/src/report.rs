@@ -1,21 +1,10 @@
 //! Structured reports from L1 to L0 (hypercalls `Report` and `Exception`).
 
-/// Which structure a `Report` hypercall carries.
-#[repr(u64)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReportKind {
-    /// A [`ProbeReport`].
-    Probe = 1,
-}
-
-impl ReportKind {
-    /// Decode, or `None` for an unknown kind.
-    #[must_use]
-    pub fn from_u64(v: u64) -> Option<Self> {
-        match v {
-            1 => Some(Self::Probe),
-            _ => None,
-        }
+abi_enum! {
+    /// Which structure a `Report` hypercall carries.
+    pub enum ReportKind: u64 {
+        /// A [`ProbeReport`].
+        Probe = 1,
     }
 }
 
@@ -29,28 +18,15 @@ pub const MSR_MTRR_DEF_TYPE: u32 = 0x2FF;
 /// IA32_FEATURE_CONTROL.
 pub const MSR_FEATURE_CONTROL: u32 = 0x3A;
 
-/// How one MSR read went.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MsrStatus {
-    /// RDMSR returned `value`.
-    Ok = 0,
-    /// RDMSR raised #GP (the MSR does not exist for this vCPU).
-    GeneralProtection = 1,
-    /// Not attempted.
-    NotRead = 2,
-}
-
-impl MsrStatus {
-    /// Decode, or `None` for an unknown value.
-    #[must_use]
-    pub fn from_u32(v: u32) -> Option<Self> {
-        Some(match v {
-            0 => Self::Ok,
-            1 => Self::GeneralProtection,
-            2 => Self::NotRead,
-            _ => return None,
-        })
+abi_enum! {
+    /// How one MSR read went.
+    pub enum MsrStatus: u32 {
+        /// RDMSR returned `value`.
+        Ok = 0,
+        /// RDMSR raised #GP (the MSR does not exist for this vCPU).
+        GeneralProtection = 1,
+        /// Not attempted.
+        NotRead = 2,
     }
 }
 
