@@ -25,14 +25,29 @@ fn main() {
     // Only what a cargo needs: the outer build's variables (encoded rustflags, jobserver,
     // target, profile) must not leak into the guest build.
     cmd.env_clear();
-    for var in ["PATH", "HOME", "CARGO_HOME", "RUSTUP_HOME", "RUSTUP_TOOLCHAIN", "CARGO_NET_OFFLINE", "CARGO_REGISTRIES_CRATES_IO_PROTOCOL"] {
+    for var in [
+        "PATH",
+        "HOME",
+        "CARGO_HOME",
+        "RUSTUP_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "CARGO_NET_OFFLINE",
+        "CARGO_REGISTRIES_CRATES_IO_PROTOCOL",
+    ] {
         if let Some(v) = std::env::var_os(var) {
             cmd.env(var, v);
         }
     }
     cmd.current_dir(&root).args([
-        "build", "--release", "--offline", "--target", "x86_64-unknown-none",
-        "-p", "l1_guest", "--features", "l1_guest/bare-metal",
+        "build",
+        "--release",
+        "--offline",
+        "--target",
+        "x86_64-unknown-none",
+        "-p",
+        "l1_guest",
+        "--features",
+        "l1_guest/bare-metal",
     ]);
     cmd.arg("--target-dir").arg(&target_dir);
     let out = cmd.output().expect("running cargo to build the guests");

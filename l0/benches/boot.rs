@@ -10,7 +10,12 @@ use l0::machine::{Image, Machine, MachineConfig};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let samples: usize = args.iter().position(|a| a == "--samples").and_then(|i| args.get(i + 1)).and_then(|s| s.parse().ok()).unwrap_or(50);
+    let samples: usize = args
+        .iter()
+        .position(|a| a == "--samples")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
     let image = Image::Elf(l0::images::l1_elf());
     let boot = || {
         let m = Machine::new(MachineConfig::default(), &image).expect("L1 VM");
@@ -38,14 +43,24 @@ fn main() {
         let n = v.len() as f64;
         let mean = v.iter().sum::<f64>() / n;
         let sd = (v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0)).sqrt();
-        format!("min {:8.1}  median {:8.1}  mean {:8.1} ± {:6.1}  max {:8.1} us", v[0], v[v.len() / 2], mean, sd, v[v.len() - 1])
+        format!(
+            "min {:8.1}  median {:8.1}  mean {:8.1} ± {:6.1}  max {:8.1} us",
+            v[0],
+            v[v.len() / 2],
+            mean,
+            sd,
+            v[v.len() - 1]
+        )
     };
     println!("boot-to-exit of the hello L1, {samples} samples after 5 warm-up boots");
     println!("  vCPU run (first KVM_RUN to Exit)  {}", stats(&mut wall));
     println!("  run incl. vCPU thread + stats     {}", stats(&mut total));
     println!("  KVM exits per boot                {}", first.2);
     match first.3 {
-        Some(n) => println!("  KVM insn_emulation per boot       {n}  (~{:.2} us per emulated instruction)", wall[wall.len() / 2] / n as f64),
+        Some(n) => println!(
+            "  KVM insn_emulation per boot       {n}  (~{:.2} us per emulated instruction)",
+            wall[wall.len() / 2] / n as f64
+        ),
         None => println!("  KVM insn_emulation per boot       not offered by this host's KVM stats"),
     }
 }

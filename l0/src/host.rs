@@ -133,10 +133,7 @@ pub fn which(name: &str) -> Option<PathBuf> {
 }
 
 fn tool(name: &str, needs: &[&str]) -> Tool {
-    Tool {
-        path: which(name),
-        missing: needs.iter().map(PathBuf::from).filter(|p| !p.exists()).collect(),
-    }
+    Tool { path: which(name), missing: needs.iter().map(PathBuf::from).filter(|p| !p.exists()).collect() }
 }
 
 /// Query KVM at `path`.
@@ -232,13 +229,17 @@ pub fn gather(kvm_path: &Path) -> HostFacts {
         cpu_vendor: cpuinfo_field(&cpuinfo, "vendor_id").unwrap_or_else(|| "unknown".into()),
         microcode: cpuinfo_field(&cpuinfo, "microcode"),
         cpus: std::thread::available_parallelism().map_or(1, std::num::NonZero::get),
-        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |s| s.trim().to_owned()),
+        kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map_or_else(|_| "unknown".into(), |s| s.trim().to_owned()),
         kvm_modules: KVM_MODULES.iter().filter_map(|m| Some(((*m).to_owned(), module_params(m)?))).collect(),
         kvm,
         cpl0,
         cpl0_probe_error,
         tools: [
-            ("bochs".to_owned(), tool("bochs", &["/usr/share/bochs/BIOS-bochs-latest", "/usr/share/vgabios/vgabios.bin"])),
+            (
+                "bochs".to_owned(),
+                tool("bochs", &["/usr/share/bochs/BIOS-bochs-latest", "/usr/share/vgabios/vgabios.bin"]),
+            ),
             ("qemu-system-x86_64".to_owned(), tool("qemu-system-x86_64", &[])),
         ]
         .into(),

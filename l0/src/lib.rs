@@ -19,6 +19,7 @@ pub mod images;
 pub mod loader;
 pub mod machine;
 pub mod memory;
+pub mod msr_filter;
 pub mod paging;
 pub mod stats;
 pub mod vcpu;

@@ -10,8 +10,8 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use linux_loader::elf::{Elf64_Ehdr, Elf64_Phdr, PT_LOAD};
-use linux_loader::loader::elf::Elf as ElfLoader;
 use linux_loader::loader::KernelLoader;
+use linux_loader::loader::elf::Elf as ElfLoader;
 use nestbench_abi::layout::L1_IMAGE_BASE;
 use vm_memory::{ByteValued, GuestAddress};
 

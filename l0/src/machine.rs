@@ -156,9 +156,8 @@ impl Machine {
         for ev in rx {
             on_event(ev);
         }
-        let (mut report, vcpu_stats) = thread
-            .join()
-            .map_err(|p| MachineError::VcpuThreadPanicked(panic_text(&*p)))??;
+        let (mut report, vcpu_stats) =
+            thread.join().map_err(|p| MachineError::VcpuThreadPanicked(panic_text(&*p)))??;
         let vm_delta = match (vm_stats, vm_before) {
             (Some(s), Some(before)) => s.snapshot().ok().map(|after| stats::delta(&before, &after)),
             _ => None,
@@ -346,7 +345,10 @@ impl VcpuThread {
 
     fn read_pod<T: Pod>(&self, gpa: u64, len: u64) -> Result<T, (Status, String)> {
         if len != size_of::<T>() as u64 {
-            return Err((Status::BadArgument, format!("length {len} is not the {} bytes of the structure", size_of::<T>())));
+            return Err((
+                Status::BadArgument,
+                format!("length {len} is not the {} bytes of the structure", size_of::<T>()),
+            ));
         }
         let bytes = self.mem.read_vec(gpa, len).map_err(|e| (Status::BadAddress, e.to_string()))?;
         Ok(T::from_bytes(&bytes).expect("length checked above"))

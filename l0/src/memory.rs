@@ -65,9 +65,7 @@ impl GuestMem {
     /// Host address of guest-physical 0 (for the KVM memslot).
     #[must_use]
     pub fn host_base(&self) -> u64 {
-        self.mem
-            .get_host_address(GuestAddress(0))
-            .expect("guest memory starts at guest-physical 0") as u64
+        self.mem.get_host_address(GuestAddress(0)).expect("guest memory starts at guest-physical 0") as u64
     }
 
     /// Check that `[gpa, gpa + len)` lies inside guest memory.
@@ -81,9 +79,11 @@ impl GuestMem {
     /// Read `buf.len()` bytes at `gpa`.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> Result<(), MemoryError> {
         self.check(gpa, buf.len() as u64)?;
-        self.mem
-            .read_slice(buf, GuestAddress(gpa))
-            .map_err(|_| MemoryError::OutOfRange { gpa, len: buf.len() as u64, size: self.size })
+        self.mem.read_slice(buf, GuestAddress(gpa)).map_err(|_| MemoryError::OutOfRange {
+            gpa,
+            len: buf.len() as u64,
+            size: self.size,
+        })
     }
 
     /// Read `len` bytes at `gpa` into a new vector.
@@ -97,9 +97,11 @@ impl GuestMem {
     /// Write `bytes` at `gpa`.
     pub fn write(&self, gpa: u64, bytes: &[u8]) -> Result<(), MemoryError> {
         self.check(gpa, bytes.len() as u64)?;
-        self.mem
-            .write_slice(bytes, GuestAddress(gpa))
-            .map_err(|_| MemoryError::OutOfRange { gpa, len: bytes.len() as u64, size: self.size })
+        self.mem.write_slice(bytes, GuestAddress(gpa)).map_err(|_| MemoryError::OutOfRange {
+            gpa,
+            len: bytes.len() as u64,
+            size: self.size,
+        })
     }
 
     /// Read a little-endian u64 at `gpa`.

@@ -49,9 +49,7 @@ pub fn translate(mem: &GuestMem, cr3: u64, linear: u64) -> Result<Translation, W
     for level in (1..=4u8).rev() {
         let shift = 12 + 9 * u32::from(level - 1);
         let index = (linear >> shift) & 0x1FF;
-        let entry = mem
-            .read_u64(table + index * 8)
-            .map_err(|source| WalkError::Memory { linear, source })?;
+        let entry = mem.read_u64(table + index * 8).map_err(|source| WalkError::Memory { linear, source })?;
         if entry & 1 == 0 {
             return Err(WalkError::NotPresent { linear, level });
         }

@@ -113,7 +113,8 @@ impl StatsFd {
             let size = usize::from(u16::from_le_bytes([d[6], d[7]]));
             let offset = u32_at(d, 8)?;
             let name = &d[16..];
-            let name = String::from_utf8_lossy(&name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())]).into_owned();
+            let name =
+                String::from_utf8_lossy(&name[..name.iter().position(|&c| c == 0).unwrap_or(name.len())]).into_owned();
             let kind = match flags & TYPE_MASK {
                 TYPE_CUMULATIVE => StatKind::Cumulative,
                 TYPE_INSTANT => StatKind::Instant,
@@ -172,8 +173,10 @@ mod tests {
 
     #[test]
     fn delta_subtracts_counters_and_keeps_gauges() {
-        let b: Snapshot = [("exits".into(), (StatKind::Cumulative, 10)), ("pages".into(), (StatKind::Instant, 3))].into();
-        let a: Snapshot = [("exits".into(), (StatKind::Cumulative, 15)), ("pages".into(), (StatKind::Instant, 7))].into();
+        let b: Snapshot =
+            [("exits".into(), (StatKind::Cumulative, 10)), ("pages".into(), (StatKind::Instant, 3))].into();
+        let a: Snapshot =
+            [("exits".into(), (StatKind::Cumulative, 15)), ("pages".into(), (StatKind::Instant, 7))].into();
         let d = delta(&b, &a);
         assert_eq!(d.counters["exits"], 5);
         assert_eq!(d.gauges["pages"], 7);

@@ -10,7 +10,7 @@
 use std::cell::Cell;
 use std::sync::Once;
 
-use kvm_bindings::{kvm_regs, kvm_sregs, kvm_run, KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT};
+use kvm_bindings::{KVM_EXIT_IO_IN, KVM_EXIT_IO_OUT, kvm_regs, kvm_run, kvm_sregs};
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 
 /// Errors of vCPU operations.
@@ -127,8 +127,7 @@ fn install_kick_handler() -> Result<(), VcpuError> {
     static ONCE: Once = Once::new();
     let mut result = Ok(());
     ONCE.call_once(|| {
-        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler)
-            .map_err(VcpuError::Signal);
+        result = vmm_sys_util::signal::register_signal_handler(kick_signal(), kick_handler).map_err(VcpuError::Signal);
     });
     result
 }
@@ -297,11 +296,7 @@ impl Vcpu {
 
     /// The general registers (from sync regs when available).
     pub fn regs(&self) -> Result<kvm_regs, VcpuError> {
-        if self.sync_regs {
-            Ok(self.fd.sync_regs().regs)
-        } else {
-            self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
-        }
+        if self.sync_regs { Ok(self.fd.sync_regs().regs) } else { self.fd.get_regs().map_err(ioctl("KVM_GET_REGS")) }
     }
 
     /// Set the general registers (through sync regs when available, applied at the next

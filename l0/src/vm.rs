@@ -114,12 +114,16 @@ impl Vm {
     pub fn create_vcpu(&self, cpl: Cpl, entry: u64, rsp: u64, rdi: u64) -> Result<Vcpu, VmError> {
         let ioctl = |op| move |source| VmError::Ioctl { op, source };
         let fd = self.fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let supported = self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
+        let supported =
+            self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         fd.set_cpuid2(&x86_setup::guest_cpuid(&supported)).map_err(ioctl("KVM_SET_CPUID2"))?;
         let msrs = x86_setup::boot_msrs();
         let n = fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
         if n != msrs.as_slice().len() {
-            return Err(VmError::Ioctl { op: "KVM_SET_MSRS (IA32_MTRR_DEF_TYPE refused)", source: kvm_ioctls::Error::new(libc::EINVAL) });
+            return Err(VmError::Ioctl {
+                op: "KVM_SET_MSRS (IA32_MTRR_DEF_TYPE refused)",
+                source: kvm_ioctls::Error::new(libc::EINVAL),
+            });
         }
         let mut sregs = fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))?;
         x86_setup::long_mode_sregs(&mut sregs, cpl);

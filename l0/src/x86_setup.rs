@@ -14,7 +14,9 @@ pub enum Cpl {
     /// CPL 0 (L1). On the development hosts' KVM this code is emulated one instruction at a
     /// time.
     Kernel,
-    /// CPL 3 with IOPL 3: port I/O allowed, HLT is a #GP. Runs natively on those hosts.
+    /// CPL 3 with IOPL 3 in RFLAGS, HLT is a #GP. Runs natively on the development hosts,
+    /// where IOPL does not survive the first exit: port I/O is then checked against the TSS
+    /// I/O bitmap (docs/kvm-exits.md, row 3d).
     User,
 }
 
@@ -126,12 +128,8 @@ pub fn entry_regs(rip: u64, rsp: u64, rdi: u64, cpl: Cpl) -> kvm_regs {
 /// every leaf in the hypervisor range 0x4000_0000-0x4000_00FF (KVM's own "KVMKVMKVM" leaves
 /// included) with nestbench's. Everything else is what KVM supports, VMX/SVM included or not.
 pub fn guest_cpuid(supported: &CpuId) -> CpuId {
-    let mut entries: Vec<_> = supported
-        .as_slice()
-        .iter()
-        .copied()
-        .filter(|e| !(0x4000_0000..=0x4000_00FF).contains(&e.function))
-        .collect();
+    let mut entries: Vec<_> =
+        supported.as_slice().iter().copied().filter(|e| !(0x4000_0000..=0x4000_00FF).contains(&e.function)).collect();
     for e in &mut entries {
         if e.function == 1 {
             e.ecx |= hv::CPUID1_ECX_HYPERVISOR;
@@ -188,7 +186,12 @@ mod tests {
     fn cpuid_gets_nestbench_leaves_instead_of_kvms() {
         let supported = CpuId::from_entries(&[
             kvm_bindings::kvm_cpuid_entry2 { function: 1, ecx: 0x20, ..Default::default() },
-            kvm_bindings::kvm_cpuid_entry2 { function: 0x4000_0000, eax: 0x4000_0001, ebx: 0x4b4d_564b, ..Default::default() },
+            kvm_bindings::kvm_cpuid_entry2 {
+                function: 0x4000_0000,
+                eax: 0x4000_0001,
+                ebx: 0x4b4d_564b,
+                ..Default::default()
+            },
             kvm_bindings::kvm_cpuid_entry2 { function: 0x4000_0001, eax: 0xFFFF, ..Default::default() },
         ])
         .unwrap();

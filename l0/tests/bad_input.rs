@@ -28,7 +28,10 @@ fn temp_file(name: &str, bytes: &[u8]) -> PathBuf {
 }
 
 /// Assemble `build` at [`CODE`] and run it at CPL 0 with a short budget.
-fn run_code(budget: Duration, build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>) -> (Vec<Event>, RunReport) {
+fn run_code(
+    budget: Duration,
+    build: impl FnOnce(&mut CodeAssembler) -> Result<(), IcedError>,
+) -> (Vec<Event>, RunReport) {
     let mut a = CodeAssembler::new(64).unwrap();
     build(&mut a).unwrap();
     let bytes = a.assemble(CODE).unwrap();

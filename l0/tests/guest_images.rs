@@ -24,7 +24,9 @@ fn refused(insn: &Instruction) -> Option<&'static str> {
         use CpuidFeature::*;
         match f {
             BMI1 | BMI2 => return Some("BMI is not emulated"),
-            SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2 | SSE4A if !sse_move => return Some("SSE arithmetic is not emulated"),
+            SSE | SSE2 | SSE3 | SSSE3 | SSE4_1 | SSE4_2 | SSE4A if !sse_move => {
+                return Some("SSE arithmetic is not emulated");
+            }
             AVX | AVX2 | FMA | F16C | AVX512F => return Some("AVX is not emulated"),
             _ => {}
         }
@@ -50,9 +52,14 @@ fn check_image(path: &std::path::Path, base: u64) {
     let elf = object::File::parse(&*data).expect("an ELF");
     assert_eq!(elf.kind(), object::ObjectKind::Executable, "{} must be a static EXEC, not PIE", path.display());
     assert_eq!(elf.entry(), base, "entry point");
-    let symbols: Vec<(u64, String)> = elf.symbols().filter(|s| s.size() > 0).map(|s| (s.address(), s.name().unwrap_or("?").to_owned())).collect();
+    let symbols: Vec<(u64, String)> =
+        elf.symbols().filter(|s| s.size() > 0).map(|s| (s.address(), s.name().unwrap_or("?").to_owned())).collect();
     let symbol_at = |a: u64| {
-        symbols.iter().filter(|(s, _)| *s <= a).max_by_key(|(s, _)| *s).map_or_else(|| "?".to_owned(), |(_, n)| n.clone())
+        symbols
+            .iter()
+            .filter(|(s, _)| *s <= a)
+            .max_by_key(|(s, _)| *s)
+            .map_or_else(|| "?".to_owned(), |(_, n)| n.clone())
     };
     let mut scanned = 0;
     let mut bad = Vec::new();
@@ -63,7 +70,12 @@ fn check_image(path: &std::path::Path, base: u64) {
         bad.extend(scan(code, s.address(), symbol_at));
     }
     assert!(scanned > 0, "{} has no code", path.display());
-    assert!(bad.is_empty(), "{} has instructions this host cannot emulate at CPL 0:\n{}", path.display(), bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "{} has instructions this host cannot emulate at CPL 0:\n{}",
+        path.display(),
+        bad.join("\n")
+    );
     println!("{}: {scanned} bytes of code, all emulatable", path.display());
 }
 
@@ -81,7 +93,7 @@ fn the_checker_catches_each_forbidden_instruction() {
         (&[0x0F, 0x01, 0xD0], "XGETBV"),
         (&[0xCC], "INT3"),
         (&[0x0F, 0x01, 0xC1], "VMCALL"),
-        (&[0x0F, 0x58, 0xC1], "SSE arithmetic"), // addps xmm0, xmm1
+        (&[0x0F, 0x58, 0xC1], "SSE arithmetic"),  // addps xmm0, xmm1
         (&[0xC4, 0xE2, 0x78, 0xF2, 0xC1], "BMI"), // andn eax, eax, ecx
     ];
     for (bytes, what) in cases {

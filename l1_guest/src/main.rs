@@ -16,8 +16,8 @@ use l1::{hypercall, x86};
 use nestbench_abi::boot::{BOOT_MAGIC, BootInfo, EXIT_BAD_BOOT_INFO, Scenario};
 use nestbench_abi::hypercall::Call;
 use nestbench_abi::report::{
-    ExceptionReport, MSR_FEATURE_CONTROL, MSR_MTRR_DEF_TYPE, MsrProbe, MsrStatus, ProbeReport,
-    ReportKind, VMX_MSR_COUNT, VMX_MSR_FIRST,
+    ExceptionReport, MSR_FEATURE_CONTROL, MSR_MTRR_DEF_TYPE, MsrProbe, MsrStatus, ProbeReport, ReportKind,
+    VMX_MSR_COUNT, VMX_MSR_FIRST,
 };
 use nestbench_abi::{ABI_VERSION, Pod, cpuid as hv};
 
@@ -100,6 +100,8 @@ global_asm!(
     handler = sym l1_exception,
 );
 
+// SAFETY: `isr_table` is defined in the global_asm! above as 32 quadwords in .rodata,
+// matching this declaration.
 unsafe extern "C" {
     /// The 32 exception stub addresses, defined in the `global_asm!` above.
     static isr_table: [u64; 32];
@@ -151,8 +153,8 @@ extern "C" fn l1_exception(frame: &mut Frame) {
         rsp: frame.rsp,
         cr2: x86::read_cr2(),
         gprs: [
-            frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp,
-            frame.r8, frame.r9, frame.r10, frame.r11, frame.r12, frame.r13, frame.r14, frame.r15,
+            frame.rax, frame.rbx, frame.rcx, frame.rdx, frame.rsi, frame.rdi, frame.rbp, frame.r8, frame.r9, frame.r10,
+            frame.r11, frame.r12, frame.r13, frame.r14, frame.r15,
         ],
     };
     hypercall::hypercall(Call::Exception, &report as *const _ as u64, 0, 0, 0);
@@ -246,11 +248,7 @@ fn probe() -> ProbeReport {
     let mut vmx_msrs = [MsrProbe::default(); VMX_MSR_COUNT];
     for (i, m) in vmx_msrs.iter_mut().enumerate() {
         let index = VMX_MSR_FIRST + i as u32;
-        *m = if vmx {
-            probe_msr(index)
-        } else {
-            MsrProbe { index, status: MsrStatus::NotRead as u32, value: 0 }
-        };
+        *m = if vmx { probe_msr(index) } else { MsrProbe { index, status: MsrStatus::NotRead as u32, value: 0 } };
     }
     ProbeReport {
         max_basic_leaf: l0.eax,

@@ -54,7 +54,12 @@ pub fn render(run: &ChildRun) -> String {
     if let Some(p) = run.event("probe") {
         let b = |v: &Value| if v.as_bool() == Some(true) { "offered" } else { "not offered" };
         let _ = writeln!(s, "L1 probe");
-        let _ = writeln!(s, "  cpu          {} (family/model/stepping {:#x})", p["vendor"].as_str().unwrap_or("?"), p["family_model_stepping"].as_u64().unwrap_or(0));
+        let _ = writeln!(
+            s,
+            "  cpu          {} (family/model/stepping {:#x})",
+            p["vendor"].as_str().unwrap_or("?"),
+            p["family_model_stepping"].as_u64().unwrap_or(0)
+        );
         let _ = writeln!(s, "  VMX          {}   SVM {}", b(&p["vmx"]), b(&p["svm"]));
         let _ = writeln!(
             s,
@@ -65,30 +70,61 @@ pub fn render(run: &ChildRun) -> String {
             p["l0_features"].as_u64().unwrap_or(0),
             p["l0_hypercall_port"].as_u64().unwrap_or(0)
         );
-        let _ = writeln!(s, "  CR0/CR4/EFER {:#x} / {:#x} / {:#x}", p["cr0"].as_u64().unwrap_or(0), p["cr4"].as_u64().unwrap_or(0), p["efer"].as_u64().unwrap_or(0));
-        let _ = writeln!(s, "  MTRR default {}   FEATURE_CONTROL {}", msr_line(&p["mtrr_def_type"]), msr_line(&p["feature_control"]));
+        let _ = writeln!(
+            s,
+            "  CR0/CR4/EFER {:#x} / {:#x} / {:#x}",
+            p["cr0"].as_u64().unwrap_or(0),
+            p["cr4"].as_u64().unwrap_or(0),
+            p["efer"].as_u64().unwrap_or(0)
+        );
+        let _ = writeln!(
+            s,
+            "  MTRR default {}   FEATURE_CONTROL {}",
+            msr_line(&p["mtrr_def_type"]),
+            msr_line(&p["feature_control"])
+        );
         if let Some(msrs) = p["vmx_msrs"].as_array() {
-            let read: Vec<String> = msrs.iter().filter(|m| m["status"] == "ok").map(|m| format!("{:#x}={}", m["index"].as_u64().unwrap_or(0), msr_line(m))).collect();
+            let read: Vec<String> = msrs
+                .iter()
+                .filter(|m| m["status"] == "ok")
+                .map(|m| format!("{:#x}={}", m["index"].as_u64().unwrap_or(0), msr_line(m)))
+                .collect();
             if read.is_empty() {
-                let _ = writeln!(s, "  VMX MSRs     {} (0x480-0x491)", msrs.first().map_or_else(|| "none".into(), msr_line));
+                let _ = writeln!(
+                    s,
+                    "  VMX MSRs     {} (0x480-0x491)",
+                    msrs.first().map_or_else(|| "none".into(), msr_line)
+                );
             } else {
                 let _ = writeln!(s, "  VMX MSRs     {}", read.join(" "));
             }
         }
     }
     for e in run.events.iter().filter(|e| e["event"] == "hypercall_error") {
-        let _ = writeln!(s, "hypercall error at RIP {:#x}: {} ({})", e["rip"].as_u64().unwrap_or(0), e["detail"].as_str().unwrap_or("?"), e["status"].as_str().unwrap_or("?"));
+        let _ = writeln!(
+            s,
+            "hypercall error at RIP {:#x}: {} ({})",
+            e["rip"].as_u64().unwrap_or(0),
+            e["detail"].as_str().unwrap_or("?"),
+            e["status"].as_str().unwrap_or("?")
+        );
     }
     if let Some(r) = j["report"].as_object() {
         let o = &r["outcome"];
         let _ = writeln!(s, "outcome        {}", describe_outcome(o));
         let _ = writeln!(s, "wall time      {:.2} ms", r["wall_ns"].as_u64().unwrap_or(0) as f64 / 1e6);
-        let exits: Vec<String> = r["kvm_exits"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect()).unwrap_or_default();
+        let exits: Vec<String> =
+            r["kvm_exits"].as_object().map(|m| m.iter().map(|(k, v)| format!("{k} {v}")).collect()).unwrap_or_default();
         let _ = writeln!(s, "KVM exits      {} ({})", r["kvm_exits_total"], exits.join(", "));
         for level in ["vcpu", "vm"] {
             if let Some(c) = r["kvm_stats"][level]["counters"].as_object() {
-                let nz: Vec<String> = c.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) != 0).map(|(k, v)| format!("{k} {v}")).collect();
-                let _ = writeln!(s, "KVM stats {level:<4} {}", if nz.is_empty() { "(all zero)".into() } else { nz.join(", ") });
+                let nz: Vec<String> =
+                    c.iter().filter(|(_, v)| v.as_u64().unwrap_or(0) != 0).map(|(k, v)| format!("{k} {v}")).collect();
+                let _ = writeln!(
+                    s,
+                    "KVM stats {level:<4} {}",
+                    if nz.is_empty() { "(all zero)".into() } else { nz.join(", ") }
+                );
             }
         }
         if r["kvm_stats"].is_null() {
@@ -135,12 +171,20 @@ pub fn describe_outcome(o: &Value) -> String {
             hex(&o["rip"]),
             hex(&o["cr2"])
         ),
-        "triple_fault" => format!("triple fault at RIP {} (RSP {}, CR3 {})", hex(&o["regs"]["rip"]), hex(&o["regs"]["rsp"]), hex(&o["cr3"])),
+        "triple_fault" => format!(
+            "triple fault at RIP {} (RSP {}, CR3 {})",
+            hex(&o["regs"]["rip"]),
+            hex(&o["regs"]["rsp"]),
+            hex(&o["cr3"])
+        ),
         "emulation_failure" => format!(
             "KVM could not emulate `{}` at RIP {} (bytes {})",
             o["disassembly"].as_str().unwrap_or("?"),
             hex(&o["rip"]),
-            o["insn_bytes"].as_array().map(|b| b.iter().map(|x| format!("{:02x}", x.as_u64().unwrap_or(0))).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+            o["insn_bytes"]
+                .as_array()
+                .map(|b| b.iter().map(|x| format!("{:02x}", x.as_u64().unwrap_or(0))).collect::<Vec<_>>().join(" "))
+                .unwrap_or_default()
         ),
         "timeout" => format!(
             "timeout: the guest ran past its {} ms budget; stopped at RIP {} (`{}`)",

@@ -135,8 +135,14 @@ pub fn render(d: &Doctor) -> String {
     let h = &d.host;
     let mut s = String::new();
     let _ = writeln!(s, "host");
-    let _ = writeln!(s, "  cpu        {} ({}, {} cpus{})", h.cpu_model, h.cpu_vendor, h.cpus,
-        h.microcode.as_ref().map_or_else(String::new, |m| format!(", microcode {m}")));
+    let _ = writeln!(
+        s,
+        "  cpu        {} ({}, {} cpus{})",
+        h.cpu_model,
+        h.cpu_vendor,
+        h.cpus,
+        h.microcode.as_ref().map_or_else(String::new, |m| format!(", microcode {m}"))
+    );
     let _ = writeln!(s, "  kernel     {}", h.kernel);
     for (m, params) in &h.kvm_modules {
         let interesting: Vec<String> = ["nested", "enable_shadow_vmcs", "ept", "unrestricted_guest", "npt", "tdp_mmu"]
@@ -265,7 +271,10 @@ mod tests {
     fn bochs_with_and_without_bios_files() {
         let ok = Tool { path: Some(PathBuf::from("/usr/bin/bochs")), missing: vec![] };
         assert!(engines(&host(usable(false, false), &[], Some(ok)))[2].can_run);
-        let partial = Tool { path: Some(PathBuf::from("/usr/bin/bochs")), missing: vec![PathBuf::from("/usr/share/vgabios/vgabios.bin")] };
+        let partial = Tool {
+            path: Some(PathBuf::from("/usr/bin/bochs")),
+            missing: vec![PathBuf::from("/usr/share/vgabios/vgabios.bin")],
+        };
         let e = engines(&host(usable(false, false), &[], Some(partial)));
         assert!(!e[2].can_run);
         assert!(e[2].reason.contains("vgabios.bin"));

@@ -72,12 +72,15 @@ impl ChildRun {
 
 /// Where `nestbench-l0` is: `explicit`, else `$NESTBENCH_L0`, else next to this executable.
 pub fn locate_l0(explicit: Option<&Path>) -> Result<PathBuf, ChildError> {
-    let candidate = explicit.map(Path::to_path_buf).or_else(|| std::env::var_os("NESTBENCH_L0").map(PathBuf::from)).unwrap_or_else(|| {
-        std::env::current_exe()
-            .ok()
-            .and_then(|p| p.parent().map(|d| d.join("nestbench-l0")))
-            .unwrap_or_else(|| PathBuf::from("nestbench-l0"))
-    });
+    let candidate = explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("NESTBENCH_L0").map(PathBuf::from))
+        .unwrap_or_else(|| {
+            std::env::current_exe()
+                .ok()
+                .and_then(|p| p.parent().map(|d| d.join("nestbench-l0")))
+                .unwrap_or_else(|| PathBuf::from("nestbench-l0"))
+        });
     if candidate.is_file() { Ok(candidate) } else { Err(ChildError::NotFound(candidate)) }
 }
 
@@ -141,7 +144,8 @@ pub async fn run_l0(
             None
         }
     };
-    run.stderr = tokio::time::timeout(Duration::from_secs(1), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
+    run.stderr =
+        tokio::time::timeout(Duration::from_secs(1), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
     Ok(run)
 }
 

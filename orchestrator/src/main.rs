@@ -11,7 +11,11 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 
 #[derive(Parser)]
-#[command(name = "nestbench", version, about = "Nested-virtualization test bench: what an L2 exit costs on this host, and who pays")]
+#[command(
+    name = "nestbench",
+    version,
+    about = "Nested-virtualization test bench: what an L2 exit costs on this host, and who pays"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -87,7 +91,11 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
     if let Some(l1) = &a.l1 {
         args.extend(["--l1".to_owned(), l1.display().to_string()]);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the tokio runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
     let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(5);
     let run = rt.block_on(l0_child::run_l0(&l0, &args, deadline, |_| {}))?;
     if a.json {
@@ -95,7 +103,10 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
     } else {
         print!("{}", boot::render(&run));
     }
-    let ok = run.complete() && run.event("end").is_some_and(|e| e["report"]["outcome"]["kind"] == "exited" && e["report"]["outcome"]["status"] == 0);
+    let ok = run.complete()
+        && run
+            .event("end")
+            .is_some_and(|e| e["report"]["outcome"]["kind"] == "exited" && e["report"]["outcome"]["status"] == 0);
     Ok(if ok {
         0
     } else if run.event("error").is_some() {

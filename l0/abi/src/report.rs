@@ -120,10 +120,9 @@ impl crate::Pod for ExceptionReport {}
 #[must_use]
 pub fn exception_name(vector: u64) -> &'static str {
     const NAMES: [&str; 32] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP",
-        "#SS", "#GP", "#PF", "reserved", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "reserved",
-        "reserved", "reserved", "reserved", "reserved", "reserved", "#HV", "#VC", "#SX",
-        "reserved",
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF",
+        "reserved", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP", "reserved", "reserved", "reserved", "reserved",
+        "reserved", "reserved", "#HV", "#VC", "#SX", "reserved",
     ];
     usize::try_from(vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("unknown")
 }

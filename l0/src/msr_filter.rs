@@ -1,0 +1,76 @@
+//! Sending RDMSR/WRMSR of chosen MSRs to userspace: KVM_CAP_X86_USER_SPACE_MSR plus a
+//! KVM_X86_SET_MSR_FILTER that denies them (Documentation/virt/kvm/api.rst 4.126, 7.21).
+//!
+//! With the capability enabled for `KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_UNKNOWN`,
+//! an access KVM's filter denies, and an access to an MSR KVM does not know (e.g. 0x480 on a
+//! host without nested VMX), returns from KVM_RUN as `KVM_EXIT_X86_RDMSR`/`WRMSR` instead of
+//! a #GP in the guest. docs/kvm-exits.md says where RIP stands then and how the exit completes.
+
+use kvm_bindings::{
+    KVM_CAP_X86_USER_SPACE_MSR, KVM_MSR_EXIT_REASON_FILTER, KVM_MSR_EXIT_REASON_UNKNOWN, KVM_MSR_FILTER_MAX_RANGES,
+    kvm_enable_cap,
+};
+use kvm_ioctls::{MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VmFd};
+
+/// The x2APIC MSR range, which KVM's MSR filter does not cover.
+pub const X2APIC_MSRS: std::ops::RangeInclusive<u32> = 0x800..=0x8FF;
+
+/// Errors of MSR-filter setup.
+#[derive(Debug, thiserror::Error)]
+pub enum MsrFilterError {
+    /// More MSRs than KVM_X86_SET_MSR_FILTER has ranges (one range per MSR here).
+    #[error("{0} MSRs to deny, but KVM's MSR filter takes at most {max} ranges", max = KVM_MSR_FILTER_MAX_RANGES)]
+    TooMany(usize),
+    /// An MSR in the x2APIC range, which the filter cannot send to userspace.
+    #[error("MSR {0:#x} is in the x2APIC range 0x800-0x8ff, which KVM's MSR filter does not cover")]
+    X2apic(u32),
+    /// KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR) failed.
+    #[error("KVM_ENABLE_CAP(KVM_CAP_X86_USER_SPACE_MSR): {0}")]
+    EnableCap(kvm_ioctls::Error),
+    /// KVM_X86_SET_MSR_FILTER failed.
+    #[error("KVM_X86_SET_MSR_FILTER: {0}")]
+    SetFilter(kvm_ioctls::Error),
+}
+
+/// Make RDMSR and WRMSR of every MSR in `deny`, and of MSRs KVM does not know, exit to
+/// userspace; every other MSR stays with KVM. Call before the VM's vCPUs first run.
+pub fn exit_to_userspace(vm: &VmFd, deny: &[u32]) -> Result<(), MsrFilterError> {
+    if deny.len() > KVM_MSR_FILTER_MAX_RANGES as usize {
+        return Err(MsrFilterError::TooMany(deny.len()));
+    }
+    if let Some(&m) = deny.iter().find(|m| X2APIC_MSRS.contains(m)) {
+        return Err(MsrFilterError::X2apic(m));
+    }
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [u64::from(KVM_MSR_EXIT_REASON_FILTER | KVM_MSR_EXIT_REASON_UNKNOWN), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(MsrFilterError::EnableCap)?;
+    // One range of one MSR each, bitmap bit clear: that MSR's reads and writes are denied.
+    let denied = [0u8; 1];
+    let ranges: Vec<MsrFilterRange<'_>> = deny
+        .iter()
+        .map(|&base| MsrFilterRange {
+            flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
+            base,
+            msr_count: 1,
+            bitmap: &denied,
+        })
+        .collect();
+    vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(MsrFilterError::SetFilter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_x2apic_msrs_and_too_many_ranges() {
+        let Ok(kvm) = kvm_ioctls::Kvm::new() else { return };
+        let vm = kvm.create_vm().unwrap();
+        assert!(matches!(exit_to_userspace(&vm, &[0x10, 0x830]), Err(MsrFilterError::X2apic(0x830))));
+        let many: Vec<u32> = (0..17).collect();
+        assert!(matches!(exit_to_userspace(&vm, &many), Err(MsrFilterError::TooMany(17))));
+    }
+}
