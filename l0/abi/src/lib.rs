@@ -39,6 +39,7 @@ macro_rules! abi_enum {
 }
 
 pub mod boot;
+pub mod controls;
 pub mod cpuid;
 pub mod hypercall;
 pub mod layout;
