@@ -10,7 +10,7 @@
 //!
 //! Every structure that crosses a level is `#[repr(C)]`, built only from integers, and has
 //! its size pinned by a compile-time assertion. Any incompatible change bumps [`ABI_VERSION`].
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
 
 /// An ABI enum: `#[repr]`, the usual derives, and `from_raw`, which decodes a raw value or
@@ -41,6 +41,7 @@ macro_rules! abi_enum {
 pub mod boot;
 pub mod controls;
 pub mod cpuid;
+pub mod ept;
 pub mod hypercall;
 pub mod layout;
 pub mod report;
