@@ -8,5 +8,6 @@
 
 pub mod console;
 pub mod descriptors;
+pub mod ept_builder;
 pub mod hypercall;
 pub mod x86;
