@@ -330,6 +330,11 @@ impl VcpuThread {
             Some(Call::Exception) => self
                 .read_pod::<ExceptionReport>(a0, size_of::<ExceptionReport>() as u64)
                 .map(|r| Flow::Stop(Outcome::from_exception(&r))),
+            // Served only by the soft engine, which advertises FEATURE_SOFT_VMX; this L0 does not.
+            Some(Call::Vmx) => Err((
+                Status::UnknownCall,
+                "Vmx hypercall, but this L0 does not provide soft VMX (no FEATURE_SOFT_VMX)".into(),
+            )),
         };
         let (status, flow) = match result {
             Ok(flow) => (Status::Ok, flow),

@@ -27,6 +27,11 @@ abi_enum! {
         /// An unexpected CPU exception in the guest: RDI = guest-physical address of a
         /// [`crate::report::ExceptionReport`]. Terminal: L0 stops the vCPU and reports it.
         Exception = 4,
+        /// A VMX operation of the soft engine: RDI = [`crate::softvmx::VmxOp`], operands in
+        /// RSI, R8, R9. L0 returns the [`crate::softvmx::VmxResult`] word in RDI and a value
+        /// (VMREAD, VMPTRST) in RSI. Only served when L0 advertises
+        /// [`crate::cpuid::FEATURE_SOFT_VMX`].
+        Vmx = 5,
     }
 }
 
@@ -56,11 +61,11 @@ mod tests {
 
     #[test]
     fn raw_values_decode_exactly_the_defined_ones() {
-        for c in [Call::ConsoleWrite, Call::Exit, Call::Report, Call::Exception] {
+        for c in [Call::ConsoleWrite, Call::Exit, Call::Report, Call::Exception, Call::Vmx] {
             assert_eq!(Call::from_raw(c as u32), Some(c));
         }
         assert_eq!(Call::from_raw(0), None);
-        assert_eq!(Call::from_raw(5), None);
+        assert_eq!(Call::from_raw(6), None);
         assert_eq!(Status::from_raw(Status::BadAddress as u64), Some(Status::BadAddress));
         assert_eq!(Status::from_raw(u64::MAX), None);
     }

@@ -5,9 +5,12 @@
 //! 0x0000_1000  PML4   \
 //! 0x0000_2000  PDPT    } identity map of [0, IDENTITY_MAP_SIZE) with 2 MiB pages    L0
 //! 0x0000_3000  PD     /
+//! 0x0000_4000  soft VMX: VMREAD bitmap                                  L0 (softvmx)
+//! 0x0000_5000  soft VMX: VMWRITE bitmap                                 L0 (softvmx)
 //! 0x0000_6000  BootInfo                                                 L0
 //! 0x0008_0000  initial RSP (L1 moves to its own stack at once)          L0
 //! 0x0010_0000  L1 image (its ELF's PT_LOAD segments, linked here)       L0 loads, L1 owns
+//! 0x3FF0_0000  soft VMX doorbell (no memslot: an MMIO exit)              L0 (softvmx)
 //! ```
 //! Everything below [`L1_IMAGE_BASE`] is L0's; an L1 ELF segment that reaches into it, or
 //! past the end of guest memory, is refused.
