@@ -46,6 +46,7 @@ pub mod hypercall;
 pub mod layout;
 pub mod report;
 pub mod softvmx;
+pub mod vmx;
 
 /// Version of this ABI. L0 publishes it in CPUID leaf [`cpuid::LEAF_INFO`] and in
 /// [`boot::BootInfo::abi_version`]; L1 refuses to run on a different version.

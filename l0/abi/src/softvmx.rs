@@ -36,6 +36,12 @@ pub const READ_BITMAP_GPA: u64 = 0x4000;
 /// The VMWRITE bitmap page L0 publishes in L1 memory.
 pub const WRITE_BITMAP_GPA: u64 = 0x5000;
 
+// The doorbell is inside L1's identity map and reachable with a sign-extended disp32; the
+// bitmap pages sit between the boot page tables and the boot info.
+const _: () = assert!(DOORBELL_GPA < crate::layout::IDENTITY_MAP_SIZE && DOORBELL_GPA < 1 << 31);
+const _: () = assert!(READ_BITMAP_GPA >= crate::layout::BOOT_PD + 0x1000);
+const _: () = assert!(WRITE_BITMAP_GPA + 0x1000 <= crate::layout::BOOT_INFO);
+
 abi_enum! {
     /// The VMX operation of a `Call::Vmx` hypercall (RDI).
     pub enum VmxOp: u64 {
@@ -144,13 +150,5 @@ mod tests {
             assert_eq!(VmxResult::from_rflags(r.apply_to_rflags(rf)), r);
         }
         assert_eq!(VmxResult::from_rflags(VmxResult::FailValid(4).apply_to_rflags(0x2)), VmxResult::FailValid(0));
-    }
-
-    #[test]
-    fn the_doorbell_is_inside_the_identity_map_and_reachable_with_disp32() {
-        assert!(DOORBELL_GPA < crate::layout::IDENTITY_MAP_SIZE);
-        assert!(DOORBELL_GPA < 1 << 31);
-        assert!(READ_BITMAP_GPA < crate::layout::BOOT_INFO && WRITE_BITMAP_GPA < crate::layout::BOOT_INFO);
-        assert!(READ_BITMAP_GPA >= crate::layout::BOOT_PD + 0x1000);
     }
 }
