@@ -1,6 +1,6 @@
 //! Hypervisor CPUID leaves published by nestbench's L0.
 //!
-//! Intel and AMD reserve leaves 0x4000_0000-0x4000_00FF for hypervisors; CPUID.1:ECX[31]
+//! Intel and AMD reserve leaves 0x4000_0000-0x4000_00FF for hypervisors; CPUID.1:ECX bit 31
 //! ("hypervisor present") tells the guest to look there. L0 replaces KVM's own leaves in that
 //! range with these, so L1 never mistakes its L0 for a KVM paravirtual host.
 

@@ -7,6 +7,10 @@
 //! * [`layout`]: the fixed guest-physical layout of the L1 VM.
 //! * [`boot`]: the boot information block L0 hands L1.
 //! * [`report`]: the structured reports L1 sends back (CPU probe, exception).
+//! * VMX, shared by L1 and the soft engine: [`vmcs`] (field encodings), [`vmcs12`] (the
+//!   VMCS12 page layout), [`vmx`] (exit reasons, instruction errors, qualifications),
+//!   [`controls`] (control bits and the capability-MSR rule), [`ept`] (entry format and
+//!   walk), [`softvmx`] (how L1 reaches L0's userspace VMX).
 //!
 //! Every structure that crosses a level is `#[repr(C)]`, built only from integers, and has
 //! its size pinned by a compile-time assertion. Any incompatible change bumps [`ABI_VERSION`].
@@ -46,6 +50,8 @@ pub mod hypercall;
 pub mod layout;
 pub mod report;
 pub mod softvmx;
+pub mod vmcs;
+pub mod vmcs12;
 pub mod vmx;
 
 /// Version of this ABI. L0 publishes it in CPUID leaf [`cpuid::LEAF_INFO`] and in
