@@ -130,6 +130,7 @@ impl Machine {
             mem_size: vm.mem.size(),
             identity_map_size: IDENTITY_MAP_SIZE,
             reserved: [0; 4],
+            payload: nestbench_abi::payload::PayloadInfo::default(),
         };
         vm.mem.write(BOOT_INFO, boot.as_bytes()).map_err(VmError::from)?;
         let vcpu = vm.create_vcpu(config.cpl, entry, BOOT_STACK_TOP, BOOT_INFO)?;
@@ -375,6 +376,10 @@ impl VcpuThread {
                 let r: ProbeReport = self.read_pod(gpa, len)?;
                 self.emit(Event::Probe(Probe::from(&r)));
                 Ok(())
+            }
+            // Only the soft engine runs payloads; this L0 never gave L1 one.
+            Some(ReportKind::PayloadRun) => {
+                Err((Status::BadArgument, "payload report, but no payload was given".into()))
             }
             None => Err((Status::BadArgument, format!("unknown report kind {kind}"))),
         }

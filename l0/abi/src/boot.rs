@@ -35,8 +35,10 @@ pub struct BootInfo {
     pub identity_map_size: u64,
     /// Reserved, zero.
     pub reserved: [u64; 4],
+    /// The L2 payload to run, if any.
+    pub payload: crate::payload::PayloadInfo,
 }
 
-const _: () = assert!(size_of::<BootInfo>() == 64);
+const _: () = assert!(size_of::<BootInfo>() == 64 + size_of::<crate::payload::PayloadInfo>());
 
 impl crate::Pod for BootInfo {}

@@ -48,6 +48,7 @@ pub mod cpuid;
 pub mod ept;
 pub mod hypercall;
 pub mod layout;
+pub mod payload;
 pub mod report;
 pub mod softvmx;
 pub mod vmcs;

@@ -5,6 +5,8 @@ abi_enum! {
     pub enum ReportKind: u64 {
         /// A [`ProbeReport`].
         Probe = 1,
+        /// A [`crate::payload::PayloadReport`].
+        PayloadRun = 2,
     }
 }
 
