@@ -25,6 +25,22 @@ pub enum Event {
     },
     /// L1's CPU probe.
     Probe(Probe),
+    /// L1's verdict on the VMX instruction of a must-fail scenario.
+    Verdict {
+        /// The scenario, by name.
+        scenario: String,
+        /// `entered`, `fail_invalid`, `fail_valid` or `entry_failure`.
+        kind: &'static str,
+        /// VM-instruction error (fail_valid).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<u32>,
+        /// Exit reason (entered, entry_failure).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        exit_reason: Option<u32>,
+        /// Exit qualification (entry_failure).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        qualification: Option<u64>,
+    },
     /// A hypercall L0 refused; the guest got `status` in RAX and went on.
     HypercallError {
         /// The call number (EAX).
@@ -36,6 +52,31 @@ pub enum Event {
         /// Guest RIP of the OUT.
         rip: u64,
     },
+}
+
+impl Event {
+    /// Decode L1's verdict report.
+    #[must_use]
+    pub fn from_verdict(v: &nestbench_abi::report::Verdict) -> Self {
+        use nestbench_abi::report::VerdictKind;
+        let scenario = nestbench_abi::boot::Scenario::from_raw(v.scenario)
+            .map_or_else(|| format!("unknown({})", v.scenario), |s| format!("{s:?}"));
+        let kind = VerdictKind::from_raw(v.kind);
+        Self::Verdict {
+            scenario,
+            kind: match kind {
+                Some(VerdictKind::Entered) => "entered",
+                Some(VerdictKind::FailInvalid) => "fail_invalid",
+                Some(VerdictKind::FailValid) => "fail_valid",
+                Some(VerdictKind::EntryFailure) => "entry_failure",
+                None => "invalid",
+            },
+            error: (kind == Some(VerdictKind::FailValid)).then_some(v.error),
+            exit_reason: matches!(kind, Some(VerdictKind::Entered | VerdictKind::EntryFailure))
+                .then_some(v.exit_reason),
+            qualification: (kind == Some(VerdictKind::EntryFailure)).then_some(v.qualification),
+        }
+    }
 }
 
 /// One MSR as L1 read it.

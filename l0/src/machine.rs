@@ -377,6 +377,11 @@ impl VcpuThread {
                 self.emit(Event::Probe(Probe::from(&r)));
                 Ok(())
             }
+            Some(ReportKind::Verdict) => {
+                let v: nestbench_abi::report::Verdict = self.read_pod(gpa, len)?;
+                self.emit(Event::from_verdict(&v));
+                Ok(())
+            }
             // Only the soft engine runs payloads; this L0 never gave L1 one.
             Some(ReportKind::PayloadRun) => {
                 Err((Status::BadArgument, "payload report, but no payload was given".into()))

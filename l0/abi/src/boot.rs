@@ -5,14 +5,33 @@
 pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"NBBOOT01");
 
 abi_enum! {
-    /// What L1 should do after it has set itself up. The foundation L1 knows these; unknown
-    /// values make it report and exit with status [`EXIT_BAD_BOOT_INFO`].
+    /// What L1 should do after it has set itself up. Unknown values make it report and
+    /// exit with status [`EXIT_BAD_BOOT_INFO`].
     pub enum Scenario: u32 {
-        /// Probe the CPU, send a [`crate::report::ProbeReport`], exit 0.
+        /// Probe the CPU, send a [`crate::report::ProbeReport`], then run the payload of
+        /// [`BootInfo::payload`] if there is one, and exit.
         Probe = 0,
         /// Probe, then touch an unmapped linear address: exercises L1's exception reporting
         /// (a #PF that L1 reports through the Exception hypercall).
         PageFault = 1,
+        /// Must-fail: a VMLAUNCH with a pin-based control bit set that the capability MSR
+        /// does not allow (SDM 27.2.1.1): VMfailValid 7.
+        FailControl = 10,
+        /// Must-fail: host CR4 without PAE in a 64-bit host (SDM 27.2.2): VMfailValid 8.
+        FailHostState = 11,
+        /// Must-fail: guest RFLAGS with reserved bit 1 clear (SDM 27.3.1.4): VM exit
+        /// 33 | 1 << 31, qualification 0.
+        FailGuestState = 12,
+        /// Must-fail: VMRESUME of a VMCS that was never launched: VMfailValid 5.
+        FailResumeBeforeLaunch = 13,
+        /// Must-fail: VMLAUNCH of a launched VMCS (after one successful entry): VMfailValid 4.
+        FailLaunchLaunched = 14,
+        /// Must-fail: VMPTRLD of an address that is not 4 KiB-aligned: VMfailValid 9.
+        FailVmptrldUnaligned = 15,
+        /// Must-fail: VMPTRLD of a VMCS with the wrong revision identifier: VMfailValid 11.
+        FailRevision = 16,
+        /// Must-fail: VMWRITE to a read-only field (exit reason): VMfailValid 13.
+        FailWriteReadOnly = 17,
     }
 }
 

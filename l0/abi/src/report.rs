@@ -7,6 +7,8 @@ abi_enum! {
         Probe = 1,
         /// A [`crate::payload::PayloadReport`].
         PayloadRun = 2,
+        /// A [`Verdict`] of a must-fail scenario.
+        Verdict = 3,
     }
 }
 
@@ -128,3 +130,36 @@ pub fn exception_name(vector: u64) -> &'static str {
     ];
     usize::try_from(vector).ok().and_then(|v| NAMES.get(v)).copied().unwrap_or("unknown")
 }
+
+abi_enum! {
+    /// How a VMX instruction under test ended.
+    pub enum VerdictKind: u32 {
+        /// The entry succeeded; `exit_reason` is the first exit's.
+        Entered = 0,
+        /// VMfailInvalid.
+        FailInvalid = 1,
+        /// VMfailValid; `error` is the VM-instruction error.
+        FailValid = 2,
+        /// A VM exit for a failed entry; `exit_reason` has bit 31 set.
+        EntryFailure = 3,
+    }
+}
+
+/// What L1 saw when it executed the instruction of a must-fail scenario. Integer-only.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Verdict {
+    /// The [`Scenario`](crate::boot::Scenario) it was for.
+    pub scenario: u32,
+    /// A [`VerdictKind`].
+    pub kind: u32,
+    /// VM-instruction error number (FailValid).
+    pub error: u32,
+    /// Exit reason (Entered, EntryFailure).
+    pub exit_reason: u32,
+    /// Exit qualification (EntryFailure).
+    pub qualification: u64,
+}
+
+const _: () = assert!(size_of::<Verdict>() == 24);
+impl crate::Pod for Verdict {}
