@@ -170,3 +170,56 @@ mod tests {
         assert_eq!(bucket(u64::MAX), HIST_BUCKETS - 1);
     }
 }
+
+/// One instruction of the `io_encodings` payload: the bytes the payload executes, and what
+/// a VM exit for it must report (SDM 28.2.1, Table 28-5; instruction length 28.2.4).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IoCase {
+    /// The instruction's encoding, exactly as the payload executes it.
+    pub bytes: &'static [u8],
+    /// Access size in bytes.
+    pub size: u8,
+    /// IN/INS (true) or OUT/OUTS.
+    pub is_in: bool,
+    /// INS/OUTS.
+    pub string: bool,
+    /// REP prefix.
+    pub rep: bool,
+    /// Port from an imm8 (true) or DX.
+    pub immediate: bool,
+    /// VM exits it causes: 1, or RCX for REP forms (L1 emulates one iteration per exit).
+    pub exits: u8,
+}
+
+/// RCX the `io_encodings` payload sets before each REP form.
+pub const IO_REP_COUNT: u8 = 2;
+
+const fn io(bytes: &'static [u8], size: u8, is_in: bool, string: bool, rep: bool, immediate: bool) -> IoCase {
+    IoCase { bytes, size, is_in, string, rep, immediate, exits: if rep { IO_REP_COUNT } else { 1 } }
+}
+
+/// The `io_encodings` payload, in order: every I/O encoding once, on [`PAYLOAD_PORT`] (DX
+/// holds it for the DX forms; RSI/RDI point at a buffer for the string forms). Immediate
+/// ports are the byte 0xE0 = `PAYLOAD_PORT`.
+pub const IO_ENCODINGS: [IoCase; 18] = [
+    io(&[0xE6, 0xE0], 1, false, false, false, true),       // out 0xE0, al
+    io(&[0x66, 0xE7, 0xE0], 2, false, false, false, true), // out 0xE0, ax
+    io(&[0xE7, 0xE0], 4, false, false, false, true),       // out 0xE0, eax
+    io(&[0xEE], 1, false, false, false, false),            // out dx, al
+    io(&[0x66, 0xEF], 2, false, false, false, false),      // out dx, ax
+    io(&[0xEF], 4, false, false, false, false),            // out dx, eax
+    io(&[0xE4, 0xE0], 1, true, false, false, true),        // in al, 0xE0
+    io(&[0x66, 0xE5, 0xE0], 2, true, false, false, true),  // in ax, 0xE0
+    io(&[0xE5, 0xE0], 4, true, false, false, true),        // in eax, 0xE0
+    io(&[0xEC], 1, true, false, false, false),             // in al, dx
+    io(&[0x66, 0xED], 2, true, false, false, false),       // in ax, dx
+    io(&[0xED], 4, true, false, false, false),             // in eax, dx
+    io(&[0x6E], 1, false, true, false, false),             // outsb
+    io(&[0x66, 0x6F], 2, false, true, false, false),       // outsw
+    io(&[0x6F], 4, false, true, false, false),             // outsd
+    io(&[0xF3, 0x6E], 1, false, true, true, false),        // rep outsb (RCX = 2)
+    io(&[0x6C], 1, true, true, false, false),              // insb
+    io(&[0xF3, 0x6C], 1, true, true, true, false),         // rep insb (RCX = 2)
+];
+
+const _: () = assert!(PAYLOAD_PORT == 0xE0, "IO_ENCODINGS encodes the immediate port 0xE0");
