@@ -1,4 +1,5 @@
-//! Build the bare-metal guests for `x86_64-unknown-none` and tell the crate where they are.
+//! Build the bare-metal guests (L1 and every L2 payload) for `x86_64-unknown-none` and tell
+//! the crate where they are.
 //!
 //! A nested cargo with its own target directory (`target/guests`), so it never waits on the
 //! outer build's lock. Set `NESTBENCH_SKIP_GUEST_BUILD=1` to skip (the image path is then
@@ -10,8 +11,10 @@ fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let root = manifest.parent().expect("l0 lives in the workspace root").to_owned();
     let target_dir = root.join("target").join("guests");
-    let l1 = target_dir.join("x86_64-unknown-none/release/l1_guest");
-    println!("cargo:rustc-env=NESTBENCH_BUILT_L1_ELF={}", l1.display());
+    let built = target_dir.join("x86_64-unknown-none/release");
+    println!("cargo:rustc-env=NESTBENCH_BUILT_L1_ELF={}", built.join("l1_guest").display());
+    // Every L2 payload image (one per `l2_payloads` manifest, named like it) lies here.
+    println!("cargo:rustc-env=NESTBENCH_BUILT_GUEST_DIR={}", built.display());
     for dir in ["l1_guest", "l0/abi", "l2_payloads"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
@@ -46,8 +49,10 @@ fn main() {
         "x86_64-unknown-none",
         "-p",
         "l1_guest",
+        "-p",
+        "l2_payloads",
         "--features",
-        "l1_guest/bare-metal",
+        "l1_guest/bare-metal,l2_payloads/bare-metal",
     ]);
     cmd.arg("--target-dir").arg(&target_dir);
     let out = cmd.output().expect("running cargo to build the guests");

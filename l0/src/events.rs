@@ -41,6 +41,14 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         qualification: Option<u64>,
     },
+    /// L1's report on the payload it ran.
+    PayloadRun(Box<PayloadRun>),
+    /// Something L0 noted about the guest that is not an error (for example a VMX
+    /// instruction that would have been #UD on hardware).
+    Note {
+        /// What.
+        text: String,
+    },
     /// A hypercall L0 refused; the guest got `status` in RAX and went on.
     HypercallError {
         /// The call number (EAX).
@@ -75,6 +83,108 @@ impl Event {
             exit_reason: matches!(kind, Some(VerdictKind::Entered | VerdictKind::EntryFailure))
                 .then_some(v.exit_reason),
             qualification: (kind == Some(VerdictKind::EntryFailure)).then_some(v.qualification),
+        }
+    }
+}
+
+/// One L2 exit as L1 saw it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ExitRecord {
+    /// Exit reason (full 32 bits).
+    pub reason: u32,
+    /// Its name.
+    pub reason_name: String,
+    /// Exit qualification.
+    pub qualification: u64,
+    /// Guest RIP, as an offset into the payload image.
+    pub rip_offset: u64,
+    /// VM-exit instruction length.
+    pub insn_len: u32,
+    /// VM-exit instruction information.
+    pub insn_info: u32,
+    /// Guest-linear address.
+    pub guest_linear: u64,
+}
+
+/// What the payload measured.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PayloadResults {
+    /// Iterations done.
+    pub iterations: u64,
+    /// Sum of per-iteration cycles.
+    pub total_cycles: u64,
+    /// Smallest per-iteration cycles.
+    pub min_cycles: u64,
+    /// Largest per-iteration cycles.
+    pub max_cycles: u64,
+    /// Failed payload checks.
+    pub failures: u64,
+    /// Log2 histogram of per-iteration cycles: `(bucket, count)` for non-empty buckets;
+    /// bucket b counts [2^b, 2^(b+1)).
+    pub hist: Vec<(usize, u64)>,
+}
+
+/// L1's report on a payload run, decoded.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PayloadRun {
+    /// The payload's status (0 = ok).
+    pub status: u64,
+    /// L2 exits L1 handled, by reason name.
+    pub exits: BTreeMap<String, u64>,
+    /// L1's VMREAD/VMWRITE executions while handling exits.
+    pub vmx_accesses: u32,
+    /// The payload's results page (`None` if the payload never wrote it).
+    pub results: Option<PayloadResults>,
+    /// The first exit records.
+    pub exit_records: Vec<ExitRecord>,
+}
+
+impl From<&nestbench_abi::payload::PayloadResults> for PayloadResults {
+    fn from(r: &nestbench_abi::payload::PayloadResults) -> Self {
+        Self {
+            iterations: r.iterations,
+            total_cycles: r.total_cycles,
+            min_cycles: r.min_cycles,
+            max_cycles: r.max_cycles,
+            failures: r.failures,
+            hist: r.hist.iter().copied().enumerate().filter(|(_, c)| *c > 0).collect(),
+        }
+    }
+}
+
+fn reason_name(reason: u32) -> String {
+    let basic = nestbench_abi::vmx::ExitReason::from_raw((reason & 0xFFFF) as u16)
+        .map_or_else(|| format!("reason {}", reason & 0xFFFF), |r| r.name().to_owned());
+    if reason & (1 << 31) != 0 { format!("VM-entry failure: {basic}") } else { basic }
+}
+
+impl From<&nestbench_abi::payload::PayloadReport> for PayloadRun {
+    fn from(r: &nestbench_abi::payload::PayloadReport) -> Self {
+        let n = (r.records as usize).min(r.exit_records.len());
+        let res = &r.results;
+        Self {
+            status: r.status,
+            exits: r
+                .exits_by_reason
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| **c > 0)
+                .map(|(reason, c)| (reason_name(reason as u32), u64::from(*c)))
+                .collect(),
+            vmx_accesses: r.vmx_accesses,
+            results: (res.magic == nestbench_abi::payload::RESULTS_MAGIC).then(|| PayloadResults::from(res)),
+            exit_records: r.exit_records[..n]
+                .iter()
+                .map(|e| ExitRecord {
+                    reason: e.reason,
+                    reason_name: reason_name(e.reason),
+                    qualification: e.qualification,
+                    rip_offset: e.rip_offset,
+                    insn_len: e.insn_len,
+                    insn_info: e.insn_info,
+                    guest_linear: e.guest_linear,
+                })
+                .collect(),
         }
     }
 }
@@ -305,6 +415,13 @@ pub enum Outcome {
         /// Hardware entry failure reason.
         reason: u64,
     },
+    /// The engine met a valid setting or an L2 event it cannot honour (never a fake VMfail).
+    EngineUnsupported {
+        /// The VMCS field or event.
+        what: String,
+        /// Why.
+        why: String,
+    },
 }
 
 impl Outcome {
@@ -340,7 +457,7 @@ pub struct KvmStats {
 }
 
 /// The end of a run.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct RunReport {
     /// How it ended.
     pub outcome: Outcome,
@@ -354,4 +471,7 @@ pub struct RunReport {
     pub wall_ns: u64,
     /// KVM binary statistics deltas (`None` when the host has no KVM_GET_STATS_FD).
     pub kvm_stats: Option<KvmStats>,
+    /// The soft engine's counters, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub soft: Option<crate::soft::engine::SoftStats>,
 }

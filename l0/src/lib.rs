@@ -21,6 +21,8 @@ pub mod machine;
 pub mod memory;
 pub mod msr_filter;
 pub mod paging;
+pub mod single_level;
+pub mod soft;
 pub mod stats;
 pub mod vcpu;
 pub mod vm;

@@ -82,8 +82,9 @@ pub struct Loaded {
     pub end: u64,
 }
 
-/// Validate and load the ELF at `path` into `mem`.
-pub fn load_elf(mem: &GuestMem, path: &Path) -> Result<Loaded, LoadError> {
+/// The loadable segments of the ELF at `path`, validated against `[base, end)`, and its
+/// entry point (which must lie in an executable segment).
+fn segments(path: &Path, base: u64, end: u64) -> Result<(File, Elf64_Ehdr, Vec<Elf64_Phdr>), LoadError> {
     let io = |source| LoadError::Io { path: path.to_owned(), source };
     let not_elf = |why: &str| LoadError::NotElf { path: path.to_owned(), why: why.to_owned() };
     let mut file = File::open(path).map_err(io)?;
@@ -102,6 +103,7 @@ pub fn load_elf(mem: &GuestMem, path: &Path) -> Result<Loaded, LoadError> {
 
     file.seek(SeekFrom::Start(ehdr.e_phoff)).map_err(io)?;
     let mut entry_ok = false;
+    let mut loads = Vec::new();
     for index in 0..usize::from(ehdr.e_phnum) {
         let mut ph = Elf64_Phdr::default();
         file.read_exact(ph.as_mut_slice()).map_err(|_| not_elf("truncated program headers"))?;
@@ -109,24 +111,56 @@ pub fn load_elf(mem: &GuestMem, path: &Path) -> Result<Loaded, LoadError> {
             continue;
         }
         let start = ph.p_paddr;
-        let end = start.saturating_add(ph.p_memsz);
-        if start < L1_IMAGE_BASE || end > mem.size() || ph.p_filesz > ph.p_memsz {
+        let seg_end = start.saturating_add(ph.p_memsz);
+        if start < base || seg_end > end || ph.p_filesz > ph.p_memsz {
             return Err(LoadError::SegmentOutside {
                 path: path.to_owned(),
                 index,
                 start,
-                end,
-                base: L1_IMAGE_BASE,
-                mem_end: mem.size(),
+                end: seg_end,
+                base,
+                mem_end: end,
             });
         }
-        entry_ok |= ph.p_flags & 1 != 0 && (start..end).contains(&ehdr.e_entry);
+        entry_ok |= ph.p_flags & 1 != 0 && (start..seg_end).contains(&ehdr.e_entry);
+        loads.push(ph);
     }
     if !entry_ok {
         return Err(LoadError::BadEntry { path: path.to_owned(), entry: ehdr.e_entry });
     }
+    Ok((file, ehdr, loads))
+}
 
+/// Validate and load the ELF at `path` into `mem`.
+pub fn load_elf(mem: &GuestMem, path: &Path) -> Result<Loaded, LoadError> {
+    let (mut file, _, _) = segments(path, L1_IMAGE_BASE, mem.size())?;
     let r = ElfLoader::load(mem.inner(), None, &mut file, Some(GuestAddress(L1_IMAGE_BASE)))
         .map_err(|source| LoadError::Loader { path: path.to_owned(), source })?;
     Ok(Loaded { entry: r.kernel_load.0, end: r.kernel_end })
+}
+
+/// Stage the ELF at `path`, linked in `[base, base + max)`, as a flat image at `dest` in
+/// `mem`: byte `base + i` of the image lands at `dest + i`, bss is zero. Returns the entry
+/// point and the image size rounded up to 4 KiB.
+pub fn stage_flat(mem: &GuestMem, path: &Path, base: u64, max: u64, dest: u64) -> Result<Loaded, LoadError> {
+    let (mut file, ehdr, loads) = segments(path, base, base + max)?;
+    let io = |source| LoadError::Io { path: path.to_owned(), source };
+    let end = loads.iter().map(|p| p.p_paddr + p.p_memsz).max().unwrap_or(base);
+    let size = (end - base).next_multiple_of(4096);
+    let outside = |_| LoadError::SegmentOutside {
+        path: path.to_owned(),
+        index: 0,
+        start: dest,
+        end: dest + size,
+        base: dest,
+        mem_end: mem.size(),
+    };
+    mem.write(dest, &vec![0; size as usize]).map_err(outside)?;
+    for ph in &loads {
+        let mut bytes = vec![0; ph.p_filesz as usize];
+        file.seek(SeekFrom::Start(ph.p_offset)).map_err(io)?;
+        file.read_exact(&mut bytes).map_err(io)?;
+        mem.write(dest + (ph.p_paddr - base), &bytes).map_err(outside)?;
+    }
+    Ok(Loaded { entry: ehdr.e_entry, end: size })
 }

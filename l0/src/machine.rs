@@ -16,10 +16,11 @@ use nestbench_abi::layout::{BOOT_INFO, BOOT_STACK_TOP, IDENTITY_MAP_SIZE};
 use nestbench_abi::report::{ExceptionReport, ProbeReport, ReportKind};
 use nestbench_abi::{ABI_VERSION, Pod};
 
-use crate::events::{Event, Gprs, KvmStats, Outcome, Probe, RunReport};
+use crate::events::{Event, Gprs, KvmStats, Outcome, PayloadRun, Probe, RunReport};
 use crate::loader::{self, LoadError};
 use crate::memory::GuestMem;
 use crate::paging;
+use crate::soft::engine::{EntryOutcome, SoftVmx};
 use crate::stats::{self, StatsFd};
 use crate::vcpu::{Exit, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
@@ -54,6 +55,9 @@ pub enum MachineError {
         /// Guest memory size.
         mem: u64,
     },
+    /// Setting up an engine failed.
+    #[error("setting up the engine: {0}")]
+    Setup(String),
     /// The vCPU thread panicked (a bug in L0).
     #[error("the vCPU thread panicked: {0}")]
     VcpuThreadPanicked(String),
@@ -86,6 +90,32 @@ pub struct MachineConfig {
     pub cpl: Cpl,
     /// Scenario passed to L1 in the boot info.
     pub scenario: Scenario,
+    /// Run the soft engine (L0 provides VMX to L1 in userspace).
+    pub soft: Option<SoftConfig>,
+    /// The L2 payload L1 should run.
+    pub payload: Option<PayloadSpec>,
+}
+
+/// Settings of the soft engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SoftConfig {
+    /// VMCS shadowing: L1's VMREAD/VMWRITE of supported fields do not trap.
+    pub vmcs_shadowing: bool,
+}
+
+/// An L2 payload to hand to L1.
+#[derive(Clone, Debug)]
+pub struct PayloadSpec {
+    /// Its name (L1 knows some payloads by name).
+    pub name: String,
+    /// Its ELF image, linked at `nestbench_abi::payload::L2_IMAGE_BASE`.
+    pub elf: PathBuf,
+    /// The CPL it runs at.
+    pub cpl: nestbench_abi::payload::Cpl,
+    /// Iterations (RDI at its entry).
+    pub iterations: u64,
+    /// Its argument (RSI).
+    pub arg: u64,
 }
 
 impl Default for MachineConfig {
@@ -96,6 +126,8 @@ impl Default for MachineConfig {
             timeout: Duration::from_secs(10),
             cpl: Cpl::Kernel,
             scenario: Scenario::Probe,
+            soft: None,
+            payload: None,
         }
     }
 }
@@ -111,7 +143,16 @@ pub struct Machine {
 impl Machine {
     /// Create the VM, load `image`, write the boot info and set up vCPU 0.
     pub fn new(config: MachineConfig, image: &Image) -> Result<Self, MachineError> {
-        let vm = Vm::new(&config.kvm_path, config.mem_size)?;
+        let mut vm = Vm::new(&config.kvm_path, config.mem_size)?;
+        if let Some(soft) = config.soft {
+            vm.l0_features |= nestbench_abi::cpuid::FEATURE_SOFT_VMX;
+            // The capability MSRs come to L0 (RDMSR exits), whatever KVM knows of them.
+            let first = nestbench_abi::report::VMX_MSR_FIRST;
+            let count = nestbench_abi::report::VMX_MSR_COUNT as u32;
+            crate::msr_filter::exit_ranges_to_userspace(&vm.fd, &[(first, count)])
+                .map_err(|e| MachineError::Setup(e.to_string()))?;
+            crate::soft::engine::publish_bitmaps(&vm.mem, soft.vmcs_shadowing).map_err(VmError::from)?;
+        }
         let entry = match image {
             Image::Elf(path) => loader::load_elf(&vm.mem, path)?.entry,
             Image::Raw { gpa, bytes } => {
@@ -130,7 +171,10 @@ impl Machine {
             mem_size: vm.mem.size(),
             identity_map_size: IDENTITY_MAP_SIZE,
             reserved: [0; 4],
-            payload: nestbench_abi::payload::PayloadInfo::default(),
+            payload: match &config.payload {
+                Some(p) => stage_payload(&vm.mem, p)?,
+                None => nestbench_abi::payload::PayloadInfo::default(),
+            },
         };
         vm.mem.write(BOOT_INFO, boot.as_bytes()).map_err(VmError::from)?;
         let vcpu = vm.create_vcpu(config.cpl, entry, BOOT_STACK_TOP, BOOT_INFO)?;
@@ -171,6 +215,24 @@ impl Machine {
     }
 }
 
+/// Stage `p`'s image in L1 memory and describe it for the boot info.
+fn stage_payload(mem: &GuestMem, p: &PayloadSpec) -> Result<nestbench_abi::payload::PayloadInfo, MachineError> {
+    use nestbench_abi::payload::{L2_IMAGE_BASE, L2_IMAGE_MAX, PayloadInfo, STAGING_GPA};
+    let staged = loader::stage_flat(mem, &p.elf, L2_IMAGE_BASE, L2_IMAGE_MAX, STAGING_GPA)?;
+    let mut name = [0u8; 16];
+    let n = p.name.len().min(16);
+    name[..n].copy_from_slice(&p.name.as_bytes()[..n]);
+    Ok(PayloadInfo {
+        present: 1,
+        cpl: p.cpl as u32,
+        size: staged.end,
+        entry: staged.entry,
+        iterations: p.iterations,
+        arg: p.arg,
+        name,
+    })
+}
+
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -208,11 +270,13 @@ struct VcpuThread {
     tx: mpsc::Sender<Event>,
     exits: BTreeMap<String, u64>,
     hypercalls: BTreeMap<String, u64>,
+    /// The soft engine, with a KVM handle for VM2.
+    soft: Option<(SoftVmx, kvm_ioctls::Kvm)>,
 }
 
 impl VcpuThread {
     fn new(vcpu: Vcpu, mem: GuestMem, config: MachineConfig, tx: mpsc::Sender<Event>) -> Self {
-        Self { vcpu, mem, config, tx, exits: BTreeMap::new(), hypercalls: BTreeMap::new() }
+        Self { vcpu, mem, config, tx, exits: BTreeMap::new(), hypercalls: BTreeMap::new(), soft: None }
     }
 
     fn emit(&self, ev: Event) {
@@ -223,12 +287,20 @@ impl VcpuThread {
 
     fn run(mut self) -> Result<(RunReport, Option<stats::StatsDelta>), MachineError> {
         let kicker = self.vcpu.bind_to_current_thread()?;
+        if let Some(cfg) = self.config.soft {
+            let kvm = crate::vm::open_kvm(&self.config.kvm_path)?;
+            self.soft = Some((SoftVmx::new(cfg.vmcs_shadowing), kvm));
+        }
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
         let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());
         let watchdog = Watchdog::arm(kicker, self.config.timeout);
         let start = Instant::now();
         let outcome = loop {
+            let t = Instant::now();
             let exit = self.vcpu.run()?;
+            if let Some((soft, _)) = &mut self.soft {
+                soft.note_l1_exit(t.elapsed());
+            }
             *self.exits.entry(exit_kind(&exit).to_owned()).or_default() += 1;
             if let Flow::Stop(o) = self.handle(exit, &watchdog)? {
                 break o;
@@ -247,6 +319,7 @@ impl VcpuThread {
             hypercalls: self.hypercalls,
             wall_ns,
             kvm_stats: None,
+            soft: self.soft.map(|(s, _)| s.stats),
         };
         Ok((report, vcpu_delta))
     }
@@ -266,6 +339,34 @@ impl VcpuThread {
             Exit::IoOut { port: PORT, size: 4, count: 1, data } => {
                 let nr = u32::from_le_bytes(data[..4].try_into().expect("4-byte OUT"));
                 self.hypercall(nr)?
+            }
+            Exit::MmioWrite { gpa: nestbench_abi::softvmx::DOORBELL_GPA, data } if self.soft.is_some() => {
+                let (soft, kvm) = self.soft.as_mut().expect("checked by the guard");
+                let fired = || watchdog.fired();
+                match soft.doorbell(data.first().copied().unwrap_or(0), &mut self.vcpu, &self.mem, kvm, &fired) {
+                    Ok(EntryOutcome::Resume) => Flow::Continue,
+                    Ok(EntryOutcome::Unsupported { what, why }) => Flow::Stop(Outcome::EngineUnsupported { what, why }),
+                    Ok(EntryOutcome::Timeout { regs }) => {
+                        let budget_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
+                        Flow::Stop(Outcome::Timeout {
+                            budget_ms,
+                            regs: Gprs::from(&regs),
+                            disassembly: "(in L2)".into(),
+                        })
+                    }
+                    Err(e) => Flow::Stop(Outcome::EngineUnsupported { what: "soft engine".into(), why: e.to_string() }),
+                }
+            }
+            Exit::RdMsr { index } if self.soft.is_some() => {
+                let (soft, _) = self.soft.as_mut().expect("checked by the guard");
+                // A capability MSR, or #GP like any MSR this VM does not have.
+                self.vcpu.set_rdmsr_result(soft.rdmsr(index).ok_or(()));
+                Flow::Continue
+            }
+            Exit::WrMsr { .. } if self.soft.is_some() => {
+                // The capability MSRs are read-only (SDM A.1): WRMSR is #GP.
+                self.vcpu.set_wrmsr_result(false);
+                Flow::Continue
             }
             Exit::IoIn { port: PORT, .. } => {
                 // An IN from the hypercall port: the IN's data becomes RAX, so the status
@@ -331,11 +432,23 @@ impl VcpuThread {
             Some(Call::Exception) => self
                 .read_pod::<ExceptionReport>(a0, size_of::<ExceptionReport>() as u64)
                 .map(|r| Flow::Stop(Outcome::from_exception(&r))),
-            // Served only by the soft engine, which advertises FEATURE_SOFT_VMX; this L0 does not.
-            Some(Call::Vmx) => Err((
-                Status::UnknownCall,
-                "Vmx hypercall, but this L0 does not provide soft VMX (no FEATURE_SOFT_VMX)".into(),
-            )),
+            Some(Call::Vmx) => {
+                let done = self.soft.as_mut().map(|(soft, _)| soft.vmx_hypercall(&self.mem, a0, a1, a2));
+                match done {
+                    Some((word, value, note)) => {
+                        regs.rdi = word;
+                        regs.rsi = value;
+                        if let Some(text) = note {
+                            self.emit(Event::Note { text });
+                        }
+                        Ok(Flow::Continue)
+                    }
+                    None => Err((
+                        Status::UnknownCall,
+                        "Vmx hypercall, but this L0 does not provide soft VMX (no FEATURE_SOFT_VMX)".into(),
+                    )),
+                }
+            }
         };
         let (status, flow) = match result {
             Ok(flow) => (Status::Ok, flow),
@@ -382,9 +495,10 @@ impl VcpuThread {
                 self.emit(Event::from_verdict(&v));
                 Ok(())
             }
-            // Only the soft engine runs payloads; this L0 never gave L1 one.
             Some(ReportKind::PayloadRun) => {
-                Err((Status::BadArgument, "payload report, but no payload was given".into()))
+                let r: nestbench_abi::payload::PayloadReport = self.read_pod(gpa, len)?;
+                self.emit(Event::PayloadRun(Box::new(PayloadRun::from(&r))));
+                Ok(())
             }
             None => Err((Status::BadArgument, format!("unknown report kind {kind}"))),
         }

@@ -32,13 +32,21 @@ pub enum MsrFilterError {
     SetFilter(kvm_ioctls::Error),
 }
 
-/// Make RDMSR and WRMSR of every MSR in `deny`, and of MSRs KVM does not know, exit to
-/// userspace; every other MSR stays with KVM. Call before the VM's vCPUs first run.
+/// Send RDMSR/WRMSR of each MSR in `deny` (and of MSRs KVM does not know) to userspace
+/// as KVM_EXIT_X86_RDMSR / WRMSR; every other MSR is KVM's. One filter range per MSR.
 pub fn exit_to_userspace(vm: &VmFd, deny: &[u32]) -> Result<(), MsrFilterError> {
+    let ranges: Vec<(u32, u32)> = deny.iter().map(|&m| (m, 1)).collect();
+    exit_ranges_to_userspace(vm, &ranges)
+}
+
+/// Send RDMSR/WRMSR of every MSR in the ranges `(base, count)` (and of MSRs KVM does not
+/// know) to userspace; every other MSR is KVM's. At most KVM_MSR_FILTER_MAX_RANGES ranges;
+/// none may touch the x2APIC range, which the filter does not cover.
+pub fn exit_ranges_to_userspace(vm: &VmFd, deny: &[(u32, u32)]) -> Result<(), MsrFilterError> {
     if deny.len() > KVM_MSR_FILTER_MAX_RANGES as usize {
         return Err(MsrFilterError::TooMany(deny.len()));
     }
-    if let Some(&m) = deny.iter().find(|m| X2APIC_MSRS.contains(m)) {
+    if let Some(m) = deny.iter().flat_map(|&(b, n)| b..b.saturating_add(n)).find(|m| X2APIC_MSRS.contains(m)) {
         return Err(MsrFilterError::X2apic(m));
     }
     let cap = kvm_enable_cap {
@@ -47,15 +55,16 @@ pub fn exit_to_userspace(vm: &VmFd, deny: &[u32]) -> Result<(), MsrFilterError> 
         ..Default::default()
     };
     vm.enable_cap(&cap).map_err(MsrFilterError::EnableCap)?;
-    // One range of one MSR each, bitmap bit clear: that MSR's reads and writes are denied.
-    let denied = [0u8; 1];
+    // A clear bit denies the MSR to the guest, which makes KVM exit to userspace.
+    let bitmaps: Vec<Vec<u8>> = deny.iter().map(|&(_, n)| vec![0u8; (n as usize).div_ceil(8).max(1)]).collect();
     let ranges: Vec<MsrFilterRange<'_>> = deny
         .iter()
-        .map(|&base| MsrFilterRange {
+        .zip(&bitmaps)
+        .map(|(&(base, msr_count), bitmap)| MsrFilterRange {
             flags: MsrFilterRangeFlags::READ | MsrFilterRangeFlags::WRITE,
             base,
-            msr_count: 1,
-            bitmap: &denied,
+            msr_count,
+            bitmap,
         })
         .collect();
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(MsrFilterError::SetFilter)

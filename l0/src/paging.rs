@@ -41,6 +41,16 @@ const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
 /// Translate `linear` through the tables rooted at `cr3`.
 pub fn translate(mem: &GuestMem, cr3: u64, linear: u64) -> Result<Translation, WalkError> {
+    translate_with(|pa| mem.read_u64(pa), cr3, linear)
+}
+
+/// Translate `linear` with paging-structure reads done by `read_u64` (for a guest whose
+/// physical memory is not one [`GuestMem`], such as L2's behind EPT12).
+pub fn translate_with(
+    read_u64: impl Fn(u64) -> Result<u64, MemoryError>,
+    cr3: u64,
+    linear: u64,
+) -> Result<Translation, WalkError> {
     let sign = linear >> 47;
     if sign != 0 && sign != 0x1_FFFF {
         return Err(WalkError::NonCanonical(linear));
@@ -49,7 +59,7 @@ pub fn translate(mem: &GuestMem, cr3: u64, linear: u64) -> Result<Translation, W
     for level in (1..=4u8).rev() {
         let shift = 12 + 9 * u32::from(level - 1);
         let index = (linear >> shift) & 0x1FF;
-        let entry = mem.read_u64(table + index * 8).map_err(|source| WalkError::Memory { linear, source })?;
+        let entry = read_u64(table + index * 8).map_err(|source| WalkError::Memory { linear, source })?;
         if entry & 1 == 0 {
             return Err(WalkError::NotPresent { linear, level });
         }

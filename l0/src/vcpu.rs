@@ -157,6 +157,7 @@ impl Kicker {
 pub struct Vcpu {
     fd: VcpuFd,
     sync_regs: bool,
+    sync_sregs: bool,
     bound: bool,
 }
 
@@ -171,7 +172,16 @@ impl Vcpu {
         if sync_regs {
             fd.set_sync_valid_reg(SyncReg::Register);
         }
-        Self { fd, sync_regs, bound: false }
+        Self { fd, sync_regs, sync_sregs: false, bound: false }
+    }
+
+    /// Also carry the special registers in kvm_run (no KVM_GET/SET_SREGS ioctl per exit):
+    /// for vCPUs whose segment and control registers L0 reads or writes at every exit.
+    pub fn enable_sync_sregs(&mut self) {
+        if self.sync_regs {
+            self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
+            self.sync_sregs = true;
+        }
     }
 
     /// The raw vCPU fd (for statistics and setup ioctls).
@@ -188,6 +198,16 @@ impl Vcpu {
         self.bound = true;
         // SAFETY: pthread_self has no preconditions.
         Ok(Kicker { thread: unsafe { libc::pthread_self() } })
+    }
+
+    /// Make this vCPU the one the calling thread's kick lands on (for a thread that runs
+    /// two vCPUs in turn, as the soft engine runs L1 and L2). The kick handler must have been
+    /// installed by [`Vcpu::bind_to_current_thread`] of a vCPU on this thread; call this
+    /// before each KVM_RUN of a different vCPU than the last one, and call it again on the
+    /// bound vCPU before this one is dropped.
+    pub fn make_kick_target(&mut self) {
+        let p: *mut u8 = &mut self.fd.get_kvm_run().immediate_exit;
+        IMMEDIATE_EXIT.with(|c| c.set(p));
     }
 
     fn run_struct(&mut self) -> &mut kvm_run {
@@ -322,14 +342,30 @@ impl Vcpu {
         self.fd.get_regs().map_err(ioctl("KVM_GET_REGS"))
     }
 
-    /// The special registers.
-    pub fn sregs(&self) -> Result<kvm_sregs, VcpuError> {
+    /// The special registers with the ioctl (never stale, also before the first run).
+    pub fn sregs_now(&self) -> Result<kvm_sregs, VcpuError> {
         self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
     }
 
-    /// Set the special registers.
-    pub fn set_sregs(&self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
-        self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
+    /// The special registers (from sync regs after an exit when enabled).
+    pub fn sregs(&self) -> Result<kvm_sregs, VcpuError> {
+        if self.sync_sregs {
+            Ok(self.fd.sync_regs().sregs)
+        } else {
+            self.fd.get_sregs().map_err(ioctl("KVM_GET_SREGS"))
+        }
+    }
+
+    /// Set the special registers (through sync regs when enabled, applied at the next
+    /// KVM_RUN; KVM then skips the MMU reset when CR0/CR3/CR4/EFER are unchanged).
+    pub fn set_sregs(&mut self, sregs: &kvm_sregs) -> Result<(), VcpuError> {
+        if self.sync_sregs {
+            self.fd.sync_regs_mut().sregs = *sregs;
+            self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            Ok(())
+        } else {
+            self.fd.set_sregs(sregs).map_err(ioctl("KVM_SET_SREGS"))
+        }
     }
 }
 

@@ -79,6 +79,8 @@ pub struct Vm {
     pub fd: VmFd,
     /// Guest memory.
     pub mem: GuestMem,
+    /// What nestbench's CPUID leaf 0x4000_0001:EBX advertises to the vCPUs created next.
+    pub l0_features: u32,
 }
 
 impl Vm {
@@ -100,7 +102,7 @@ impl Vm {
         unsafe { fd.set_user_memory_region(region) }
             .map_err(|source| VmError::Ioctl { op: "KVM_SET_USER_MEMORY_REGION", source })?;
         x86_setup::write_boot_tables(&mem)?;
-        Ok(Self { kvm, fd, mem })
+        Ok(Self { kvm, fd, mem, l0_features: nestbench_abi::cpuid::FEATURE_HYPERCALL })
     }
 
     /// Statistics of this VM.
@@ -116,7 +118,7 @@ impl Vm {
         let fd = self.fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU"))?;
         let supported =
             self.kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
-        fd.set_cpuid2(&x86_setup::guest_cpuid(&supported)).map_err(ioctl("KVM_SET_CPUID2"))?;
+        fd.set_cpuid2(&x86_setup::guest_cpuid(&supported, self.l0_features)).map_err(ioctl("KVM_SET_CPUID2"))?;
         let msrs = x86_setup::boot_msrs();
         let n = fd.set_msrs(&msrs).map_err(ioctl("KVM_SET_MSRS"))?;
         if n != msrs.as_slice().len() {

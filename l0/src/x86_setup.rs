@@ -124,10 +124,11 @@ pub fn entry_regs(rip: u64, rsp: u64, rdi: u64, cpl: Cpl) -> kvm_regs {
     }
 }
 
-/// Turn KVM's supported CPUID into the guest's: set CPUID.1:ECX.hypervisor, and replace
+/// Turn KVM's supported CPUID into the guest's: set CPUID.1:ECX.hypervisor, publish
+/// `l0_features` (the `FEATURE_*` bits of leaf 0x4000_0001:EBX), and replace
 /// every leaf in the hypervisor range 0x4000_0000-0x4000_00FF (KVM's own "KVMKVMKVM" leaves
 /// included) with nestbench's. Everything else is what KVM supports, VMX/SVM included or not.
-pub fn guest_cpuid(supported: &CpuId) -> CpuId {
+pub fn guest_cpuid(supported: &CpuId, l0_features: u32) -> CpuId {
     let mut entries: Vec<_> =
         supported.as_slice().iter().copied().filter(|e| !(0x4000_0000..=0x4000_00FF).contains(&e.function)).collect();
     for e in &mut entries {
@@ -147,7 +148,7 @@ pub fn guest_cpuid(supported: &CpuId) -> CpuId {
     entries.push(kvm_bindings::kvm_cpuid_entry2 {
         function: hv::LEAF_INFO,
         eax: nestbench_abi::ABI_VERSION,
-        ebx: hv::FEATURE_HYPERCALL,
+        ebx: l0_features,
         ecx: u32::from(hypercall::PORT),
         ..Default::default()
     });
@@ -195,7 +196,7 @@ mod tests {
             kvm_bindings::kvm_cpuid_entry2 { function: 0x4000_0001, eax: 0xFFFF, ..Default::default() },
         ])
         .unwrap();
-        let c = guest_cpuid(&supported);
+        let c = guest_cpuid(&supported, hv::FEATURE_HYPERCALL);
         let e: Vec<_> = c.as_slice().to_vec();
         assert_eq!(e.len(), 3);
         assert_eq!(e[0].ecx, 0x20 | hv::CPUID1_ECX_HYPERVISOR, "VMX as KVM said, plus hypervisor bit");

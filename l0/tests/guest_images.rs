@@ -1,10 +1,13 @@
 //! The built guest images are static ELFs at their fixed addresses, and contain no
 //! instruction the development hosts' KVM cannot emulate at CPL 0 (shared/HOST-NOTES.md: no
 //! SSE arithmetic, POPCNT, RDTSCP, CMPXCHG16B, XGETBV, BMI, INT3, INT n; VMCALL hangs the
-//! vCPU). Every executable byte is disassembled with iced-x86.
+//! vCPU). Every executable byte is disassembled with iced-x86. The L2 payload images are
+//! checked the same way (those at CPL 3 run natively, but are kept clean anyway), and must
+//! be flat: one run of loadable bytes from `L2_IMAGE_BASE`, no bss, within `L2_IMAGE_MAX`.
 
 use iced_x86::{CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic};
-use object::{Object, ObjectSection, ObjectSymbol, SectionKind};
+use nestbench_abi::payload::{IO_ENCODINGS, L2_IMAGE_BASE, L2_IMAGE_MAX};
+use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind};
 
 /// Why an instruction is refused, or `None` if it is fine.
 fn refused(insn: &Instruction) -> Option<&'static str> {
@@ -19,7 +22,10 @@ fn refused(insn: &Instruction) -> Option<&'static str> {
         _ => {}
     }
     // SSE moves are emulated (with CR0.MP/CR4.OSFXSR); SSE arithmetic and anything newer is not.
-    let sse_move = matches!(insn.mnemonic(), Movups | Movaps | Movdqu | Movdqa | Movd | Movq);
+    // The fences are SSE/SSE2 instructions to iced-x86 but emulated (HOST-NOTES: LFENCE,
+    // MFENCE, SFENCE at CPL 0 work); the payloads' timing needs LFENCE.
+    let sse_move =
+        matches!(insn.mnemonic(), Movups | Movaps | Movdqu | Movdqa | Movd | Movq | Lfence | Mfence | Sfence);
     for f in insn.cpuid_features() {
         use CpuidFeature::*;
         match f {
@@ -84,6 +90,82 @@ fn l1_image_is_static_and_emulatable() {
     check_image(&l0::images::l1_elf(), nestbench_abi::layout::L1_IMAGE_BASE);
 }
 
+/// The payload names: the `[[bin]]`s of l2_payloads (one image per manifest, named like it;
+/// l2_payloads' own tests tie bins and manifests together).
+fn payload_names() -> Vec<String> {
+    let toml = concat!(env!("CARGO_MANIFEST_DIR"), "/../l2_payloads/Cargo.toml");
+    let toml = std::fs::read_to_string(toml).unwrap_or_else(|e| panic!("{toml}: {e}"));
+    let names: Vec<String> = toml
+        .split("[[bin]]")
+        .skip(1)
+        .filter_map(|block| {
+            block.lines().find_map(|l| {
+                let (key, value) = l.split_once('=')?;
+                (key.trim() == "name").then(|| value.trim().trim_matches('"').to_owned())
+            })
+        })
+        .collect();
+    assert!(names.len() >= 5, "l2_payloads lists too few images: {names:?}");
+    names
+}
+
+/// A payload image is flat: its loadable segments run contiguously from `L2_IMAGE_BASE`
+/// (L0 stages the bytes flat from there), each fully backed by the file (no bss for L0 to
+/// zero), and the whole fits in `L2_IMAGE_MAX`.
+fn check_payload_layout(path: &std::path::Path) {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e} (l0's build script builds it)", path.display()));
+    let elf = object::File::parse(&*data).expect("an ELF");
+    let mut end = L2_IMAGE_BASE;
+    for seg in elf.segments() {
+        let (addr, mem) = (seg.address(), seg.size());
+        let (_, file) = seg.file_range();
+        assert_eq!(addr, end, "{}: segment at {addr:#x} does not continue the image at {end:#x}", path.display());
+        assert_eq!(file, mem, "{}: segment at {addr:#x} has {} bytes of bss", path.display(), mem - file);
+        end = addr + mem;
+    }
+    assert!(end > L2_IMAGE_BASE, "{}: nothing to load", path.display());
+    assert!(end - L2_IMAGE_BASE <= L2_IMAGE_MAX, "{}: {:#x} bytes", path.display(), end - L2_IMAGE_BASE);
+    println!("{}: {} bytes flat from {L2_IMAGE_BASE:#x}", path.display(), end - L2_IMAGE_BASE);
+}
+
+#[test]
+fn payload_images_are_static_flat_and_emulatable() {
+    for name in payload_names() {
+        let path = l0::images::payload_elf(&name);
+        check_image(&path, L2_IMAGE_BASE);
+        check_payload_layout(&path);
+    }
+}
+
+/// The I/O instructions of an image's code, in address order, as their bytes.
+fn io_instructions(path: &std::path::Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let elf = object::File::parse(&*data).expect("an ELF");
+    let mut io = Vec::new();
+    for s in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
+        let code = s.data().unwrap();
+        for insn in Decoder::with_ip(64, code, s.address(), DecoderOptions::NONE) {
+            use Mnemonic::*;
+            if matches!(insn.mnemonic(), In | Out | Insb | Insw | Insd | Outsb | Outsw | Outsd) {
+                let at = (insn.ip() - s.address()) as usize;
+                io.push(code[at..at + insn.len()].to_vec());
+            }
+        }
+    }
+    io
+}
+
+#[test]
+fn io_encodings_image_executes_the_table_in_order() {
+    let io = io_instructions(&l0::images::payload_elf("io_encodings"));
+    let table: Vec<&[u8]> = IO_ENCODINGS.iter().map(|c| c.bytes).collect();
+    // The table's encodings, byte for byte, as one run of consecutive I/O instructions (the
+    // only other one is the final `out DONE_PORT, eax`).
+    let found = io.windows(table.len()).any(|w| w.iter().zip(&table).all(|(a, b)| a.as_slice() == *b));
+    assert!(found, "IO_ENCODINGS not found in order; the image's I/O instructions: {io:02x?}");
+    assert_eq!(io.len(), table.len() + 1, "{io:02x?}");
+}
+
 #[test]
 fn the_checker_catches_each_forbidden_instruction() {
     let cases: [(&[u8], &str); 8] = [
@@ -103,4 +185,6 @@ fn the_checker_catches_each_forbidden_instruction() {
     }
     // Allowed: an SSE move, plain integer code.
     assert!(scan(&[0x0F, 0x10, 0xC1, 0x48, 0x01, 0xD8, 0xC3], 0, |_| String::new()).is_empty());
+    // Allowed: the fences and RDTSC (payload timing: lfence; rdtsc; mfence; sfence).
+    assert!(scan(&[0x0F, 0xAE, 0xE8, 0x0F, 0x31, 0x0F, 0xAE, 0xF0, 0x0F, 0xAE, 0xF8], 0, |_| String::new()).is_empty());
 }

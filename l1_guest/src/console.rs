@@ -42,6 +42,38 @@ impl<const N: usize> LineBuffer<N> {
     }
 }
 
+/// L1's console: one global line buffer, flushed to L0 with one `ConsoleWrite` hypercall per
+/// line. Use it through [`println!`](crate::println).
+pub struct Console;
+
+static CONSOLE: crate::global::Global<LineBuffer<256>> = crate::global::Global::new(LineBuffer::new());
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        CONSOLE.get().write(s.as_bytes(), &mut |line| {
+            crate::hypercall::console_write(line);
+        });
+        Ok(())
+    }
+}
+
+impl Console {
+    /// Send whatever is buffered (a line without its newline yet).
+    pub fn flush() {
+        CONSOLE.get().flush(&mut |line| {
+            crate::hypercall::console_write(line);
+        });
+    }
+}
+
+/// Print a line on L0's console (one hypercall per line).
+#[macro_export]
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        let _ = core::fmt::Write::write_fmt(&mut $crate::console::Console, format_args!("{}\n", format_args!($($arg)*)));
+    }};
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

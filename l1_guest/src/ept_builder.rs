@@ -15,6 +15,18 @@ pub trait FrameMemory {
     fn read_u64(&self, pa: u64) -> u64;
     /// Write the u64 at `pa`.
     fn write_u64(&mut self, pa: u64, value: u64);
+    /// Write `bytes` at `pa` (any alignment). The default goes through
+    /// [`FrameMemory::read_u64`]/[`FrameMemory::write_u64`]; memory that can do better
+    /// overrides it.
+    fn write_bytes(&mut self, pa: u64, bytes: &[u8]) {
+        for (i, &b) in bytes.iter().enumerate() {
+            let a = pa + i as u64;
+            let word = a & !7;
+            let shift = (a & 7) * 8;
+            let old = self.read_u64(word);
+            self.write_u64(word, old & !(0xFF << shift) | u64::from(b) << shift);
+        }
+    }
 }
 
 /// Why a mapping cannot be made.

@@ -9,5 +9,11 @@
 pub mod console;
 pub mod descriptors;
 pub mod ept_builder;
+pub mod exits;
+pub mod global;
 pub mod hypercall;
+pub mod l2;
+pub mod runner;
+pub mod scenarios;
+pub mod vmx;
 pub mod x86;

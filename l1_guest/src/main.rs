@@ -7,12 +7,12 @@
 #![no_main]
 
 use core::arch::{asm, global_asm};
-use core::cell::UnsafeCell;
-use core::fmt::Write;
 
-use l1::console::LineBuffer;
+use l1::console::Console;
 use l1::descriptors::{self, IdtEntry, TablePointer, Tss};
-use l1::{hypercall, x86};
+use l1::global::Global;
+use l1::runner::HostTables;
+use l1::{hypercall, println, runner, scenarios, x86};
 use nestbench_abi::boot::{BOOT_MAGIC, BootInfo, EXIT_BAD_BOOT_INFO, Scenario};
 use nestbench_abi::hypercall::Call;
 use nestbench_abi::report::{
@@ -20,23 +20,6 @@ use nestbench_abi::report::{
     VMX_MSR_COUNT, VMX_MSR_FIRST,
 };
 use nestbench_abi::{ABI_VERSION, Pod, cpuid as hv};
-
-/// A cell for L1's global state. L1 runs on one vCPU with interrupts disabled, and the
-/// exception path only touches the recovery slot and its own report, so there is never
-/// concurrent access.
-struct Global<T>(UnsafeCell<T>);
-// SAFETY: see the type's comment: one vCPU, interrupts off, no re-entrancy.
-unsafe impl<T> Sync for Global<T> {}
-impl<T> Global<T> {
-    const fn new(v: T) -> Self {
-        Self(UnsafeCell::new(v))
-    }
-    #[allow(clippy::mut_from_ref)]
-    fn get(&self) -> &mut T {
-        // SAFETY: single-threaded, non-reentrant use (see `Global`).
-        unsafe { &mut *self.0.get() }
-    }
-}
 
 const STACK_SIZE: usize = 64 * 1024;
 #[repr(C, align(16))]
@@ -47,7 +30,6 @@ static FAULT_STACK: Global<Stack> = Global::new(Stack([0; STACK_SIZE]));
 static GDT: Global<[u64; 5]> = Global::new([0; 5]);
 static TSS: Global<Tss> = Global::new(Tss::new(0));
 static IDT: Global<[IdtEntry; 32]> = Global::new([IdtEntry::interrupt_gate(0, 0, 0); 32]);
-static CONSOLE: Global<LineBuffer<256>> = Global::new(LineBuffer::new());
 
 global_asm!(
     ".section .text.start, \"ax\"",
@@ -209,22 +191,6 @@ fn install_descriptor_tables() {
     }
 }
 
-struct Console;
-impl Write for Console {
-    fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        CONSOLE.get().write(s.as_bytes(), &mut |line| {
-            hypercall::console_write(line);
-        });
-        Ok(())
-    }
-}
-
-macro_rules! println {
-    ($($arg:tt)*) => {{
-        let _ = writeln!(Console, $($arg)*);
-    }};
-}
-
 fn probe_msr(index: u32) -> MsrProbe {
     match x86::rdmsr_safe(index) {
         Ok(value) => MsrProbe { index, status: MsrStatus::Ok as u32, value },
@@ -302,14 +268,21 @@ extern "C" fn l1_main(boot: *const BootInfo) -> ! {
         println!("l1: read {v:#x} from an unmapped address?!");
         hypercall::exit(1);
     }
-    hypercall::exit(0);
+    let host = HostTables {
+        gdt_base: GDT.get().as_ptr() as u64,
+        idt_base: IDT.get().as_ptr() as u64,
+        tss_base: TSS.get() as *const Tss as u64,
+    };
+    match scenario {
+        Scenario::Probe | Scenario::PageFault if boot.payload.present != 0 => runner::run_payload(&boot, host),
+        Scenario::Probe | Scenario::PageFault => hypercall::exit(0),
+        fail => scenarios::run(fail, host),
+    }
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     println!("l1: panic: {info}");
-    CONSOLE.get().flush(&mut |line| {
-        hypercall::console_write(line);
-    });
+    Console::flush();
     hypercall::exit(0xFF);
 }

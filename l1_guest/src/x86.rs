@@ -100,3 +100,46 @@ pub fn read_cr4() -> u64 {
     unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) };
     v
 }
+
+/// Read CR3.
+#[must_use]
+pub fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) };
+    v
+}
+
+/// Write CR0.
+///
+/// # Safety
+/// The new value must keep L1 running: protected mode and paging on, and only bits the CPU
+/// supports (SDM 2.5).
+pub unsafe fn write_cr0(v: u64) {
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("mov cr0, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// Write CR4.
+///
+/// # Safety
+/// The new value must keep L1 running (PAE on in long mode) and set only supported bits.
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: per the caller's contract.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) };
+}
+
+/// WRMSR.
+///
+/// # Safety
+/// The MSR must exist and accept `value`, and writing it must not break L1.
+pub unsafe fn wrmsr(msr: u32, value: u64) {
+    // SAFETY: per the caller's contract.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
+             options(nostack, preserves_flags));
+    }
+}
+
+/// IA32_EFER.
+pub const MSR_EFER: u32 = 0xC000_0080;

@@ -1,8 +1,207 @@
 //! nestbench's L2 payloads: small `no_std` programs that L1 runs with VMX, each with a
-//! manifest (which exits it causes, how many, how it times itself).
+//! [`Manifest`] (which exits it causes, how many, at which CPL, whether the `soft` engine
+//! can run it).
 //!
-//! No payload exists yet: they arrive with the soft engine (L1's VMX hypervisor), which is
-//! what runs them. This crate is the place in the workspace they go; it builds for the host
-//! and, like `l1_guest`, will build its bare-metal images for `x86_64-unknown-none`.
-#![no_std]
+//! The payload contract (image base, ports, results page, entry registers) is
+//! [`nestbench_abi::payload`]. This crate is
+//!
+//! * a host-buildable, host-tested library: the manifests ([`all`], [`find`]), the shared
+//!   runtime ([`rt`]: entry, timing, results, done) and one small module per payload;
+//! * with the `bare-metal` feature, for `x86_64-unknown-none`, one static image per payload
+//!   (`src/bin/<name>.rs`, named like its manifest), linked at
+//!   [`L2_IMAGE_BASE`](nestbench_abi::payload::L2_IMAGE_BASE) by `link.ld`. `l0`'s build
+//!   script builds them; `l0::images::payload_elf(name)` finds them.
+//!
+//! | payload | CPL | measures |
+//! |---|---|---|
+//! | [`outl`] | 3 | `out 0xE0, eax`: one I/O-instruction exit per iteration |
+//! | [`inl`] | 3 | `in eax, 0xE0`: one I/O-instruction exit per iteration, checks L1's value |
+//! | [`io_encodings`] | 3 | every I/O encoding of `IO_ENCODINGS` once (L1 checks the qualifications) |
+//! | [`hlt`] | 0 | `hlt`: one HLT exit per iteration |
+//! | [`compute`] | 3 | a fixed integer loop without exits: the no-exit baseline |
+//!
+//! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
+//! rdtsc` (never CPUID, which exits), and ends with `out DONE_PORT, eax`: that last exit is
+//! the end of the run, not a measured exit, and is not in any manifest's exit counts.
+#![cfg_attr(not(test), no_std)]
 #![deny(missing_docs)]
+
+use nestbench_abi::payload::Cpl;
+use nestbench_abi::vmx::ExitReason;
+
+pub mod rt;
+
+pub mod compute;
+pub mod hlt;
+pub mod inl;
+pub mod io_encodings;
+pub mod outl;
+
+/// Whether the `soft` engine (L0's userspace nested VMX) can run a payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Support {
+    /// It runs, and every exit it causes is one the engine reflects.
+    Runs,
+    /// It is skipped on this engine, for this reason.
+    Unsupported {
+        /// Why (shown by `nestbench payloads` and recorded with results).
+        reason: &'static str,
+    },
+}
+
+/// What a payload is and what running it must cause.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Manifest {
+    /// The payload's name: its image is the binary of the same name, and it goes into
+    /// [`PayloadInfo::name`](nestbench_abi::payload::PayloadInfo) (at most 16 ASCII bytes).
+    pub name: &'static str,
+    /// One line: what it measures.
+    pub description: &'static str,
+    /// The CPL L1 runs it at.
+    pub cpl: Cpl,
+    /// The L2 exits L1 handles per iteration (basic reason, count), besides the final
+    /// `out DONE_PORT` exit. A payload with [`fixed_iterations`](Self::fixed_iterations)
+    /// counts its whole run as one iteration.
+    pub exits_per_iteration: &'static [(ExitReason, u32)],
+    /// Iterations to ask for when the user does not say (RDI at entry).
+    pub default_iterations: u64,
+    /// `Some(n)` when the payload ignores the requested iterations and always does `n`
+    /// (`io_encodings` runs its table once).
+    pub fixed_iterations: Option<u64>,
+    /// Whether the `soft` engine can run it.
+    pub soft_engine: Support,
+}
+
+impl Manifest {
+    /// The iterations the payload does when asked for `requested`.
+    #[must_use]
+    pub const fn iterations(&self, requested: u64) -> u64 {
+        match self.fixed_iterations {
+            Some(n) => n,
+            None => requested,
+        }
+    }
+
+    /// The L2 exits of basic reason `reason` that a run asked for `requested` iterations
+    /// causes (the final `out DONE_PORT` not included).
+    #[must_use]
+    pub fn expected_exits(&self, reason: ExitReason, requested: u64) -> u64 {
+        let per: u64 = self.exits_per_iteration.iter().filter(|(r, _)| *r == reason).map(|(_, n)| u64::from(*n)).sum();
+        per.saturating_mul(self.iterations(requested))
+    }
+}
+
+static ALL: [Manifest; 5] = [outl::MANIFEST, inl::MANIFEST, io_encodings::MANIFEST, hlt::MANIFEST, compute::MANIFEST];
+
+/// Every payload, in a stable order.
+#[must_use]
+pub fn all() -> &'static [Manifest] {
+    &ALL
+}
+
+/// The payload called `name`.
+#[must_use]
+pub fn find(name: &str) -> Option<&'static Manifest> {
+    ALL.iter().find(|m| m.name == name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nestbench_abi::payload::{IO_ENCODINGS, PayloadInfo};
+
+    /// `[[bin]]` names in this crate's Cargo.toml, each with its `required-features`.
+    fn cargo_bins() -> Vec<(String, bool)> {
+        let toml = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+        let mut bins = Vec::new();
+        for block in toml.split("[[bin]]").skip(1) {
+            let block = block.split("\n[").next().unwrap();
+            let field = |key: &str| {
+                block
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(|v| v.trim().trim_start_matches('=').trim().to_owned()))
+            };
+            let name = field("name").expect("a [[bin]] has a name").trim_matches('"').to_owned();
+            let bare = field("required-features").is_some_and(|f| f == "[\"bare-metal\"]");
+            bins.push((name, bare));
+        }
+        bins
+    }
+
+    #[test]
+    fn names_are_unique_short_ascii_and_findable() {
+        let max = size_of::<PayloadInfo>() - 40; // the `name` field
+        assert_eq!(max, 16);
+        for (i, m) in all().iter().enumerate() {
+            assert!(!m.name.is_empty() && m.name.len() <= max, "{}: name must fit PayloadInfo::name", m.name);
+            assert!(m.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{}", m.name);
+            assert!(all()[..i].iter().all(|o| o.name != m.name), "{} is listed twice", m.name);
+            assert_eq!(find(m.name), Some(m));
+            assert!(!m.description.is_empty());
+        }
+        assert_eq!(find("nope"), None);
+    }
+
+    #[test]
+    fn every_manifest_has_a_bare_metal_image_and_every_image_a_manifest() {
+        let bins = cargo_bins();
+        for m in all() {
+            let bin = bins.iter().find(|(n, _)| n == m.name);
+            assert_eq!(
+                bin.map(|(_, bare)| *bare),
+                Some(true),
+                "{}: no [[bin]] with required-features bare-metal",
+                m.name
+            );
+            let src = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/bin").join(format!("{}.rs", m.name));
+            let src = std::fs::read_to_string(&src).unwrap_or_else(|e| panic!("{}: {e}", src.display()));
+            assert!(src.contains(&format!("payload_main!({})", m.name)), "{}: the image runs another payload", m.name);
+        }
+        for (name, _) in &bins {
+            assert!(find(name).is_some(), "image {name} has no manifest");
+        }
+    }
+
+    #[test]
+    fn cpl_and_exits_are_sane() {
+        for m in all() {
+            assert!(m.default_iterations > 0, "{}", m.name);
+            assert_ne!(m.fixed_iterations, Some(0), "{}", m.name);
+            for (i, (reason, n)) in m.exits_per_iteration.iter().enumerate() {
+                assert!(*n > 0, "{}: {reason:?} listed with 0 exits", m.name);
+                assert!(m.exits_per_iteration[..i].iter().all(|(r, _)| r != reason), "{}: {reason:?} twice", m.name);
+                // HLT, RDMSR and WRMSR are #GP at CPL 3: they never exit from there.
+                if matches!(reason, ExitReason::Hlt | ExitReason::Rdmsr | ExitReason::Wrmsr) {
+                    assert_eq!(m.cpl, Cpl::Kernel, "{}: {reason:?} needs CPL 0", m.name);
+                }
+            }
+            // CPL 0 is emulated instruction by instruction on the development hosts: only
+            // what needs it runs there.
+            if m.cpl == Cpl::Kernel {
+                assert!(
+                    m.exits_per_iteration
+                        .iter()
+                        .any(|(r, _)| matches!(r, ExitReason::Hlt | ExitReason::Rdmsr | ExitReason::Wrmsr)),
+                    "{}: runs at CPL 0 without needing to",
+                    m.name
+                );
+            }
+            if let Support::Unsupported { reason } = m.soft_engine {
+                assert!(!reason.is_empty(), "{}", m.name);
+            }
+        }
+    }
+
+    #[test]
+    fn exit_counts() {
+        let m = |n| find(n).unwrap();
+        assert_eq!(m("outl").expected_exits(ExitReason::IoInstruction, 1000), 1000);
+        assert_eq!(m("inl").expected_exits(ExitReason::IoInstruction, 7), 7);
+        assert_eq!(m("hlt").expected_exits(ExitReason::Hlt, 5), 5);
+        assert_eq!(m("hlt").expected_exits(ExitReason::IoInstruction, 5), 0);
+        assert!(m("compute").exits_per_iteration.is_empty());
+        let table: u64 = IO_ENCODINGS.iter().map(|c| u64::from(c.exits)).sum();
+        assert_eq!(m("io_encodings").expected_exits(ExitReason::IoInstruction, 1000), table);
+        assert_eq!(m("io_encodings").iterations(1000), 1);
+    }
+}

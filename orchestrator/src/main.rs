@@ -3,6 +3,7 @@
 mod boot;
 mod doctor;
 mod l0_child;
+mod run;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -35,6 +36,58 @@ enum Cmd {
     },
     /// Boot L1 through nestbench-l0 and print what L1 reported plus the KVM statistics deltas.
     Boot(BootArgs),
+    /// Run one L2 payload on one engine and report its exits, traps and latency.
+    Run(RunArgs),
+    /// List the payloads and which engines run each (with the reason where one cannot).
+    Payloads {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum Engine {
+    /// L0 provides VMX to L1 in userspace.
+    Soft,
+    /// Bochs' emulated VMX (not built yet).
+    Bochs,
+    /// The host kernel's nested VMX (not built yet).
+    Kvm,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The engine.
+    #[arg(long, value_enum, default_value_t = Engine::Soft)]
+    engine: Engine,
+    /// The payload (see `nestbench payloads`).
+    #[arg(long)]
+    payload: String,
+    /// Iterations [default: the payload's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    iterations: Option<u64>,
+    /// VMCS shadowing (soft engine).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    vmcs_shadowing: OnOff,
+    /// Run the payload directly as a KVM guest of L0, without L1 (the single-level twin).
+    #[arg(long)]
+    single_level: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// The nestbench-l0 binary [default: $NESTBENCH_L0, else next to this executable].
+    #[arg(long)]
+    l0: Option<PathBuf>,
+    /// The guest's time budget in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -116,6 +169,65 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
     })
 }
 
+fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
+    if a.engine != Engine::Soft {
+        anyhow::bail!(
+            "the {} engine is not built yet; `nestbench doctor` shows what this host can run",
+            match a.engine {
+                Engine::Bochs => "bochs",
+                _ => "kvm",
+            }
+        );
+    }
+    let Some(m) = l2_payloads::find(&a.payload) else {
+        let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
+        anyhow::bail!("unknown payload {:?}; known payloads: {}", a.payload, names.join(", "));
+    };
+    let iterations = m.iterations(a.iterations.unwrap_or(m.default_iterations));
+    let l0 = l0_child::locate_l0(a.l0.as_deref())?;
+    let mut args = vec![
+        "run".to_owned(),
+        "--payload".to_owned(),
+        m.name.to_owned(),
+        "--iterations".to_owned(),
+        iterations.to_string(),
+    ];
+    args.extend(["--timeout-ms".to_owned(), a.timeout_ms.to_string()]);
+    if a.single_level {
+        args.push("--single-level".to_owned());
+    } else {
+        args.extend([
+            "--vmcs-shadowing".to_owned(),
+            if a.vmcs_shadowing == OnOff::On { "on" } else { "off" }.to_owned(),
+        ]);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(10);
+    let child = rt.block_on(l0_child::run_l0(&l0, &args, deadline, |_| {}))?;
+    let j = if a.single_level {
+        run::single_json(&child, m.name, iterations)
+    } else {
+        run::nested_json(&child, m.name, iterations, a.vmcs_shadowing == OnOff::On)
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        print!("{}", run::render(&j));
+        if !child.stderr.is_empty() && child.exit_code != Some(0) {
+            eprint!("{}", child.stderr);
+        }
+    }
+    Ok(match child.exit_code {
+        Some(0) if child.complete() => 0,
+        Some(2) => 2,
+        _ => 1,
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -133,6 +245,14 @@ fn main() -> anyhow::Result<()> {
             0
         }
         Cmd::Boot(a) => boot(a)?,
+        Cmd::Run(a) => run_payload(a)?,
+        Cmd::Payloads { json } => {
+            print!("{}", run::payloads(json));
+            if json {
+                println!();
+            }
+            0
+        }
     };
     std::process::exit(code);
 }

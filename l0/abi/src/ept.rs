@@ -109,7 +109,13 @@ pub enum Misconfig {
     BadMemoryType,
 }
 
-fn misconfig(entry: u64, level: u8, maxphyaddr: u32) -> Option<Misconfig> {
+/// Whether a present entry at `level` (4 = PML4E .. 1 = PTE) is malformed, and how
+/// (SDM 29.3.3.1). Not-present entries (R=W=X=0) are never misconfigured.
+#[must_use]
+pub fn misconfig(entry: u64, level: u8, maxphyaddr: u32) -> Option<Misconfig> {
+    if entry & RWX == 0 {
+        return None;
+    }
     let perms = entry & RWX;
     if perms & WRITE != 0 && perms & READ == 0 {
         return Some(Misconfig::WriteWithoutRead);

@@ -28,6 +28,39 @@ struct Cli {
 enum Cmd {
     /// Boot L1, let it probe the CPU, and report.
     Boot(BootArgs),
+    /// Run an L2 payload under L1 with the soft engine, or single-level (no L1).
+    Run(RunArgs),
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The payload (`nestbench payloads` lists them).
+    #[arg(long)]
+    payload: String,
+    /// Iterations of the payload's exiting instruction [default: the payload's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    iterations: Option<u64>,
+    /// VMCS shadowing: L1's VMREAD/VMWRITE of supported fields without traps.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    vmcs_shadowing: OnOff,
+    /// Run the payload directly in a VM of L0 (no L1): the single-level twin.
+    #[arg(long)]
+    single_level: bool,
+    /// The L1 ELF image [default: the one built with this l0, or $NESTBENCH_L1_ELF].
+    #[arg(long)]
+    l1: Option<PathBuf>,
+    /// The KVM device.
+    #[arg(long, default_value = "/dev/kvm")]
+    kvm: PathBuf,
+    /// Time budget of the run in milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -76,6 +109,7 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
             ScenarioArg::Probe => Scenario::Probe,
             ScenarioArg::PageFault => Scenario::PageFault,
         },
+        ..MachineConfig::default()
     };
     emit(&json!({
         "event": "hello",
@@ -93,6 +127,62 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+fn run(args: RunArgs) -> anyhow::Result<bool> {
+    let manifest = l2_payloads::find(&args.payload).with_context(|| {
+        let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
+        format!("unknown payload {:?} (known: {})", args.payload, names.join(", "))
+    })?;
+    let iterations = manifest.iterations(args.iterations.unwrap_or(manifest.default_iterations));
+    let elf = l0::images::payload_elf(manifest.name);
+    let timeout = Duration::from_millis(args.timeout_ms);
+    emit(&json!({
+        "event": "hello",
+        "stream_version": STREAM_VERSION,
+        "abi_version": nestbench_abi::ABI_VERSION,
+        "l0_version": env!("CARGO_PKG_VERSION"),
+        "engine": if args.single_level { "single_level" } else { "soft" },
+        "payload": manifest.name,
+        "iterations": iterations,
+        "vmcs_shadowing": args.vmcs_shadowing == OnOff::On && !args.single_level,
+        "timeout_ms": args.timeout_ms,
+    }));
+    if args.single_level {
+        let r = l0::single_level::run(&args.kvm, &elf, manifest.cpl, iterations, 0, timeout)
+            .context("running the payload single-level")?;
+        let ok = r.status == 0 && r.problem.is_none() && r.results.as_ref().is_some_and(|x| x.failures == 0);
+        emit(&json!({ "event": "end", "single_level": r }));
+        return Ok(ok);
+    }
+    if let l2_payloads::Support::Unsupported { reason } = manifest.soft_engine {
+        anyhow::bail!("payload {} cannot run on the soft engine: {reason}", manifest.name);
+    }
+    let config = MachineConfig {
+        kvm_path: args.kvm,
+        timeout,
+        soft: Some(l0::machine::SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On }),
+        payload: Some(l0::machine::PayloadSpec {
+            name: manifest.name.to_owned(),
+            elf,
+            cpl: manifest.cpl,
+            iterations,
+            arg: 0,
+        }),
+        ..MachineConfig::default()
+    };
+    let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
+    let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
+    let mut payload_ok = false;
+    let report = machine.run(|ev| {
+        if let l0::events::Event::PayloadRun(p) = &ev {
+            payload_ok = p.status == 0 && p.results.as_ref().is_some_and(|r| r.failures == 0);
+        }
+        emit(&serde_json::to_value(&ev).expect("events serialize"));
+    })?;
+    let ok = report.outcome.is_success() && payload_ok;
+    emit(&json!({ "event": "end", "report": report }));
+    Ok(ok)
+}
+
 fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -101,6 +191,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.cmd {
         Cmd::Boot(args) => boot(args),
+        Cmd::Run(args) => run(args),
     };
     match result {
         Ok(true) => std::process::exit(0),

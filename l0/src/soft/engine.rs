@@ -1,0 +1,529 @@
+//! The soft engine: L0's userspace VMX for L1 (docs/soft-engine.md), tying together the VMX
+//! instructions ([`super::vmx_ops`]), the advertised capabilities ([`super::caps`]), the
+//! VM-entry checks ([`super::entry_checks`]), VM2 with its EPT12 shadow ([`super::l2vm`]),
+//! exit normalisation ([`super::io_decode`]) and the state transfer
+//! ([`super::transitions`]).
+//!
+//! Everything runs on the vCPU thread of L1's VM: a VM entry runs VM2's vCPU until an exit
+//! that must be reflected, then returns with L1's registers set for its VM-exit handler.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use kvm_bindings::{kvm_regs, kvm_sregs};
+use kvm_ioctls::Kvm;
+use nestbench_abi::softvmx::{self, DOORBELL_LAUNCH, DOORBELL_RESUME, VmxOp, VmxResult};
+use nestbench_abi::vmcs::{self, Field32, Field64};
+use nestbench_abi::vmx::{ExitReason, RawExitReason, VmInstructionError};
+use serde::Serialize;
+
+use super::caps::Caps;
+use super::entry_checks::{self, EntryFailure};
+use super::io_decode;
+use super::l2vm::{EptShadowError, L2Vm, Run, ept_runs};
+use super::transitions::{self, ExitInfo};
+use super::vmcs12::Vmcs12;
+use super::vmx_ops::VmxState;
+use crate::memory::GuestMem;
+use crate::paging;
+use crate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::vm::VmError;
+
+/// The physical-address width the soft engine gives L1 (and checks addresses against).
+pub const MAXPHYADDR: u32 = 46;
+
+/// Errors that stop the soft engine (guest misbehaviour gets an architectural answer; these
+/// are what L0 cannot carry on from).
+#[derive(Debug, thiserror::Error)]
+pub enum SoftError {
+    /// A vCPU ioctl failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// VM2 could not be created.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+}
+
+/// Counters of one run, per docs/soft-engine.md "Counting".
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct SoftStats {
+    /// Whether VMREAD/VMWRITE are shadowed.
+    pub vmcs_shadowing: bool,
+    /// `Call::Vmx` hypercalls per operation.
+    pub vmx_hypercalls: BTreeMap<String, u64>,
+    /// Capability-MSR reads L0 answered.
+    pub capability_msr_reads: u64,
+    /// VM entries that reached L2.
+    pub entries: u64,
+    /// VM-entry attempts that failed, by outcome (`vmfail_invalid`, `vmfail_valid(7)`,
+    /// `entry_failure(33)`).
+    pub entry_failures: BTreeMap<String, u64>,
+    /// L2 exits reflected to L1, by exit reason.
+    pub reflected_exits: BTreeMap<String, u64>,
+    /// Their total.
+    pub reflected_total: u64,
+    /// L2 exits L0 handled without L1 (none in part 1 but kicks).
+    pub l0_only_exits: u64,
+    /// KVM_RUN returns of VM2.
+    pub l2_kvm_exits: u64,
+    /// Reflected exits that L1 resumed from (the ones the trap counts are per).
+    pub reflected_resumed: u64,
+    /// Exits of L1's VM between those reflected exits and the next VM entry, the entry's
+    /// own doorbell included.
+    pub l1_traps: u64,
+    /// Memslots VM2 had after the last EPT12 shadow build, and how many builds there were.
+    pub memslots: u64,
+    /// EPT12 shadow builds.
+    pub ept_shadow_builds: u64,
+    /// Time inside VM2's KVM_RUN, ns.
+    pub l2_ns: u64,
+    /// Time inside L1's KVM_RUN between a reflected exit and the next entry, ns.
+    pub l1_ns: u64,
+    /// Time in L0 between a reflected exit and the next entry, outside any KVM_RUN, ns.
+    pub l0_ns: u64,
+}
+
+impl SoftStats {
+    /// L1 traps per reflected exit (1 is the minimum: the VMRESUME doorbell).
+    #[must_use]
+    pub fn l1_traps_per_reflected_exit(&self) -> Option<f64> {
+        (self.reflected_resumed > 0).then(|| self.l1_traps as f64 / self.reflected_resumed as f64)
+    }
+}
+
+/// What the machine loop does after a doorbell.
+#[derive(Debug)]
+pub enum EntryOutcome {
+    /// L1 goes on after its VMLAUNCH/VMRESUME (a VMfail; flags set) or at HOST_RIP (a VM
+    /// exit or an entry failure); its registers are set.
+    Resume,
+    /// The engine cannot go on: a valid setting it does not honour, or an L2 event it
+    /// cannot reflect. Stop the run and say why.
+    Unsupported {
+        /// The VMCS field or event concerned.
+        what: String,
+        /// Why.
+        why: String,
+    },
+    /// The watchdog fired while L2 ran.
+    Timeout {
+        /// L2's registers.
+        regs: kvm_regs,
+    },
+}
+
+/// The soft engine of one run.
+#[derive(Debug)]
+pub struct SoftVmx {
+    caps: Caps,
+    state: VmxState,
+    l2: Option<L2Vm>,
+    runs: Vec<Run>,
+    mapped_eptp: Option<u64>,
+    /// Counters.
+    pub stats: SoftStats,
+    /// Set from a reflected exit until the next entry: L1's exits are traps of that exit.
+    after_exit: bool,
+    pending_traps: u64,
+}
+
+/// Fill the VMREAD and VMWRITE bitmaps in L1 memory (SDM 25.6.15: one bit per encoding
+/// bits 14:0, a set bit makes the access trap). With shadowing every supported field reads
+/// without a trap and every writable one writes without a trap; unsupported encodings and
+/// (for VMWRITE) read-only fields always trap, so L0 answers them with the right VMfail.
+pub fn publish_bitmaps(mem: &GuestMem, shadowing: bool) -> Result<(), crate::memory::MemoryError> {
+    let mut read = vec![0xFFu8; 4096];
+    let mut write = vec![0xFFu8; 4096];
+    if shadowing {
+        for f in vmcs::ALL {
+            let clear = |bm: &mut [u8], enc: u32| bm[(enc >> 3) as usize & 0xFFF] &= !(1 << (enc & 7));
+            let encodings = [Some(f.encoding), f.high_encoding()];
+            for enc in encodings.into_iter().flatten() {
+                clear(&mut read, enc);
+                if !vmcs::is_read_only(enc) {
+                    clear(&mut write, enc);
+                }
+            }
+        }
+    }
+    mem.write(softvmx::READ_BITMAP_GPA, &read)?;
+    mem.write(softvmx::WRITE_BITMAP_GPA, &write)
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl SoftVmx {
+    /// A fresh engine: not in VMX operation.
+    #[must_use]
+    pub fn new(shadowing: bool) -> Self {
+        Self {
+            caps: Caps::soft(),
+            state: VmxState::default(),
+            l2: None,
+            runs: Vec::new(),
+            mapped_eptp: None,
+            stats: SoftStats { vmcs_shadowing: shadowing, ..SoftStats::default() },
+            after_exit: false,
+            pending_traps: 0,
+        }
+    }
+
+    /// The capability MSRs L0 answers for L1 (0x480-0x491), or `None` for another MSR.
+    pub fn rdmsr(&mut self, index: u32) -> Option<u64> {
+        let v = self.caps.msr(index);
+        if v.is_some() {
+            self.stats.capability_msr_reads += 1;
+        }
+        v
+    }
+
+    /// Note one exit of L1's VM (every KVM_RUN return), for the trap counts and times.
+    pub fn note_l1_exit(&mut self, in_l1: Duration) {
+        if self.after_exit {
+            self.pending_traps += 1;
+            self.stats.l1_ns += ns(in_l1);
+        }
+    }
+
+    /// Emulate a `Call::Vmx` hypercall. Returns the result word for RDI, the value for
+    /// RSI, and a note when hardware would have raised #UD instead.
+    pub fn vmx_hypercall(&mut self, mem: &GuestMem, op: u64, a1: u64, a2: u64) -> (u64, u64, Option<String>) {
+        let Some(op) = VmxOp::from_raw(op) else {
+            return (VmxResult::FailInvalid.to_word(), 0, Some(format!("unknown VMX operation {op}")));
+        };
+        *self.stats.vmx_hypercalls.entry(format!("{op:?}")).or_default() += 1;
+        let revision = self.caps.vmx_basic().revision_id();
+        let r = self.state.execute(mem, op, a1, a2, revision, MAXPHYADDR);
+        let note = r.would_ud.then(|| format!("{op:?} outside VMX operation: #UD on hardware, VMfailInvalid here"));
+        (r.result.to_word(), r.value, note)
+    }
+
+    /// The VM-entry doorbell: `value` is DOORBELL_LAUNCH or DOORBELL_RESUME. `l1` has
+    /// exited on the doorbell write (RIP already past it, nothing pending).
+    pub fn doorbell(
+        &mut self,
+        value: u8,
+        l1: &mut Vcpu,
+        mem: &GuestMem,
+        kvm: &Kvm,
+        watchdog_fired: &dyn Fn() -> bool,
+    ) -> Result<EntryOutcome, SoftError> {
+        let launch = match value {
+            DOORBELL_LAUNCH => true,
+            DOORBELL_RESUME => false,
+            other => {
+                return Ok(EntryOutcome::Unsupported {
+                    what: "VM-entry doorbell".into(),
+                    why: format!("value {other} is neither launch ({DOORBELL_LAUNCH}) nor resume ({DOORBELL_RESUME})"),
+                });
+            }
+        };
+        let entry_started = Instant::now();
+        if std::mem::take(&mut self.after_exit) {
+            // The doorbell (counted by note_l1_exit) is the last trap of the previous
+            // reflected exit.
+            self.stats.l1_traps += std::mem::take(&mut self.pending_traps);
+            self.stats.reflected_resumed += 1;
+        }
+        let l1_regs = l1.regs()?;
+        let l1_sregs = l1.sregs()?;
+        // SDM 27.1: "no current VMCS" -> VMfailInvalid; launch state -> VMfailValid(4/5).
+        let Some(cur) = self.state.current.filter(|_| self.state.vmxon.is_some()) else {
+            return self.vmfail(l1, &l1_regs, mem, None);
+        };
+        let Ok(v) = Vmcs12::new(mem, cur) else { return self.vmfail(l1, &l1_regs, mem, None) };
+        let launched = self.state.launched.contains(&cur);
+        if launch && launched {
+            return self.vmfail(l1, &l1_regs, mem, Some(VmInstructionError::VmlaunchNonClear));
+        }
+        if !launch && !launched {
+            return self.vmfail(l1, &l1_regs, mem, Some(VmInstructionError::VmresumeNonLaunched));
+        }
+        match entry_checks::check(&v, &self.caps, MAXPHYADDR) {
+            Ok(()) => {}
+            Err(EntryFailure::Control { .. }) => {
+                return self.vmfail(l1, &l1_regs, mem, Some(VmInstructionError::EntryInvalidControls));
+            }
+            Err(EntryFailure::HostState { .. }) => {
+                return self.vmfail(l1, &l1_regs, mem, Some(VmInstructionError::EntryInvalidHostState));
+            }
+            Err(EntryFailure::GuestState { qualification, .. }) => {
+                // SDM 27.8: the entry fails after the checks on the guest state: a VM exit
+                // with "VM-entry failure due to invalid guest state"; the VMCS stays clear.
+                let reason = RawExitReason::vm_entry_failure(ExitReason::EntryFailureGuestState).map_or(0, |r| r.raw());
+                *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
+                transitions::write_exit_info(&v, &ExitInfo { reason, qualification, ..ExitInfo::default() });
+                self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
+                return Ok(EntryOutcome::Resume);
+            }
+            Err(EntryFailure::Unsupported { field, why }) => {
+                return Ok(EntryOutcome::Unsupported { what: field.to_owned(), why });
+            }
+        }
+        // The shadow of EPT12: rebuilt on the first entry, on an EPTP change, after INVEPT.
+        let eptp = v.read(Field64::EptPointer.encoding());
+        if self.l2.is_none() {
+            let mut l2 = L2Vm::new(kvm, mem.clone())?;
+            l2.vcpu.enable_sync_sregs();
+            self.l2 = Some(l2);
+        }
+        if self.mapped_eptp != Some(eptp) || self.state.invept_pending {
+            if let Err(e) = self.shadow_ept(mem, eptp) {
+                return Ok(EntryOutcome::Unsupported { what: "EPT12".into(), why: e.to_string() });
+            }
+        }
+        let l2 = self.l2.as_mut().expect("created above");
+        // VM entry loads L2's whole state from VMCS12 and L1's GPRs (SDM 27.3.2). What
+        // VMX leaves alone (CR2, CR8, APIC base) comes from VM2's vCPU as it is: through the
+        // ioctl before VM2 first ran, from the synced registers after.
+        let base_sregs = if self.stats.l2_kvm_exits == 0 { l2.vcpu.sregs_now()? } else { l2.vcpu.sregs()? };
+        l2.vcpu.set_regs(&transitions::guest_regs(&v, &l1_regs))?;
+        l2.vcpu.set_sregs(&transitions::guest_sregs(&v, &base_sregs, l1_sregs.efer))?;
+        if launch {
+            self.state.launched.insert(cur);
+        }
+        self.stats.entries += 1;
+        self.stats.l0_ns += ns(entry_started.elapsed());
+        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired)
+    }
+
+    fn shadow_ept(&mut self, mem: &GuestMem, eptp: u64) -> Result<(), EptShadowError> {
+        let runs = ept_runs(mem, eptp, MAXPHYADDR)?;
+        let l2 = self.l2.as_mut().expect("VM2 exists before its EPT is shadowed");
+        self.stats.memslots = l2.map(&runs)? as u64;
+        self.stats.ept_shadow_builds += 1;
+        self.runs = runs;
+        self.mapped_eptp = Some(eptp);
+        self.state.invept_pending = false;
+        Ok(())
+    }
+
+    /// A VMfail of VMLAUNCH/VMRESUME: L1 goes on after the doorbell with the flags set
+    /// (SDM 31.2), and for VMfailValid the error in VMCS12.
+    fn vmfail(
+        &mut self,
+        l1: &mut Vcpu,
+        l1_regs: &kvm_regs,
+        mem: &GuestMem,
+        error: Option<VmInstructionError>,
+    ) -> Result<EntryOutcome, SoftError> {
+        let result = match (error, self.state.current.and_then(|pa| Vmcs12::new(mem, pa).ok())) {
+            (Some(e), Some(v)) => {
+                v.set(Field32::VmInstructionError.encoding(), u64::from(e as u32));
+                VmxResult::FailValid(e as u32)
+            }
+            _ => VmxResult::FailInvalid,
+        };
+        let key = match result {
+            VmxResult::FailValid(e) => format!("vmfail_valid({e})"),
+            _ => "vmfail_invalid".to_owned(),
+        };
+        *self.stats.entry_failures.entry(key).or_default() += 1;
+        let regs = kvm_regs { rflags: result.apply_to_rflags(l1_regs.rflags), ..*l1_regs };
+        l1.set_regs(&regs)?;
+        Ok(EntryOutcome::Resume)
+    }
+
+    /// Load L1's host state after a VM exit (or an entry failure) and arm the trap count.
+    fn load_host(
+        &mut self,
+        l1: &mut Vcpu,
+        v: &Vmcs12<'_>,
+        l2_regs: &kvm_regs,
+        l1_sregs: &kvm_sregs,
+    ) -> Result<(), SoftError> {
+        l1.set_regs(&transitions::host_regs(v, l2_regs))?;
+        let host = transitions::host_sregs(v, l1_sregs);
+        if !sregs_equal(&host, l1_sregs) {
+            l1.set_sregs(&host)?;
+        }
+        Ok(())
+    }
+
+    /// Run VM2 until an exit to reflect; reflect it.
+    fn run_l2(
+        &mut self,
+        l1: &mut Vcpu,
+        mem: &GuestMem,
+        cur: u64,
+        l1_sregs: &kvm_sregs,
+        watchdog_fired: &dyn Fn() -> bool,
+    ) -> Result<EntryOutcome, SoftError> {
+        let l2 = self.l2.as_mut().expect("VM2 exists at entry");
+        l2.vcpu.make_kick_target();
+        let result: Result<Reflect, SoftError> = loop {
+            let t = Instant::now();
+            let exit = l2.vcpu.run();
+            self.stats.l2_ns += ns(t.elapsed());
+            self.stats.l2_kvm_exits += 1;
+            let exit = match exit {
+                Ok(e) => e,
+                Err(e) => break Err(e.into()),
+            };
+            match exit {
+                Exit::Interrupted if watchdog_fired() => {
+                    break l2
+                        .vcpu
+                        .regs_now()
+                        .map(|regs| Reflect::Stop(EntryOutcome::Timeout { regs }))
+                        .map_err(Into::into);
+                }
+                Exit::Interrupted => self.stats.l0_only_exits += 1,
+                other => break Ok(normalise(l2, &self.runs, other)?),
+            }
+        };
+        l1.make_kick_target();
+        let exit_time = Instant::now();
+        let reflect = result?;
+        let (info, l2_regs, rip) = match reflect {
+            Reflect::Stop(outcome) => return Ok(outcome),
+            Reflect::Exit { info, regs, rip } => (info, regs, rip),
+        };
+        let l2 = self.l2.as_mut().expect("VM2 exists at exit");
+        let l2_sregs = l2.vcpu.sregs()?;
+        let v = Vmcs12::new(mem, cur).expect("the current VMCS was checked at entry");
+        transitions::save_guest(&v, &l2_regs, rip, &l2_sregs);
+        transitions::write_exit_info(&v, &info);
+        let name = ExitReason::from_raw((info.reason & 0xFFFF) as u16)
+            .map_or_else(|| format!("{}", info.reason), |r| r.name().to_owned());
+        *self.stats.reflected_exits.entry(name).or_default() += 1;
+        self.stats.reflected_total += 1;
+        self.load_host(l1, &v, &l2_regs, l1_sregs)?;
+        self.stats.l0_ns += ns(exit_time.elapsed());
+        self.after_exit = true;
+        Ok(EntryOutcome::Resume)
+    }
+}
+
+fn sregs_equal(a: &kvm_sregs, b: &kvm_sregs) -> bool {
+    let seg = |x: &kvm_bindings::kvm_segment| {
+        (x.base, x.limit, x.selector, x.type_, x.present, x.dpl, x.db, x.s, x.l, x.g, x.avl, x.unusable)
+    };
+    [(&a.cs, &b.cs), (&a.ds, &b.ds), (&a.es, &b.es), (&a.fs, &b.fs), (&a.gs, &b.gs), (&a.ss, &b.ss), (&a.tr, &b.tr)]
+        .iter()
+        .all(|(x, y)| seg(x) == seg(y))
+        && (a.gdt.base, a.gdt.limit, a.idt.base, a.idt.limit) == (b.gdt.base, b.gdt.limit, b.idt.base, b.idt.limit)
+        && (a.cr0, a.cr3, a.cr4, a.efer) == (b.cr0, b.cr3, b.cr4, b.efer)
+}
+
+/// What normalising an L2 exit produced.
+enum Reflect {
+    /// A VM exit to reflect: its information, L2's registers as the exit presents them,
+    /// and its guest RIP.
+    Exit { info: ExitInfo, regs: kvm_regs, rip: u64 },
+    /// Stop the run.
+    Stop(EntryOutcome),
+}
+
+/// L2's linear address `linear` as an L2-physical one (through L2's page tables, read
+/// through EPT12).
+fn l2_phys(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64) -> Option<u64> {
+    let read = |pa: u64| {
+        let b = l2.read_l2(runs, pa, 8);
+        b.try_into().map(u64::from_le_bytes).map_err(|_| crate::memory::MemoryError::OutOfRange {
+            gpa: pa,
+            len: 8,
+            size: 0,
+        })
+    };
+    paging::translate_with(read, cr3, linear).ok().map(|t| t.gpa)
+}
+
+/// Read `len` bytes of L2 at linear address `linear` (through L2's page tables and EPT12),
+/// short at the first byte that does not translate.
+fn read_l2_linear(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len);
+    for a in linear..linear.saturating_add(len as u64) {
+        let Some(gpa) = l2_phys(l2, runs, cr3, a) else { break };
+        match l2.read_l2(runs, gpa, 1).first() {
+            Some(&b) => out.push(b),
+            None => break,
+        }
+    }
+    out
+}
+
+/// Turn a KVM exit of VM2 into the VM exit hardware would report (docs/kvm-exits.md says
+/// what KVM leaves behind for each kind; docs/soft-engine.md what L1 must see).
+fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftError> {
+    let regs = l2.vcpu.regs()?;
+    let cr3 = l2.vcpu.sregs()?.cr3;
+    let unsupported = |what: &str, why: String| Ok(Reflect::Stop(EntryOutcome::Unsupported { what: what.into(), why }));
+    match exit {
+        Exit::IoOut { .. } | Exit::IoIn { .. } => {
+            let read = |linear: u64, len: usize| read_l2_linear(l2, runs, cr3, linear, len);
+            let io = match io_decode::decode(&exit, &regs, &read) {
+                Ok(io) => io,
+                Err(e) => {
+                    return unsupported(
+                        "I/O exit",
+                        format!("cannot normalise the I/O exit at L2 RIP {:#x}: {e}", regs.rip),
+                    );
+                }
+            };
+            if matches!(exit, Exit::IoIn { .. }) {
+                flush_pending(l2, runs, cr3, &io)?;
+            }
+            let presented = io.present(&regs);
+            let info = ExitInfo {
+                reason: ExitReason::IoInstruction as u32,
+                qualification: io.qualification.raw(),
+                insn_len: io.insn_len,
+                insn_info: io.insn_info.map_or(0, |i| i.raw()),
+                guest_linear: io.guest_linear.unwrap_or(0),
+            };
+            Ok(Reflect::Exit { info, regs: presented, rip: io.rip })
+        }
+        Exit::Hlt => {
+            // KVM retired the HLT (RIP past, docs/kvm-exits.md row 4): HLT is F4, one byte.
+            let start = regs.rip.wrapping_sub(1);
+            if read_l2_linear(l2, runs, cr3, start, 1) != [0xF4] {
+                return unsupported("HLT exit", format!("no HLT before L2 RIP {:#x}", regs.rip));
+            }
+            let info = ExitInfo { reason: ExitReason::Hlt as u32, insn_len: 1, ..ExitInfo::default() };
+            Ok(Reflect::Exit { info, regs, rip: start })
+        }
+        Exit::Shutdown => {
+            // SDM 28.2: a triple fault exits with basic reason 2 and no qualification.
+            let info = ExitInfo { reason: ExitReason::TripleFault as u32, ..ExitInfo::default() };
+            Ok(Reflect::Exit { info, regs, rip: regs.rip })
+        }
+        Exit::MmioRead { gpa, .. } | Exit::MmioWrite { gpa, .. } => unsupported(
+            "EPT violation",
+            format!(
+                "L2 accessed L2-physical {gpa:#x}, which EPT12 does not map (EPT violations are reflected from soft engine part 2 on)"
+            ),
+        ),
+        other => {
+            unsupported("L2 exit", format!("{other:?} at L2 RIP {:#x} cannot be reflected by this engine", regs.rip))
+        }
+    }
+}
+
+/// An IN/INS exit leaves a completion pending in KVM (docs/kvm-exits.md rows 2 and 3b):
+/// answer it and run VM2 once with immediate_exit, so nothing pending survives into the next
+/// entry; for INS restore the destination bytes the flush wrote. L2's registers are
+/// reloaded from VMCS12 at the next entry anyway.
+fn flush_pending(l2: &mut L2Vm, runs: &[Run], cr3: u64, io: &io_decode::IoExit) -> Result<(), SoftError> {
+    let saved = io.ins_dest.map(|(dst, len)| (dst, read_l2_linear(l2, runs, cr3, dst, len)));
+    l2.vcpu.set_in_data(&[]);
+    l2.vcpu.set_immediate_exit(true);
+    let r = l2.vcpu.run();
+    l2.vcpu.set_immediate_exit(false);
+    r?;
+    if let Some((dst, bytes)) = saved {
+        write_l2_linear(l2, runs, cr3, dst, &bytes);
+    }
+    Ok(())
+}
+
+/// Write `bytes` to L2 at linear address `linear`, skipping bytes that do not translate.
+fn write_l2_linear(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64, bytes: &[u8]) {
+    for (i, b) in bytes.iter().enumerate() {
+        if let Some(gpa) = l2_phys(l2, runs, cr3, linear + i as u64) {
+            l2.write_l2(runs, gpa, *b);
+        }
+    }
+}

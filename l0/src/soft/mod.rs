@@ -1,0 +1,10 @@
+//! The `soft` engine: VMX emulated in userspace for L1 (docs/soft-engine.md).
+
+pub mod caps;
+pub mod engine;
+pub mod entry_checks;
+pub mod io_decode;
+pub mod l2vm;
+pub mod transitions;
+pub mod vmcs12;
+pub mod vmx_ops;

@@ -1,0 +1,270 @@
+//! Running L2: pick the backend, enter VMX operation, build L2 and its VMCS, launch.
+//!
+//! Shared by the payload run ([`run_payload`]) and the must-fail scenarios
+//! ([`crate::scenarios`]).
+
+use nestbench_abi::boot::BootInfo;
+use nestbench_abi::cpuid as hv;
+use nestbench_abi::payload::{L2_IMAGE_MAX, STAGING_GPA};
+use nestbench_abi::vmcs::Field32;
+
+use crate::ept_builder::FrameMemory;
+use crate::exits::{self, EXIT_ENTRY_FAILED, EXIT_NO_VMX, EXIT_VMX_SETUP_FAILED, HW, Mode, RUN, SOFT};
+use crate::global::Global;
+use crate::l2::{self, FRAMES_END, L1Frames, L2Space, SetupError};
+use crate::vmx::caps::{CapsError, Controls, VmxCaps, compute_controls};
+use crate::vmx::entry::{self, EXIT_STACK_TOP_OFFSET, GuestRegs};
+use crate::vmx::hw::{CR4_VMXE, MSR_FEATURE_CONTROL, feature_control_update};
+use crate::vmx::setup::{self, GUEST_CR0, GUEST_CR4, GuestConfig, HostConfig, Write, Writes};
+use crate::vmx::{BackendKind, Vmcs, VmxBackend, VmxFail, select_backend};
+use crate::x86;
+
+/// Where L1's own descriptor tables are (for the host-state area).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostTables {
+    /// GDTR base.
+    pub gdt_base: u64,
+    /// IDTR base.
+    pub idt_base: u64,
+    /// L1's TSS (TR base).
+    pub tss_base: u64,
+}
+
+const EXIT_STACK_SIZE: usize = 16 * 1024;
+#[repr(C, align(16))]
+struct ExitStack([u8; EXIT_STACK_SIZE]);
+/// The stack the exit stub runs on (HOST_RSP).
+static EXIT_STACK: Global<ExitStack> = Global::new(ExitStack([0; EXIT_STACK_SIZE]));
+
+/// Why L1 could not get L2 running.
+#[derive(Clone, Copy, Debug)]
+pub enum RunError {
+    /// The capabilities do not allow L1's controls.
+    Caps(CapsError),
+    /// L2's address space could not be built.
+    Setup(SetupError),
+    /// A VMX instruction failed.
+    Vmx(&'static str, VmxFail),
+    /// A VMWRITE of the VMCS setup failed.
+    VmcsWrite(Write, VmxFail),
+    /// IA32_FEATURE_CONTROL is locked with VMXON disabled.
+    FeatureControlLocked(u64),
+    /// The payload or scenario cannot run here (the reason says why).
+    Refused(&'static str),
+}
+
+impl core::fmt::Display for RunError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Caps(e) => write!(f, "capabilities: {e}"),
+            Self::Setup(e) => write!(f, "L2 setup: {e:?}"),
+            Self::Vmx(what, e) => write!(f, "{what}: {e}"),
+            Self::VmcsWrite(w, e) => write!(f, "VMWRITE {w:?}: {e}"),
+            Self::FeatureControlLocked(v) => write!(f, "IA32_FEATURE_CONTROL {v:#x} is locked with VMXON disabled"),
+            Self::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+impl From<CapsError> for RunError {
+    fn from(e: CapsError) -> Self {
+        Self::Caps(e)
+    }
+}
+
+impl From<SetupError> for RunError {
+    fn from(e: SetupError) -> Self {
+        Self::Setup(e)
+    }
+}
+
+/// Report a setup failure and exit.
+pub fn fail(e: RunError) -> ! {
+    crate::println!("l1: cannot run L2: {e}");
+    crate::hypercall::exit(EXIT_VMX_SETUP_FAILED)
+}
+
+/// Pick the backend from CPUID (docs/soft-engine.md "Discovery"); without one, say so and
+/// exit with [`EXIT_NO_VMX`].
+pub fn detect() -> BackendKind {
+    let l1 = x86::cpuid(1);
+    let sig = x86::cpuid(hv::LEAF_SIGNATURE);
+    let ours = hv::signature_from_words(sig.ebx, sig.ecx, sig.edx) == hv::SIGNATURE;
+    let features = if ours { x86::cpuid(hv::LEAF_INFO).ebx } else { 0 };
+    match select_backend(l1.ecx, ours, features) {
+        Some(k) => k,
+        None => {
+            crate::println!(
+                "l1: no VMX: L0 does not advertise the soft engine (CPUID 0x4000_0001 EBX bit 1) and CPUID.1:ECX.VMX is clear"
+            );
+            crate::hypercall::exit(EXIT_NO_VMX)
+        }
+    }
+}
+
+/// L1 in VMX operation with a current VMCS.
+#[derive(Debug)]
+pub struct Ready {
+    /// The capabilities.
+    pub caps: VmxCaps,
+    /// The current VMCS (L1-physical).
+    pub vmcs: u64,
+}
+
+/// Enter VMX operation on `b` and make a fresh VMCS current (SDM 24.7, 24.11.3: VMXON
+/// region and VMCS region start with the revision identifier; VMCLEAR, then VMPTRLD).
+pub fn enter_vmx<B: VmxBackend>(b: &mut B, kind: BackendKind, mem: &mut L1Frames) -> Result<Ready, RunError> {
+    let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
+    if kind == BackendKind::Hardware {
+        enable_hw_vmx(&caps)?;
+    }
+    let out = || RunError::Setup(SetupError::OutOfFrames);
+    let rev = u64::from(caps.basic.revision_id());
+    let vmxon = mem.alloc_zeroed_page().ok_or_else(out)?;
+    mem.write_u64(vmxon, rev);
+    b.vmxon(vmxon).map_err(|e| RunError::Vmx("VMXON", e))?;
+    let vmcs = mem.alloc_zeroed_page().ok_or_else(out)?;
+    mem.write_u64(vmcs, rev);
+    b.vmclear(vmcs).map_err(|e| RunError::Vmx("VMCLEAR", e))?;
+    b.vmptrld(vmcs).map_err(|e| RunError::Vmx("VMPTRLD", e))?;
+    Ok(Ready { caps, vmcs })
+}
+
+/// Real VMX: lock IA32_FEATURE_CONTROL with VMXON outside SMX if the firmware (here: nobody)
+/// left it unlocked (SDM 24.7), set CR0/CR4 to what VMX operation requires, CR4.VMXE
+/// included (SDM 24.8, A.7, A.8).
+fn enable_hw_vmx(caps: &VmxCaps) -> Result<(), RunError> {
+    let fc = x86::rdmsr_safe(MSR_FEATURE_CONTROL).unwrap_or(0);
+    match feature_control_update(fc) {
+        // SAFETY: writing the lock and VMXON-enable bits of an unlocked IA32_FEATURE_CONTROL
+        // is what SDM 24.7 prescribes; it affects nothing else.
+        Ok(Some(v)) => unsafe { x86::wrmsr(MSR_FEATURE_CONTROL, v) },
+        Ok(None) => {}
+        Err(v) => return Err(RunError::FeatureControlLocked(v)),
+    }
+    // SAFETY: the fixed-bit MSRs only force bits VMX operation needs (PE, PG, NE; VMXE) and
+    // clear bits the CPU does not support; L1 keeps running in long mode.
+    unsafe {
+        x86::write_cr0(caps.adjust_cr0(x86::read_cr0()));
+        x86::write_cr4(caps.adjust_cr4(x86::read_cr4() | CR4_VMXE));
+    }
+    Ok(())
+}
+
+/// The controls, L2's address space and every VMWRITE of its VMCS.
+pub fn prepare(
+    caps: &VmxCaps,
+    mem: &mut L1Frames,
+    image: &[u8],
+    entry: u64,
+    cpl: u8,
+    host: HostTables,
+) -> Result<(Controls, L2Space, Writes), RunError> {
+    let controls = compute_controls(caps, cpl == 0)?;
+    let space = l2::build(mem, image, entry)?;
+    let guest = GuestConfig {
+        cpl,
+        cr0: caps.adjust_cr0(GUEST_CR0),
+        cr3: space.cr3,
+        cr4: caps.adjust_cr4(GUEST_CR4),
+        gdt: space.gdt,
+        tss: space.tss,
+        rsp: space.stack_top,
+        rip: entry,
+    };
+    let stack_top = EXIT_STACK.as_ptr() as u64 + EXIT_STACK_SIZE as u64;
+    let host = HostConfig {
+        cr0: caps.adjust_cr0(x86::read_cr0()),
+        cr3: x86::read_cr3(),
+        cr4: caps.adjust_cr4(x86::read_cr4()),
+        efer: x86::rdmsr_safe(x86::MSR_EFER).unwrap_or(0),
+        tr_base: host.tss_base,
+        gdtr_base: host.gdt_base,
+        idtr_base: host.idt_base,
+        rsp: stack_top - EXIT_STACK_TOP_OFFSET,
+        rip: entry::exit_stub_address(),
+    };
+    let writes = setup::vmcs_writes(&controls, space.ept.eptp(), &guest, &host);
+    Ok((controls, space, writes))
+}
+
+/// Point the exit handlers at this L2.
+pub fn arm_exits(mode: Mode, space: &L2Space, accesses: u32, io_check: bool) {
+    let run = RUN.get();
+    run.mode = mode;
+    run.results_pa = space.results_pa;
+    run.eptp = space.ept.eptp();
+    run.cr3 = space.cr3;
+    run.accesses_at_launch = accesses;
+    run.io_check = io_check.then(exits::io::IoCheck::default);
+}
+
+/// The payload's name up to its first NUL.
+#[must_use]
+pub fn payload_name(name: &[u8; 16]) -> &[u8] {
+    name.split(|&c| c == 0).next().unwrap_or(&[])
+}
+
+/// Run the payload of `boot` to its end (the exit handlers report and exit).
+pub fn run_payload(boot: &BootInfo, host: HostTables) -> ! {
+    let kind = detect();
+    entry::set_soft(kind == BackendKind::Soft);
+    let r = match kind {
+        BackendKind::Soft => payload_on(SOFT.get(), kind, boot, host),
+        BackendKind::Hardware => payload_on(HW.get(), kind, boot, host),
+    };
+    fail(r)
+}
+
+fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host: HostTables) -> RunError {
+    let p = boot.payload;
+    let cpl = match p.cpl {
+        0 => 0,
+        3 => 3,
+        _ => return RunError::Refused("CPL is neither 0 nor 3"),
+    };
+    if p.size == 0 || p.size > L2_IMAGE_MAX {
+        return RunError::Refused("image size is 0 or above L2_IMAGE_MAX");
+    }
+    if boot.mem_size < FRAMES_END {
+        return RunError::Refused("guest memory does not reach the end of L1's frame region");
+    }
+    // SAFETY: L0 staged `size` bytes at STAGING_GPA (identity-mapped L1 memory, below the
+    // frame region, size checked against L2_IMAGE_MAX above); nothing writes there.
+    let image = unsafe { core::slice::from_raw_parts(STAGING_GPA as *const u8, p.size as usize) };
+    let mut mem = L1Frames::new();
+    let result = (|| {
+        let ready = enter_vmx(b, kind, &mut mem)?;
+        let (_, space, writes) = prepare(&ready.caps, &mut mem, image, p.entry, cpl, host)?;
+        writes.apply(b).map_err(|(w, e)| RunError::VmcsWrite(w, e))?;
+        Ok(space)
+    })();
+    let space = match result {
+        Ok(s) => s,
+        Err(e) => return e,
+    };
+    let io_check = payload_name(&p.name) == b"io_encodings";
+    arm_exits(Mode::Payload, &space, b.accesses(), io_check);
+    let regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
+    // SAFETY: the current VMCS is complete, HOST_RIP is the exit stub, HOST_RSP the exit
+    // stack, and USE_SOFT names this backend (set in run_payload).
+    let rflags = unsafe { entry::enter(&regs, false) };
+    let f = entry::entry_failure(rflags, || b.read32(Field32::VmInstructionError).unwrap_or(0));
+    crate::println!("l1: VMLAUNCH failed: {f:?}");
+    exits::unexpected::dump(b);
+    crate::hypercall::exit(EXIT_ENTRY_FAILED)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn payload_names_stop_at_the_first_nul() {
+        let mut n = [0u8; 16];
+        n[..12].copy_from_slice(b"io_encodings");
+        assert_eq!(payload_name(&n), b"io_encodings");
+        assert_eq!(payload_name(&[0; 16]), b"");
+        assert_eq!(payload_name(b"sixteen_bytes_xx"), b"sixteen_bytes_xx");
+    }
+}

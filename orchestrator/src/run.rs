@@ -1,0 +1,247 @@
+//! `nestbench run` and `nestbench payloads`: one payload on one engine, through an
+//! `nestbench-l0` child, summarised as the JSON (and a few lines of text).
+
+use std::fmt::Write;
+
+use serde_json::{Value, json};
+
+use crate::l0_child::ChildRun;
+
+/// Version of the `run --json` document.
+pub const RUN_JSON_VERSION: u32 = 1;
+
+/// Percentile `q` (0..1) of a log2 histogram `[(bucket, count)]`: the upper bound of the
+/// bucket it falls in (bucket b holds [2^b, 2^(b+1)) cycles), so the figure is an upper
+/// bound within a factor of two. `None` for an empty histogram.
+#[must_use]
+pub fn percentile_upper_bound(hist: &[(u64, u64)], q: f64) -> Option<u64> {
+    let total: u64 = hist.iter().map(|(_, c)| c).sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let mut seen = 0;
+    for &(b, c) in hist {
+        seen += c;
+        if seen >= rank {
+            return Some(1u64 << (b + 1).min(63));
+        }
+    }
+    hist.last().map(|(b, _)| 1u64 << (b + 1).min(63))
+}
+
+fn latency(results: &Value) -> Value {
+    let hist: Vec<(u64, u64)> = results["hist"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| Some((p[0].as_u64()?, p[1].as_u64()?))).collect())
+        .unwrap_or_default();
+    let n = results["iterations"].as_u64().unwrap_or(0);
+    let total = results["total_cycles"].as_u64().unwrap_or(0);
+    json!({
+        "mean": if n > 0 { Value::from(total as f64 / n as f64) } else { Value::Null },
+        "min": results["min_cycles"],
+        "max": results["max_cycles"],
+        "p50_upper_bound": percentile_upper_bound(&hist, 0.5),
+        "p99_upper_bound": percentile_upper_bound(&hist, 0.99),
+        "histogram_log2": results["hist"],
+        "samples": n,
+    })
+}
+
+/// The `run --json` document of a nested (soft engine) run.
+#[must_use]
+pub fn nested_json(run: &ChildRun, payload: &str, iterations: u64, shadowing: bool) -> Value {
+    let report = run.event("end").map(|e| &e["report"]).cloned().unwrap_or(Value::Null);
+    let payload_run = run.event("payload_run").cloned().unwrap_or(Value::Null);
+    let soft = &report["soft"];
+    let reflected = soft["reflected_total"].as_u64().unwrap_or(0);
+    json!({
+        "run_json_version": RUN_JSON_VERSION,
+        "engine": "soft",
+        "payload": payload,
+        "iterations": iterations,
+        "vmcs_shadowing": shadowing,
+        "complete": run.complete(),
+        "outcome": report["outcome"],
+        "payload_status": payload_run["status"],
+        "exits": payload_run["exits"],
+        "exit_records": payload_run["exit_records"],
+        "reflected_exits": reflected,
+        "reflected_exits_by_reason": soft["reflected_exits"],
+        "l0_only_exits": soft["l0_only_exits"],
+        "kvm_exits": {
+            "l1_vm": report["kvm_exits_total"],
+            "l2_vm": soft["l2_kvm_exits"],
+            "per_reflected_exit": if reflected > 0 {
+                Value::from((report["kvm_exits_total"].as_u64().unwrap_or(0) + soft["l2_kvm_exits"].as_u64().unwrap_or(0)) as f64 / reflected as f64)
+            } else { Value::Null },
+        },
+        "l1_traps": soft["l1_traps"],
+        "l1_traps_per_reflected_exit": if soft["reflected_resumed"].as_u64().unwrap_or(0) > 0 {
+            Value::from(soft["l1_traps"].as_u64().unwrap_or(0) as f64 / soft["reflected_resumed"].as_u64().unwrap_or(1) as f64)
+        } else { Value::Null },
+        "l1_vmx_accesses": payload_run["vmx_accesses"],
+        "l0_vmx_hypercalls": soft["vmx_hypercalls"],
+        "entry_failures": soft["entry_failures"],
+        "memslots": soft["memslots"],
+        "time_ns": { "l0": soft["l0_ns"], "l1": soft["l1_ns"], "l2": soft["l2_ns"], "wall": report["wall_ns"] },
+        "latency_cycles": latency(&payload_run["results"]),
+        "payload_failures": payload_run["results"]["failures"],
+        "kvm_stats": report["kvm_stats"],
+        "console": run.events.iter().filter(|e| e["event"] == "console").map(|e| e["text"].clone()).collect::<Vec<_>>(),
+        "error": run.event("error").map(|e| &e["message"]),
+    })
+}
+
+/// The `run --json` document of a single-level run.
+#[must_use]
+pub fn single_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
+    let r = run.event("end").map(|e| &e["single_level"]).cloned().unwrap_or(Value::Null);
+    json!({
+        "run_json_version": RUN_JSON_VERSION,
+        "engine": "single_level",
+        "payload": payload,
+        "iterations": iterations,
+        "complete": run.complete(),
+        "payload_status": r["status"],
+        "problem": r["problem"],
+        "kvm_exits": r["kvm_exits"],
+        "latency_cycles": latency(&r["results"]),
+        "payload_failures": r["results"]["failures"],
+        "time_ns": { "wall": r["wall_ns"] },
+        "error": run.event("error").map(|e| &e["message"]),
+    })
+}
+
+/// A few lines for the terminal.
+#[must_use]
+pub fn render(j: &Value) -> String {
+    let mut s = String::new();
+    let lat = &j["latency_cycles"];
+    let _ = writeln!(
+        s,
+        "{} on {} ({} iterations{})",
+        j["payload"].as_str().unwrap_or("?"),
+        j["engine"].as_str().unwrap_or("?"),
+        j["iterations"],
+        if j["engine"] == "soft" {
+            format!(", VMCS shadowing {}", if j["vmcs_shadowing"] == true { "on" } else { "off" })
+        } else {
+            String::new()
+        }
+    );
+    let _ = writeln!(
+        s,
+        "  latency        mean {} cycles, min {}, max {}, p50 <= {}, p99 <= {}",
+        fmt_num(&lat["mean"]),
+        lat["min"],
+        lat["max"],
+        lat["p50_upper_bound"],
+        lat["p99_upper_bound"]
+    );
+    if j["engine"] == "soft" {
+        let _ = writeln!(s, "  L2 exits (L1)  {}", j["exits"]);
+        let _ = writeln!(s, "  reflected      {} (L0-only {})", j["reflected_exits"], j["l0_only_exits"]);
+        let _ = writeln!(
+            s,
+            "  KVM exits      L1 VM {}, L2 VM {}, per reflected exit {}",
+            j["kvm_exits"]["l1_vm"],
+            j["kvm_exits"]["l2_vm"],
+            fmt_num(&j["kvm_exits"]["per_reflected_exit"])
+        );
+        let _ = writeln!(
+            s,
+            "  L1 traps       {} per reflected exit; L0 VMX hypercalls {}",
+            fmt_num(&j["l1_traps_per_reflected_exit"]),
+            j["l0_vmx_hypercalls"]
+        );
+        let _ = writeln!(
+            s,
+            "  time           L0 {} ns, L1 {} ns, L2 {} ns (wall {} ns)",
+            j["time_ns"]["l0"], j["time_ns"]["l1"], j["time_ns"]["l2"], j["time_ns"]["wall"]
+        );
+        let _ = writeln!(s, "  outcome        {}", crate::boot::describe_outcome(&j["outcome"]));
+    } else {
+        let _ = writeln!(s, "  KVM exits      {}", j["kvm_exits"]);
+    }
+    let _ = writeln!(s, "  payload        status {}, failures {}", j["payload_status"], j["payload_failures"]);
+    if let Some(e) = j["error"].as_str() {
+        let _ = writeln!(s, "  error          {e}");
+    }
+    if j["complete"] != true {
+        let _ = writeln!(s, "  PARTIAL: l0 did not finish the run");
+    }
+    s
+}
+
+fn fmt_num(v: &Value) -> String {
+    v.as_f64().map_or_else(|| v.to_string(), |f| format!("{f:.2}"))
+}
+
+/// `nestbench payloads`: every payload and which engines run it.
+#[must_use]
+pub fn payloads(json: bool) -> String {
+    let rows: Vec<Value> = l2_payloads::all()
+        .iter()
+        .map(|m| {
+            let (soft, why) = match m.soft_engine {
+                l2_payloads::Support::Runs => (true, None),
+                l2_payloads::Support::Unsupported { reason } => (false, Some(reason)),
+            };
+            json!({
+                "name": m.name,
+                "description": m.description,
+                "cpl": m.cpl as u32,
+                "exits_per_iteration": m.exits_per_iteration.iter().map(|(r, n)| json!({"reason": r.name(), "count": n})).collect::<Vec<_>>(),
+                "default_iterations": m.default_iterations,
+                "engines": {
+                    "soft": { "runs": soft, "reason": why },
+                    "single_level": { "runs": true },
+                    "bochs": { "runs": false, "reason": "the bochs engine is not built yet" },
+                    "kvm": { "runs": false, "reason": "the kvm engine is not built yet" },
+                },
+            })
+        })
+        .collect();
+    if json {
+        return serde_json::to_string_pretty(&json!({ "payloads": rows })).expect("serializes");
+    }
+    let mut s = String::new();
+    for r in &rows {
+        let _ = writeln!(
+            s,
+            "{:<14} CPL {}  {}",
+            r["name"].as_str().unwrap_or(""),
+            r["cpl"],
+            r["description"].as_str().unwrap_or("")
+        );
+        for e in ["soft", "single_level", "bochs", "kvm"] {
+            let x = &r["engines"][e];
+            let _ = writeln!(
+                s,
+                "    {:<13} {}",
+                e,
+                if x["runs"] == true {
+                    "runs".to_owned()
+                } else {
+                    format!("skipped: {}", x["reason"].as_str().unwrap_or(""))
+                }
+            );
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_are_bucket_upper_bounds() {
+        let h = [(10, 50), (11, 49), (20, 1)];
+        assert_eq!(percentile_upper_bound(&h, 0.5), Some(2048));
+        assert_eq!(percentile_upper_bound(&h, 0.99), Some(4096));
+        assert_eq!(percentile_upper_bound(&h, 1.0), Some(1 << 21));
+        assert_eq!(percentile_upper_bound(&[], 0.5), None);
+    }
+}
