@@ -71,6 +71,11 @@ pub struct SoftStats {
     /// Exits of L1's VM between those reflected exits and the next VM entry, the entry's
     /// own doorbell included.
     pub l1_traps: u64,
+    /// Of those, VMREAD/VMWRITE hypercalls (the rest are the doorbells).
+    pub l1_vmx_traps: u64,
+    /// VMREAD/VMWRITE hypercalls after the first VM entry (L1's exit handling; compare
+    /// with the VMREAD/VMWRITE executions L1 counts itself).
+    pub vmx_rw_after_first_entry: u64,
     /// Memslots VM2 had after the last EPT12 shadow build, and how many builds there were.
     pub memslots: u64,
     /// EPT12 shadow builds.
@@ -125,6 +130,7 @@ pub struct SoftVmx {
     /// Set from a reflected exit until the next entry: L1's exits are traps of that exit.
     after_exit: bool,
     pending_traps: u64,
+    pending_vmx_traps: u64,
 }
 
 /// Fill the VMREAD and VMWRITE bitmaps in L1 memory (SDM 25.6.15: one bit per encoding
@@ -167,6 +173,7 @@ impl SoftVmx {
             stats: SoftStats { vmcs_shadowing: shadowing, ..SoftStats::default() },
             after_exit: false,
             pending_traps: 0,
+            pending_vmx_traps: 0,
         }
     }
 
@@ -194,6 +201,12 @@ impl SoftVmx {
             return (VmxResult::FailInvalid.to_word(), 0, Some(format!("unknown VMX operation {op}")));
         };
         *self.stats.vmx_hypercalls.entry(format!("{op:?}")).or_default() += 1;
+        if matches!(op, VmxOp::VmRead | VmxOp::VmWrite) && self.stats.entries > 0 {
+            self.stats.vmx_rw_after_first_entry += 1;
+            if self.after_exit {
+                self.pending_vmx_traps += 1;
+            }
+        }
         let revision = self.caps.vmx_basic().revision_id();
         let r = self.state.execute(mem, op, a1, a2, revision, MAXPHYADDR);
         let note = r.would_ud.then(|| format!("{op:?} outside VMX operation: #UD on hardware, VMfailInvalid here"));
@@ -225,6 +238,7 @@ impl SoftVmx {
             // The doorbell (counted by note_l1_exit) is the last trap of the previous
             // reflected exit.
             self.stats.l1_traps += std::mem::take(&mut self.pending_traps);
+            self.stats.l1_vmx_traps += std::mem::take(&mut self.pending_vmx_traps);
             self.stats.reflected_resumed += 1;
         }
         let l1_regs = l1.regs()?;
@@ -432,15 +446,20 @@ fn l2_phys(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64) -> Option<u64> {
 }
 
 /// Read `len` bytes of L2 at linear address `linear` (through L2's page tables and EPT12),
-/// short at the first byte that does not translate.
+/// short at the first byte that does not translate. One page walk per page touched.
 fn read_l2_linear(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
-    for a in linear..linear.saturating_add(len as u64) {
+    let mut a = linear;
+    while out.len() < len {
         let Some(gpa) = l2_phys(l2, runs, cr3, a) else { break };
-        match l2.read_l2(runs, gpa, 1).first() {
-            Some(&b) => out.push(b),
-            None => break,
+        let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
+        let bytes = l2.read_l2(runs, gpa, n);
+        let got = bytes.len();
+        out.extend(bytes);
+        if got < n {
+            break;
         }
+        a += n as u64;
     }
     out
 }

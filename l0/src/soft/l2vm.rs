@@ -204,13 +204,15 @@ impl L2Vm {
     #[must_use]
     pub fn read_l2(&self, runs: &[Run], l2: u64, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
-        for a in l2..l2.saturating_add(len as u64) {
-            let Some(pa) = Self::l1_addr(runs, a) else { break };
-            let mut b = [0u8];
-            if self.l1_mem.read(pa, &mut b).is_err() {
-                break;
+        let mut a = l2;
+        while out.len() < len {
+            let Some(r) = runs.iter().find(|r| (r.l2..r.l2 + r.size).contains(&a)) else { break };
+            let n = ((r.l2 + r.size - a) as usize).min(len - out.len());
+            match self.l1_mem.read_vec(r.l1 + (a - r.l2), n as u64) {
+                Ok(bytes) => out.extend(bytes),
+                Err(_) => break,
             }
-            out.push(b[0]);
+            a += n as u64;
         }
         out
     }

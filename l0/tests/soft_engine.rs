@@ -1,0 +1,231 @@
+//! The soft engine on the real stack: L0 boots L1 on /dev/kvm, L1 runs each payload with
+//! VMX (the soft backend), L2 runs in VM2. The assertions are on what L1 saw in its VMCS
+//! (the exit records it reports), on L0's counters, and on the payload's own results.
+
+use std::time::Duration;
+
+use l0::events::{Event, ExitRecord, Outcome, PayloadRun, RunReport};
+use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::soft::engine::SoftStats;
+use nestbench_abi::boot::Scenario;
+use nestbench_abi::payload::{IO_ENCODINGS, IO_REP_COUNT, PAYLOAD_PORT};
+use nestbench_abi::vmx::{ExitReason, IoQualification};
+
+struct Nested {
+    report: RunReport,
+    payload: PayloadRun,
+    events: Vec<Event>,
+}
+
+impl Nested {
+    fn soft(&self) -> &SoftStats {
+        self.report.soft.as_ref().expect("the soft engine ran")
+    }
+}
+
+fn run_nested(payload: &str, iterations: u64, shadowing: bool) -> Nested {
+    let m = l2_payloads::find(payload).expect("a known payload");
+    let config = MachineConfig {
+        timeout: Duration::from_secs(60),
+        soft: Some(SoftConfig { vmcs_shadowing: shadowing }),
+        payload: Some(PayloadSpec {
+            name: m.name.into(),
+            elf: l0::images::payload_elf(m.name),
+            cpl: m.cpl,
+            iterations: m.iterations(iterations),
+            arg: 0,
+        }),
+        ..MachineConfig::default()
+    };
+    let mut events = Vec::new();
+    let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
+    let payload = events
+        .iter()
+        .find_map(|e| match e {
+            Event::PayloadRun(p) => Some((**p).clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("L1 reported no payload run; outcome {:?}, events {events:?}", report.outcome));
+    assert_eq!(report.outcome, Outcome::Exited { status: 0 }, "{events:?}");
+    assert_eq!(payload.status, 0);
+    let results = payload.results.as_ref().expect("the payload wrote its results page");
+    assert_eq!(results.failures, 0, "payload checks failed: {events:?}");
+    assert_eq!(results.iterations, m.iterations(iterations));
+    Nested { report, payload, events }
+}
+
+fn io_qual(size: u8, is_in: bool, string: bool, rep: bool, immediate: bool) -> u64 {
+    IoQualification::new(size, is_in, string, rep, immediate, PAYLOAD_PORT).expect("valid size").raw()
+}
+
+/// The L2 exits of one reason that L1 handled (the final DONE exit is not counted).
+fn exits(n: &Nested, reason: ExitReason) -> u64 {
+    n.payload.exits.get(reason.name()).copied().unwrap_or(0)
+}
+
+fn assert_all_records(records: &[ExitRecord], reason: ExitReason, qualification: u64, insn_len: u32) {
+    assert!(!records.is_empty());
+    let rip = records[0].rip_offset;
+    for r in records {
+        assert_eq!(
+            (r.reason, r.qualification, r.insn_len, r.rip_offset),
+            (reason as u32, qualification, insn_len, rip),
+            "{r:?}"
+        );
+    }
+}
+
+#[test]
+fn outl_gives_exactly_n_io_exits_with_port_size_direction_rip_and_length() {
+    let n = run_nested("outl", 50, true);
+    assert_eq!(exits(&n, ExitReason::IoInstruction), 50);
+    assert_eq!(n.payload.exits.len(), 1, "nothing but I/O exits: {:?}", n.payload.exits);
+    assert_eq!(n.payload.exit_records.len(), 50);
+    // `out 0xE0, eax`: E7 E0, 4 bytes, OUT, immediate port.
+    assert_all_records(&n.payload.exit_records, ExitReason::IoInstruction, io_qual(4, false, false, false, true), 2);
+    let s = n.soft();
+    assert_eq!(s.reflected_total, 51, "50 measured exits and the final DONE exit");
+    assert_eq!(s.l0_only_exits, 0);
+    assert_eq!(s.l2_kvm_exits, s.reflected_total, "every KVM exit of VM2 was reflected");
+}
+
+#[test]
+fn inl_receives_the_value_l1_supplies() {
+    let n = run_nested("inl", 40, true);
+    assert_eq!(exits(&n, ExitReason::IoInstruction), 40);
+    assert_all_records(&n.payload.exit_records, ExitReason::IoInstruction, io_qual(4, true, false, false, true), 2);
+    // The payload counts a wrong EAX as a failure; run_nested asserted there were none.
+}
+
+#[test]
+fn io_encodings_pass_l1s_per_encoding_checks() {
+    let n = run_nested("io_encodings", 1, true);
+    let expected: Vec<(u64, u32)> = IO_ENCODINGS
+        .iter()
+        .flat_map(|c| {
+            let q = io_qual(c.size, c.is_in, c.string, c.rep, c.immediate);
+            std::iter::repeat_n((q, c.bytes.len() as u32), usize::from(c.exits))
+        })
+        .collect();
+    assert_eq!(expected.len(), 16 + 2 * usize::from(IO_REP_COUNT));
+    let got: Vec<(u64, u32)> = n.payload.exit_records.iter().map(|r| (r.qualification, r.insn_len)).collect();
+    assert_eq!(got, expected, "qualification and length of every encoding, in order");
+    for (r, c) in n
+        .payload
+        .exit_records
+        .iter()
+        .zip(IO_ENCODINGS.iter().flat_map(|c| std::iter::repeat_n(c, usize::from(c.exits))))
+    {
+        if c.string {
+            assert_ne!(r.guest_linear, 0, "INS/OUTS report the guest-linear address: {r:?}");
+            assert_ne!(r.insn_info, 0, "and instruction information (64-bit address size): {r:?}");
+        }
+    }
+}
+
+#[test]
+fn hlt_at_cpl0_exits_once_per_iteration() {
+    let n = run_nested("hlt", 30, true);
+    assert_eq!(exits(&n, ExitReason::Hlt), 30);
+    assert_all_records(&n.payload.exit_records, ExitReason::Hlt, 0, 1);
+}
+
+#[test]
+fn compute_has_no_exits_but_the_final_one() {
+    let n = run_nested("compute", 20, true);
+    assert!(n.payload.exits.is_empty(), "{:?}", n.payload.exits);
+    assert_eq!(n.soft().reflected_total, 1, "the DONE exit only");
+    assert!(n.payload.results.as_ref().unwrap().total_cycles > 0);
+}
+
+#[test]
+fn shadowing_on_costs_exactly_one_l1_trap_per_reflected_exit() {
+    let n = run_nested("outl", 30, true);
+    let s = n.soft();
+    assert_eq!(s.reflected_resumed, 30, "every measured exit was resumed from");
+    assert_eq!(s.l1_traps, s.reflected_resumed, "the VMRESUME doorbell, nothing else");
+    assert_eq!(s.l1_traps_per_reflected_exit(), Some(1.0));
+    assert_eq!(s.vmx_rw_after_first_entry, 0, "no VMREAD/VMWRITE hypercall after the first entry");
+    assert!(n.payload.vmx_accesses > 0, "L1 did read and write its VMCS, without traps");
+    assert!(!s.vmx_hypercalls.contains_key("VmRead"), "{:?}", s.vmx_hypercalls);
+}
+
+#[test]
+fn shadowing_off_costs_one_trap_plus_one_per_vmread_and_vmwrite() {
+    let n = run_nested("outl", 30, false);
+    let s = n.soft();
+    assert_eq!(s.reflected_resumed, 30);
+    // Every trap of L1's exit path is the doorbell or a VMREAD/VMWRITE hypercall...
+    assert_eq!(s.l1_traps, s.reflected_resumed + s.l1_vmx_traps);
+    // ... and L0 saw exactly the VMREAD/VMWRITE executions L1 counted.
+    assert_eq!(s.vmx_rw_after_first_entry, u64::from(n.payload.vmx_accesses));
+    let per_exit = s.l1_vmx_traps / s.reflected_resumed;
+    assert_eq!(s.l1_vmx_traps % s.reflected_resumed, 0, "the same handler path every time");
+    assert_eq!(s.l1_traps_per_reflected_exit(), Some(1.0 + per_exit as f64));
+    assert!(per_exit >= 2, "at least exit reason and RIP: {per_exit}");
+    println!("shadowing off: {} L1 traps per reflected exit", 1 + per_exit);
+}
+
+#[test]
+fn the_single_level_twin_runs_the_same_payloads() {
+    for (name, iterations, port_exits) in [("outl", 25, 25), ("inl", 25, 25), ("compute", 10, 0)] {
+        let m = l2_payloads::find(name).unwrap();
+        let r = l0::single_level::run(
+            std::path::Path::new("/dev/kvm"),
+            &l0::images::payload_elf(name),
+            m.cpl,
+            iterations,
+            0,
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        assert_eq!((r.status, r.problem.as_deref()), (0, None), "{name}");
+        let res = r.results.as_ref().expect("results written");
+        assert_eq!((res.iterations, res.failures), (iterations, 0), "{name}");
+        let kvm_io: u64 = r.kvm_exits.iter().filter(|(k, _)| k.starts_with("io_")).map(|(_, v)| v).sum();
+        assert_eq!(kvm_io, port_exits + 1, "{name}: one KVM exit per iteration plus DONE");
+    }
+}
+
+fn verdict(scenario: Scenario) -> Event {
+    let config =
+        MachineConfig { scenario, soft: Some(SoftConfig { vmcs_shadowing: true }), ..MachineConfig::default() };
+    let mut events = Vec::new();
+    let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
+    assert_eq!(report.outcome, Outcome::Exited { status: 0 }, "{scenario:?}: {events:?}");
+    events
+        .into_iter()
+        .find(|e| matches!(e, Event::Verdict { .. }))
+        .unwrap_or_else(|| panic!("{scenario:?}: no verdict"))
+}
+
+#[test]
+fn must_fail_cases_get_the_architectural_result() {
+    let fail_valid = |error| (Some("fail_valid"), Some(error), None, None);
+    let cases = [
+        (Scenario::FailControl, fail_valid(7)),
+        (Scenario::FailHostState, fail_valid(8)),
+        (Scenario::FailGuestState, (Some("entry_failure"), None, Some(33 | 1 << 31), Some(0))),
+        (Scenario::FailResumeBeforeLaunch, fail_valid(5)),
+        (Scenario::FailLaunchLaunched, fail_valid(4)),
+        (Scenario::FailVmptrldUnaligned, fail_valid(9)),
+        (Scenario::FailRevision, fail_valid(11)),
+        (Scenario::FailWriteReadOnly, fail_valid(13)),
+    ];
+    for (scenario, want) in cases {
+        match verdict(scenario) {
+            Event::Verdict { kind, error, exit_reason, qualification, .. } => {
+                assert_eq!((Some(kind), error, exit_reason, qualification), want, "{scenario:?}");
+            }
+            _ => unreachable!(),
+        }
+    }
+}
+
+#[test]
+fn a_payload_run_leaves_no_hypercall_errors() {
+    let n = run_nested("io_encodings", 1, false);
+    let errors: Vec<_> =
+        n.events.iter().filter(|e| matches!(e, Event::HypercallError { .. } | Event::Note { .. })).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+}
