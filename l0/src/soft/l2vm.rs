@@ -48,6 +48,10 @@ pub enum EptShadowError {
         /// Bytes.
         size: u64,
     },
+    /// EPT12 has more present leaves than L0 will enumerate (aliased tables can make it
+    /// billions).
+    #[error("EPT12 has more than {0} present leaves; L0 refuses to shadow it")]
+    TooManyLeaves(usize),
     /// More runs than KVM has memslots.
     #[error("EPT12 needs {0} memslots, more than KVM offers")]
     TooManySlots(usize),
@@ -69,8 +73,13 @@ pub struct Run {
     pub read_only: bool,
 }
 
+/// The most EPT12 leaves L0 enumerates: 1 GiB of 4 KiB pages. Tables can alias each other,
+/// so a hostile EPT12 of a few pages can have 512^4 leaves; the walk stops at this many.
+pub const MAX_LEAVES: usize = 1 << 18;
+
 /// Every present leaf of the EPT12 rooted at `eptp`, coalesced into runs. Fails on the
-/// first misconfigured entry or table outside `mem` (L1 is hostile input).
+/// first misconfigured entry, table outside `mem`, or more than [`MAX_LEAVES`] leaves
+/// (L1 is hostile input).
 pub fn ept_runs(mem: &GuestMem, eptp: u64, maxphyaddr: u32) -> Result<Vec<Run>, EptShadowError> {
     let mut leaves = Vec::new();
     walk_table(mem, eptp & ADDR_MASK, 4, 0, RWX, maxphyaddr, &mut leaves)?;
@@ -113,6 +122,9 @@ fn walk_table(
             let pa = entry & ADDR_MASK & !(size - 1);
             if mem.check(pa, size).is_err() {
                 return Err(EptShadowError::LeafOutside { l2, pa, size });
+            }
+            if out.len() == MAX_LEAVES {
+                return Err(EptShadowError::TooManyLeaves(MAX_LEAVES));
             }
             out.push(Run { l2, l1: pa, size, read_only: p & ept::WRITE == 0 });
         } else {
@@ -252,6 +264,18 @@ mod tests {
                 Run { l2: 0x20_0000, l1: 0x20_0000, size: 0x20_0000, read_only: false },
             ]
         );
+    }
+
+    #[test]
+    fn fully_aliased_tables_are_refused_quickly() {
+        // Every entry of one page points at the page itself: 512^3 tables, 512^4 leaves.
+        let mem = GuestMem::new(0x2000).unwrap();
+        for i in 0..512 {
+            mem.write_u64(0x1000 + 8 * i, ept::table(0x1000)).unwrap();
+        }
+        let t = std::time::Instant::now();
+        assert!(matches!(ept_runs(&mem, ept::eptp(0x1000), 46), Err(EptShadowError::TooManyLeaves(MAX_LEAVES))));
+        assert!(t.elapsed() < std::time::Duration::from_secs(10), "{:?}", t.elapsed());
     }
 
     #[test]
