@@ -177,8 +177,13 @@ impl SoftVmx {
         }
     }
 
-    /// The capability MSRs L0 answers for L1 (0x480-0x491), or `None` for another MSR.
+    /// The capability MSRs L0 answers for L1 (0x480-0x490), or `None` (a #GP) for another
+    /// MSR. IA32_VMX_VMFUNC (0x491) is a #GP too: it exists only when "enable VM functions"
+    /// may be 1 (SDM A.11), which the soft engine does not offer.
     pub fn rdmsr(&mut self, index: u32) -> Option<u64> {
+        if index == nestbench_abi::vmx::msr::IA32_VMX_VMFUNC {
+            return None;
+        }
         let v = self.caps.msr(index);
         if v.is_some() {
             self.stats.capability_msr_reads += 1;
