@@ -22,15 +22,20 @@ doctor:
 boot *ARGS:
     cargo run --quiet --release -p orchestrator -- boot {{ARGS}}
 
-# The nested benchmark. Until the soft engine and `nestbench bench` exist, this reports the
-# host (doctor), boots L1 once (boot) and runs the boot-to-exit benchmark.
-bench-nested:
+# The nested benchmark: the host (doctor), the payloads, then every payload nested on the
+# soft engine (VMCS shadowing on and off) against its single-level twin, and L1's boot.
+bench-nested *ARGS:
     cargo build --quiet --workspace --release
     ./target/release/nestbench doctor
     @echo
-    ./target/release/nestbench boot
+    ./target/release/nestbench payloads
+    cargo bench --quiet -p l0 --bench nested -- {{ARGS}}
     @echo
     cargo bench --quiet -p l0 --bench boot
+
+# One payload on the soft engine, e.g. `just run --payload outl --iterations 1000`.
+run *ARGS:
+    cargo run --quiet --release -p orchestrator -- run {{ARGS}}
 
 # Boot-to-exit benchmark of the hello L1.
 bench-boot *ARGS:

@@ -10,24 +10,29 @@ use crate::l0_child::ChildRun;
 /// Version of the `run --json` document.
 pub const RUN_JSON_VERSION: u32 = 1;
 
-/// Percentile `q` (0..1) of a log2 histogram `[(bucket, count)]`: the upper bound of the
-/// bucket it falls in (bucket b holds [2^b, 2^(b+1)) cycles), so the figure is an upper
-/// bound within a factor of two. `None` for an empty histogram.
+/// Percentile `q` (0..1) of a log2 histogram `[(bucket, count)]`: the bounds `[2^b,
+/// 2^(b+1))` of the bucket it falls in. The payloads keep log2 buckets, so that is the
+/// resolution; `None` for an empty histogram.
 #[must_use]
-pub fn percentile_upper_bound(hist: &[(u64, u64)], q: f64) -> Option<u64> {
+pub fn percentile_bucket(hist: &[(u64, u64)], q: f64) -> Option<(u64, u64)> {
     let total: u64 = hist.iter().map(|(_, c)| c).sum();
     if total == 0 {
         return None;
     }
     let rank = ((total as f64) * q).ceil().max(1.0) as u64;
+    let bounds = |b: u64| (if b == 0 { 0 } else { 1u64 << b.min(63) }, 1u64 << (b + 1).min(63));
     let mut seen = 0;
     for &(b, c) in hist {
         seen += c;
         if seen >= rank {
-            return Some(1u64 << (b + 1).min(63));
+            return Some(bounds(b));
         }
     }
-    hist.last().map(|(b, _)| 1u64 << (b + 1).min(63))
+    hist.last().map(|&(b, _)| bounds(b))
+}
+
+fn bucket_json(b: Option<(u64, u64)>) -> Value {
+    b.map_or(Value::Null, |(lower, upper)| json!({ "lower": lower, "upper": upper }))
 }
 
 fn latency(results: &Value) -> Value {
@@ -41,8 +46,8 @@ fn latency(results: &Value) -> Value {
         "mean": if n > 0 { Value::from(total as f64 / n as f64) } else { Value::Null },
         "min": results["min_cycles"],
         "max": results["max_cycles"],
-        "p50_upper_bound": percentile_upper_bound(&hist, 0.5),
-        "p99_upper_bound": percentile_upper_bound(&hist, 0.99),
+        "p50": bucket_json(percentile_bucket(&hist, 0.5)),
+        "p99": bucket_json(percentile_bucket(&hist, 0.99)),
         "histogram_log2": results["hist"],
         "samples": n,
     })
@@ -132,12 +137,12 @@ pub fn render(j: &Value) -> String {
     );
     let _ = writeln!(
         s,
-        "  latency        mean {} cycles, min {}, max {}, p50 <= {}, p99 <= {}",
+        "  latency        mean {} cycles, min {}, max {}, p50 < {}, p99 < {} (log2 buckets)",
         fmt_num(&lat["mean"]),
         lat["min"],
         lat["max"],
-        lat["p50_upper_bound"],
-        lat["p99_upper_bound"]
+        lat["p50"]["upper"],
+        lat["p99"]["upper"]
     );
     if j["engine"] == "soft" {
         let _ = writeln!(s, "  L2 exits (L1)  {}", j["exits"]);
@@ -237,11 +242,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_are_bucket_upper_bounds() {
+    fn percentiles_are_log2_buckets() {
         let h = [(10, 50), (11, 49), (20, 1)];
-        assert_eq!(percentile_upper_bound(&h, 0.5), Some(2048));
-        assert_eq!(percentile_upper_bound(&h, 0.99), Some(4096));
-        assert_eq!(percentile_upper_bound(&h, 1.0), Some(1 << 21));
-        assert_eq!(percentile_upper_bound(&[], 0.5), None);
+        assert_eq!(percentile_bucket(&h, 0.5), Some((1024, 2048)));
+        assert_eq!(percentile_bucket(&h, 0.99), Some((2048, 4096)));
+        assert_eq!(percentile_bucket(&h, 1.0), Some((1 << 20, 1 << 21)));
+        assert_eq!(percentile_bucket(&[(0, 3)], 0.5), Some((0, 2)));
+        assert_eq!(percentile_bucket(&[], 0.5), None);
     }
 }

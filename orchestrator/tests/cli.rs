@@ -25,6 +25,7 @@ fn doctor_json_reports_host_and_engines() {
     assert!(host["kvm_modules"].as_object().unwrap().contains_key("kvm"));
 
     assert_eq!(engine(&d, "soft")["can_run"], true);
+    assert_eq!(engine(&d, "soft")["implemented"], true);
     let offers_vmx = host["kvm"]["offers_vmx"].as_bool().unwrap();
     let kvm = engine(&d, "kvm");
     if offers_vmx {
@@ -90,4 +91,80 @@ fn boot_with_a_missing_l0_binary_names_it() {
     let (code, _, err) = nestbench(&["boot", "--l0", "/nonexistent/nestbench-l0"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("cannot find nestbench-l0") && err.contains("/nonexistent/nestbench-l0"), "{err}");
+}
+
+#[test]
+fn run_json_has_the_documented_keys_and_exact_counts() {
+    let (code, out, err) = nestbench(&["run", "--engine", "soft", "--payload", "outl", "--iterations", "20", "--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    for key in [
+        "engine",
+        "payload",
+        "iterations",
+        "vmcs_shadowing",
+        "exits",
+        "reflected_exits",
+        "l0_only_exits",
+        "kvm_exits",
+        "l1_traps",
+        "l1_traps_per_reflected_exit",
+        "l0_vmx_hypercalls",
+        "latency_cycles",
+        "kvm_stats",
+    ] {
+        assert!(!j[key].is_null(), "missing {key}: {j:#}");
+    }
+    assert_eq!(j["engine"], "soft");
+    assert_eq!(j["vmcs_shadowing"], true);
+    assert_eq!(j["exits"]["I/O instruction"], 20);
+    assert_eq!(j["reflected_exits"], 21, "20 and the DONE exit");
+    assert_eq!(j["l1_traps_per_reflected_exit"], 1.0);
+    assert!(j["latency_cycles"]["mean"].as_f64().unwrap() > 0.0);
+    assert!(
+        j["latency_cycles"]["p50"]["upper"].as_u64().unwrap() > j["latency_cycles"]["p50"]["lower"].as_u64().unwrap()
+    );
+    assert_eq!(j["l0_vmx_hypercalls"].get("VmRead"), None);
+}
+
+#[test]
+fn run_single_level_and_shadowing_off() {
+    let (code, out, _) = nestbench(&["run", "--payload", "inl", "--iterations", "10", "--single-level", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["engine"], "single_level");
+    assert_eq!(j["kvm_exits"]["io_in"], 10);
+    let (code, out, _) =
+        nestbench(&["run", "--payload", "outl", "--iterations", "10", "--vmcs-shadowing", "off", "--json"]);
+    assert_eq!(code, Some(0), "{out}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert!(j["l1_traps_per_reflected_exit"].as_f64().unwrap() > 1.0);
+    assert!(j["l0_vmx_hypercalls"]["VmRead"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn run_refuses_bad_input_clearly() {
+    let (code, _, err) = nestbench(&["run", "--payload", "nope"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("unknown payload \"nope\"") && err.contains("outl"), "{err}");
+    let (code, _, err) = nestbench(&["run", "--engine", "bochs", "--payload", "outl"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("bochs engine is not built yet"), "{err}");
+    let (code, _, err) = nestbench(&["run", "--payload", "outl", "--iterations", "0"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--iterations"), "{err}");
+}
+
+#[test]
+fn payloads_lists_every_payload_with_its_engines() {
+    let (code, out, _) = nestbench(&["payloads", "--json"]);
+    assert_eq!(code, Some(0));
+    let j: Value = serde_json::from_str(&out).unwrap();
+    let names: Vec<&str> = j["payloads"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["outl", "inl", "io_encodings", "hlt", "compute"]);
+    for p in j["payloads"].as_array().unwrap() {
+        assert_eq!(p["engines"]["soft"]["runs"], true, "{p}");
+        assert_eq!(p["engines"]["bochs"]["runs"], false);
+        assert!(p["engines"]["bochs"]["reason"].as_str().unwrap().contains("not built"));
+    }
 }
