@@ -229,3 +229,64 @@ fn a_payload_run_leaves_no_hypercall_errors() {
         n.events.iter().filter(|e| matches!(e, Event::HypercallError { .. } | Event::Note { .. })).collect();
     assert!(errors.is_empty(), "{errors:?}");
 }
+
+/// A minimal static ELF: `code` at `nestbench_abi::payload::L2_IMAGE_BASE`, entered there.
+fn tiny_elf(code: &[u8]) -> std::path::PathBuf {
+    let base = nestbench_abi::payload::L2_IMAGE_BASE;
+    let mut f = Vec::new();
+    // ELF header (64 bytes): 64-bit, little-endian, EXEC, x86-64, one program header at 64.
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes()); // e_type EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // e_machine x86-64
+    f.extend_from_slice(&1u32.to_le_bytes()); // e_version
+    f.extend_from_slice(&base.to_le_bytes()); // e_entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    // PT_LOAD, R+X, file offset 120, at `base`.
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&5u32.to_le_bytes());
+    for v in [120u64, base, base, code.len() as u64, code.len() as u64, 0x1000] {
+        f.extend_from_slice(&v.to_le_bytes());
+    }
+    f.extend_from_slice(code);
+    let path = std::env::temp_dir().join(format!("nestbench-tiny-{}.elf", std::process::id()));
+    std::fs::write(&path, f).unwrap();
+    path
+}
+
+#[test]
+fn an_l2_triple_fault_is_reflected_as_exit_reason_2() {
+    // ud2 with no IDT in L2: #UD -> #DF -> triple fault, a VM exit (SDM 26.2).
+    let elf = tiny_elf(&[0x0F, 0x0B]);
+    let config = MachineConfig {
+        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        payload: Some(PayloadSpec {
+            name: "ud2".into(),
+            elf: elf.clone(),
+            cpl: nestbench_abi::payload::Cpl::User,
+            iterations: 1,
+            arg: 0,
+        }),
+        ..MachineConfig::default()
+    };
+    let mut events = Vec::new();
+    let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
+    std::fs::remove_file(elf).ok();
+    let soft = report.soft.as_ref().unwrap();
+    assert_eq!(soft.reflected_exits.get(ExitReason::TripleFault.name()), Some(&1), "{:?}", soft.reflected_exits);
+    assert_eq!(soft.reflected_total, 1);
+    let console: Vec<&str> = events
+        .iter()
+        .filter_map(|e| if let Event::Console { text } = e { Some(text.as_str()) } else { None })
+        .collect();
+    assert!(console.iter().any(|l| l.contains("L2 triple fault at RIP 0x400000 (image offset 0x0)")), "{console:?}");
+    assert!(
+        matches!(report.outcome, Outcome::Exited { status } if status != 0),
+        "L1 stops with its triple-fault status: {:?}",
+        report.outcome
+    );
+}
