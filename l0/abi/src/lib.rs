@@ -45,6 +45,7 @@ macro_rules! abi_enum {
 pub mod boot;
 pub mod controls;
 pub mod cpuid;
+pub mod e9;
 pub mod ept;
 pub mod hypercall;
 pub mod layout;
