@@ -23,6 +23,19 @@ if ! command -v just >/dev/null; then
 fi
 command -v just >/dev/null || { echo "setup: just is still not on PATH" >&2; exit 1; }
 
+# Bochs (the bochs engine: L1's real VMX path) from Debian's packages. Tests that need it
+# skip with a printed reason when it is missing, so a machine without apt/root still works.
+if ! command -v bochs >/dev/null || [ ! -e /usr/share/bochs/BIOS-bochs-latest ] || [ ! -e /usr/share/vgabios/vgabios.bin ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing bochs, bochsbios, vgabios (Debian packages)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bochs bochsbios vgabios >/dev/null
+  else
+    say "bochs is not installed and this is not root with apt-get: the bochs engine and its tests will be skipped"
+  fi
+fi
+command -v unshare >/dev/null || say "unshare (util-linux) is missing: the bochs engine needs it to isolate Bochs' VNC listener"
+
 if [ ! -e /dev/kvm ]; then
   echo "setup: /dev/kvm does not exist: nestbench needs KVM (load kvm_intel/kvm_amd, or run on a host with KVM)" >&2
   exit 1
@@ -31,4 +44,4 @@ if [ ! -r /dev/kvm ] || [ ! -w /dev/kvm ]; then
   echo "setup: /dev/kvm is not readable and writable by $(id -un): add yourself to the kvm group or run as root" >&2
   exit 1
 fi
-say "ready: $(just --version), $(rustc --version), /dev/kvm usable"
+say "ready: $(just --version), $(rustc --version), /dev/kvm usable, bochs: $(command -v bochs || echo missing)"
