@@ -1,13 +1,18 @@
 //! The built guest images are static ELFs at their fixed addresses, and contain no
 //! instruction the development hosts' KVM cannot emulate at CPL 0 (shared/HOST-NOTES.md: no
 //! SSE arithmetic, POPCNT, RDTSCP, CMPXCHG16B, XGETBV, BMI, INT3, INT n; VMCALL hangs the
-//! vCPU). Every executable byte is disassembled with iced-x86. The L2 payload images are
-//! checked the same way (those at CPL 3 run natively, but are kept clean anyway), and must
+//! vCPU, so only the `vmcall` payload, which the soft engine never runs, may contain one).
+//! Every executable byte is disassembled with iced-x86. The L2 payload images are checked
+//! the same way (those at CPL 3 run natively, but are kept clean anyway), and must
 //! be flat: one run of loadable bytes from `L2_IMAGE_BASE`, no bss, within `L2_IMAGE_MAX`.
 
 use iced_x86::{CpuidFeature, Decoder, DecoderOptions, Instruction, Mnemonic};
 use nestbench_abi::payload::{IO_ENCODINGS, L2_IMAGE_BASE, L2_IMAGE_MAX};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SectionKind};
+
+/// The one payload image that means its VMCALL (l2_payloads' `vmcall`, never run on the
+/// development hosts' KVM).
+const VMCALL_IMAGE: &str = "vmcall";
 
 /// Why an instruction is refused, or `None` if it is fine.
 fn refused(insn: &Instruction) -> Option<&'static str> {
@@ -40,12 +45,19 @@ fn refused(insn: &Instruction) -> Option<&'static str> {
     None
 }
 
-/// Every refused or undecodable instruction in `code` at `ip`, as "address: text (reason)".
-fn scan(code: &[u8], ip: u64, symbol_at: impl Fn(u64) -> String) -> Vec<String> {
+/// Every refused or undecodable instruction in `code` at `ip`, as "address: text (reason)";
+/// VMCALL is let through when `vmcall_ok`.
+fn scan(code: &[u8], ip: u64, vmcall_ok: bool, symbol_at: impl Fn(u64) -> String) -> Vec<String> {
     let mut d = Decoder::with_ip(64, code, ip, DecoderOptions::NONE);
     let mut bad = Vec::new();
     for insn in &mut d {
-        let why = if insn.is_invalid() { Some("does not decode") } else { refused(&insn) };
+        let why = if insn.is_invalid() {
+            Some("does not decode")
+        } else if vmcall_ok && insn.mnemonic() == Mnemonic::Vmcall {
+            None
+        } else {
+            refused(&insn)
+        };
         if let Some(why) = why {
             bad.push(format!("{:#x} in {}: {insn} ({why})", insn.ip(), symbol_at(insn.ip())));
         }
@@ -53,7 +65,8 @@ fn scan(code: &[u8], ip: u64, symbol_at: impl Fn(u64) -> String) -> Vec<String> 
     bad
 }
 
-fn check_image(path: &std::path::Path, base: u64) {
+/// Check an image; `vmcall_ok` lets VMCALL through (only the `vmcall` payload's).
+fn check_image(path: &std::path::Path, base: u64, vmcall_ok: bool) {
     let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e} (l0's build script builds it)", path.display()));
     let elf = object::File::parse(&*data).expect("an ELF");
     assert_eq!(elf.kind(), object::ObjectKind::Executable, "{} must be a static EXEC, not PIE", path.display());
@@ -73,7 +86,7 @@ fn check_image(path: &std::path::Path, base: u64) {
         let code = s.data().unwrap();
         assert!(s.address() >= base, "section {} below the image base", s.name().unwrap_or("?"));
         scanned += code.len();
-        bad.extend(scan(code, s.address(), symbol_at));
+        bad.extend(scan(code, s.address(), vmcall_ok, symbol_at));
     }
     assert!(scanned > 0, "{} has no code", path.display());
     assert!(
@@ -87,7 +100,7 @@ fn check_image(path: &std::path::Path, base: u64) {
 
 #[test]
 fn l1_image_is_static_and_emulatable() {
-    check_image(&l0::images::l1_elf(), nestbench_abi::layout::L1_IMAGE_BASE);
+    check_image(&l0::images::l1_elf(), nestbench_abi::layout::L1_IMAGE_BASE, false);
 }
 
 /// The payload names: the `[[bin]]`s of l2_payloads (one image per manifest, named like it;
@@ -132,9 +145,30 @@ fn check_payload_layout(path: &std::path::Path) {
 fn payload_images_are_static_flat_and_emulatable() {
     for name in payload_names() {
         let path = l0::images::payload_elf(&name);
-        check_image(&path, L2_IMAGE_BASE);
+        check_image(&path, L2_IMAGE_BASE, name == VMCALL_IMAGE);
         check_payload_layout(&path);
     }
+}
+
+/// The mnemonics of an image's code.
+fn mnemonics(path: &std::path::Path) -> Vec<Mnemonic> {
+    let data = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let elf = object::File::parse(&*data).expect("an ELF");
+    let mut out = Vec::new();
+    for s in elf.sections().filter(|s| s.kind() == SectionKind::Text) {
+        out.extend(
+            Decoder::with_ip(64, s.data().unwrap(), s.address(), DecoderOptions::NONE)
+                .into_iter()
+                .map(|i| i.mnemonic()),
+        );
+    }
+    out
+}
+
+#[test]
+fn the_vmcall_payload_does_execute_vmcall() {
+    let m = mnemonics(&l0::images::payload_elf(VMCALL_IMAGE));
+    assert!(m.contains(&Mnemonic::Vmcall), "the vmcall payload image has no VMCALL");
 }
 
 /// The I/O instructions of an image's code, in address order, as their bytes.
@@ -179,12 +213,18 @@ fn the_checker_catches_each_forbidden_instruction() {
         (&[0xC4, 0xE2, 0x78, 0xF2, 0xC1], "BMI"), // andn eax, eax, ecx
     ];
     for (bytes, what) in cases {
-        let bad = scan(bytes, 0, |_| "test".into());
+        let bad = scan(bytes, 0, false, |_| "test".into());
         assert_eq!(bad.len(), 1, "{what}: {bad:?}");
         assert!(bad[0].contains(what), "{what}: {}", bad[0]);
     }
     // Allowed: an SSE move, plain integer code.
-    assert!(scan(&[0x0F, 0x10, 0xC1, 0x48, 0x01, 0xD8, 0xC3], 0, |_| String::new()).is_empty());
+    assert!(scan(&[0x0F, 0x10, 0xC1, 0x48, 0x01, 0xD8, 0xC3], 0, false, |_| String::new()).is_empty());
     // Allowed: the fences and RDTSC (payload timing: lfence; rdtsc; mfence; sfence).
-    assert!(scan(&[0x0F, 0xAE, 0xE8, 0x0F, 0x31, 0x0F, 0xAE, 0xF0, 0x0F, 0xAE, 0xF8], 0, |_| String::new()).is_empty());
+    assert!(
+        scan(&[0x0F, 0xAE, 0xE8, 0x0F, 0x31, 0x0F, 0xAE, 0xF0, 0x0F, 0xAE, 0xF8], 0, false, |_| String::new())
+            .is_empty()
+    );
+    // VMCALL only where the image means it; nothing else is let through with it.
+    assert!(scan(&[0x0F, 0x01, 0xC1], 0, true, |_| String::new()).is_empty());
+    assert_eq!(scan(&[0x0F, 0x01, 0xC1, 0xCC], 0, true, |_| String::new()).len(), 1, "INT3 still refused");
 }

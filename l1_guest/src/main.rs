@@ -2,7 +2,9 @@
 //! and the boot flow. Everything testable lives in the `l1` library.
 //!
 //! L0 enters at `_start` in 64-bit mode, CPL 0, paging on (identity map of the first GiB),
-//! RDI = address of the [`BootInfo`], interrupts off.
+//! RDI = address of the [`BootInfo`], interrupts off. On Bochs (no nestbench L0) a reset
+//! ROM enters the same way, and L1's output goes to port 0xE9 instead of hypercalls
+//! ([`l1::hypercall`] decides at boot).
 #![no_std]
 #![no_main]
 
@@ -14,7 +16,6 @@ use l1::global::Global;
 use l1::runner::HostTables;
 use l1::{hypercall, println, runner, scenarios, x86};
 use nestbench_abi::boot::{BOOT_MAGIC, BootInfo, EXIT_BAD_BOOT_INFO, Scenario};
-use nestbench_abi::hypercall::Call;
 use nestbench_abi::report::{
     ExceptionReport, MSR_FEATURE_CONTROL, MSR_MTRR_DEF_TYPE, MsrProbe, MsrStatus, ProbeReport, ReportKind,
     VMX_MSR_COUNT, VMX_MSR_FIRST,
@@ -118,7 +119,8 @@ struct Frame {
 }
 
 /// Exception dispatcher. A #GP inside `rdmsr_safe` resumes at its recovery label; anything
-/// else is reported to L0 through the Exception hypercall, which is terminal.
+/// else is reported (the Exception hypercall, terminal on a nestbench L0; an exception line
+/// on port 0xE9), then L1 exits.
 extern "C" fn l1_exception(frame: &mut Frame) {
     if frame.vector == 13
         && let Some(rip) = x86::take_recovery_rip()
@@ -139,7 +141,7 @@ extern "C" fn l1_exception(frame: &mut Frame) {
             frame.r11, frame.r12, frame.r13, frame.r14, frame.r15,
         ],
     };
-    hypercall::hypercall(Call::Exception, &report as *const _ as u64, 0, 0, 0);
+    hypercall::exception(&report);
     hypercall::exit(0xEE);
 }
 
@@ -239,6 +241,8 @@ fn probe() -> ProbeReport {
 }
 
 extern "C" fn l1_main(boot: *const BootInfo) -> ! {
+    // Hypercalls to a nestbench L0, or lines on port 0xE9 where there is none (Bochs).
+    hypercall::init();
     install_descriptor_tables();
     // SAFETY: L0 passes the address of the BootInfo it wrote in identity-mapped memory.
     let boot = unsafe { core::ptr::read_volatile(boot) };
@@ -254,7 +258,7 @@ extern "C" fn l1_main(boot: *const BootInfo) -> ! {
 
     let report = probe();
     let bytes = report.as_bytes();
-    hypercall::hypercall(Call::Report, ReportKind::Probe as u64, bytes.as_ptr() as u64, bytes.len() as u64, 0);
+    hypercall::report(ReportKind::Probe, bytes);
     println!(
         "l1: VMX {}, L0 {}",
         if report.cpuid1_ecx & hv::CPUID1_ECX_VMX != 0 { "offered" } else { "not offered" },

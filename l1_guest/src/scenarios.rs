@@ -6,7 +6,6 @@
 
 use nestbench_abi::Pod;
 use nestbench_abi::boot::Scenario;
-use nestbench_abi::hypercall::Call;
 use nestbench_abi::payload::{DONE_PORT, L2_IMAGE_BASE};
 use nestbench_abi::report::{ReportKind, Verdict, VerdictKind};
 use nestbench_abi::vmcs::{Field32, FieldNatural};
@@ -169,7 +168,7 @@ fn send(mut v: Verdict) -> ! {
         v.qualification
     );
     let bytes = v.as_bytes();
-    crate::hypercall::hypercall(Call::Report, ReportKind::Verdict as u64, bytes.as_ptr() as u64, bytes.len() as u64, 0);
+    crate::hypercall::report(ReportKind::Verdict, bytes);
     crate::hypercall::exit(0)
 }
 

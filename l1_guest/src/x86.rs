@@ -23,7 +23,14 @@ pub struct Cpuid {
 /// Execute CPUID for `leaf`, sub-leaf 0.
 #[must_use]
 pub fn cpuid(leaf: u32) -> Cpuid {
-    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    cpuid_count(leaf, 0)
+}
+
+/// Execute CPUID with EAX = `leaf` and ECX = `subleaf`.
+#[inline(always)]
+#[must_use]
+pub fn cpuid_count(leaf: u32, subleaf: u32) -> Cpuid {
+    let r = core::arch::x86_64::__cpuid_count(leaf, subleaf);
     Cpuid { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 

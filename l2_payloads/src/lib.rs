@@ -19,6 +19,8 @@
 //! | [`io_encodings`] | 3 | every I/O encoding of `IO_ENCODINGS` once (L1 checks the qualifications) |
 //! | [`hlt`] | 0 | `hlt`: one HLT exit per iteration |
 //! | [`compute`] | 3 | a fixed integer loop without exits: the no-exit baseline |
+//! | [`cpuid`] | 3 | `cpuid` (EAX = 0): one CPUID exit per iteration (not on `soft`) |
+//! | [`vmcall`] | 3 | `vmcall`: one VMCALL exit per iteration, checks L1's RAX (not on `soft`) |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
 //! rdtsc` (never CPUID, which exits), and ends with `out DONE_PORT, eax`: that last exit is
@@ -32,10 +34,12 @@ use nestbench_abi::vmx::ExitReason;
 pub mod rt;
 
 pub mod compute;
+pub mod cpuid;
 pub mod hlt;
 pub mod inl;
 pub mod io_encodings;
 pub mod outl;
+pub mod vmcall;
 
 /// Whether the `soft` engine (L0's userspace nested VMX) can run a payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,7 +95,15 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 5] = [outl::MANIFEST, inl::MANIFEST, io_encodings::MANIFEST, hlt::MANIFEST, compute::MANIFEST];
+static ALL: [Manifest; 7] = [
+    outl::MANIFEST,
+    inl::MANIFEST,
+    io_encodings::MANIFEST,
+    hlt::MANIFEST,
+    compute::MANIFEST,
+    cpuid::MANIFEST,
+    vmcall::MANIFEST,
+];
 
 /// Every payload, in a stable order.
 #[must_use]
@@ -203,5 +215,20 @@ mod tests {
         let table: u64 = IO_ENCODINGS.iter().map(|c| u64::from(c.exits)).sum();
         assert_eq!(m("io_encodings").expected_exits(ExitReason::IoInstruction, 1000), table);
         assert_eq!(m("io_encodings").iterations(1000), 1);
+        assert_eq!(m("cpuid").exits_per_iteration, [(ExitReason::Cpuid, 1)]);
+        assert_eq!(m("cpuid").expected_exits(ExitReason::Cpuid, 9), 9);
+        assert_eq!(m("vmcall").exits_per_iteration, [(ExitReason::Vmcall, 1)]);
+        assert_eq!(m("vmcall").expected_exits(ExitReason::Vmcall, 9), 9);
+        assert_eq!(m("vmcall").expected_exits(ExitReason::IoInstruction, 9), 0);
+    }
+
+    #[test]
+    fn order_is_stable_and_only_exits_the_host_kvm_hides_are_unsupported_on_soft() {
+        let names: Vec<&str> = all().iter().map(|m| m.name).collect();
+        assert_eq!(names, ["outl", "inl", "io_encodings", "hlt", "compute", "cpuid", "vmcall"]);
+        for m in all() {
+            let hidden = m.exits_per_iteration.iter().any(|(r, _)| matches!(r, ExitReason::Cpuid | ExitReason::Vmcall));
+            assert_eq!(matches!(m.soft_engine, Support::Unsupported { .. }), hidden, "{}", m.name);
+        }
     }
 }

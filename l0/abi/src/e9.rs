@@ -9,7 +9,7 @@
 //! console text                           ConsoleWrite: the bytes as they are
 //! @@NB1 report <kind> <hex bytes>        Report: the ReportKind number, the structure in hex
 //! @@NB1 exception <hex bytes>            Exception: an ExceptionReport in hex
-//! @@NB1 exit <status in hex>             Exit
+//! @@NB1 exit <status in hex>             Exit (lowercase hex, no leading zeros, no 0x)
 //! ```
 //!
 //! After the exit line L1 executes `xchg bx, bx` (Bochs' magic breakpoint), which stops the

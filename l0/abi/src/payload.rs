@@ -37,6 +37,9 @@ pub const IN_VALUE: u32 = 0x4E42_4C31; // "NBL1"
 const _: () = assert!(L2_STACK_TOP <= L2_RESULTS_GPA && L2_RESULTS_GPA + 4096 <= L2_IMAGE_BASE);
 const _: () = assert!(STAGING_GPA >= crate::layout::L1_IMAGE_BASE + 0x80_0000, "room for the L1 image");
 
+/// The value L1 leaves in RAX after handling a VMCALL exit (the `vmcall` payload checks it).
+pub const VMCALL_RESULT: u64 = u64::from_le_bytes(*b"NBVMCALL");
+
 /// Which privilege level a payload runs at.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -13,7 +13,6 @@
 //!   each iteration).
 
 use nestbench_abi::Pod;
-use nestbench_abi::hypercall::Call;
 use nestbench_abi::payload::{DONE_PORT, IN_VALUE, IO_ENCODINGS, PAYLOAD_PORT, PayloadResults};
 use nestbench_abi::report::ReportKind;
 use nestbench_abi::vmcs::{Field32, FieldNatural};
@@ -283,13 +282,7 @@ fn finish<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) -> ! {
     r.results = results;
     r.vmx_accesses = b.accesses().wrapping_sub(run.accesses_at_launch);
     let bytes = r.as_bytes();
-    crate::hypercall::hypercall(
-        Call::Report,
-        ReportKind::PayloadRun as u64,
-        bytes.as_ptr() as u64,
-        bytes.len() as u64,
-        0,
-    );
+    crate::hypercall::report(ReportKind::PayloadRun, bytes);
     let ok = r.status == 0 && r.results.failures == 0;
     crate::println!(
         "l1: payload done: status {}, failures {}, {} exits",
