@@ -87,6 +87,55 @@ impl Event {
     }
 }
 
+/// Why the bytes of a structured report could not be decoded.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReportDecodeError {
+    /// The `ReportKind` number is not one this L0 knows.
+    #[error("unknown report kind {0}")]
+    UnknownKind(u64),
+    /// The bytes are not the size of the structure the kind names.
+    #[error("length {len} is not the {expected} bytes of the structure")]
+    Length {
+        /// Bytes received.
+        len: u64,
+        /// Bytes of the structure.
+        expected: usize,
+    },
+}
+
+/// The size in bytes of the structure a report of `kind` carries (`None`: unknown kind).
+#[must_use]
+pub fn report_len(kind: u64) -> Option<usize> {
+    use nestbench_abi::report::ReportKind;
+    Some(match ReportKind::from_raw(kind)? {
+        ReportKind::Probe => size_of::<ProbeReport>(),
+        ReportKind::PayloadRun => size_of::<nestbench_abi::payload::PayloadReport>(),
+        ReportKind::Verdict => size_of::<nestbench_abi::report::Verdict>(),
+    })
+}
+
+impl Event {
+    /// Decode the structure of an L1 report (a `Report` hypercall's buffer on the KVM
+    /// engines, the hex of an `@@NB1 report` line on Bochs) into its event: the one
+    /// decoding every engine shares.
+    pub fn from_report(kind: u64, bytes: &[u8]) -> Result<Self, ReportDecodeError> {
+        use nestbench_abi::Pod;
+        use nestbench_abi::report::ReportKind;
+        let expected = report_len(kind).ok_or(ReportDecodeError::UnknownKind(kind))?;
+        if bytes.len() != expected {
+            return Err(ReportDecodeError::Length { len: bytes.len() as u64, expected });
+        }
+        let exact = "length checked above";
+        Ok(match ReportKind::from_raw(kind).ok_or(ReportDecodeError::UnknownKind(kind))? {
+            ReportKind::Probe => Self::Probe(Probe::from(&ProbeReport::from_bytes(bytes).expect(exact))),
+            ReportKind::Verdict => Self::from_verdict(&nestbench_abi::report::Verdict::from_bytes(bytes).expect(exact)),
+            ReportKind::PayloadRun => Self::PayloadRun(Box::new(PayloadRun::from(
+                &nestbench_abi::payload::PayloadReport::from_bytes(bytes).expect(exact),
+            ))),
+        })
+    }
+}
+
 /// One L2 exit as L1 saw it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ExitRecord {
@@ -415,6 +464,14 @@ pub enum Outcome {
         /// Hardware entry failure reason.
         reason: u64,
     },
+    /// An engine that runs L1 in another program (Bochs) stopped before L1 said how its
+    /// run ended (no exit or exception line).
+    EngineStopped {
+        /// The engine (`bochs`).
+        engine: String,
+        /// What happened to it (exit status or signal, and what it said).
+        why: String,
+    },
     /// The engine met a valid setting or an L2 event it cannot honour (never a fake VMfail).
     EngineUnsupported {
         /// The VMCS field or event.
@@ -474,4 +531,7 @@ pub struct RunReport {
     /// The soft engine's counters, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub soft: Option<crate::soft::engine::SoftStats>,
+    /// What the Bochs engine saw, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bochs: Option<crate::bochs::BochsSection>,
 }

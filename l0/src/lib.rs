@@ -11,8 +11,10 @@
 //! * [`events`]: the run's events, outcome and report, as they go on the event stream.
 //! * [`images`]: where the built guest images are.
 //! * [`host`]: host facts for `nestbench doctor`.
+//! * [`bochs`]: the `bochs` engine's runner (L1 on Bochs' emulated VMX, no KVM).
 #![deny(missing_docs)]
 
+pub mod bochs;
 pub mod events;
 pub mod host;
 pub mod images;

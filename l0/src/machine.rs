@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use nestbench_abi::boot::{BOOT_MAGIC, BootInfo, Scenario};
 use nestbench_abi::hypercall::{CONSOLE_MAX, Call, PORT, Status};
 use nestbench_abi::layout::{BOOT_INFO, BOOT_STACK_TOP, IDENTITY_MAP_SIZE};
-use nestbench_abi::report::{ExceptionReport, ProbeReport, ReportKind};
+use nestbench_abi::report::ExceptionReport;
 use nestbench_abi::{ABI_VERSION, Pod};
 
-use crate::events::{Event, Gprs, KvmStats, Outcome, PayloadRun, Probe, RunReport};
+use crate::events::{Event, Gprs, KvmStats, Outcome, RunReport};
 use crate::loader::{self, LoadError};
 use crate::memory::GuestMem;
 use crate::paging;
@@ -215,8 +215,12 @@ impl Machine {
     }
 }
 
-/// Stage `p`'s image in L1 memory and describe it for the boot info.
-fn stage_payload(mem: &GuestMem, p: &PayloadSpec) -> Result<nestbench_abi::payload::PayloadInfo, MachineError> {
+/// Stage `p`'s image in L1 memory and describe it for the boot info (the soft engine and
+/// the Bochs engine's RAM image).
+pub(crate) fn stage_payload(
+    mem: &GuestMem,
+    p: &PayloadSpec,
+) -> Result<nestbench_abi::payload::PayloadInfo, MachineError> {
     use nestbench_abi::payload::{L2_IMAGE_BASE, L2_IMAGE_MAX, PayloadInfo, STAGING_GPA};
     let staged = loader::stage_flat(mem, &p.elf, L2_IMAGE_BASE, L2_IMAGE_MAX, STAGING_GPA)?;
     let mut name = [0u8; 16];
@@ -320,6 +324,7 @@ impl VcpuThread {
             wall_ns,
             kvm_stats: None,
             soft: self.soft.map(|(s, _)| s.stats),
+            bochs: None,
         };
         Ok((report, vcpu_delta))
     }
@@ -484,24 +489,17 @@ impl VcpuThread {
     }
 
     fn report(&mut self, kind: u64, gpa: u64, len: u64) -> Result<(), (Status, String)> {
-        match ReportKind::from_raw(kind) {
-            Some(ReportKind::Probe) => {
-                let r: ProbeReport = self.read_pod(gpa, len)?;
-                self.emit(Event::Probe(Probe::from(&r)));
-                Ok(())
-            }
-            Some(ReportKind::Verdict) => {
-                let v: nestbench_abi::report::Verdict = self.read_pod(gpa, len)?;
-                self.emit(Event::from_verdict(&v));
-                Ok(())
-            }
-            Some(ReportKind::PayloadRun) => {
-                let r: nestbench_abi::payload::PayloadReport = self.read_pod(gpa, len)?;
-                self.emit(Event::PayloadRun(Box::new(PayloadRun::from(&r))));
-                Ok(())
-            }
-            None => Err((Status::BadArgument, format!("unknown report kind {kind}"))),
+        // The checks in the order L1 has always seen them: kind, length, address; the
+        // decoding is the one the Bochs engine shares (`Event::from_report`).
+        let expected = crate::events::report_len(kind)
+            .ok_or_else(|| (Status::BadArgument, format!("unknown report kind {kind}")))?;
+        if len != expected as u64 {
+            return Err((Status::BadArgument, format!("length {len} is not the {expected} bytes of the structure")));
         }
+        let bytes = self.mem.read_vec(gpa, len).map_err(|e| (Status::BadAddress, e.to_string()))?;
+        let ev = Event::from_report(kind, &bytes).map_err(|e| (Status::BadArgument, e.to_string()))?;
+        self.emit(ev);
+        Ok(())
     }
 }
 

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use l0::bochs::BochsConfig;
 use l0::events::STREAM_VERSION;
 use l0::machine::{Image, Machine, MachineConfig};
 use l0::x86_setup::Cpl;
@@ -26,10 +27,28 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Boot L1, let it probe the CPU, and report.
+    /// Boot L1 (on KVM, or on Bochs), let it probe the CPU, and report.
     Boot(BootArgs),
-    /// Run an L2 payload under L1 with the soft engine, or single-level (no L1).
+    /// Run an L2 payload under L1 with the soft engine or on Bochs, or single-level (no L1).
     Run(RunArgs),
+}
+
+/// Where `boot` runs L1.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum BootEngine {
+    /// Directly on KVM.
+    Kvm,
+    /// On Bochs' emulated CPU, with its VMX (no KVM).
+    Bochs,
+}
+
+/// What provides VMX to L1 in `run`.
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+enum RunEngine {
+    /// L0 emulates VMX for L1 on KVM.
+    Soft,
+    /// Bochs' emulated VMX (no KVM).
+    Bochs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -50,8 +69,17 @@ struct RunArgs {
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     vmcs_shadowing: OnOff,
     /// Run the payload directly in a VM of L0 (no L1): the single-level twin.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "engine")]
     single_level: bool,
+    /// What provides VMX to L1.
+    #[arg(long, value_enum, default_value_t = RunEngine::Soft)]
+    engine: RunEngine,
+    /// Bochs' CPU model (`--engine bochs`); it must have EPT.
+    #[arg(long, default_value = l0::bochs::DEFAULT_MODEL)]
+    cpu_model: String,
+    /// Keep the Bochs run directory (bochsrc, ROM, RAM images, log) (`--engine bochs`).
+    #[arg(long)]
+    keep_bochs_dir: bool,
     /// The L1 ELF image [default: the one built with this l0, or $NESTBENCH_L1_ELF].
     #[arg(long)]
     l1: Option<PathBuf>,
@@ -88,6 +116,15 @@ struct BootArgs {
     /// What L1 does after booting.
     #[arg(long, value_enum, default_value_t = ScenarioArg::Probe)]
     scenario: ScenarioArg,
+    /// Where L1 runs.
+    #[arg(long, value_enum, default_value_t = BootEngine::Kvm)]
+    engine: BootEngine,
+    /// Bochs' CPU model (`--engine bochs`); it must have EPT.
+    #[arg(long, default_value = l0::bochs::DEFAULT_MODEL)]
+    cpu_model: String,
+    /// Keep the Bochs run directory (bochsrc, ROM, RAM images, log) (`--engine bochs`).
+    #[arg(long)]
+    keep_bochs_dir: bool,
 }
 
 fn emit(v: &serde_json::Value) {
@@ -100,6 +137,32 @@ fn emit(v: &serde_json::Value) {
 
 fn boot(args: BootArgs) -> anyhow::Result<bool> {
     let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
+    if args.engine == BootEngine::Bochs {
+        let config = BochsConfig {
+            model: args.cpu_model,
+            mem_size: args.mem_mib << 20,
+            timeout: Duration::from_millis(args.timeout_ms),
+            scenario: match args.scenario {
+                ScenarioArg::Probe => Scenario::Probe,
+                ScenarioArg::PageFault => Scenario::PageFault,
+            },
+            keep_dir: args.keep_bochs_dir,
+            ..BochsConfig::default()
+        };
+        let model = l0::bochs::run::preflight(&config)?;
+        emit(&json!({
+            "event": "hello",
+            "stream_version": STREAM_VERSION,
+            "abi_version": nestbench_abi::ABI_VERSION,
+            "l0_version": env!("CARGO_PKG_VERSION"),
+            "engine": "bochs",
+            "cpu_model": model.name,
+            "l1_image": l1.display().to_string(),
+            "mem_size": config.mem_size,
+            "timeout_ms": args.timeout_ms,
+        }));
+        return run_bochs(&config, &l1);
+    }
     let config = MachineConfig {
         kvm_path: args.kvm,
         mem_size: args.mem_mib << 20,
@@ -135,6 +198,35 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let iterations = manifest.iterations(args.iterations.unwrap_or(manifest.default_iterations));
     let elf = l0::images::payload_elf(manifest.name);
     let timeout = Duration::from_millis(args.timeout_ms);
+    if args.engine == RunEngine::Bochs {
+        let config = BochsConfig {
+            model: args.cpu_model,
+            timeout,
+            payload: Some(l0::machine::PayloadSpec {
+                name: manifest.name.to_owned(),
+                elf,
+                cpl: manifest.cpl,
+                iterations,
+                arg: 0,
+            }),
+            keep_dir: args.keep_bochs_dir,
+            ..BochsConfig::default()
+        };
+        let model = l0::bochs::run::preflight(&config)?;
+        emit(&json!({
+            "event": "hello",
+            "stream_version": STREAM_VERSION,
+            "abi_version": nestbench_abi::ABI_VERSION,
+            "l0_version": env!("CARGO_PKG_VERSION"),
+            "engine": "bochs",
+            "cpu_model": model.name,
+            "payload": manifest.name,
+            "iterations": iterations,
+            "timeout_ms": args.timeout_ms,
+        }));
+        let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
+        return run_bochs(&config, &l1);
+    }
     emit(&json!({
         "event": "hello",
         "stream_version": STREAM_VERSION,
@@ -178,6 +270,23 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         }
         emit(&serde_json::to_value(&ev).expect("events serialize"));
     })?;
+    let ok = report.outcome.is_success() && payload_ok;
+    emit(&json!({ "event": "end", "report": report }));
+    Ok(ok)
+}
+
+/// Run L1 on Bochs and stream its events and the report, as the soft engine does. Success:
+/// L1 exited with status 0 and, with a payload, the payload succeeded.
+fn run_bochs(config: &BochsConfig, l1: &std::path::Path) -> anyhow::Result<bool> {
+    let mut payload_ok = None;
+    let report = l0::bochs::run(config, &Image::Elf(l1.to_owned()), |ev| {
+        if let l0::events::Event::PayloadRun(p) = &ev {
+            payload_ok = Some(p.status == 0 && p.results.as_ref().is_some_and(|r| r.failures == 0));
+        }
+        emit(&serde_json::to_value(&ev).expect("events serialize"));
+    })
+    .context("running L1 on Bochs")?;
+    let payload_ok = if config.payload.is_some() { payload_ok == Some(true) } else { payload_ok != Some(false) };
     let ok = report.outcome.is_success() && payload_ok;
     emit(&json!({ "event": "end", "report": report }));
     Ok(ok)
