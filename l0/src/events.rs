@@ -77,6 +77,7 @@ impl Event {
                 Some(VerdictKind::FailInvalid) => "fail_invalid",
                 Some(VerdictKind::FailValid) => "fail_valid",
                 Some(VerdictKind::EntryFailure) => "entry_failure",
+                Some(VerdictKind::Succeeded) => "succeeded",
                 None => "invalid",
             },
             error: (kind == Some(VerdictKind::FailValid)).then_some(v.error),

@@ -150,7 +150,7 @@ pub fn on_exit<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, reason: u32) -> !
 /// The verdict of a VMX instruction's result.
 fn verdict_of(r: Result<(), VmxFail>) -> ! {
     send(match r {
-        Ok(()) => Verdict { kind: VerdictKind::Entered as u32, ..Verdict::default() },
+        Ok(()) => Verdict { kind: VerdictKind::Succeeded as u32, ..Verdict::default() },
         Err(VmxFail::FailInvalid) => Verdict { kind: VerdictKind::FailInvalid as u32, ..Verdict::default() },
         Err(VmxFail::FailValid(e)) => Verdict { kind: VerdictKind::FailValid as u32, error: e, ..Verdict::default() },
     })

@@ -142,6 +142,10 @@ abi_enum! {
         FailValid = 2,
         /// A VM exit for a failed entry; `exit_reason` has bit 31 set.
         EntryFailure = 3,
+        /// A VMX instruction other than VM entry (VMPTRLD, VMWRITE, ...) succeeded: the
+        /// engine advertises a capability that makes the scenario's failure not happen
+        /// (IA32_VMX_MISC[29] for a VMWRITE to a read-only field).
+        Succeeded = 4,
     }
 }
 
