@@ -140,7 +140,10 @@ fn misc_bit29(events: &[Event]) -> Option<bool> {
     })
 }
 
-fn verdict(events: &[Event]) -> Option<(&'static str, Option<u32>, Option<u32>, Option<u64>)> {
+/// (kind, VM-instruction error, exit reason, qualification) of L1's verdict.
+type VerdictKey = (&'static str, Option<u32>, Option<u32>, Option<u64>);
+
+fn verdict(events: &[Event]) -> Option<VerdictKey> {
     events.iter().find_map(|e| match e {
         Event::Verdict { kind, error, exit_reason, qualification, .. } => {
             Some((*kind, *error, *exit_reason, *qualification))
