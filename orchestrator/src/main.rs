@@ -50,7 +50,7 @@ enum Cmd {
 enum Engine {
     /// L0 provides VMX to L1 in userspace.
     Soft,
-    /// Bochs' emulated VMX (not built yet).
+    /// Bochs' emulated VMX: L1 on a CPU that really executes VMX (conformance; slow).
     Bochs,
     /// The host kernel's nested VMX (not built yet).
     Kvm,
@@ -88,6 +88,9 @@ struct RunArgs {
     /// The guest's time budget in milliseconds.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
+    /// Bochs' CPU model (`--engine bochs`); it must have EPT.
+    #[arg(long, default_value = "corei7_skylake_x")]
+    cpu_model: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -170,14 +173,11 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
 }
 
 fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
-    if a.engine != Engine::Soft {
-        anyhow::bail!(
-            "the {} engine is not built yet; `nestbench doctor` shows what this host can run",
-            match a.engine {
-                Engine::Bochs => "bochs",
-                _ => "kvm",
-            }
-        );
+    if a.engine == Engine::Kvm {
+        anyhow::bail!("the kvm engine is not built yet; `nestbench doctor` shows what this host can run");
+    }
+    if a.engine == Engine::Bochs && a.single_level {
+        anyhow::bail!("--single-level runs the payload on KVM without L1; it does not combine with --engine bochs");
     }
     let Some(m) = l2_payloads::find(&a.payload) else {
         let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
@@ -193,7 +193,9 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
         iterations.to_string(),
     ];
     args.extend(["--timeout-ms".to_owned(), a.timeout_ms.to_string()]);
-    if a.single_level {
+    if a.engine == Engine::Bochs {
+        args.extend(["--engine".to_owned(), "bochs".to_owned(), "--cpu-model".to_owned(), a.cpu_model.clone()]);
+    } else if a.single_level {
         args.push("--single-level".to_owned());
     } else {
         args.extend([
@@ -208,7 +210,9 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
         .context("starting the tokio runtime")?;
     let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(10);
     let child = rt.block_on(l0_child::run_l0(&l0, &args, deadline, |_| {}))?;
-    let j = if a.single_level {
+    let j = if a.engine == Engine::Bochs {
+        run::bochs_json(&child, m.name, iterations)
+    } else if a.single_level {
         run::single_json(&child, m.name, iterations)
     } else {
         run::nested_json(&child, m.name, iterations, a.vmcs_shadowing == OnOff::On)

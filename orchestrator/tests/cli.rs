@@ -147,9 +147,13 @@ fn run_refuses_bad_input_clearly() {
     let (code, _, err) = nestbench(&["run", "--payload", "nope"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("unknown payload \"nope\"") && err.contains("outl"), "{err}");
-    let (code, _, err) = nestbench(&["run", "--engine", "bochs", "--payload", "outl"]);
+    let (code, _, err) = nestbench(&["run", "--engine", "kvm", "--payload", "outl"]);
     assert_ne!(code, Some(0));
-    assert!(err.contains("bochs engine is not built yet"), "{err}");
+    assert!(err.contains("kvm engine is not built yet"), "{err}");
+    let (code, out, err) =
+        nestbench(&["run", "--engine", "bochs", "--payload", "outl", "--cpu-model", "core2_penryn_t9600"]);
+    assert_ne!(code, Some(0));
+    assert!(format!("{out}{err}").contains("no EPT"), "{out}{err}");
     let (code, _, err) = nestbench(&["run", "--payload", "outl", "--iterations", "0"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("--iterations"), "{err}");
@@ -168,7 +172,22 @@ fn payloads_lists_every_payload_with_its_engines() {
         if !soft_runs {
             assert!(p["engines"]["soft"]["reason"].as_str().unwrap().len() > 20, "a reason: {p}");
         }
-        assert_eq!(p["engines"]["bochs"]["runs"], false);
-        assert!(p["engines"]["bochs"]["reason"].as_str().unwrap().contains("not built"));
+        assert_eq!(p["engines"]["bochs"]["runs"], true);
     }
+}
+
+#[test]
+fn run_on_bochs_reports_instructions_per_exit() {
+    if !std::path::Path::new("/usr/bin/bochs").exists() {
+        println!("SKIP: bochs is not installed");
+        return;
+    }
+    let (code, out, err) =
+        nestbench(&["run", "--engine", "bochs", "--payload", "cpuid", "--iterations", "50", "--json"]);
+    assert_eq!(code, Some(0), "{out}\n{err}");
+    let j: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["engine"], "bochs");
+    assert_eq!(j["cpu_model"], "corei7_skylake_x");
+    assert_eq!(j["exits"]["CPUID"], 50);
+    assert!(j["instructions_per_iteration"]["mean"].as_f64().unwrap() > 50.0);
 }
