@@ -183,6 +183,15 @@ fn must_fail_cases_give_the_same_verdict_on_soft_and_bochs() {
             continue;
         }
         assert_eq!(s, b, "{scenario:?}: soft vs bochs (bochs log: {:?})", report.bochs.as_ref().map(|x| &x.log_lines));
+        if matches!(scenario, Scenario::FailControl | Scenario::FailHostState | Scenario::FailGuestState) {
+            // Bochs names the failing VM-entry check in its log; the report carries it.
+            let lines = &report.bochs.as_ref().expect("a bochs section").log_lines;
+            assert!(
+                lines.iter().any(|l| l.contains("VMFAIL") || l.contains("VMENTER FAIL")),
+                "{scenario:?}: {lines:?}"
+            );
+            println!("{scenario:?} on bochs: {}", lines[0]);
+        }
     }
 }
 
