@@ -127,11 +127,6 @@ impl StatsFd {
         Ok(Self { file, descs, data_offset, data_len })
     }
 
-    /// Names of the statistics this host offers.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.descs.iter().map(|d| d.name.as_str())
-    }
-
     /// Read every statistic now.
     pub fn snapshot(&self) -> Result<Snapshot, StatsError> {
         let mut data = vec![0u8; self.data_len];

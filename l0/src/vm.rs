@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use nestbench_abi::layout::IDENTITY_MAP_SIZE;
 
 use crate::memory::{GuestMem, MemoryError};
 use crate::stats::{StatsError, StatsFd};
@@ -136,9 +135,4 @@ impl Vm {
         Ok(vcpu)
     }
 
-    /// Bytes mapped by the boot page tables.
-    #[must_use]
-    pub fn identity_map_size(&self) -> u64 {
-        IDENTITY_MAP_SIZE
-    }
 }
