@@ -127,6 +127,17 @@ struct BootArgs {
     scenario: Scenario,
 }
 
+/// Run `nestbench-l0 args` to completion under a tokio runtime of our own (KVM_RUN happens
+/// in the child, never on a runtime thread), killing it after `deadline`.
+fn supervise(l0: &std::path::Path, args: &[String], deadline: Duration) -> anyhow::Result<l0_child::ChildRun> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(rt.block_on(l0_child::run_l0(l0, args, deadline, |_| {}))?)
+}
+
 fn boot(a: BootArgs) -> anyhow::Result<i32> {
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
     let mut args = vec![
@@ -147,13 +158,7 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
     if let Some(l1) = &a.l1 {
         args.extend(["--l1".to_owned(), l1.display().to_string()]);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(5);
-    let run = rt.block_on(l0_child::run_l0(&l0, &args, deadline, |_| {}))?;
+    let run = supervise(&l0, &args, Duration::from_millis(a.timeout_ms) + Duration::from_secs(5))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&boot::to_json(&run))?);
     } else {
@@ -203,13 +208,7 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
             if a.vmcs_shadowing == OnOff::On { "on" } else { "off" }.to_owned(),
         ]);
     }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
-    let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(10);
-    let child = rt.block_on(l0_child::run_l0(&l0, &args, deadline, |_| {}))?;
+    let child = supervise(&l0, &args, Duration::from_millis(a.timeout_ms) + Duration::from_secs(10))?;
     let j = if a.engine == Engine::Bochs {
         run::bochs_json(&child, m.name, iterations)
     } else if a.single_level {
