@@ -70,6 +70,65 @@ pub fn exit_ranges_to_userspace(vm: &VmFd, deny: &[(u32, u32)]) -> Result<(), Ms
     vm.set_msr_filter(MsrFilterDefaultAction::ALLOW, &ranges).map_err(MsrFilterError::SetFilter)
 }
 
+/// One range of a general KVM MSR filter: for the accesses named by `read`/`write`, MSR
+/// `base + i` goes to KVM when bit `i` of `allow` is set and to userspace when it is clear.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Range {
+    /// The range filters reads.
+    pub read: bool,
+    /// The range filters writes.
+    pub write: bool,
+    /// First MSR.
+    pub base: u32,
+    /// MSRs in the range.
+    pub count: u32,
+    /// One bit per MSR (LSB first), at least `count` bits: set = KVM handles it.
+    pub allow: Vec<u8>,
+}
+
+/// A whole filter: the ranges (the first range that matches an access decides) and what
+/// happens to an access no range matches.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filter {
+    /// Unmatched accesses go to userspace (`KVM_MSR_FILTER_DEFAULT_DENY`).
+    pub default_deny: bool,
+    /// The ranges, at most KVM_MSR_FILTER_MAX_RANGES.
+    pub ranges: Vec<Range>,
+}
+
+/// Enable KVM_CAP_X86_USER_SPACE_MSR with only `KVM_MSR_EXIT_REASON_FILTER`: an access the
+/// filter denies exits to userspace; an access to an MSR KVM does not know stays a #GP in the
+/// guest, as on hardware.
+pub fn enable_filter_exits(vm: &VmFd) -> Result<(), MsrFilterError> {
+    let cap = kvm_enable_cap {
+        cap: KVM_CAP_X86_USER_SPACE_MSR,
+        args: [u64::from(KVM_MSR_EXIT_REASON_FILTER), 0, 0, 0],
+        ..Default::default()
+    };
+    vm.enable_cap(&cap).map_err(MsrFilterError::EnableCap)
+}
+
+/// Install `filter` with KVM_X86_SET_MSR_FILTER (replacing the previous one; KVM applies it
+/// to every vCPU before its next entry). The x2APIC range is KVM's whatever the filter says
+/// (Documentation/virt/kvm/api.rst 4.126): callers must not rely on denying it.
+pub fn set(vm: &VmFd, filter: &Filter) -> Result<(), MsrFilterError> {
+    if filter.ranges.len() > KVM_MSR_FILTER_MAX_RANGES as usize {
+        return Err(MsrFilterError::TooMany(filter.ranges.len()));
+    }
+    let ranges: Vec<MsrFilterRange<'_>> = filter
+        .ranges
+        .iter()
+        .map(|r| {
+            let mut flags = MsrFilterRangeFlags::empty();
+            flags.set(MsrFilterRangeFlags::READ, r.read);
+            flags.set(MsrFilterRangeFlags::WRITE, r.write);
+            MsrFilterRange { flags, base: r.base, msr_count: r.count, bitmap: &r.allow }
+        })
+        .collect();
+    let action = if filter.default_deny { MsrFilterDefaultAction::DENY } else { MsrFilterDefaultAction::ALLOW };
+    vm.set_msr_filter(action, &ranges).map_err(MsrFilterError::SetFilter)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

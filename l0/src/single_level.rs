@@ -2,7 +2,11 @@
 //! no L1, at the same CPL, so every nested figure has its baseline from the same host
 //! (shared/DESIGN.md, "Measurement method"). L0 plays L1's part for the payload's ports:
 //! IN from `PAYLOAD_PORT` returns `IN_VALUE`, OUT to it is absorbed, OUT to `DONE_PORT`
-//! ends the run.
+//! ends the run. The MSRs L1 intercepts with its MSR bitmap (IA32_SYSENTER_ESP and
+//! IA32_KERNEL_GS_BASE, `l2_payloads::{rdmsr, wrmsr}`) are sent to L0 with a KVM MSR filter
+//! and emulated as L1 does ([`EmulatedMsrs`]): reads return the emulated value, writes are
+//! recorded and checked against the `wrmsr` payload's sequence (mismatches are added to
+//! the payload's failures).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,11 +53,23 @@ pub fn run(
     let vm = Vm::new(kvm_path, 16 << 20)?;
     let image = loader::stage_flat(&vm.mem, elf, L2_IMAGE_BASE, L2_IMAGE_MAX, L2_IMAGE_BASE)?;
     vm.mem.write(L2_RESULTS_GPA, &[0; 4096]).map_err(crate::vm::VmError::from)?;
+    // The EPT payloads' data region, seeded as L1 seeds its pool (here it is plain memory
+    // of the VM: a first touch costs what a first touch costs in a single-level guest).
+    for i in 0..payload::EPT_DATA_PAGES {
+        let gpa = payload::EPT_DATA_GPA + i * 4096;
+        for off in payload::EPT_PATTERN_OFFSETS {
+            vm.mem.write_u64(gpa + off, payload::ept_pattern(gpa, off)).map_err(crate::vm::VmError::from)?;
+        }
+    }
     let cpl = if cpl == payload::Cpl::Kernel { Cpl::Kernel } else { Cpl::User };
     let mut vcpu = vm.create_vcpu(cpl, image.entry, L2_STACK_TOP, iterations)?;
     let mut regs = vcpu.regs_now()?;
     regs.rsi = arg;
     vcpu.set_regs_now(&regs)?;
+
+    crate::msr_filter::exit_to_userspace(&vm.fd, &EmulatedMsrs::MSRS)
+        .map_err(|e| MachineError::Setup(e.to_string()))?;
+    let mut msrs = EmulatedMsrs::default();
 
     let kicker = vcpu.bind_to_current_thread()?;
     let watchdog = Watchdog::arm(kicker, timeout);
@@ -75,6 +91,9 @@ pub fn run(
                 let data: Vec<u8> = one.iter().copied().cycle().take(usize::from(size) * count as usize).collect();
                 vcpu.set_in_data(&data);
             }
+            // docs/kvm-exits.md row 5: the answer completes the instruction (RIP past it).
+            Exit::RdMsr { index } => vcpu.set_rdmsr_result(msrs.read(index).ok_or(())),
+            Exit::WrMsr { index, data } => vcpu.set_wrmsr_result(msrs.write(index, data)),
             Exit::Interrupted if watchdog.fired() => break (u64::MAX, Some(format!("timeout after {timeout:?}"))),
             Exit::Interrupted => {}
             other => break (u64::MAX, Some(format!("unexpected exit {other:?}"))),
@@ -88,6 +107,42 @@ pub fn run(
         .ok()
         .and_then(|b| PayloadResults::from_bytes(&b))
         .filter(|r| r.magic == payload::RESULTS_MAGIC)
-        .map(|r| crate::events::PayloadResults::from(&r));
+        .map(|r| crate::events::PayloadResults::from(&r))
+        .map(|r| crate::events::PayloadResults { failures: r.failures + msrs.mismatches, ..r });
     Ok(SingleLevelRun { status, kvm_exits: exits, results, wall_ns, problem })
+}
+
+/// The MSRs L1 emulates for L2 (l1_guest's `exits::rdmsr::EmulatedMsrs`), played by L0.
+#[derive(Clone, Copy, Debug)]
+struct EmulatedMsrs {
+    values: [u64; 2],
+    gs_base_writes: u64,
+    mismatches: u64,
+}
+
+impl Default for EmulatedMsrs {
+    fn default() -> Self {
+        Self { values: [l2_payloads::rdmsr::VALUE, 0], gs_base_writes: 0, mismatches: 0 }
+    }
+}
+
+impl EmulatedMsrs {
+    /// IA32_SYSENTER_ESP and IA32_KERNEL_GS_BASE.
+    const MSRS: [u32; 2] = [l2_payloads::rdmsr::MSR, l2_payloads::wrmsr::MSR];
+
+    fn read(&self, msr: u32) -> Option<u64> {
+        Self::MSRS.iter().position(|&m| m == msr).map(|i| self.values[i])
+    }
+
+    fn write(&mut self, msr: u32, value: u64) -> bool {
+        let Some(i) = Self::MSRS.iter().position(|&m| m == msr) else { return false };
+        self.values[i] = value;
+        if msr == l2_payloads::wrmsr::MSR {
+            if value != l2_payloads::wrmsr::value(self.gs_base_writes) {
+                self.mismatches += 1;
+            }
+            self.gs_base_writes += 1;
+        }
+        true
+    }
 }

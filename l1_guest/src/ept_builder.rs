@@ -110,6 +110,13 @@ impl EptBuilder {
         Ok(Self { pml4: mem.alloc_zeroed_page().ok_or(EptError::OutOfFrames)? })
     }
 
+    /// The hierarchy whose PML4 table `eptp` points at (an exit handler editing the EPT12
+    /// it built before VM entry).
+    #[must_use]
+    pub const fn from_eptp(eptp: u64) -> Self {
+        Self { pml4: eptp & ADDR_MASK }
+    }
+
     /// The EPT pointer to put in the VMCS.
     #[must_use]
     pub const fn eptp(&self) -> u64 {

@@ -10,6 +10,7 @@
 //! 0x0030_0000  PML4, PDPT, PD, PT (0x20_0000-0x3F_FFFF), PT (0x40_0000-0x5F_FFFF)
 //! 0x0030_5000  GDT (null, code64 DPL0, data DPL0, data DPL3, code64 DPL3, TSS)
 //! 0x0030_6000  TSS (104 bytes, I/O bitmap for all 65536 ports, 0xFF terminator)
+//! 0x0030_9000  PT (0x60_0000-0x7F_FFFF: the EPT data region, mapped in L2's paging only)
 //! 0x003E_C000  stack (16 KiB below L2_STACK_TOP)
 //! 0x003F_F000  results page
 //! 0x0040_0000  payload image (L2_IMAGE_BASE, up to L2_IMAGE_MAX)
@@ -17,7 +18,9 @@
 
 use nestbench_abi::ept::{self, PhysRead, RWX, Walk};
 use nestbench_abi::layout::DEFAULT_MEM_SIZE;
-use nestbench_abi::payload::{L2_IMAGE_BASE, L2_IMAGE_MAX, L2_RESULTS_GPA, L2_STACK_TOP, STAGING_GPA};
+use nestbench_abi::payload::{
+    EPT_DATA_GPA, EPT_DATA_PAGES, L2_IMAGE_BASE, L2_IMAGE_MAX, L2_RESULTS_GPA, L2_STACK_TOP, STAGING_GPA,
+};
 
 use crate::ept_builder::{EptBuilder, EptError, FrameMemory, PageSize};
 use crate::vmx::setup::{ar, sel};
@@ -54,10 +57,15 @@ pub const TSS_IOMAP_BASE: u64 = 104;
 /// inside the limit).
 pub const L2_TSS_LIMIT: u32 = (TSS_IOMAP_BASE + 8192) as u32;
 const L2_TSS_PAGES: u64 = (L2_TSS_LIMIT as u64 + 1).div_ceil(PAGE);
+/// The page table for the EPT data region (`EPT_DATA_GPA`, 2 MiB): L2's paging maps every
+/// page of it; EPT12 maps none of it unless an EPT payload asks (the `ept_*` payloads).
+pub const L2_PT_DATA: u64 = L2_TSS + L2_TSS_PAGES * PAGE;
+const _: () = assert!(EPT_DATA_GPA == 0x60_0000 && EPT_DATA_PAGES == 512, "one page table, PD[3]");
 /// L2's stack: 16 KiB below the top.
 pub const L2_STACK_BYTES: u64 = 16 << 10;
 
-const _: () = assert!(L2_PML4 >= 0x20_0000 && L2_TSS + L2_TSS_PAGES * PAGE <= L2_STACK_TOP - L2_STACK_BYTES);
+const _: () = assert!(L2_PML4 >= 0x20_0000 && L2_PT_DATA + PAGE <= L2_STACK_TOP - L2_STACK_BYTES);
+const _: () = assert!(L2_PT_DATA == L2_PML4 + (6 + L2_TSS_PAGES) * PAGE, "the last of the 7 + TSS system pages");
 const _: () = assert!(L2_RESULTS_GPA >= L2_STACK_TOP && L2_RESULTS_GPA + PAGE <= L2_IMAGE_BASE);
 const _: () = assert!(L2_IMAGE_BASE == 0x40_0000 && L2_IMAGE_BASE + L2_IMAGE_MAX <= 0x60_0000, "two page tables");
 
@@ -258,6 +266,10 @@ pub fn build<M: FrameMemory>(mem: &mut M, image: &[u8], entry: u64) -> Result<L2
     mem.write_u64(l1(L2_PDPT), L2_PD | PDE);
     mem.write_u64(l1(L2_PD) + 8, L2_PT_LOW | PDE);
     mem.write_u64(l1(L2_PD) + 16, L2_PT_HIGH | PDE);
+    mem.write_u64(l1(L2_PD) + 24, L2_PT_DATA | PDE);
+    for i in 0..EPT_DATA_PAGES {
+        mem.write_u64(l1(L2_PT_DATA) + i * 8, (EPT_DATA_GPA + i * PAGE) | PTE);
+    }
     let pte = |mem: &mut M, gpa: u64| {
         let pt = if gpa < L2_IMAGE_BASE { L2_PT_LOW } else { L2_PT_HIGH };
         mem.write_u64(l1(pt) + ((gpa >> 12) & 0x1FF) * 8, gpa | PTE);

@@ -15,6 +15,7 @@ use crate::l2::{self, FRAMES_END, L1Frames, L2Space, SetupError};
 use crate::vmx::caps::{CapsError, Controls, VmxCaps, compute_controls};
 use crate::vmx::entry::{self, EXIT_STACK_TOP_OFFSET, GuestRegs};
 use crate::vmx::hw::{CR4_VMXE, MSR_FEATURE_CONTROL, feature_control_update};
+use crate::vmx::msr_bitmap;
 use crate::vmx::setup::{self, GUEST_CR0, GUEST_CR4, GuestConfig, HostConfig, Write, Writes};
 use crate::vmx::{BackendKind, Vmcs, VmxBackend, VmxFail, select_backend};
 use crate::x86;
@@ -184,7 +185,15 @@ pub fn prepare(
         rsp: stack_top - EXIT_STACK_TOP_OFFSET,
         rip: entry::exit_stub_address(),
     };
-    let writes = setup::vmcs_writes(&controls, space.ept.eptp(), &guest, &host);
+    // The MSR bitmap (SDM 25.6.9): a page of L1 memory, intercepting what L1 emulates.
+    let msr_bitmap = if controls.uses_msr_bitmaps() {
+        let pa = mem.alloc_zeroed_page().ok_or(RunError::Setup(SetupError::OutOfFrames))?;
+        mem.write_bytes(pa, &msr_bitmap::BITMAP);
+        pa
+    } else {
+        0
+    };
+    let writes = setup::vmcs_writes(&controls, space.ept.eptp(), msr_bitmap, &guest, &host);
     Ok((controls, space, writes))
 }
 
@@ -245,6 +254,20 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     };
     let io_check = payload_name(&p.name) == b"io_encodings";
     arm_exits(Mode::Payload, &space, b.accesses(), io_check);
+    // The EPT payloads: a seeded pool of L1 pages for the data region, mapped on demand
+    // (ept_touch) or before the launch (ept_fill).
+    let pool = match payload_name(&p.name) {
+        b"ept_touch" => Some((true, false)),
+        b"ept_fill" => Some((false, false)),
+        b"ept_ro" => Some((false, true)),
+        _ => None,
+    };
+    if let Some((on_demand, read_only)) = pool {
+        match exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), p.iterations, on_demand, read_only) {
+            Ok(pool) => RUN.get().ept = Some(pool),
+            Err(e) => return RunError::Setup(SetupError::Ept(e)),
+        }
+    }
     let regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
     // SAFETY: the current VMCS is complete, HOST_RIP is the exit stub, HOST_RSP the exit
     // stack, and USE_SOFT names this backend (set in run_payload).

@@ -203,7 +203,7 @@ mod tests {
             rsp: 0,
             rip: 0,
         };
-        let w = vmcs_writes(&c, 0x1E, &g, &h);
+        let w = vmcs_writes(&c, 0x1E, 0x2000, &g, &h);
         let bit = disallowed_pin_bit(&caps);
         assert_eq!(
             perturbation(Scenario::FailControl, w.as_slice(), bit),

@@ -21,6 +21,11 @@
 //! | [`compute`] | 3 | a fixed integer loop without exits: the no-exit baseline |
 //! | [`cpuid`] | 3 | `cpuid` (EAX = 0): one CPUID exit per iteration (not on `soft`) |
 //! | [`vmcall`] | 3 | `vmcall`: one VMCALL exit per iteration, checks L1's RAX (not on `soft`) |
+//! | [`ept_touch`] | 3 | first read of N fresh pages: one EPT violation per page, L1 maps it |
+//! | [`ept_fill`] | 3 | first read of N pages EPT12 maps: no VM exit (L0-only fills on `soft`) |
+//! | [`ept_ro`] | 3 | write to N pages EPT12 maps read-only: one EPT violation per page, L1 grants write |
+//! | [`rdmsr`] | 0 | `rdmsr` of IA32_SYSENTER_ESP: one RDMSR exit per iteration, checks L1's value |
+//! | [`wrmsr`] | 0 | `wrmsr` of IA32_KERNEL_GS_BASE: one WRMSR exit per iteration, L1 checks the value |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
 //! rdtsc` (never CPUID, which exits), and ends with `out DONE_PORT, eax`: that last exit is
@@ -35,11 +40,16 @@ pub mod rt;
 
 pub mod compute;
 pub mod cpuid;
+pub mod ept_fill;
+pub mod ept_ro;
+pub mod ept_touch;
 pub mod hlt;
 pub mod inl;
 pub mod io_encodings;
 pub mod outl;
+pub mod rdmsr;
 pub mod vmcall;
+pub mod wrmsr;
 
 /// Whether the `soft` engine (L0's userspace nested VMX) can run a payload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,7 +105,7 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 7] = [
+static ALL: [Manifest; 12] = [
     outl::MANIFEST,
     inl::MANIFEST,
     io_encodings::MANIFEST,
@@ -103,6 +113,11 @@ static ALL: [Manifest; 7] = [
     compute::MANIFEST,
     cpuid::MANIFEST,
     vmcall::MANIFEST,
+    rdmsr::MANIFEST,
+    wrmsr::MANIFEST,
+    ept_touch::MANIFEST,
+    ept_fill::MANIFEST,
+    ept_ro::MANIFEST,
 ];
 
 /// Every payload, in a stable order.
@@ -220,12 +235,34 @@ mod tests {
         assert_eq!(m("vmcall").exits_per_iteration, [(ExitReason::Vmcall, 1)]);
         assert_eq!(m("vmcall").expected_exits(ExitReason::Vmcall, 9), 9);
         assert_eq!(m("vmcall").expected_exits(ExitReason::IoInstruction, 9), 0);
+        assert_eq!(m("ept_touch").expected_exits(ExitReason::EptViolation, 50), 50);
+        assert!(m("ept_fill").exits_per_iteration.is_empty());
+        assert_eq!(ept_touch::pages(10_000), nestbench_abi::payload::EPT_DATA_PAGES);
+        assert_eq!(m("rdmsr").exits_per_iteration, [(ExitReason::Rdmsr, 1)]);
+        assert_eq!(m("wrmsr").exits_per_iteration, [(ExitReason::Wrmsr, 1)]);
+        assert_eq!(m("wrmsr").expected_exits(ExitReason::Wrmsr, 9), 9);
     }
 
     #[test]
     fn order_is_stable_and_only_exits_the_host_kvm_hides_are_unsupported_on_soft() {
         let names: Vec<&str> = all().iter().map(|m| m.name).collect();
-        assert_eq!(names, ["outl", "inl", "io_encodings", "hlt", "compute", "cpuid", "vmcall"]);
+        assert_eq!(
+            names,
+            [
+                "outl",
+                "inl",
+                "io_encodings",
+                "hlt",
+                "compute",
+                "cpuid",
+                "vmcall",
+                "rdmsr",
+                "wrmsr",
+                "ept_touch",
+                "ept_fill",
+                "ept_ro"
+            ]
+        );
         for m in all() {
             let hidden = m.exits_per_iteration.iter().any(|(r, _)| matches!(r, ExitReason::Cpuid | ExitReason::Vmcall));
             assert_eq!(matches!(m.soft_engine, Support::Unsupported { .. }), hidden, "{}", m.name);

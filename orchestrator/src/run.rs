@@ -271,8 +271,10 @@ pub fn payloads(json: bool) -> String {
             })
         })
         .collect();
+    let limits = l0::soft::l2vm::MEMSLOT_LIMITS;
     if json {
-        return serde_json::to_string_pretty(&json!({ "payloads": rows })).expect("serializes");
+        return serde_json::to_string_pretty(&json!({ "payloads": rows, "soft_engine_memslot_limits": limits }))
+            .expect("serializes");
     }
     let mut s = String::new();
     for r in &rows {
@@ -296,6 +298,10 @@ pub fn payloads(json: bool) -> String {
                 }
             );
         }
+    }
+    let _ = writeln!(s, "\nsoft engine: EPT12 is shadowed as KVM memslots; known limits:");
+    for l in limits {
+        let _ = writeln!(s, "  - {l}");
     }
     s
 }

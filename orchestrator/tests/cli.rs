@@ -165,7 +165,13 @@ fn payloads_lists_every_payload_with_its_engines() {
     assert_eq!(code, Some(0));
     let j: Value = serde_json::from_str(&out).unwrap();
     let names: Vec<&str> = j["payloads"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["outl", "inl", "io_encodings", "hlt", "compute", "cpuid", "vmcall"]);
+    let all: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
+    assert_eq!(names, all);
+    assert_eq!(&names[..7], ["outl", "inl", "io_encodings", "hlt", "compute", "cpuid", "vmcall"]);
+    // The soft engine's memslot limits (shared/DESIGN.md) are stated with the payloads.
+    let limits = j["soft_engine_memslot_limits"].as_array().unwrap();
+    assert!(limits.iter().any(|l| l.as_str().unwrap().contains("execute-only")), "{limits:?}");
+    assert!(limits.iter().any(|l| l.as_str().unwrap().contains("read-only flag")), "{limits:?}");
     for p in j["payloads"].as_array().unwrap() {
         let soft_runs = !matches!(p["name"].as_str(), Some("cpuid" | "vmcall"));
         assert_eq!(p["engines"]["soft"]["runs"], soft_runs, "{p}");

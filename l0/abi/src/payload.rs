@@ -226,3 +226,23 @@ pub const IO_ENCODINGS: [IoCase; 18] = [
 ];
 
 const _: () = assert!(PAYLOAD_PORT == 0xE0, "IO_ENCODINGS encodes the immediate port 0xE0");
+
+/// The EPT payloads' data region (`ept_touch`, `ept_fill`): L2-physical = L2-linear pages
+/// from here, one 2 MiB page table's worth, which L1's L2 page tables always map (present,
+/// writable, user) whether or not EPT12 maps them.
+pub const EPT_DATA_GPA: u64 = 0x60_0000;
+/// Pages in the EPT data region (the most pages an EPT payload touches).
+pub const EPT_DATA_PAGES: u64 = 512;
+
+const _: () = assert!(L2_IMAGE_BASE + L2_IMAGE_MAX <= EPT_DATA_GPA && EPT_DATA_GPA % (2 << 20) == 0);
+
+/// The u64 that L1 seeds at byte offset `off` (0 or 0xFF8) of the L1 page it maps at the
+/// EPT data page `gpa` (L2-physical): the payload reads it back, which proves the
+/// translation L2 went through ends on that very page.
+#[must_use]
+pub const fn ept_pattern(gpa: u64, off: u64) -> u64 {
+    0x4E42_4550_0000_0000 ^ (gpa + off).rotate_left(17)
+}
+
+/// Offsets of the seeded words in an EPT data page.
+pub const EPT_PATTERN_OFFSETS: [u64; 2] = [0, 0xFF8];

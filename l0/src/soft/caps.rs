@@ -11,6 +11,7 @@
 //! 2 MiB / 1 GiB leaves, single- and all-context INVEPT, no A/D flags, no execute-only), a
 //! 64-bit host with IA32_EFER save/load, 64-bit guests with IA32_EFER load. Nothing of
 //! the pin-based controls, no VPID, no unrestricted guest, no activity state but active.
+//! Part 2 adds MSR bitmaps (RDMSR/WRMSR exits, [`super::msr`]).
 
 use nestbench_abi::controls::{self, Allowed, default1, entry, exit, proc1, proc2};
 use nestbench_abi::vmx::{VmxBasic, msr};
@@ -64,10 +65,15 @@ pub mod ept_cap {
 }
 
 /// Primary processor-based controls the soft engine may honour as 1, beyond the default1
-/// bits: HLT (KVM_EXIT_HLT, docs/kvm-exits.md row 4) and port I/O (KVM_EXIT_IO, rows 1-3),
-/// and the secondary controls (for EPT).
-const PROC1_OPTIONAL: u32 =
-    proc1::HLT_EXITING | proc1::UNCONDITIONAL_IO_EXITING | proc1::USE_IO_BITMAPS | proc1::ACTIVATE_SECONDARY_CONTROLS;
+/// bits: HLT (KVM_EXIT_HLT, docs/kvm-exits.md row 4), port I/O (KVM_EXIT_IO, rows 1-3), MSR
+/// bitmaps (KVM_EXIT_X86_RDMSR/WRMSR through a KVM MSR filter built from L1's bitmap, row 5
+/// and [`super::msr`]; an intercepted x2APIC MSR is refused at entry), and the secondary
+/// controls (for EPT).
+const PROC1_OPTIONAL: u32 = proc1::HLT_EXITING
+    | proc1::UNCONDITIONAL_IO_EXITING
+    | proc1::USE_IO_BITMAPS
+    | proc1::USE_MSR_BITMAPS
+    | proc1::ACTIVATE_SECONDARY_CONTROLS;
 /// Primary processor-based default1 bits that TRUE controls let be 0 (SDM A.2: CR3-load
 /// exiting and CR3-store exiting).
 const PROC1_TRUE_ZERO: u32 = proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING;
@@ -154,7 +160,7 @@ impl Caps {
         // default1 bits only, which are reserved bits without function.
         let true_pinbased = two_halves(default1::PIN, default1::PIN);
         // A.3.2: default1 (CR3-load/store exiting may be 0 under TRUE controls) + HLT, I/O,
-        // secondary controls. The allowed 1-settings of a TRUE MSR equal those of the
+        // MSR bitmaps, secondary controls. The allowed 1-settings of a TRUE MSR equal those of the
         // non-TRUE MSR, so the default1 bits stay allowed-1 (CR3-load/store exiting among
         // them: the entry checks refuse them as engine_unsupported).
         let true_procbased = two_halves(default1::PROC1 & !PROC1_TRUE_ZERO, default1::PROC1 | PROC1_OPTIONAL);
@@ -333,8 +339,8 @@ mod tests {
         assert_eq!(c.basic, 0x00D8_1000_4E42_0001);
         assert_eq!(c.true_pinbased, 0x0000_0016_0000_0016);
         assert_eq!(c.pinbased, 0x0000_0016_0000_0016);
-        assert_eq!(c.true_procbased, 0x8701_E1F2_0400_6172);
-        assert_eq!(c.procbased, 0x8701_E1F2_0401_E172);
+        assert_eq!(c.true_procbased, 0x9701_E1F2_0400_6172);
+        assert_eq!(c.procbased, 0x9701_E1F2_0401_E172);
         assert_eq!(c.true_exit, 0x0033_6FFF_0003_6DFB);
         assert_eq!(c.exit, 0x0033_6FFF_0003_6DFF);
         assert_eq!(c.true_entry, 0x0000_93FF_0000_11FB);
@@ -403,7 +409,11 @@ mod tests {
         let pin = c.allowed_pinbased().adjust(L1_PIN.0, L1_PIN.1).unwrap();
         assert_eq!(pin, default1::PIN, "optional pin-based bits are dropped");
         let proc = c.allowed_procbased().adjust(L1_PROC.0, L1_PROC.1).unwrap();
-        assert_eq!(proc, 0x0400_6172 | L1_PROC.0, "no MSR bitmaps, no TSC offsetting, no CR3 exiting");
+        assert_eq!(
+            proc,
+            0x0400_6172 | L1_PROC.0 | proc1::USE_MSR_BITMAPS,
+            "MSR bitmaps, but no TSC offsetting, no CR3 exiting"
+        );
         let proc2 = c.allowed_procbased2().adjust(L1_PROC2.0, L1_PROC2.1).unwrap();
         assert_eq!(proc2, proc2::ENABLE_EPT);
         let exit = c.allowed_exit().adjust(L1_EXIT.0, L1_EXIT.1).unwrap();
@@ -443,7 +453,6 @@ mod tests {
             | proc1::NMI_WINDOW_EXITING
             | proc1::MOV_DR_EXITING
             | proc1::MONITOR_TRAP_FLAG
-            | proc1::USE_MSR_BITMAPS
             | proc1::MONITOR_EXITING
             | proc1::PAUSE_EXITING;
         assert_eq!(c.allowed_procbased().may_be_one & proc_never, 0);

@@ -19,8 +19,10 @@ use serde::Serialize;
 
 use super::caps::Caps;
 use super::entry_checks::{self, EntryFailure};
+use super::ept_fault::{self, Fault};
 use super::io_decode;
-use super::l2vm::{EptShadowError, L2Vm, Run, ept_runs};
+use super::l2vm::{EptShadowError, EptStats, L2Vm, Run};
+use super::msr::{self, MsrExits};
 use super::transitions::{self, ExitInfo};
 use super::vmcs12::Vmcs12;
 use super::vmx_ops::VmxState;
@@ -76,10 +78,13 @@ pub struct SoftStats {
     /// VMREAD/VMWRITE hypercalls after the first VM entry (L1's exit handling; compare
     /// with the VMREAD/VMWRITE executions L1 counts itself).
     pub vmx_rw_after_first_entry: u64,
-    /// Memslots VM2 had after the last EPT12 shadow build, and how many builds there were.
+    /// Memslots VM2 has (after the last exit).
     pub memslots: u64,
-    /// EPT12 shadow builds.
+    /// EPT12 shadow (re)starts: the first entry, an EPTP change, INVEPT.
     pub ept_shadow_builds: u64,
+    /// VM2's EPT12 shadow: lazy fills (L0-only exits, also in `l0_only_exits`), premapped
+    /// leaves, coalescing, evictions, and the memslot limit.
+    pub ept: EptStats,
     /// Time inside VM2's KVM_RUN, ns.
     pub l2_ns: u64,
     /// Time inside L1's KVM_RUN between a reflected exit and the next entry, ns.
@@ -125,6 +130,8 @@ pub struct SoftVmx {
     l2: Option<L2Vm>,
     runs: Vec<Run>,
     mapped_eptp: Option<u64>,
+    /// VM2's MSR filter, built from L1's MSR bitmap.
+    msr: MsrExits,
     /// Counters.
     pub stats: SoftStats,
     /// Set from a reflected exit until the next entry: L1's exits are traps of that exit.
@@ -170,6 +177,7 @@ impl SoftVmx {
             l2: None,
             runs: Vec::new(),
             mapped_eptp: None,
+            msr: MsrExits::default(),
             stats: SoftStats { vmcs_shadowing: shadowing, ..SoftStats::default() },
             after_exit: false,
             pending_traps: 0,
@@ -289,17 +297,28 @@ impl SoftVmx {
             self.l2 = Some(l2);
         }
         if self.mapped_eptp != Some(eptp) || self.state.invept_pending {
-            if let Err(e) = self.shadow_ept(mem, eptp) {
+            if let Err(e) = self.shadow_ept(eptp) {
                 return Ok(EntryOutcome::Unsupported { what: "EPT12".into(), why: e.to_string() });
             }
         }
         let l2 = self.l2.as_mut().expect("created above");
+        // RDMSR/WRMSR exits: VM2's MSR filter follows L1's MSR bitmap (super::msr).
+        let proc = v.read(Field32::PrimaryProcBasedVmExecControl.encoding()) as u32;
+        if let Err(e) = self.msr.sync(l2.fd(), mem, proc, v.read(Field64::MsrBitmap.encoding())) {
+            return Ok(EntryOutcome::Unsupported { what: Field64::MsrBitmap.name().into(), why: e.to_string() });
+        }
         // VM entry loads L2's whole state from VMCS12 and L1's GPRs (SDM 27.3.2). What
         // VMX leaves alone (CR2, CR8, APIC base) comes from VM2's vCPU as it is: through the
         // ioctl before VM2 first ran, from the synced registers after.
         let base_sregs = if self.stats.l2_kvm_exits == 0 { l2.vcpu.sregs_now()? } else { l2.vcpu.sregs()? };
-        l2.vcpu.set_regs(&transitions::guest_regs(&v, &l1_regs))?;
-        l2.vcpu.set_sregs(&transitions::guest_sregs(&v, &base_sregs, l1_sregs.efer))?;
+        let l2_regs = transitions::guest_regs(&v, &l1_regs);
+        let l2_sregs = transitions::guest_sregs(&v, &base_sregs, l1_sregs.efer);
+        l2.vcpu.set_regs(&l2_regs)?;
+        l2.vcpu.set_sregs(&l2_sregs)?;
+        // What KVM's own walk needs must be there before L2 runs (docs/kvm-exits.md rows 8, 9).
+        if let Err(e) = l2.premap(&l2_sregs, l2_regs.rip, l2_regs.rsp) {
+            return Ok(EntryOutcome::Unsupported { what: "EPT12".into(), why: e.to_string() });
+        }
         if launch {
             self.state.launched.insert(cur);
         }
@@ -308,12 +327,13 @@ impl SoftVmx {
         self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired)
     }
 
-    fn shadow_ept(&mut self, mem: &GuestMem, eptp: u64) -> Result<(), EptShadowError> {
-        let runs = ept_runs(mem, eptp, MAXPHYADDR)?;
+    /// Start shadowing the EPT12 at `eptp` afresh: every memslot dropped, filled again lazily
+    /// (premapped at the entry, data pages on first touch).
+    fn shadow_ept(&mut self, eptp: u64) -> Result<(), EptShadowError> {
         let l2 = self.l2.as_mut().expect("VM2 exists before its EPT is shadowed");
-        self.stats.memslots = l2.map(&runs)? as u64;
+        l2.reset(eptp, MAXPHYADDR)?;
         self.stats.ept_shadow_builds += 1;
-        self.runs = runs;
+        self.runs = Vec::new();
         self.mapped_eptp = Some(eptp);
         self.state.invept_pending = false;
         Ok(())
@@ -390,15 +410,21 @@ impl SoftVmx {
                         .map_err(Into::into);
                 }
                 Exit::Interrupted => self.stats.l0_only_exits += 1,
-                other => break Ok(normalise(l2, &self.runs, other)?),
+                other => match normalise(l2, &self.runs, other) {
+                    Ok(Reflect::L0Only) => self.stats.l0_only_exits += 1,
+                    r => break r,
+                },
             }
         };
+        self.stats.ept = l2.stats.clone();
+        self.stats.memslots = l2.stats.memslots;
         l1.make_kick_target();
         let exit_time = Instant::now();
         let reflect = result?;
         let (info, l2_regs, rip) = match reflect {
             Reflect::Stop(outcome) => return Ok(outcome),
             Reflect::Exit { info, regs, rip } => (info, regs, rip),
+            Reflect::L0Only => unreachable!("L0-only exits keep L2 running"),
         };
         let l2 = self.l2.as_mut().expect("VM2 exists at exit");
         let l2_sregs = l2.vcpu.sregs()?;
@@ -434,6 +460,8 @@ enum Reflect {
     Exit { info: ExitInfo, regs: kvm_regs, rip: u64 },
     /// Stop the run.
     Stop(EntryOutcome),
+    /// L0 handled it alone (an EPT-shadow fill): run L2 on.
+    L0Only,
 }
 
 /// L2's linear address `linear` as an L2-physical one (through L2's page tables, read
@@ -497,6 +525,7 @@ fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftErr
                 insn_len: io.insn_len,
                 insn_info: io.insn_info.map_or(0, |i| i.raw()),
                 guest_linear: io.guest_linear.unwrap_or(0),
+                ..ExitInfo::default()
             };
             Ok(Reflect::Exit { info, regs: presented, rip: io.rip })
         }
@@ -514,12 +543,31 @@ fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftErr
             let info = ExitInfo { reason: ExitReason::TripleFault as u32, ..ExitInfo::default() };
             Ok(Reflect::Exit { info, regs, rip: regs.rip })
         }
-        Exit::MmioRead { gpa, .. } | Exit::MmioWrite { gpa, .. } => unsupported(
-            "EPT violation",
-            format!(
-                "L2 accessed L2-physical {gpa:#x}, which EPT12 does not map (EPT violations are reflected from soft engine part 2 on)"
-            ),
-        ),
+        Exit::RdMsr { .. } | Exit::WrMsr { .. } => {
+            // docs/kvm-exits.md row 5: RIP at the instruction, a completion pending.
+            let insn = read_l2_linear(l2, runs, cr3, regs.rip, 15);
+            match msr::normalise(&mut l2.vcpu, &exit, &regs, &insn)? {
+                Ok(info) => Ok(Reflect::Exit { info, regs, rip: regs.rip }),
+                Err(why) => unsupported("RDMSR/WRMSR exit", why),
+            }
+        }
+        Exit::MmioRead { .. } | Exit::MmioWrite { .. } => {
+            let sregs = l2.vcpu.sregs()?;
+            match ept_fault::on_mmio(l2, &exit, &regs, &sregs)? {
+                Fault::Filled => Ok(Reflect::L0Only),
+                Fault::Exit { reason, qualification, gpa, linear, rip, regs } => {
+                    let info = ExitInfo {
+                        reason: reason as u32,
+                        qualification,
+                        guest_linear: linear,
+                        guest_physical: gpa,
+                        ..ExitInfo::default()
+                    };
+                    Ok(Reflect::Exit { info, regs, rip })
+                }
+                Fault::Unsupported { what, why } => unsupported(what, why),
+            }
+        }
         other => {
             unsupported("L2 exit", format!("{other:?} at L2 RIP {:#x} cannot be reflected by this engine", regs.rip))
         }

@@ -6,8 +6,8 @@
 //! Families run in the SDM's order and each check quotes its SDM bullet: controls
 //! (27.2.1, VMfailValid 7), host state (27.2.2-27.2.4, VMfailValid 8), guest state (27.3.1, a
 //! VM exit with reason 33 | 1 << 31 and qualification 0, or 4 for the VMCS link pointer).
-//! Checks about controls that [`Caps::soft`] does not allow to be 1 (MSR bitmaps, TPR
-//! shadow, virtual NMIs, VPID, unrestricted guest, PML, VMCS shadowing, ...) are vacuous: the
+//! Checks about controls that [`Caps::soft`] does not allow to be 1 (TPR shadow, virtual
+//! NMIs, VPID, unrestricted guest, PML, VMCS shadowing, ...) are vacuous: the
 //! allowed-settings check has already refused such a control. Each is named where it would
 //! be.
 //!
@@ -357,8 +357,22 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
             }
         }
 
-        // Vacuous here (their controls are not allowed-1): "use MSR bitmaps" (bitmap address),
-        // "use TPR shadow" (virtual-APIC address, TPR threshold), virtualize x2APIC mode /
+        // "If the 'use MSR bitmaps' VM-execution control is 1, bits 11:0 of the MSR-bitmap
+        // address must be 0. The address should not set any bits beyond the processor's
+        // physical-address width." (Whether the bitmap lies in L1 memory, and whether L0 can
+        // honour what it intercepts, is decided at entry by `super::msr`.)
+        if proc & proc1::USE_MSR_BITMAPS != 0 {
+            let f = Field64::MsrBitmap;
+            let a = self.r64(f);
+            if a & 0xFFF != 0 {
+                return Err(control(f.name(), format!("{a:#x} is not 4-KByte aligned (bits 11:0)")));
+            }
+            if !within_phys(a, self.maxphyaddr) {
+                return Err(control(f.name(), format!("{a:#x} is beyond MAXPHYADDR {}", self.maxphyaddr)));
+            }
+        }
+
+        // Vacuous here (their controls are not allowed-1): "use TPR shadow" (virtual-APIC address, TPR threshold), virtualize x2APIC mode /
         // APIC-register virtualization / virtual-interrupt delivery (need TPR shadow),
         // "NMI exiting" / "virtual NMIs" / "NMI-window exiting", "process posted interrupts",
         // "enable VPID" (VPID != 0), "unrestricted guest" (needs EPT), "enable PML",
@@ -1534,6 +1548,19 @@ mod tests {
         let proc = b.get(Field32::PrimaryProcBasedVmExecControl.encoding()) & !u64::from(proc1::USE_IO_BITMAPS);
         let m = b.with(Field32::PrimaryProcBasedVmExecControl.encoding(), proc).with(Field64::IoBitmapA.encoding(), 1);
         assert_eq!(run(&m), Ok(()));
+    }
+
+    #[test]
+    fn msr_bitmap_address() {
+        // SDM 27.2.1.1: 4-KByte aligned, within the physical-address width, when "use MSR
+        // bitmaps" is 1; not checked otherwise.
+        let b = baseline();
+        let proc = b.get(Field32::PrimaryProcBasedVmExecControl.encoding()) | u64::from(proc1::USE_MSR_BITMAPS);
+        let with_bitmaps = b.clone().with(Field32::PrimaryProcBasedVmExecControl.encoding(), proc);
+        assert_eq!(run(&with_bitmaps.clone().with(Field64::MsrBitmap.encoding(), 0x20_2000)), Ok(()));
+        control_fails(&with_bitmaps.clone().with(Field64::MsrBitmap.encoding(), 0x20_2008), "msr_bitmap");
+        control_fails(&with_bitmaps.with(Field64::MsrBitmap.encoding(), 1 << MAXPHYADDR), "msr_bitmap");
+        assert_eq!(run(&b.with(Field64::MsrBitmap.encoding(), 0x20_2008)), Ok(()));
     }
 
     #[test]

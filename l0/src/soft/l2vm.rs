@@ -3,12 +3,22 @@
 //! (part of) a memslot of VM2 whose host memory is the L1 memory the leaf points at,
 //! contiguous runs coalesced, read-only where EPT12 denies writes.
 //!
-//! Part 1 maps everything EPT12 maps before an entry (and again after INVEPT or an EPTP
-//! change); lazy fill on first touch is the next step (soft engine part 2).
+//! VM2's memslots are filled lazily (soft engine part 2, [`super::ept_fault`]): at every VM
+//! entry L0 maps what KVM's own walk needs ([`L2Vm::premap`]: L2's paging structures
+//! reachable from CR3, GDT, IDT, TSS, the pages at RIP and RSP; docs/kvm-exits.md rows 8 and 9
+//! say why), and every other page on its first touch ([`L2Vm::fill`]), one EPT12 leaf (4 KiB,
+//! 2 MiB or 1 GiB) at a time, coalesced with a neighbouring slot when both are contiguous in
+//! L2 and L1 memory and agree on read-only. INVEPT or a new EPTP drops every slot
+//! ([`L2Vm::reset`]). When KVM's memslot limit is reached the oldest slot that is not
+//! premapped is evicted and refilled on its next touch.
 
-use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, kvm_userspace_memory_region};
+use std::collections::{BTreeMap, HashSet};
+use std::time::Instant;
+
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use nestbench_abi::ept::{self, ADDR_MASK, LARGE_PAGE, Misconfig, RWX};
+use nestbench_abi::ept::{self, ADDR_MASK, LARGE_PAGE, Misconfig, PhysRead, RWX, Walk};
+use serde::Serialize;
 
 use crate::memory::GuestMem;
 use crate::vcpu::Vcpu;
@@ -134,6 +144,98 @@ fn walk_table(
     Ok(())
 }
 
+/// L1 memory as the EPT walker's bounds-checked [`PhysRead`].
+pub struct L1Phys<'a>(pub &'a GuestMem);
+
+impl PhysRead for L1Phys<'_> {
+    fn read_u64(&self, pa: u64) -> Option<u64> {
+        self.0.read_u64(pa).ok()
+    }
+}
+
+/// Counters of VM2's EPT12 shadow (docs/soft-engine.md "Counting"), with the memslot limits
+/// that bound what this engine can say about EPT (shared/DESIGN.md, "Known limits").
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct EptStats {
+    /// KVM's memslot limit for VM2 (KVM_CAP_NR_MEMSLOTS), or the lower limit L0 was told to
+    /// keep.
+    pub memslot_limit: u64,
+    /// Memslots VM2 has now.
+    pub memslots: u64,
+    /// The most memslots VM2 had at once.
+    pub memslots_peak: u64,
+    /// Lazy fills: first touches of a page EPT12 maps (L0-only exits).
+    pub fills: u64,
+    /// Time L0 spent in those fills (walk, KVM_SET_USER_MEMORY_REGION, completing the
+    /// access), ns.
+    pub fill_ns: u64,
+    /// Leaves mapped by the premapping at VM entry (paging structures, GDT, IDT, TSS, RIP,
+    /// RSP pages).
+    pub premapped: u64,
+    /// Fills that extended a neighbouring slot instead of adding one.
+    pub coalesced: u64,
+    /// Slots evicted at the memslot limit.
+    pub evictions: u64,
+    /// Times every slot was dropped (INVEPT, a new EPTP).
+    pub resets: u64,
+    /// KVM_SET_USER_MEMORY_REGION calls (creates and deletes).
+    pub slot_ioctls: u64,
+    /// [`MEMSLOT_LIMITS`]: what these figures cannot show.
+    pub known_limits: &'static [&'static str],
+}
+
+/// What a first touch found in EPT12.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fill {
+    /// EPT12 allows the access: the leaf is mapped in VM2 now (or was already).
+    Mapped {
+        /// R/W/X of the translation.
+        perms: u64,
+    },
+    /// EPT12 does not allow it: an EPT violation, with the R/W/X of the translation (0 when
+    /// an entry on the path is not present; SDM 28.2.1, Table 28-7 bits 5:3).
+    Violation {
+        /// R/W/X.
+        perms: u64,
+    },
+    /// A present EPT12 entry on the path is malformed: an EPT misconfiguration (SDM
+    /// 29.3.3.1).
+    Misconfig {
+        /// Level of the entry.
+        level: u8,
+        /// The entry.
+        entry: u64,
+        /// The rule it breaks.
+        why: Misconfig,
+    },
+}
+
+/// One memslot of VM2.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    id: u32,
+    run: Run,
+    /// Premapped for KVM's own walk: never evicted.
+    pinned: bool,
+    /// Creation order (eviction takes the oldest).
+    seq: u64,
+}
+
+/// What a memslot shadow of EPT12 cannot do (shared/DESIGN.md, "Known limits of memslots"):
+/// stated by `nestbench payloads` and recorded in every soft-engine result ([`EptStats`]).
+pub const MEMSLOT_LIMITS: [&str; 7] = [
+    "no execute-only and no X=0 enforcement: a memslot is always executable",
+    "no EPT accessed/dirty flags (not advertised)",
+    "KVM silently skips L2 page-table A/D updates on read-only slots",
+    "a slot's read-only flag cannot change and slots cannot overlap: a split or permission change is delete + re-create",
+    "deleting a slot may zap all of KVM's shadow pages: INVEPT and eviction costs measured here are this engine's, not hardware's",
+    "when L1 edits L2's page tables, VM2's shadow MMU does not see the write (another VM's store): L0 must make it see it",
+    "a page-table, GDT/IDT/TSS or code page that EPT12 does not map before L2 runs becomes a #PF or an emulation failure inside KVM, not a reflectable EPT violation",
+];
+
+/// The most L2 paging-structure pages [`L2Vm::premap`] follows (L1 is hostile input).
+pub const MAX_PREMAP_TABLES: usize = 4096;
+
 /// VM2 and its vCPU.
 #[derive(Debug)]
 pub struct L2Vm {
@@ -141,8 +243,15 @@ pub struct L2Vm {
     /// L2's vCPU.
     pub vcpu: Vcpu,
     l1_mem: GuestMem,
-    slots: Vec<u32>,
+    eptp: u64,
+    maxphyaddr: u32,
+    slots: BTreeMap<u64, Slot>,
+    free_ids: Vec<u32>,
+    next_id: u32,
+    seq: u64,
     max_slots: usize,
+    /// Counters.
+    pub stats: EptStats,
 }
 
 impl L2Vm {
@@ -156,7 +265,20 @@ impl L2Vm {
         vcpu_fd.set_cpuid2(&x86_setup::guest_cpuid(&supported, 0)).map_err(ioctl("KVM_SET_CPUID2 (VM2)"))?;
         vcpu_fd.set_msrs(&x86_setup::boot_msrs()).map_err(ioctl("KVM_SET_MSRS (VM2)"))?;
         let vcpu = Vcpu::new(vcpu_fd, kvm.check_extension(Cap::SyncRegs));
-        Ok(Self { fd, vcpu, l1_mem, slots: Vec::new(), max_slots: kvm.get_nr_memslots() })
+        let max_slots = kvm.get_nr_memslots();
+        Ok(Self {
+            fd,
+            vcpu,
+            l1_mem,
+            eptp: 0,
+            maxphyaddr: 46,
+            slots: BTreeMap::new(),
+            free_ids: Vec::new(),
+            next_id: 0,
+            seq: 0,
+            max_slots,
+            stats: EptStats { memslot_limit: max_slots as u64, known_limits: &MEMSLOT_LIMITS, ..EptStats::default() },
+        })
     }
 
     /// VM2's fd (statistics).
@@ -165,68 +287,285 @@ impl L2Vm {
         &self.fd
     }
 
-    /// Replace VM2's memory with `runs`. Returns the number of memslots.
-    pub fn map(&mut self, runs: &[Run]) -> Result<usize, EptShadowError> {
-        if runs.len() > self.max_slots {
-            return Err(EptShadowError::TooManySlots(runs.len()));
-        }
+    /// Keep at most `n` memslots (at least 1, at most KVM's limit): the eviction path with a
+    /// small EPT12.
+    pub fn set_memslot_limit(&mut self, n: usize) {
+        self.max_slots = n.clamp(1, self.max_slots.max(1));
+        self.stats.memslot_limit = self.max_slots as u64;
+    }
+
+    /// Drop every memslot and shadow the EPT12 at `eptp` from now on (VM entry with a new
+    /// EPTP, INVEPT).
+    pub fn reset(&mut self, eptp: u64, maxphyaddr: u32) -> Result<(), EptShadowError> {
         self.unmap_all()?;
-        let base = self.l1_mem.host_base();
-        for (slot, r) in runs.iter().enumerate() {
-            let region = kvm_userspace_memory_region {
-                slot: slot as u32,
-                flags: if r.read_only { KVM_MEM_READONLY } else { 0 },
-                guest_phys_addr: r.l2,
-                memory_size: r.size,
-                userspace_addr: base + r.l1,
-            };
-            // SAFETY: `r.l1 + r.size` lies inside L1's guest memory (checked by
-            // `ept_runs`), which this L2Vm keeps mapped (a clone of the mapping handle)
-            // for as long as VM2 exists.
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(EptShadowError::Ioctl)?;
-            self.slots.push(slot as u32);
-        }
-        Ok(self.slots.len())
+        self.eptp = eptp;
+        self.maxphyaddr = maxphyaddr;
+        self.stats.resets += 1;
+        Ok(())
     }
 
     /// Delete every memslot of VM2.
     pub fn unmap_all(&mut self) -> Result<(), EptShadowError> {
-        for slot in self.slots.drain(..) {
-            let region = kvm_userspace_memory_region { slot, memory_size: 0, ..Default::default() };
-            // SAFETY: a zero-sized region deletes the slot; no memory is handed to KVM.
-            unsafe { self.fd.set_user_memory_region(region) }.map_err(EptShadowError::Ioctl)?;
+        let keys: Vec<u64> = self.slots.keys().copied().collect();
+        for k in keys {
+            self.delete(k)?;
         }
         Ok(())
     }
 
-    /// The L1-physical address of L2-physical `l2` under `runs`.
-    fn l1_addr(runs: &[Run], l2: u64) -> Option<u64> {
-        runs.iter().find(|r| (r.l2..r.l2 + r.size).contains(&l2)).map(|r| r.l1 + (l2 - r.l2))
+    fn delete(&mut self, key: u64) -> Result<Slot, EptShadowError> {
+        let slot = self.slots.remove(&key).expect("a slot of the map");
+        let region = kvm_userspace_memory_region { slot: slot.id, memory_size: 0, ..Default::default() };
+        // SAFETY: a zero-sized region deletes the slot; no memory is handed to KVM.
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(EptShadowError::Ioctl)?;
+        self.stats.slot_ioctls += 1;
+        self.free_ids.push(slot.id);
+        self.stats.memslots = self.slots.len() as u64;
+        Ok(slot)
     }
 
-    /// Write one byte of L2 memory at L2-physical `l2` (ignored where unmapped).
-    pub fn write_l2(&self, runs: &[Run], l2: u64, byte: u8) {
-        if let Some(pa) = Self::l1_addr(runs, l2) {
+    fn create(&mut self, run: Run, pinned: bool) -> Result<(), EptShadowError> {
+        if self.slots.len() >= self.max_slots {
+            let victim = self.slots.values().filter(|s| !s.pinned).min_by_key(|s| s.seq).map(|s| s.run.l2);
+            let Some(victim) = victim else { return Err(EptShadowError::TooManySlots(self.slots.len() + 1)) };
+            self.delete(victim)?;
+            self.stats.evictions += 1;
+        }
+        let id = self.free_ids.pop().unwrap_or_else(|| {
+            self.next_id += 1;
+            self.next_id - 1
+        });
+        self.l1_mem.check(run.l1, run.size).map_err(|_| EptShadowError::LeafOutside {
+            l2: run.l2,
+            pa: run.l1,
+            size: run.size,
+        })?;
+        let region = kvm_userspace_memory_region {
+            slot: id,
+            flags: if run.read_only { KVM_MEM_READONLY } else { 0 },
+            guest_phys_addr: run.l2,
+            memory_size: run.size,
+            userspace_addr: self.l1_mem.host_base() + run.l1,
+        };
+        // SAFETY: `run.l1 + run.size` lies inside L1's guest memory (checked just above),
+        // which this L2Vm keeps mapped (a clone of the mapping handle) for as long as VM2
+        // exists; the range overlaps no other slot of VM2 (callers delete those first).
+        if let Err(e) = unsafe { self.fd.set_user_memory_region(region) } {
+            self.free_ids.push(id);
+            return Err(EptShadowError::Ioctl(e));
+        }
+        self.stats.slot_ioctls += 1;
+        self.seq += 1;
+        self.slots.insert(run.l2, Slot { id, run, pinned, seq: self.seq });
+        self.stats.memslots = self.slots.len() as u64;
+        self.stats.memslots_peak = self.stats.memslots_peak.max(self.stats.memslots);
+        Ok(())
+    }
+
+    /// The slot that maps L2-physical `l2`, if any.
+    fn slot_at(&self, l2: u64) -> Option<&Slot> {
+        self.slots.range(..=l2).next_back().map(|(_, s)| s).filter(|s| l2 - s.run.l2 < s.run.size)
+    }
+
+    /// Walk EPT12 for `gpa`.
+    #[must_use]
+    pub fn walk(&self, gpa: u64) -> Walk {
+        ept::walk(&L1Phys(&self.l1_mem), self.eptp, gpa, self.maxphyaddr)
+    }
+
+    /// First touch of L2-physical `gpa` with `access` (R/W/X bits): map its EPT12 leaf into
+    /// VM2 if EPT12 allows the access, else say why not. `pinned` keeps the slot from
+    /// eviction (premapped pages).
+    pub fn fill(&mut self, gpa: u64, access: u64, pinned: bool) -> Result<Fill, EptShadowError> {
+        let (pa, perms, size) = match self.walk(gpa) {
+            Walk::Mapped { pa, perms, page_size } => (pa, perms, page_size),
+            Walk::NotPresent { perms, .. } => return Ok(Fill::Violation { perms }),
+            Walk::Misconfigured { level, entry, why } => return Ok(Fill::Misconfig { level, entry, why }),
+            Walk::BadTableAddress { level, pa } => return Err(EptShadowError::TableOutside { pa, level }),
+        };
+        if perms & access != access {
+            return Ok(Fill::Violation { perms });
+        }
+        let run = Run { l2: gpa & !(size - 1), l1: pa & !(size - 1), size, read_only: perms & ept::WRITE == 0 };
+        if let Some(s) = self.slot_at(gpa).copied() {
+            let same =
+                s.run.read_only == run.read_only && s.run.l1.wrapping_sub(s.run.l2) == run.l1.wrapping_sub(run.l2);
+            if same {
+                if pinned && !s.pinned {
+                    self.slots.get_mut(&s.run.l2).expect("found above").pinned = true;
+                }
+                return Ok(Fill::Mapped { perms });
+            }
+        }
+        // Slots cannot overlap or change their read-only flag: drop what the leaf overlaps
+        // (it is refilled on its next touch, or premapped again at the next entry).
+        let overlapping: Vec<u64> = self
+            .slots
+            .values()
+            .filter(|s| s.run.l2 < run.l2 + run.size && run.l2 < s.run.l2 + s.run.size)
+            .map(|s| s.run.l2)
+            .collect();
+        for k in overlapping {
+            self.delete(k)?;
+        }
+        self.insert_coalesced(run, pinned)?;
+        Ok(Fill::Mapped { perms })
+    }
+
+    /// Add `run`, merged with a slot just below and/or just above it when they continue it
+    /// in both address spaces with the same read-only flag.
+    fn insert_coalesced(&mut self, mut run: Run, mut pinned: bool) -> Result<(), EptShadowError> {
+        let below = run.l2.checked_sub(1).and_then(|a| self.slot_at(a)).copied();
+        let above = self.slots.get(&(run.l2 + run.size)).copied();
+        let mut merged = false;
+        if let Some(b) = below.filter(|b| b.run.read_only == run.read_only && b.run.l1 + b.run.size == run.l1) {
+            self.delete(b.run.l2)?;
+            run = Run { l2: b.run.l2, l1: b.run.l1, size: b.run.size + run.size, read_only: run.read_only };
+            pinned |= b.pinned;
+            merged = true;
+        }
+        if let Some(a) = above.filter(|a| a.run.read_only == run.read_only && run.l1 + run.size == a.run.l1) {
+            self.delete(a.run.l2)?;
+            run.size += a.run.size;
+            pinned |= a.pinned;
+            merged = true;
+        }
+        self.stats.coalesced += u64::from(merged);
+        self.create(run, pinned)
+    }
+
+    /// The memslots as runs, in L2 order.
+    #[must_use]
+    pub fn runs(&self) -> Vec<Run> {
+        self.slots.values().map(|s| s.run).collect()
+    }
+
+    /// Map what KVM's own walk of L2 needs before L2 runs (docs/kvm-exits.md rows 8 and 9: a
+    /// missing memslot under a page walk is a #PF inside L2 and under an instruction fetch an
+    /// emulation failure, neither an exit L0 could reflect): every L2 paging structure
+    /// reachable from CR3, the GDT, IDT and TSS, and the pages at RIP and RSP. Pages EPT12
+    /// does not map are left alone (hardware would take the EPT violation when it touches
+    /// them; here KVM would take a #PF: see the known limits). Returns the leaves newly
+    /// mapped.
+    pub fn premap(&mut self, sregs: &kvm_sregs, rip: u64, rsp: u64) -> Result<u64, EptShadowError> {
+        let mut mapped = 0u64;
+        let mut pin = |this: &mut Self, gpa: u64| -> Result<(), EptShadowError> {
+            let had = this.slot_at(gpa).is_some();
+            if matches!(this.fill(gpa, ept::READ, true)?, Fill::Mapped { .. }) && !had {
+                mapped += 1;
+            }
+            Ok(())
+        };
+        // L2's paging structures (4-level paging; SDM 4.5), breadth first.
+        let mut seen = HashSet::new();
+        let mut queue = vec![(sregs.cr3 & ADDR_MASK, 4u8)];
+        while let Some((table, level)) = queue.pop() {
+            if !seen.insert(table) || seen.len() > MAX_PREMAP_TABLES {
+                continue;
+            }
+            pin(self, table)?;
+            if level == 1 {
+                continue;
+            }
+            let page = self.read_l2(&[], table, 4096);
+            for e in page.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
+                let large = (level == 2 || level == 3) && e & (1 << 7) != 0;
+                if e & 1 != 0 && !large {
+                    queue.push((e & ADDR_MASK, level - 1));
+                }
+            }
+        }
+        // Linear ranges KVM touches without an exit of its own.
+        let ranges = [
+            (sregs.gdt.base, u64::from(sregs.gdt.limit) + 1),
+            (sregs.idt.base, u64::from(sregs.idt.limit) + 1),
+            (sregs.tr.base, u64::from(sregs.tr.limit) + 1),
+            (rip, 16),
+            (rsp.wrapping_sub(8), 16),
+        ];
+        for (base, len) in ranges {
+            let mut page = base & !0xFFF;
+            let end = base.saturating_add(len);
+            while page < end {
+                if let Some(gpa) = self.l2_phys(sregs.cr3, page) {
+                    pin(self, gpa)?;
+                }
+                page += 4096;
+            }
+        }
+        self.stats.premapped += mapped;
+        Ok(mapped)
+    }
+
+    /// L2-linear `linear` as L2-physical, through L2's paging read through EPT12.
+    #[must_use]
+    pub fn l2_phys(&self, cr3: u64, linear: u64) -> Option<u64> {
+        let read = |pa: u64| {
+            let b = self.read_l2(&[], pa, 8);
+            b.try_into().map(u64::from_le_bytes).map_err(|_| crate::memory::MemoryError::OutOfRange {
+                gpa: pa,
+                len: 8,
+                size: 0,
+            })
+        };
+        crate::paging::translate_with(read, cr3, linear).ok().map(|t| t.gpa)
+    }
+
+    /// The L1-physical address of L2-physical `l2` under EPT12 (as L1 has it now).
+    fn l1_addr(&self, l2: u64) -> Option<u64> {
+        match self.walk(l2) {
+            Walk::Mapped { pa, .. } => Some(pa),
+            _ => None,
+        }
+    }
+
+    /// Write one byte of L2 memory at L2-physical `l2` (ignored where EPT12 maps nothing).
+    /// `_runs` is unused: L0 reads and writes L2 memory through EPT12 itself.
+    pub fn write_l2(&self, _runs: &[Run], l2: u64, byte: u8) {
+        if let Some(pa) = self.l1_addr(l2) {
             let _ = self.l1_mem.write(pa, &[byte]);
         }
     }
 
-    /// Read `len` bytes of L2 memory at L2-physical `l2` through the current runs (for
-    /// instruction decoding); short at the first unmapped byte.
+    /// Read `len` bytes of L2 memory at L2-physical `l2` through EPT12 (for instruction
+    /// decoding and L2's paging structures); short at the first byte EPT12 does not map.
+    /// `_runs` is unused (see [`L2Vm::write_l2`]).
     #[must_use]
-    pub fn read_l2(&self, runs: &[Run], l2: u64, len: usize) -> Vec<u8> {
+    pub fn read_l2(&self, _runs: &[Run], l2: u64, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
         let mut a = l2;
         while out.len() < len {
-            let Some(r) = runs.iter().find(|r| (r.l2..r.l2 + r.size).contains(&a)) else { break };
-            let n = ((r.l2 + r.size - a) as usize).min(len - out.len());
-            match self.l1_mem.read_vec(r.l1 + (a - r.l2), n as u64) {
+            let Some(pa) = self.l1_addr(a) else { break };
+            let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
+            match self.l1_mem.read_vec(pa, n as u64) {
                 Ok(bytes) => out.extend(bytes),
                 Err(_) => break,
             }
             a += n as u64;
         }
         out
+    }
+
+    /// Write `bytes` of L2 memory at L2-physical `l2` through EPT12 (a store KVM retired
+    /// into an exit, completed by L0 after a fill). Returns whether every byte landed.
+    pub fn write_l2_bytes(&self, l2: u64, bytes: &[u8]) -> bool {
+        let mut done = 0;
+        while done < bytes.len() {
+            let a = l2 + done as u64;
+            let Some(pa) = self.l1_addr(a) else { return false };
+            let n = (4096 - (a & 0xFFF) as usize).min(bytes.len() - done);
+            if self.l1_mem.write(pa, &bytes[done..done + n]).is_err() {
+                return false;
+            }
+            done += n;
+        }
+        true
+    }
+
+    /// Time a fill for the counters.
+    pub fn note_fill(&mut self, started: Instant) {
+        self.stats.fills += 1;
+        self.stats.fill_ns += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
     }
 }
 

@@ -3,8 +3,10 @@
 pub mod caps;
 pub mod engine;
 pub mod entry_checks;
+pub mod ept_fault;
 pub mod io_decode;
 pub mod l2vm;
+pub mod msr;
 pub mod transitions;
 pub mod vmcs12;
 pub mod vmx_ops;

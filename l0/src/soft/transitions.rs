@@ -170,8 +170,10 @@ pub struct ExitInfo {
     pub insn_len: u32,
     /// VM-exit instruction information.
     pub insn_info: u32,
-    /// Guest-linear address (INS/OUTS).
+    /// Guest-linear address (INS/OUTS, EPT violations).
     pub guest_linear: u64,
+    /// Guest-physical address (EPT violations and misconfigurations, SDM 28.2.1).
+    pub guest_physical: u64,
 }
 
 /// Write the exit-information fields (SDM 28.2.1-28.2.5). No event was being delivered
@@ -183,6 +185,7 @@ pub fn write_exit_info(v: &Vmcs12<'_>, info: &ExitInfo) {
     v.set(Field32::VmExitInstructionLength.encoding(), u64::from(info.insn_len));
     v.set(Field32::VmExitInstructionInfo.encoding(), u64::from(info.insn_info));
     v.set(FieldNatural::GuestLinearAddress.encoding(), info.guest_linear);
+    v.set(Field64::GuestPhysicalAddress.encoding(), info.guest_physical);
     v.set(Field32::VmExitInterruptionInfo.encoding(), 0);
     v.set(Field32::IdtVectoringInfo.encoding(), 0);
 }

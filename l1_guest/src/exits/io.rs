@@ -273,6 +273,17 @@ fn finish<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) -> ! {
         }
         mismatches = check.mismatches;
     }
+    let msrs = run.msrs;
+    if msrs.gs_base_writes > 0 {
+        crate::println!(
+            "l1: wrmsr: {} writes of MSR {:#x} checked, {} mismatches, last value {:#x}",
+            msrs.gs_base_writes,
+            super::rdmsr::IA32_KERNEL_GS_BASE,
+            msrs.gs_base_mismatches,
+            msrs.read(super::rdmsr::IA32_KERNEL_GS_BASE).unwrap_or(0)
+        );
+    }
+    mismatches += msrs.gs_base_mismatches;
     // SAFETY: results_pa is the L1 frame behind L2's results page (a whole page).
     let page = unsafe { core::slice::from_raw_parts(run.results_pa as *const u8, size_of::<PayloadResults>()) };
     let mut results = PayloadResults::from_bytes(page).unwrap_or(run.report.results);

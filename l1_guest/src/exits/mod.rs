@@ -6,11 +6,14 @@
 //! VMREAD/VMWRITE of a shadowed field is a few inlined instructions on the soft engine.
 
 pub mod cpuid;
+pub mod ept_violation;
 pub mod hlt;
 pub mod io;
+pub mod rdmsr;
 pub mod triple_fault;
 pub mod unexpected;
 pub mod vmcall;
+pub mod wrmsr;
 
 use core::sync::atomic::Ordering;
 
@@ -74,6 +77,10 @@ pub struct RunState {
     pub cr3: u64,
     /// The io_encodings check, when that payload runs.
     pub io_check: Option<io::IoCheck>,
+    /// The MSRs L1 intercepts and emulates (RDMSR/WRMSR exits).
+    pub msrs: rdmsr::EmulatedMsrs,
+    /// The EPT payloads' pool and L1's frame allocator, when one of them runs.
+    pub ept: Option<ept_violation::EptPool>,
 }
 
 impl RunState {
@@ -112,6 +119,8 @@ impl RunState {
             eptp: 0,
             cr3: 0,
             io_check: None,
+            msrs: rdmsr::EmulatedMsrs::new(),
+            ept: None,
         }
     }
 
@@ -216,6 +225,9 @@ pub fn dispatch<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs) {
                 r if r == ExitReason::Cpuid as u32 => cpuid::handle(b, regs, run, reason),
                 r if r == ExitReason::Vmcall as u32 => vmcall::handle(b, regs, run, reason),
                 r if r == ExitReason::TripleFault as u32 => triple_fault::handle(b, run, reason),
+                r if r == ExitReason::Rdmsr as u32 => rdmsr::handle(b, regs, run, reason),
+                r if r == ExitReason::Wrmsr as u32 => wrmsr::handle(b, regs, run, reason),
+                r if r == ExitReason::EptViolation as u32 => ept_violation::handle(b, run, reason),
                 _ => unexpected::handle(b, reason),
             }
         }

@@ -117,6 +117,12 @@ impl Controls {
         self.exit & exit::LOAD_EFER != 0
     }
 
+    /// Whether "use MSR bitmaps" is set (SDM 25.6.9).
+    #[must_use]
+    pub const fn uses_msr_bitmaps(&self) -> bool {
+        self.proc1 & proc1::USE_MSR_BITMAPS != 0
+    }
+
     /// Whether the VM-entry controls load IA32_EFER.
     #[must_use]
     pub const fn entry_load_efer(&self) -> bool {
@@ -150,7 +156,9 @@ impl core::fmt::Display for CapsError {
 /// The controls for running a payload (at CPL 0 when `cpl0`):
 /// * pin-based: nothing;
 /// * primary: unconditional I/O exiting and activate secondary controls, plus HLT exiting at
-///   CPL 0 (at CPL 3 HLT is a #GP, never an exit);
+///   CPL 0 (at CPL 3 HLT is a #GP, never an exit); "use MSR bitmaps" where allowed (without
+///   it every RDMSR/WRMSR exits, SDM 26.1.3, which the soft engine cannot honour for the
+///   x2APIC range);
 /// * secondary: enable EPT;
 /// * VM-exit: host address-space size (a 64-bit host, SDM 27.2.1.2), optionally save/load
 ///   IA32_EFER;
@@ -170,7 +178,7 @@ pub fn compute_controls(caps: &VmxCaps, cpl0: bool) -> Result<Controls, CapsErro
             "primary processor-based",
             caps.proc1,
             proc1::UNCONDITIONAL_IO_EXITING | proc1::ACTIVATE_SECONDARY_CONTROLS | hlt,
-            0,
+            proc1::USE_MSR_BITMAPS,
         )?,
         proc2: adjust("secondary processor-based", caps.proc2, proc2::ENABLE_EPT, 0)?,
         exit: adjust("VM-exit", caps.exit, exit::HOST_ADDRESS_SPACE_SIZE, exit::SAVE_EFER | exit::LOAD_EFER)?,
@@ -277,7 +285,11 @@ mod tests {
         assert_eq!(c.pin, 0x16, "only the default1 bits");
         assert_eq!(
             c.proc1,
-            0x0400_6172 | proc1::UNCONDITIONAL_IO_EXITING | proc1::ACTIVATE_SECONDARY_CONTROLS | proc1::HLT_EXITING
+            0x0400_6172
+                | proc1::UNCONDITIONAL_IO_EXITING
+                | proc1::ACTIVATE_SECONDARY_CONTROLS
+                | proc1::HLT_EXITING
+                | proc1::USE_MSR_BITMAPS
         );
         assert_eq!(c.proc2, proc2::ENABLE_EPT);
         assert_eq!(c.exit, 0x0003_6DFB | exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_EFER | exit::LOAD_EFER);
@@ -304,6 +316,7 @@ mod tests {
             assert!(!c.exit_load_efer() && !c.entry_load_efer(), "not advertised: dropped, not an error");
             assert_eq!(c.exit, 0x36DFF | exit::HOST_ADDRESS_SPACE_SIZE);
             assert_eq!(c.entry, 0x11FF | entry::IA32E_MODE_GUEST);
+            assert!(!c.uses_msr_bitmaps(), "not advertised: every RDMSR/WRMSR exits");
         }
     }
 

@@ -1,13 +1,15 @@
 //! L1's VMX layer: one [`VmxBackend`] trait over the VMX instructions, two backends
 //! ([`hw`]: the real instructions; [`soft`]: the soft engine's hypercalls and shadowed
 //! VMCS12 page), typed VMCS accessors ([`Vmcs`]), capabilities and control adjustment
-//! ([`caps`]), the VMCS contents ([`setup`]) and the VM-entry/VM-exit stub ([`entry`]).
+//! ([`caps`]), the VMCS contents ([`setup`]), the MSR bitmap ([`msr_bitmap`]) and the
+//! VM-entry/VM-exit stub ([`entry`]).
 //!
 //! Everything above the backend is the same code on every engine (shared/DESIGN.md).
 
 pub mod caps;
 pub mod entry;
 pub mod hw;
+pub mod msr_bitmap;
 pub mod setup;
 pub mod soft;
 

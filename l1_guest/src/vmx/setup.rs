@@ -201,9 +201,10 @@ impl Writes {
     }
 }
 
-/// Every VMWRITE of a complete VMCS for a 64-bit L2 at `guest.cpl`.
+/// Every VMWRITE of a complete VMCS for a 64-bit L2 at `guest.cpl`; `msr_bitmap` is the
+/// MSR bitmap's address, written when the controls use MSR bitmaps.
 #[must_use]
-pub fn vmcs_writes(controls: &Controls, eptp: u64, guest: &GuestConfig, host: &HostConfig) -> Writes {
+pub fn vmcs_writes(controls: &Controls, eptp: u64, msr_bitmap: u64, guest: &GuestConfig, host: &HostConfig) -> Writes {
     use Field16 as F16;
     use Field32 as F32;
     use Field64 as F64;
@@ -226,6 +227,10 @@ pub fn vmcs_writes(controls: &Controls, eptp: u64, guest: &GuestConfig, host: &H
     w.push(W32(F32::VmEntryMsrLoadCount, 0));
     w.push(W32(F32::VmEntryInterruptionInfo, 0));
     w.push(W64(F64::EptPointer, eptp));
+    // SDM 25.6.9, 27.2.1.1: 4-KByte aligned, within the physical-address width.
+    if controls.uses_msr_bitmaps() {
+        w.push(W64(F64::MsrBitmap, msr_bitmap));
+    }
     // L2 owns CR0/CR4 (no guest/host mask): reads of CR0/CR4 see the real values.
     w.push(Nat(N::Cr0GuestHostMask, 0));
     w.push(Nat(N::Cr4GuestHostMask, 0));
@@ -349,7 +354,7 @@ mod tests {
     fn record(cpl: u8) -> Recording {
         let (c, g, h) = configs(cpl);
         let mut b = Recording::default();
-        vmcs_writes(&c, 0x50_001E, &g, &h).apply(&mut b).unwrap();
+        vmcs_writes(&c, 0x50_001E, 0x51_0000, &g, &h).apply(&mut b).unwrap();
         b
     }
 
@@ -391,6 +396,7 @@ mod tests {
         assert_eq!(g(FieldNatural::GuestCr0.encoding()) & 0x8000_0021, 0x8000_0021, "PE, NE, PG");
         assert_eq!(g(Field64::GuestIa32Efer.encoding()), 0x500, "LME | LMA with 'load IA32_EFER'");
         assert_eq!(g(Field64::EptPointer.encoding()), 0x50_001E);
+        assert_eq!(g(Field64::MsrBitmap.encoding()), 0x51_0000, "Skylake nested KVM allows MSR bitmaps");
         assert_eq!(g(Field32::ExceptionBitmap.encoding()), 0);
         assert_eq!(g(Field32::Cr3TargetCount.encoding()), 0);
         assert_ne!(g(Field32::VmEntryControls.encoding()) & u64::from(entry::IA32E_MODE_GUEST), 0);
@@ -423,7 +429,7 @@ mod tests {
         c.exit &= !(exit::LOAD_EFER | exit::SAVE_EFER);
         c.entry &= !entry::LOAD_EFER;
         let mut b = Recording::default();
-        vmcs_writes(&c, 0x50_001E, &g, &h).apply(&mut b).unwrap();
+        vmcs_writes(&c, 0x50_001E, 0x51_0000, &g, &h).apply(&mut b).unwrap();
         assert!(!b.fields.contains_key(&Field64::HostIa32Efer.encoding()));
         assert!(!b.fields.contains_key(&Field64::GuestIa32Efer.encoding()));
     }
@@ -431,7 +437,7 @@ mod tests {
     #[test]
     fn replace_perturbs_one_field() {
         let (c, g, h) = configs(0);
-        let mut w = vmcs_writes(&c, 0x50_001E, &g, &h);
+        let mut w = vmcs_writes(&c, 0x50_001E, 0x51_0000, &g, &h);
         assert!(w.replace(Write::Nat(FieldNatural::GuestRflags, 0)));
         assert!(!w.replace(Write::F64(Field64::TscOffset, 1)));
         let mut b = Recording::default();

@@ -1,0 +1,176 @@
+//! EPT-violation exits (basic reason 48; SDM 28.2.1, Table 28-7 qualification; the
+//! guest-physical address in GUEST_PHYSICAL_ADDRESS, 0x2400, and the guest-linear address in
+//! GUEST_LINEAR_ADDRESS, 0x640A, when qualification bit 7 says it is valid).
+//!
+//! The EPT payloads' data region ([`EPT_DATA_GPA`], [`EPT_DATA_PAGES`]) is mapped by L2's
+//! paging but, for `ept_touch`, not by EPT12: L1 seeds a pool of scattered L1 pages before
+//! the launch and maps one of them on demand at each first touch, then resumes L2 at the same
+//! instruction (SDM 28.2.1: an EPT violation is fault-like, guest RIP is the faulting
+//! instruction). For `ept_fill` the whole pool is mapped before the launch, so any violation
+//! there is unexpected. For `ept_ro` it is mapped read-only before the launch: a write is a
+//! violation with the write bit and R in bits 5:3, which L1 resolves by granting write (an
+//! EPT violation invalidates the cached translations of the faulting address, SDM 29.4.3.1,
+//! so the retry sees the new permission without INVEPT). No INVEPT is needed after a not-present entry becomes present (SDM
+//! 29.4.3.3: a processor does not cache translations for not-present EPT entries).
+
+use nestbench_abi::ept::{READ, RWX, WRITE};
+use nestbench_abi::payload::{EPT_DATA_GPA, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, ept_pattern};
+use nestbench_abi::vmcs::{Field64, FieldNatural};
+
+use super::{EXIT_UNEXPECTED_EXIT, RunState, must};
+use crate::ept_builder::{EptBuilder, EptError, FrameMemory, PageSize};
+use crate::l2::L1Frames;
+use crate::vmx::{Vmcs, VmxBackend};
+
+const PAGE: u64 = 4096;
+
+/// Qualification bit 0: the access was a data read (Table 28-7).
+pub const QUAL_READ: u64 = 1 << 0;
+/// Bit 1: a data write.
+pub const QUAL_WRITE: u64 = 1 << 1;
+/// Bit 2: an instruction fetch.
+pub const QUAL_FETCH: u64 = 1 << 2;
+/// Bits 5:3: the EPT permissions (R, W, X) of the translation, the AND over the entries
+/// used; 0 when one of them is not present.
+pub const QUAL_PERMS_SHIFT: u32 = 3;
+/// Bit 7: the guest-linear-address field is valid.
+pub const QUAL_LINEAR_VALID: u64 = 1 << 7;
+/// Bit 8 (with bit 7): the access was to the final translation of the linear address,
+/// not to a paging-structure entry during the walk.
+pub const QUAL_FINAL_TRANSLATION: u64 = 1 << 8;
+
+/// The EPT payloads' pool of seeded L1 pages.
+#[derive(Debug)]
+pub struct EptPool {
+    /// L1's frame allocator after the setup (EPT12 tables allocated on demand come from it).
+    pub frames: L1Frames,
+    /// The L1 frame of data page 0; data page `i` lives at `first - i * 4096` (the
+    /// allocator hands out descending frames: ascending L2 pages land on descending,
+    /// non-contiguous L1 pages).
+    pub first: u64,
+    /// Data pages in the pool.
+    pub pages: u64,
+    /// `ept_touch`: map on the first touch. `ept_fill`, `ept_ro`: mapped before the launch.
+    pub on_demand: bool,
+    /// `ept_ro`: mapped read-only; a write gets write permission.
+    pub read_only: bool,
+    /// Violations resolved by mapping a pool page.
+    pub resolved: u64,
+}
+
+impl EptPool {
+    /// Seed `pages` (at most [`EPT_DATA_PAGES`]) pool pages from `frames`, each with the
+    /// [`ept_pattern`] of the data page it will back, and with `on_demand` false map them all
+    /// into the EPT12 at `eptp` right away.
+    pub fn setup(
+        mut frames: L1Frames,
+        eptp: u64,
+        pages: u64,
+        on_demand: bool,
+        read_only: bool,
+    ) -> Result<Self, EptError> {
+        let pages = pages.min(EPT_DATA_PAGES);
+        let mut first = 0;
+        for i in 0..pages {
+            let pa = frames.alloc_zeroed_page().ok_or(EptError::OutOfFrames)?;
+            if i == 0 {
+                first = pa;
+            } else if pa != first - i * PAGE {
+                return Err(EptError::OutOfFrames);
+            }
+            let gpa = EPT_DATA_GPA + i * PAGE;
+            for off in EPT_PATTERN_OFFSETS {
+                frames.write_u64(pa + off, ept_pattern(gpa, off));
+            }
+        }
+        let mut pool = Self { frames, first, pages, on_demand, read_only, resolved: 0 };
+        if !on_demand {
+            for i in 0..pages {
+                pool.map(eptp, EPT_DATA_GPA + i * PAGE)?;
+            }
+        }
+        Ok(pool)
+    }
+
+    /// The pool frame that backs L2-physical `gpa`, if `gpa` is in the pool's range.
+    #[must_use]
+    pub const fn frame_for(&self, gpa: u64) -> Option<u64> {
+        if gpa < EPT_DATA_GPA || gpa >= EPT_DATA_GPA + self.pages * PAGE {
+            return None;
+        }
+        Some(self.first - (gpa - EPT_DATA_GPA) / PAGE * PAGE)
+    }
+
+    fn map(&mut self, eptp: u64, gpa: u64) -> Result<(), EptError> {
+        let page = gpa & !(PAGE - 1);
+        let pa = self.frame_for(page).ok_or(EptError::AlreadyMapped { gpa })?;
+        let perms = if self.read_only { READ } else { RWX };
+        EptBuilder::from_eptp(eptp).map(&mut self.frames, page, pa, PageSize::Size4K, perms)
+    }
+
+    /// Resolve a violation: a read or write of a not-present pool page (qualification bits
+    /// 5:3 all 0) is mapped read/write. Anything else is not L1's to fix.
+    pub fn resolve(&mut self, eptp: u64, gpa: u64, qualification: u64) -> bool {
+        let perms = (qualification >> QUAL_PERMS_SHIFT) & RWX;
+        let data = qualification & (QUAL_READ | QUAL_WRITE) != 0 && qualification & QUAL_FETCH == 0;
+        if self.read_only && qualification & QUAL_WRITE != 0 && perms == READ && self.frame_for(gpa).is_some() {
+            let ok = EptBuilder::from_eptp(eptp).set_permissions(&mut self.frames, gpa & !(PAGE - 1), RWX) == Ok(true);
+            self.resolved += u64::from(ok);
+            return ok;
+        }
+        if !self.on_demand || !data || perms != 0 || self.frame_for(gpa).is_none() {
+            return false;
+        }
+        let ok = self.map(eptp, gpa).is_ok();
+        self.resolved += u64::from(ok);
+        ok
+    }
+}
+
+const _: () = assert!(WRITE == 1 << 1);
+
+/// Record the exit; map the page for `ept_touch`; anything else stops the run.
+pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
+    let q = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
+    let gpa = must(b.read64(Field64::GuestPhysicalAddress), "VMREAD guest-physical address");
+    let linear = if q & QUAL_LINEAR_VALID != 0 {
+        must(b.read_nat(FieldNatural::GuestLinearAddress), "VMREAD guest-linear address")
+    } else {
+        0
+    };
+    let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
+    // SDM 28.2.4: the VM-exit instruction length is undefined for EPT violations: not read.
+    run.record(reason, 0, q, rip, 0, linear);
+    let eptp = run.eptp;
+    if run.ept.as_mut().is_some_and(|p| p.resolve(eptp, gpa, q)) {
+        return;
+    }
+    crate::println!(
+        "l1: EPT violation L1 cannot resolve: guest-physical {gpa:#x}, linear {linear:#x}, qualification {q:#x}, RIP {rip:#x}"
+    );
+    crate::hypercall::exit(EXIT_UNEXPECTED_EXIT)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_not_present_data_accesses_inside_an_on_demand_pool_are_resolved() {
+        let frames = L1Frames::new();
+        // Host test: no frame is touched by `frame_for` or the checks before `map`.
+        let pool = EptPool { frames, first: 0x1F0_0000, pages: 4, on_demand: true, read_only: false, resolved: 0 };
+        assert_eq!(pool.frame_for(EPT_DATA_GPA), Some(0x1F0_0000));
+        assert_eq!(pool.frame_for(EPT_DATA_GPA + 3 * PAGE + 8), Some(0x1F0_0000 - 3 * PAGE));
+        assert_eq!(pool.frame_for(EPT_DATA_GPA + 4 * PAGE), None);
+        assert_eq!(pool.frame_for(EPT_DATA_GPA - 1), None);
+        let mut p = pool;
+        let q = QUAL_READ | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION;
+        assert!(!p.resolve(0, EPT_DATA_GPA + 4 * PAGE, q), "outside the pool");
+        assert!(!p.resolve(0, EPT_DATA_GPA, q | QUAL_FETCH), "a fetch");
+        assert!(!p.resolve(0, EPT_DATA_GPA, q | 1 << QUAL_PERMS_SHIFT), "present, read-only: not a missing page");
+        p.on_demand = false;
+        assert!(!p.resolve(0, EPT_DATA_GPA, q), "ept_fill maps everything up front");
+        assert_eq!(p.resolved, 0);
+    }
+}
