@@ -134,5 +134,4 @@ impl Vm {
         vcpu.set_regs_now(&x86_setup::entry_regs(entry, rsp, rdi, cpl))?;
         Ok(vcpu)
     }
-
 }
