@@ -94,6 +94,9 @@ pub struct MachineConfig {
     pub soft: Option<SoftConfig>,
     /// The L2 payload L1 should run.
     pub payload: Option<PayloadSpec>,
+    /// Soft engine: keep at most this many memslots in VM2 (below KVM's own limit), so
+    /// that the EPT12 shadow evicts (`ept.evictions`); `None`: KVM's limit.
+    pub memslot_limit: Option<usize>,
 }
 
 /// Settings of the soft engine.
@@ -128,6 +131,7 @@ impl Default for MachineConfig {
             scenario: Scenario::Probe,
             soft: None,
             payload: None,
+            memslot_limit: None,
         }
     }
 }
@@ -293,7 +297,9 @@ impl VcpuThread {
         let kicker = self.vcpu.bind_to_current_thread()?;
         if let Some(cfg) = self.config.soft {
             let kvm = crate::vm::open_kvm(&self.config.kvm_path)?;
-            self.soft = Some((SoftVmx::new(cfg.vmcs_shadowing), kvm));
+            let mut soft = SoftVmx::new(cfg.vmcs_shadowing);
+            soft.set_memslot_limit(self.config.memslot_limit);
+            self.soft = Some((soft, kvm));
         }
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
         let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());

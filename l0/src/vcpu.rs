@@ -143,6 +143,15 @@ pub struct Kicker {
 unsafe impl Send for Kicker {}
 
 impl Kicker {
+    /// A kicker of the calling thread (installs the kick handler if no vCPU did yet): for a
+    /// second source of kicks on a thread that runs vCPUs (the soft engine's preemption
+    /// timer), whose kick lands on that thread's current kick target.
+    pub fn current_thread() -> Result<Self, VcpuError> {
+        install_kick_handler()?;
+        // SAFETY: pthread_self has no preconditions.
+        Ok(Self { thread: unsafe { libc::pthread_self() } })
+    }
+
     /// Send the kick signal. Harmless if the vCPU is not in KVM_RUN: the next KVM_RUN then
     /// returns at once.
     pub fn kick(&self) {
@@ -312,6 +321,29 @@ impl Vcpu {
     /// running the guest: Documentation/virt/kvm/api.rst, `immediate_exit`).
     pub fn set_immediate_exit(&mut self, on: bool) {
         self.fd.set_kvm_immediate_exit(u8::from(on));
+    }
+
+    /// Ask KVM to return with KVM_EXIT_IRQ_WINDOW_OPEN as soon as the guest can take an
+    /// external interrupt (`kvm_run.request_interrupt_window`, for VMs without an in-kernel
+    /// irqchip: Documentation/virt/kvm/api.rst).
+    pub fn set_request_interrupt_window(&mut self, on: bool) {
+        self.run_struct().request_interrupt_window = u8::from(on);
+    }
+
+    /// `kvm_run.ready_for_interrupt_injection` and `if_flag` after the last KVM_RUN.
+    pub fn interrupt_readiness(&mut self) -> (bool, bool) {
+        let run = self.run_struct();
+        (run.ready_for_interrupt_injection != 0, run.if_flag != 0)
+    }
+
+    /// KVM_INTERRUPT: queue external interrupt `vector` (VMs without an in-kernel irqchip).
+    pub fn interrupt(&self, vector: u8) -> Result<(), VcpuError> {
+        vmm_sys_util::ioctl_iow_nr!(KVM_INTERRUPT, kvm_bindings::KVMIO, 0x86, kvm_bindings::kvm_interrupt);
+        let irq = kvm_bindings::kvm_interrupt { irq: u32::from(vector) };
+        // SAFETY: KVM_INTERRUPT on a vCPU fd reads one `struct kvm_interrupt`, which `irq` is,
+        // and writes nothing back.
+        let r = unsafe { vmm_sys_util::ioctl::ioctl_with_ref(&self.fd, KVM_INTERRUPT(), &irq) };
+        if r < 0 { Err(VcpuError::Ioctl { op: "KVM_INTERRUPT", source: kvm_ioctls::Error::last() }) } else { Ok(()) }
     }
 
     /// The general registers (from sync regs when available).

@@ -97,6 +97,19 @@ fn exit_records_are_equal_on_soft_and_bochs() {
         let soft = on_soft(m.name, 20);
         let (bochs, _) = on_bochs(m.name, 20, "corei7_skylake_x");
         assert_eq!(soft.exits, bochs.exits, "{}: exits per reason", m.name);
+        if m.name == "preempt_timer" {
+            // VMX-preemption timer exits are timing-dependent on both engines (the soft
+            // engine counts host time of L2, Bochs its emulated TSC): where L2 was preempted
+            // (RIP) differs from run to run, so only reason, qualification and instruction
+            // length are compared, record for record. The counts above are exact on both by
+            // construction (L1 re-arms until 20 exits, then clears the control), not by timing.
+            let rql = |r: &ExitRecord| (r.reason, r.qualification, r.insn_len);
+            let s: Vec<_> = soft.exit_records.iter().map(rql).collect();
+            let b: Vec<_> = bochs.exit_records.iter().map(rql).collect();
+            assert_eq!(s, b, "preempt_timer: (reason, qualification, length) per record: soft vs bochs");
+            println!("preempt_timer: {} exit records equal on soft and bochs (reason, qualification, length)", s.len());
+            continue;
+        }
         let s: Vec<_> = soft.exit_records.iter().map(key).collect();
         let b: Vec<_> = bochs.exit_records.iter().map(key).collect();
         for (i, (x, y)) in s.iter().zip(&b).enumerate() {

@@ -861,3 +861,104 @@ fn flush_with_immediate_exit_then_set_regs_restores_the_exit_state() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Row K: a kick (the soft engine's VMX-preemption timer) out of a guest that never exits.
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn a_kick_returns_eintr_at_an_instruction_boundary_with_nothing_pending() {
+    for cpl in CPLS {
+        // `l: add rbx, 1; jmp l`: the guest never exits on its own.
+        let mut g = Guest::boot(
+            cpl,
+            no_setup,
+            |r| r.rbx = 0,
+            |a| {
+                let mut l = a.create_label();
+                a.set_label(&mut l)?;
+                a.add(rbx, 1)?;
+                a.jmp(l)
+            },
+        );
+        let kicker = l0::vcpu::Kicker::current_thread().unwrap();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(20));
+            kicker.kick();
+        });
+        let exit = g.vcpu.run().expect("KVM_RUN");
+        t.join().unwrap();
+        assert_eq!(exit, Exit::Interrupted, "{g}: a kick is EINTR");
+        assert!(!g.watchdog.fired(), "{g}: the kick, not the watchdog");
+        let r = g.regs();
+        let jmp = g.at + 4; // `add rbx, 1` is 48 83 C3 01.
+        assert!(r.rip == g.at || r.rip == jmp, "{g}: RIP {:#x} at an instruction boundary of the loop", r.rip);
+        assert!(r.rbx > 0, "{g}: the guest ran");
+        assert_eq!(g.vcpu.regs().unwrap().rip, r.rip, "{g}: sync regs are stored at EINTR too");
+        g.run_immediate();
+        assert_eq!(g.regs(), r, "{g}: nothing pending after a kick");
+        let alt = g.alt;
+        g.edit_regs(false, |r| r.rip = alt);
+        g.expect_alt();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row W: interrupt window and KVM_INTERRUPT on a VM without an in-kernel irqchip.
+// ---------------------------------------------------------------------------------------------
+
+fn irq_loop(a: &mut CodeAssembler) -> Result<(), IcedError> {
+    let mut l = a.create_label();
+    a.set_label(&mut l)?;
+    a.add(rbx, 1)?;
+    a.jmp(l)
+}
+
+#[test]
+fn interrupt_window_is_exact_at_cpl3_late_at_cpl0_and_kvm_interrupt_is_delivered() {
+    for cpl in CPLS {
+        let mut g = Guest::boot(cpl, no_setup, |r| r.rflags |= 0x200, irq_loop);
+        g.vcpu.set_request_interrupt_window(true);
+        let e = g.run();
+        let r = g.regs();
+        assert_eq!(e, Exit::Other(7), "{g}: KVM_EXIT_IRQ_WINDOW_OPEN");
+        assert_eq!(g.vcpu.interrupt_readiness(), (true, true), "{g}: ready_for_interrupt_injection, if_flag");
+        if cpl == Cpl::User {
+            assert_eq!(r.rip, g.at, "{g}: RIP at the first instruction");
+            assert_eq!(r.rbx, 0, "{g}: IF = 1 at entry: the window exit comes before any instruction");
+        } else {
+            assert!(r.rip == g.at || r.rip == g.at + 4, "{g}: RIP {:#x} at a boundary of the loop", r.rip);
+            // kvm_pvm emulates CPL 0 in batches: the window exit comes after some of the loop
+            // ran, not before the first instruction as hardware's interrupt-window exit would.
+            assert!(r.rbx > 0, "{g}: upstream KVM exits before the first instruction here");
+        }
+        g.vcpu.set_request_interrupt_window(false);
+        g.vcpu.interrupt(0x20).unwrap();
+        // No IDT in this guest: the delivered interrupt is a triple fault.
+        assert_eq!(g.run(), Exit::Shutdown, "{g}: KVM_INTERRUPT is delivered at the next entry");
+    }
+    // IF = 0 at CPL 0, then `sti; add rcx, 1; add rcx, 1`: hardware opens the window after
+    // the instruction in the STI shadow (RCX = 1); this host reports it one instruction later.
+    let mut g = Guest::boot(
+        Cpl::Kernel,
+        no_setup,
+        |r| r.rflags &= !0x200,
+        |a| {
+            let mut l = a.create_label();
+            a.set_label(&mut l)?;
+            a.add(rbx, 1)?;
+            a.cmp(rbx, 1000)?;
+            a.jb(l)?;
+            a.sti()?;
+            a.add(rcx, 1)?;
+            a.add(rcx, 1)?;
+            let mut m = a.create_label();
+            a.set_label(&mut m)?;
+            a.jmp(m)
+        },
+    );
+    g.vcpu.set_request_interrupt_window(true);
+    assert_eq!(g.run(), Exit::Other(7), "{g}");
+    let r = g.regs();
+    assert_eq!((r.rbx, r.rcx), (1000, 2), "{g}: the window exit comes one instruction after hardware's");
+}

@@ -24,17 +24,32 @@ impl Nested {
 }
 
 fn run_nested(payload: &str, iterations: u64, shadowing: bool) -> Nested {
+    run_nested_with(payload, iterations, 0, SoftConfig { vmcs_shadowing: shadowing })
+}
+
+fn run_nested_with(payload: &str, iterations: u64, arg: u64, soft: SoftConfig) -> Nested {
+    run_nested_config(payload, iterations, arg, soft, None)
+}
+
+fn run_nested_config(
+    payload: &str,
+    iterations: u64,
+    arg: u64,
+    soft: SoftConfig,
+    memslot_limit: Option<usize>,
+) -> Nested {
     let m = l2_payloads::find(payload).expect("a known payload");
     let config = MachineConfig {
         timeout: Duration::from_secs(60),
-        soft: Some(SoftConfig { vmcs_shadowing: shadowing }),
+        soft: Some(soft),
         payload: Some(PayloadSpec {
             name: m.name.into(),
             elf: l0::images::payload_elf(m.name),
             cpl: m.cpl,
             iterations: m.iterations(iterations),
-            arg: 0,
+            arg,
         }),
+        memslot_limit,
         ..MachineConfig::default()
     };
     let mut events = Vec::new();
@@ -433,4 +448,247 @@ fn ept_ro_write_is_a_violation_with_the_write_bit_and_the_retry_succeeds() {
     // The payload checked that each page held L1's seed (the read) and then its own value
     // (the write went through after L1 granted write, and not before: the check would see
     // it anyway, so the exact count of violations is the proof).
+}
+
+#[test]
+fn ept_misconfig_is_one_exit_49_with_the_gpa_and_l1_repairs_it() {
+    use nestbench_abi::payload::{EPT_DATA_GPA, EPT_MISCONFIG_PAGES};
+    for arg in [0, 2, EPT_MISCONFIG_PAGES + 3] {
+        let n = run_nested_with("ept_misconfig", 1, arg, SoftConfig { vmcs_shadowing: true });
+        let gpa = EPT_DATA_GPA + arg % EPT_MISCONFIG_PAGES * 4096;
+        assert_eq!(n.payload.exits.len(), 1, "nothing but the misconfiguration: {:?}", n.payload.exits);
+        assert_eq!(exits(&n, ExitReason::EptMisconfiguration), 1);
+        let r = &n.payload.exit_records[0];
+        // SDM 28.2.1: qualification cleared; the guest-linear address is not reported.
+        assert_eq!((r.reason, r.qualification, r.insn_len, r.guest_linear), (49, 0, 0, 0), "{r:?}");
+        // `mov reg, qword ptr [reg]` (REX.W, maybe .R/.B, then 8B /r): RIP at the load,
+        // which retried after the repair.
+        let insn = image_bytes("ept_misconfig", r.rip_offset, 2);
+        assert_eq!((insn[0] & 0xFA, insn[1]), (0x48, 0x8B), "{r:?}: {insn:x?}");
+        // GUEST_PHYSICAL_ADDRESS as L1 read it from its VMCS: the page L1 broke, offset 0.
+        let want = format!("l1: EPT misconfiguration at guest-physical {gpa:#x}, qualification 0x0: repaired");
+        assert!(console(&n).iter().any(|l| l.contains(&want)), "{:?}", console(&n));
+        let s = n.soft();
+        assert_eq!(s.reflected_exits.get(ExitReason::EptMisconfiguration.name()), Some(&1));
+        assert_eq!(s.reflected_total, 2, "the misconfiguration and DONE");
+        assert_eq!(s.l0_only_exits, s.ept.fills);
+    }
+}
+
+#[test]
+fn mmio_register_is_emulated_by_l1_with_exactly_two_violations_per_iteration() {
+    use nestbench_abi::payload::{MMIO_GPA, MMIO_INSN_LEN};
+    let iterations = 25;
+    let n = run_nested("mmio", iterations, true);
+    assert_eq!(n.payload.exits.len(), 1, "nothing but EPT violations: {:?}", n.payload.exits);
+    assert_eq!(exits(&n, ExitReason::EptViolation), 2 * iterations);
+    assert_eq!(n.payload.exit_records.len(), 50);
+    let (w, r) = (&n.payload.exit_records[0], &n.payload.exit_records[1]);
+    // SDM Table 28-7: write (bit 1) / read (bit 0), EPT12 entry not present (bits 5:3 = 0),
+    // linear address valid (bit 7), final translation (bit 8).
+    assert_eq!((w.reason, w.qualification, w.guest_linear), (48, 0x182, MMIO_GPA), "{w:?}");
+    assert_eq!((r.reason, r.qualification, r.guest_linear), (48, 0x181, MMIO_GPA), "{r:?}");
+    assert_eq!(r.rip_offset, w.rip_offset + u64::from(MMIO_INSN_LEN), "the load right after the store");
+    assert_eq!(image_bytes("mmio", w.rip_offset, 14), [0x89, 4, 0x25, 0, 0, 0x60, 0, 0x8B, 4, 0x25, 0, 0, 0x60, 0]);
+    for pair in n.payload.exit_records.chunks(2) {
+        assert_eq!(
+            pair.iter().map(|x| (x.qualification, x.rip_offset)).collect::<Vec<_>>(),
+            [(0x182, w.rip_offset), (0x181, r.rip_offset)]
+        );
+    }
+    let s = n.soft();
+    assert_eq!(s.reflected_exits.get(ExitReason::EptViolation.name()), Some(&(2 * iterations)));
+    assert_eq!(s.reflected_total, 2 * iterations + 1, "and DONE");
+    assert_eq!(s.l0_only_exits, s.ept.fills, "the register page is never filled");
+    // Each read returned L1's value (the payload's check; run_nested asserted no failure).
+}
+
+/// `preempt_timer` with payload argument `arg` (nestbench_abi::payload::PREEMPT_VALUE_GIVEN
+/// and a timer value, or 0 for the default value).
+fn run_preempt_timer(iterations: u64, arg: u64) -> Nested {
+    let m = l2_payloads::find("preempt_timer").expect("a known payload");
+    let config = MachineConfig {
+        timeout: Duration::from_secs(60),
+        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        payload: Some(PayloadSpec {
+            name: m.name.into(),
+            elf: l0::images::payload_elf(m.name),
+            cpl: m.cpl,
+            iterations,
+            arg,
+        }),
+        ..MachineConfig::default()
+    };
+    let mut events = Vec::new();
+    let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
+    let payload = events
+        .iter()
+        .find_map(|e| match e {
+            Event::PayloadRun(p) => Some((**p).clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("L1 reported no payload run; outcome {:?}, events {events:?}", report.outcome));
+    assert_eq!(report.outcome, Outcome::Exited { status: 0 }, "{events:?}");
+    assert_eq!(payload.status, 0);
+    let results = payload.results.as_ref().expect("the payload wrote its results page");
+    assert_eq!((results.iterations, results.failures), (iterations, 0), "{events:?}");
+    Nested { report, payload, events }
+}
+
+#[test]
+fn preempt_timer_gives_exactly_n_timer_exits_with_qualification_0_and_reports_the_overshoot() {
+    let n = run_preempt_timer(30, 0);
+    assert_eq!(exits(&n, ExitReason::PreemptionTimer), 30, "{:?}", n.payload.exits);
+    let other: u64 =
+        n.payload.exits.iter().filter(|(k, _)| *k != ExitReason::PreemptionTimer.name()).map(|(_, v)| v).sum();
+    assert_eq!(other, 0, "nothing but timer exits: {:?}", n.payload.exits);
+    for r in &n.payload.exit_records {
+        assert_eq!((r.reason, r.qualification, r.insn_len), (ExitReason::PreemptionTimer as u32, 0, 0), "{r:?}");
+    }
+    let t = &n.soft().preemption_timer;
+    assert_eq!((t.rate, t.arms, t.exits, t.zero_value_exits), (5, 30, 30, 0), "{t:?}");
+    assert!(t.tsc_khz > 0);
+    // The overshoot is reported, not asserted against wall time: only its sign is checked
+    // (the kick never lands before the deadline; a timer exit taken at an L0-only return
+    // after the budget ran out has a non-negative overshoot too).
+    let (min, max, mean) = (t.overshoot_min_tsc.unwrap(), t.overshoot_max_tsc.unwrap(), t.overshoot_mean_tsc.unwrap());
+    assert!(min >= 0 && min <= max, "{t:?}");
+    println!(
+        "preempt_timer: 30 timer exits, overshoot min {min} / mean {mean:.0} / max {max} TSC ticks at {} kHz, {} stale kicks",
+        t.tsc_khz, t.stale_kicks
+    );
+}
+
+#[test]
+fn preempt_timer_value_0_exits_before_l2s_first_instruction() {
+    let n = run_preempt_timer(5, nestbench_abi::payload::PREEMPT_VALUE_GIVEN);
+    assert_eq!(exits(&n, ExitReason::PreemptionTimer), 5);
+    // Every arm had value 0: each exit came before L2 executed anything, so RIP is the
+    // image's entry point every time, and VM2 never ran for them.
+    let image = std::fs::read(l0::images::payload_elf("preempt_timer")).unwrap();
+    let entry = u64::from_le_bytes(image[24..32].try_into().unwrap()) - nestbench_abi::payload::L2_IMAGE_BASE;
+    assert_eq!(n.payload.exit_records.len(), 5);
+    for r in &n.payload.exit_records {
+        assert_eq!((r.reason, r.qualification, r.rip_offset), (ExitReason::PreemptionTimer as u32, 0, entry), "{r:?}");
+    }
+    let t = &n.soft().preemption_timer;
+    assert_eq!((t.arms, t.exits, t.zero_value_exits), (5, 5, 5), "{t:?}");
+    assert_eq!(t.overshoot_min_tsc, None, "no L2 time, no overshoot");
+}
+
+#[test]
+fn ept_remap_with_invept_of_both_types_shows_l2_the_new_page() {
+    let iterations = 10;
+    let n = run_nested("ept_remap", iterations, true);
+    assert_eq!(n.payload.exits.len(), 1, "{:?}", n.payload.exits);
+    assert_eq!(exits(&n, ExitReason::IoInstruction), iterations);
+    let want = "l1: ept_remap: 10 remaps, INVEPT single-context 5, all-context 5";
+    assert!(console(&n).iter().any(|l| l.contains(want)), "{:?}", console(&n));
+    let s = n.soft();
+    assert_eq!(s.vmx_hypercalls.get("InvEpt"), Some(&iterations), "{:?}", s.vmx_hypercalls);
+    // Every INVEPT drops VM2's slots before the next entry; the first entry builds them.
+    assert_eq!(s.ept_shadow_builds, iterations + 1);
+    assert_eq!(s.ept.resets, iterations + 1);
+    // The payload checked the page's word after every remap (run_nested: no failure): the
+    // new page each time, alternating.
+}
+
+#[test]
+fn pte_remap_l1s_edit_of_an_l2_pte_is_seen_at_the_next_entry() {
+    let iterations = 10;
+    let n = run_nested("pte_remap", iterations, true);
+    assert_eq!(n.payload.exits.len(), 1, "{:?}", n.payload.exits);
+    assert_eq!(exits(&n, ExitReason::IoInstruction), iterations);
+    assert!(console(&n).iter().any(|l| l.contains("l1: pte_remap: 10 L2 PTE changes")), "{:?}", console(&n));
+    let s = n.soft();
+    // Each change is found at the next entry and the page table's slot re-created.
+    assert_eq!(s.ept.table_resyncs, iterations, "{:?}", s.ept);
+    assert!(s.ept.table_resync_slots >= iterations, "{:?}", s.ept);
+    assert_eq!(s.ept.resets, 1, "no INVEPT: the EPT12 shadow stays");
+}
+
+#[test]
+fn ept_touch_passes_under_a_small_memslot_limit_with_evictions_counted() {
+    let pages = 40;
+    let full = run_nested("ept_touch", pages, true);
+    let peak = full.soft().ept.memslots_peak;
+    let limit = 20;
+    assert!(peak > limit as u64, "the limit must bite: peak {peak} without one");
+    let n = run_nested_config("ept_touch", pages, 0, SoftConfig { vmcs_shadowing: true }, Some(limit));
+    // The same exits, exactly, as without a limit; the payload's checks passed (run_nested).
+    assert_eq!(exits(&n, ExitReason::EptViolation), pages);
+    assert_eq!(n.payload.exits.len(), 1, "{:?}", n.payload.exits);
+    let s = n.soft();
+    assert_eq!(s.ept.memslot_limit, limit as u64);
+    assert!(s.ept.memslots_peak <= limit as u64, "never above the limit: {:?}", s.ept);
+    assert!(s.ept.evictions > 0, "{:?}", s.ept);
+    // An evicted page is filled again on its next touch: more fills than without a limit.
+    assert!(s.ept.fills > full.soft().ept.fills, "{:?} vs {:?}", s.ept, full.soft().ept);
+    assert_eq!(s.l0_only_exits, s.ept.fills);
+    assert_eq!(s.reflected_total, pages + 1);
+    println!("ept_touch {pages} with {limit} memslots: {:?} (peak without a limit {peak})", s.ept);
+}
+
+#[test]
+fn the_cli_memslot_limit_knob_reaches_the_ept_shadow() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_nestbench-l0"))
+        .args(["run", "--payload", "ept_touch", "--iterations", "40", "--memslot-limit", "20"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let end: serde_json::Value = stdout
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["event"] == "end")
+        .expect("an end event");
+    let ept = &end["report"]["soft"]["ept"];
+    assert_eq!(ept["memslot_limit"], 20, "{ept}");
+    assert!(ept["memslots_peak"].as_u64().unwrap() <= 20, "{ept}");
+    assert!(ept["evictions"].as_u64().unwrap() > 0, "{ept}");
+}
+
+#[test]
+fn ept_fetch_from_an_unmapped_page_is_a_fetch_violation_or_an_l0_only_fill() {
+    use nestbench_abi::payload::{EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET};
+    let pages = 12;
+    // arg 0: EPT12 maps nothing: one violation on the instruction fetch per page.
+    let n = run_nested("ept_fetch", pages, true);
+    assert_eq!(n.payload.exits.len(), 1, "{:?}", n.payload.exits);
+    assert_eq!(exits(&n, ExitReason::EptViolation), pages);
+    for (i, r) in n.payload.exit_records.iter().enumerate() {
+        let f = EPT_DATA_GPA + i as u64 * 4096 + EPT_FETCH_CODE_OFFSET;
+        // SDM Table 28-7: fetch (bit 2), not present (bits 5:3 = 0), bits 7 and 8; RIP at the
+        // called function (the fetch faulted, not the call).
+        assert_eq!((r.reason, r.qualification, r.guest_linear), (48, 0x184, f), "{r:?}");
+        assert_eq!(r.rip_offset, f.wrapping_sub(nestbench_abi::payload::L2_IMAGE_BASE), "{r:?}");
+    }
+    let s = n.soft();
+    assert_eq!(s.reflected_total, pages + 1);
+    assert_eq!(s.l0_only_exits, s.ept.fills);
+    // arg 1: EPT12 maps every page before the launch: L0 fills each on its first fetch.
+    let m = run_nested_with("ept_fetch", pages, 1, SoftConfig { vmcs_shadowing: true });
+    assert!(m.payload.exits.is_empty(), "{:?}", m.payload.exits);
+    let t = m.soft();
+    assert_eq!(t.reflected_total, 1, "DONE only");
+    assert!(t.ept.fills >= pages, "{:?}", t.ept);
+    assert_eq!(t.l0_only_exits, t.ept.fills);
+}
+
+#[test]
+fn irq_window_exits_before_l2s_first_instruction_once_per_entry() {
+    let n = run_nested("irq_window", 10, true);
+    assert_eq!(exits(&n, ExitReason::InterruptWindow), 10, "{:?}", n.payload.exits);
+    let image = std::fs::read(l0::images::payload_elf("irq_window")).unwrap();
+    let entry = u64::from_le_bytes(image[24..32].try_into().unwrap()) - nestbench_abi::payload::L2_IMAGE_BASE;
+    assert_eq!(n.payload.exit_records.len(), 10);
+    for r in &n.payload.exit_records {
+        assert_eq!(
+            (r.reason, r.qualification, r.insn_len, r.rip_offset),
+            (ExitReason::InterruptWindow as u32, 0, 0, entry),
+            "{r:?}"
+        );
+    }
+    // VM2 ran only after the last window exit (the compute loop to the DONE exit).
+    assert_eq!(n.soft().reflected_exits.get("Interrupt window").copied(), Some(10), "{:?}", n.soft().reflected_exits);
 }

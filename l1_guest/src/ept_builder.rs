@@ -196,6 +196,19 @@ impl EptBuilder {
         }
         Ok(slot.is_some())
     }
+
+    /// Write `memtype` (any value, reserved ones included: the `ept_misconfig` payload) into
+    /// bits 5:3 of the leaf that maps `gpa`. Returns whether one was there. A repair of a
+    /// misconfigured leaf needs no INVEPT: the walk that hit it ended in the VM exit and
+    /// created no translation to cache (SDM 29.4, "Caching Translation Information").
+    pub fn set_memory_type(&mut self, mem: &mut impl FrameMemory, gpa: u64, memtype: u64) -> bool {
+        let slot = self.leaf_slot(mem, gpa);
+        if let Some(slot) = slot {
+            let entry = mem.read_u64(slot);
+            mem.write_u64(slot, entry & !(7 << ept::MEMTYPE_SHIFT) | (memtype & 7) << ept::MEMTYPE_SHIFT);
+        }
+        slot.is_some()
+    }
 }
 
 #[cfg(test)]

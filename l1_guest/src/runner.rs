@@ -5,10 +5,14 @@
 
 use nestbench_abi::boot::BootInfo;
 use nestbench_abi::cpuid as hv;
-use nestbench_abi::payload::{L2_IMAGE_MAX, STAGING_GPA};
+use nestbench_abi::payload::{
+    EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, EPT_MISCONFIG_MEMTYPE, EPT_MISCONFIG_PAGES, EPT_PATTERN_OFFSETS, L2_IMAGE_MAX,
+    STAGING_GPA, ept_fetch_code, ept_pattern,
+};
 use nestbench_abi::vmcs::Field32;
 
-use crate::ept_builder::FrameMemory;
+use crate::ept_builder::{EptBuilder, FrameMemory};
+use crate::exits::remap::Remap;
 use crate::exits::{self, EXIT_ENTRY_FAILED, EXIT_NO_VMX, EXIT_VMX_SETUP_FAILED, HW, Mode, RUN, SOFT};
 use crate::global::Global;
 use crate::l2::{self, FRAMES_END, L1Frames, L2Space, SetupError};
@@ -260,12 +264,76 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
         b"ept_touch" => Some((true, false)),
         b"ept_fill" => Some((false, false)),
         b"ept_ro" => Some((false, true)),
+        b"ept_misconfig" | b"ept_remap" | b"pte_remap" => Some((false, false)),
+        b"ept_fetch" => Some((p.arg == 0, false)),
         _ => None,
     };
+    let misconfig = payload_name(&p.name) == b"ept_misconfig";
+    let pages = match payload_name(&p.name) {
+        b"ept_misconfig" => EPT_MISCONFIG_PAGES,
+        b"ept_remap" => 1,
+        b"pte_remap" => 2,
+        _ => p.iterations,
+    };
     if let Some((on_demand, read_only)) = pool {
-        match exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), p.iterations, on_demand, read_only) {
+        match exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), pages, on_demand, read_only) {
             Ok(pool) => RUN.get().ept = Some(pool),
             Err(e) => return RunError::Setup(SetupError::Ept(e)),
+        }
+    }
+    // `ept_misconfig`: one leaf gets a reserved memory type (SDM 29.3.3.1); the exit handler
+    // repairs it (crate::exits::ept_misconfig).
+    if misconfig {
+        let page = EPT_DATA_GPA + p.arg % EPT_MISCONFIG_PAGES * 4096;
+        let run = RUN.get();
+        let broken = run.ept.as_mut().is_some_and(|pool| {
+            EptBuilder::from_eptp(space.ept.eptp()).set_memory_type(&mut pool.frames, page, EPT_MISCONFIG_MEMTYPE)
+        });
+        if !broken {
+            return RunError::Refused("ept_misconfig: the data page to misconfigure is not mapped");
+        }
+        run.misconfig = Some(page);
+    }
+    // `ept_fetch`: a function in every pool page (l2_payloads::ept_fetch).
+    if payload_name(&p.name) == b"ept_fetch"
+        && let Some(pool) = RUN.get().ept.as_mut()
+    {
+        pool.fetch = true;
+        for i in 0..pool.pages {
+            let gpa = EPT_DATA_GPA + i * 4096;
+            let pa = pool.frame_for(gpa).unwrap_or(0) + EPT_FETCH_CODE_OFFSET;
+            pool.frames.write_bytes(pa, &ept_fetch_code(gpa));
+        }
+    }
+    if payload_name(&p.name) == b"mmio" {
+        RUN.get().mmio = Some(exits::ept_violation::MmioDevice::default());
+    }
+    match remap_setup(&p.name, space.ept.eptp(), space.cr3) {
+        Ok(r) => RUN.get().remap = r,
+        Err(e) => return e,
+    }
+    // `preempt_timer`: the VMX-preemption timer, one exit per arm (crate::exits::preemption_timer).
+    if payload_name(&p.name) == b"preempt_timer" {
+        let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
+        let value = exits::preemption_timer::value_of(p.arg);
+        match exits::preemption_timer::arm(b, &caps, p.iterations, value) {
+            Ok(()) => {}
+            Err(exits::preemption_timer::ArmError::NotAllowed) => {
+                return RunError::Refused("preempt_timer: 'activate VMX-preemption timer' may not be 1 here");
+            }
+            Err(exits::preemption_timer::ArmError::Vmx(e)) => return RunError::Vmx("preempt_timer setup", e),
+        }
+    }
+    // `irq_window`: interrupt-window exiting with L2's RFLAGS.IF set, one exit per entry
+    // (crate::exits::interrupt_window).
+    if payload_name(&p.name) == b"irq_window" {
+        let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
+        match exits::interrupt_window::arm(b, &caps, p.iterations) {
+            Ok(()) => {}
+            Err(exits::interrupt_window::ArmError::NotAllowed) => {
+                return RunError::Refused("irq_window: 'interrupt-window exiting' may not be 1 here");
+            }
+            Err(exits::interrupt_window::ArmError::Vmx(e)) => return RunError::Vmx("irq_window setup", e),
         }
     }
     let regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
@@ -276,6 +344,30 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     crate::println!("l1: VMLAUNCH failed: {f:?}");
     exits::unexpected::dump(b);
     crate::hypercall::exit(EXIT_ENTRY_FAILED)
+}
+
+/// `ept_remap`: a second L1 frame for data page 0, seeded with the complement of the
+/// first's words (crate::exits::remap). `pte_remap`: the L1-physical address of L2's PTE
+/// for linear data page 0.
+fn remap_setup(name: &[u8; 16], eptp: u64, cr3: u64) -> Result<Option<Remap>, RunError> {
+    let run = RUN.get();
+    let Some(pool) = run.ept.as_mut() else { return Ok(None) };
+    match payload_name(name) {
+        b"ept_remap" => {
+            let b = pool.frames.alloc_zeroed_page().ok_or(RunError::Setup(SetupError::OutOfFrames))?;
+            for off in EPT_PATTERN_OFFSETS {
+                pool.frames.write_u64(b + off, !ept_pattern(EPT_DATA_GPA, off));
+            }
+            Ok(Some(Remap::Ept { frames: [pool.first, b], current: 0, invepts: [0; 2] }))
+        }
+        b"pte_remap" => {
+            // PML4 -> PDPT -> PD -> PT: the PTE is the last table's entry for the linear page.
+            let pte = l2::l2_linear_to_l1(&l2::Phys(&pool.frames), eptp, cr3, l2::L2_PT_DATA)
+                .ok_or(RunError::Refused("pte_remap: L2's data page table is not mapped"))?;
+            Ok(Some(Remap::Pte { pte: pte + (EPT_DATA_GPA >> 12 & 0x1FF) * 8, current: 0, changes: 0 }))
+        }
+        _ => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -24,7 +24,14 @@
 //! | [`ept_touch`] | 3 | first read of N fresh pages: one EPT violation per page, L1 maps it |
 //! | [`ept_fill`] | 3 | first read of N pages EPT12 maps: no VM exit (L0-only fills on `soft`) |
 //! | [`ept_ro`] | 3 | write to N pages EPT12 maps read-only: one EPT violation per page, L1 grants write |
+//! | [`ept_misconfig`] | 3 | read through a leaf with a reserved memory type: one EPT misconfiguration, L1 repairs it |
+//! | [`mmio`] | 3 | write and read back a device register L1 emulates behind an unmapped page: two EPT violations |
+//! | [`ept_remap`] | 3 | L1 remaps an EPT12 leaf and INVEPTs (single/all alternating): one I/O exit each, L2 sees the new page |
+//! | [`pte_remap`] | 3 | L1 points an L2 PTE at another page between entries: one I/O exit each, L2 sees the new page |
+//! | [`ept_fetch`] | 3 | call code on N fresh pages: one EPT violation (fetch) per page, L1 maps it |
 //! | [`rdmsr`] | 0 | `rdmsr` of IA32_SYSENTER_ESP: one RDMSR exit per iteration, checks L1's value |
+//! | [`preempt_timer`] | 3 | a compute loop L1 preempts with the VMX-preemption timer: one exit (52) per arm, N arms |
+//! | [`irq_window`] | 3 | interrupt-window exiting with IF = 1: one exit (7) before the first instruction per entry, N entries |
 //! | [`wrmsr`] | 0 | `wrmsr` of IA32_KERNEL_GS_BASE: one WRMSR exit per iteration, L1 checks the value |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
@@ -40,13 +47,20 @@ pub mod rt;
 
 pub mod compute;
 pub mod cpuid;
+pub mod ept_fetch;
 pub mod ept_fill;
+pub mod ept_misconfig;
+pub mod ept_remap;
 pub mod ept_ro;
 pub mod ept_touch;
 pub mod hlt;
 pub mod inl;
 pub mod io_encodings;
+pub mod irq_window;
+pub mod mmio;
 pub mod outl;
+pub mod preempt_timer;
+pub mod pte_remap;
 pub mod rdmsr;
 pub mod vmcall;
 pub mod wrmsr;
@@ -105,7 +119,7 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 12] = [
+static ALL: [Manifest; 19] = [
     outl::MANIFEST,
     inl::MANIFEST,
     io_encodings::MANIFEST,
@@ -118,6 +132,13 @@ static ALL: [Manifest; 12] = [
     ept_touch::MANIFEST,
     ept_fill::MANIFEST,
     ept_ro::MANIFEST,
+    ept_misconfig::MANIFEST,
+    mmio::MANIFEST,
+    preempt_timer::MANIFEST,
+    ept_remap::MANIFEST,
+    pte_remap::MANIFEST,
+    ept_fetch::MANIFEST,
+    irq_window::MANIFEST,
 ];
 
 /// Every payload, in a stable order.
@@ -241,6 +262,10 @@ mod tests {
         assert_eq!(m("rdmsr").exits_per_iteration, [(ExitReason::Rdmsr, 1)]);
         assert_eq!(m("wrmsr").exits_per_iteration, [(ExitReason::Wrmsr, 1)]);
         assert_eq!(m("wrmsr").expected_exits(ExitReason::Wrmsr, 9), 9);
+        assert_eq!(m("ept_misconfig").expected_exits(ExitReason::EptMisconfiguration, 50), 1);
+        assert_eq!(ept_misconfig::page(5), 1);
+        assert_eq!(m("mmio").expected_exits(ExitReason::EptViolation, 10), 20);
+        assert_eq!((ept_remap::invept_type(0), ept_remap::invept_type(1), ept_remap::invept_type(2)), (1, 2, 1));
     }
 
     #[test]
@@ -260,7 +285,14 @@ mod tests {
                 "wrmsr",
                 "ept_touch",
                 "ept_fill",
-                "ept_ro"
+                "ept_ro",
+                "ept_misconfig",
+                "mmio",
+                "preempt_timer",
+                "ept_remap",
+                "pte_remap",
+                "ept_fetch",
+                "irq_window"
             ]
         );
         for m in all() {

@@ -246,3 +246,66 @@ pub const fn ept_pattern(gpa: u64, off: u64) -> u64 {
 
 /// Offsets of the seeded words in an EPT data page.
 pub const EPT_PATTERN_OFFSETS: [u64; 2] = [0, 0xFF8];
+
+/// `ept_misconfig`: the data pages L1 maps in EPT12 before the launch (like `ept_fill`); the
+/// leaf of page `arg % EPT_MISCONFIG_PAGES` gets the reserved memory type
+/// [`EPT_MISCONFIG_MEMTYPE`], so the payload's first read of it is an EPT misconfiguration
+/// (reason 49, SDM 29.3.3.1), which L1 repairs (memory type write-back) before resuming.
+pub const EPT_MISCONFIG_PAGES: u64 = 4;
+/// The memory type L1 writes into that leaf: 2 is reserved (SDM 29.3.3.1: "bits 5:3 ... value
+/// 2, 3, or 7").
+pub const EPT_MISCONFIG_MEMTYPE: u64 = 2;
+
+/// `mmio`: the L2-physical (= L2-linear) address of the device register L1 emulates. L2's
+/// paging maps it (page 0 of the EPT data region); EPT12 never does, so every access is an
+/// EPT violation (reason 48) that L1 emulates and skips.
+pub const MMIO_GPA: u64 = EPT_DATA_GPA;
+/// The register convention of the `mmio` payload: its only accesses are the 7-byte
+/// `mov dword ptr [MMIO_GPA], eax` (`89 04 25 disp32`) and `mov eax, dword ptr [MMIO_GPA]`
+/// (`8B 04 25 disp32`): the data is always EAX, the qualification (SDM Table 28-7 bit 0
+/// read, bit 1 write) says which, and L1 advances RIP by this length (the VM-exit
+/// instruction length is undefined for EPT violations, SDM 28.2.4).
+pub const MMIO_INSN_LEN: u32 = 7;
+/// What the `mmio` payload writes in iteration `i`.
+#[must_use]
+pub const fn mmio_write_value(i: u64) -> u32 {
+    0x4D4D_0000 ^ (i as u32).wrapping_mul(0x9E37_79B9)
+}
+/// What L1's device returns for a read after `written` was the last value written: not the
+/// memory contents (there is no memory behind it), so the payload's check proves L1 answered.
+#[must_use]
+pub const fn mmio_read_value(written: u32) -> u32 {
+    written ^ 0x4E42_4D49 // "IMBN"
+}
+
+const _: () = assert!(MMIO_GPA < 1 << 31, "an absolute disp32 address");
+
+/// `preempt_timer`: where in L2's results page (offset from [`L2_RESULTS_GPA`], past
+/// [`PayloadResults`]) L1 writes the number of VMX-preemption-timer exits so far (a `u64`);
+/// the payload polls it and stops once it reaches its iteration count.
+pub const PREEMPT_MAILBOX_OFFSET: u64 = 0x800;
+/// `preempt_timer`: where the payload writes its own progress (compute chunks done, a `u64`).
+pub const PREEMPT_PROGRESS_OFFSET: u64 = 0x808;
+/// `preempt_timer`: set in the payload argument to give the timer value (bits 31:0) that L1
+/// arms with; without it L1 uses [`PREEMPT_DEFAULT_VALUE`]. `1 << 32` alone is value 0.
+pub const PREEMPT_VALUE_GIVEN: u64 = 1 << 32;
+/// `preempt_timer`: the default VMX-preemption timer value (2^14 timer ticks: at the soft
+/// engine's rate 5, 2^19 TSC ticks of L2 time, about 0.2 ms at 2.6 GHz).
+pub const PREEMPT_DEFAULT_VALUE: u32 = 1 << 14;
+
+const _: () = assert!(PREEMPT_MAILBOX_OFFSET as usize >= size_of::<PayloadResults>());
+
+/// `ept_fetch`: where L1 puts a function in each data page (after the first seeded word):
+/// `mov eax, imm32; ret` ([`ept_fetch_code`]), which the payload calls.
+pub const EPT_FETCH_CODE_OFFSET: u64 = 16;
+/// The value the function in data page `gpa` returns: it proves the fetch reached that page.
+#[must_use]
+pub const fn ept_fetch_value(gpa: u64) -> u32 {
+    ept_pattern(gpa, EPT_FETCH_CODE_OFFSET) as u32
+}
+/// The function's bytes: `B8 imm32` (mov eax, imm32), `C3` (ret).
+#[must_use]
+pub const fn ept_fetch_code(gpa: u64) -> [u8; 6] {
+    let v = ept_fetch_value(gpa).to_le_bytes();
+    [0xB8, v[0], v[1], v[2], v[3], 0xC3]
+}

@@ -68,6 +68,10 @@ struct RunArgs {
     /// VMCS shadowing: L1's VMREAD/VMWRITE of supported fields without traps.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     vmcs_shadowing: OnOff,
+    /// Soft engine: keep at most N memslots in VM2 (tests of the EPT-shadow eviction path)
+    /// [default: KVM's limit].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    memslot_limit: Option<u64>,
     /// Run the payload directly in a VM of L0 (no L1): the single-level twin.
     #[arg(long, conflicts_with = "engine")]
     single_level: bool,
@@ -259,6 +263,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             iterations,
             arg: 0,
         }),
+        memslot_limit: args.memslot_limit.map(|n| n as usize),
         ..MachineConfig::default()
     };
     let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);

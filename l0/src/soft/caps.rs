@@ -3,17 +3,23 @@
 //!
 //! The rule (shared/DESIGN.md, "The soft engine"): advertise only what L0 honours. A control
 //! may be 1 only if L0 can produce its effect with the KVM of this host (docs/kvm-exits.md):
-//! an exit KVM never hands to userspace (CPUID, RDTSC, CR accesses, MOV DR, interrupt and NMI
-//! windows, MTF, ...) cannot be reflected, so its control is not offered. The VM-entry checks
+//! an exit KVM never hands to userspace (CPUID, RDTSC, CR accesses, MOV DR, NMI windows, MTF,
+//! ...), or hands over inexactly (an interrupt window that opens inside L2), cannot be
+//! reflected, so its control is not offered (or, for the interrupt window, refused at entry). The VM-entry checks
 //! of [`super::entry_checks`] check VMCS12 against exactly these values.
 //!
 //! Part 1 offers: HLT exiting, I/O exiting (unconditional or by bitmaps), EPT (4 levels, WB,
 //! 2 MiB / 1 GiB leaves, single- and all-context INVEPT, no A/D flags, no execute-only), a
 //! 64-bit host with IA32_EFER save/load, 64-bit guests with IA32_EFER load. Nothing of
 //! the pin-based controls, no VPID, no unrestricted guest, no activity state but active.
-//! Part 2 adds MSR bitmaps (RDMSR/WRMSR exits, [`super::msr`]).
+//! Part 2 adds MSR bitmaps (RDMSR/WRMSR exits, [`super::msr`]). Part 3 adds the
+//! VMX-preemption timer (pin-based bit 6, "save VMX-preemption timer value" exit bit 22,
+//! rate [`PREEMPTION_TIMER_RATE`] in IA32_VMX_MISC[4:0]; [`super::timer`]) and
+//! interrupt-window exiting where it is exact (an open window at VM entry; the entry checks
+//! refuse the rest). External-interrupt exiting stays 0: nothing surfaces external
+//! interrupts for L2 on this host (docs/soft-engine.md "Interrupts").
 
-use nestbench_abi::controls::{self, Allowed, default1, entry, exit, proc1, proc2};
+use nestbench_abi::controls::{self, Allowed, default1, entry, exit, pin, proc1, proc2};
 use nestbench_abi::vmx::{VmxBasic, msr};
 
 /// The VMCS revision identifier of the soft engine: "NB" and version 1, in bits 30:0 of
@@ -67,9 +73,12 @@ pub mod ept_cap {
 /// Primary processor-based controls the soft engine may honour as 1, beyond the default1
 /// bits: HLT (KVM_EXIT_HLT, docs/kvm-exits.md row 4), port I/O (KVM_EXIT_IO, rows 1-3), MSR
 /// bitmaps (KVM_EXIT_X86_RDMSR/WRMSR through a KVM MSR filter built from L1's bitmap, row 5
-/// and [`super::msr`]; an intercepted x2APIC MSR is refused at entry), and the secondary
-/// controls (for EPT).
-const PROC1_OPTIONAL: u32 = proc1::HLT_EXITING
+/// and [`super::msr`]; an intercepted x2APIC MSR is refused at entry), the secondary
+/// controls (for EPT), and interrupt-window exiting (part 3: honoured where it is exact, an
+/// entry with RFLAGS.IF = 1 and no STI/MOV-SS blocking exits before L2's first instruction;
+/// any other entry with it is refused, docs/soft-engine.md "Interrupts").
+const PROC1_OPTIONAL: u32 = proc1::INTERRUPT_WINDOW_EXITING
+    | proc1::HLT_EXITING
     | proc1::UNCONDITIONAL_IO_EXITING
     | proc1::USE_IO_BITMAPS
     | proc1::USE_MSR_BITMAPS
@@ -79,9 +88,19 @@ const PROC1_OPTIONAL: u32 = proc1::HLT_EXITING
 const PROC1_TRUE_ZERO: u32 = proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING;
 /// Secondary processor-based controls the soft engine honours: EPT only.
 const PROC2_OPTIONAL: u32 = proc2::ENABLE_EPT;
-/// VM-exit controls honoured beyond default1: a 64-bit host, and IA32_EFER save and load
-/// (L0 reads and writes EFER of both VMs with KVM_GET/SET_SREGS).
-const EXIT_OPTIONAL: u32 = exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_EFER | exit::LOAD_EFER;
+/// VM-exit controls honoured beyond default1: a 64-bit host, IA32_EFER save and load
+/// (L0 reads and writes EFER of both VMs with KVM_GET/SET_SREGS), and "save VMX-preemption
+/// timer value" (part 3: L0 keeps the countdown itself, [`super::timer`]).
+const EXIT_OPTIONAL: u32 =
+    exit::HOST_ADDRESS_SPACE_SIZE | exit::SAVE_EFER | exit::LOAD_EFER | exit::SAVE_PREEMPTION_TIMER;
+/// Pin-based controls honoured beyond default1 (part 3): "activate VMX-preemption timer"
+/// (SDM 25.6.1; L0's host timer and a kick of VM2's vCPU, [`super::timer`]).
+const PIN_OPTIONAL: u32 = pin::PREEMPTION_TIMER;
+/// IA32_VMX_MISC bits 4:0 (SDM A.6): the VMX-preemption timer counts down by 1 every time
+/// bit 5 of the TSC changes, i.e. at TSC >> 5. The same rate KVM's own nested VMX advertises
+/// (VMX_MISC_EMULATED_PREEMPTION_TIMER_RATE): one timer tick is 32 TSC ticks, about 12 ns at
+/// 2.6 GHz, finer than any host timer L0 can arm, so the rate costs no precision.
+pub const PREEMPTION_TIMER_RATE: u32 = 5;
 /// VM-exit default1 bit that TRUE controls let be 0 (SDM A.2: save debug controls).
 const EXIT_TRUE_ZERO: u32 = exit::SAVE_DEBUG_CONTROLS;
 /// VM-entry controls honoured beyond default1: a 64-bit guest and IA32_EFER load.
@@ -155,10 +174,10 @@ impl Caps {
             None => panic!("IA32_VMX_BASIC fields out of range"),
         };
 
-        // A.3.1: no pin-based control is honoured in part 1 (no external interrupts or NMIs
-        // reach L2 through KVM here, no preemption timer, no posted interrupts): the
-        // default1 bits only, which are reserved bits without function.
-        let true_pinbased = two_halves(default1::PIN, default1::PIN);
+        // A.3.1: the default1 bits (reserved, without function) and, from part 3, "activate
+        // VMX-preemption timer". No external-interrupt or NMI exiting (no interrupt reaches
+        // L2 through VM2's KVM here: docs/soft-engine.md "Interrupts"), no posted interrupts.
+        let true_pinbased = two_halves(default1::PIN, default1::PIN | PIN_OPTIONAL);
         // A.3.2: default1 (CR3-load/store exiting may be 0 under TRUE controls) + HLT, I/O,
         // MSR bitmaps, secondary controls. The allowed 1-settings of a TRUE MSR equal those of the
         // non-TRUE MSR, so the default1 bits stay allowed-1 (CR3-load/store exiting among
@@ -190,12 +209,12 @@ impl Caps {
                 | ept_cap::INVEPT
                 | ept_cap::INVEPT_SINGLE_CONTEXT
                 | ept_cap::INVEPT_ALL_CONTEXT,
-            // A.6: preemption-timer rate 0 (bits 4:0), LMA stored on exit (bit 5), no
+            // A.6: preemption-timer rate PREEMPTION_TIMER_RATE (bits 4:0), LMA stored on exit (bit 5), no
             // activity state but active (bits 8:6 = 0), CR3-target count 0 (bits 24:16),
             // MSR-list size code 0 (bits 27:25; L0 honours no MSR list at all, the entry
             // checks refuse non-zero counts), no VMWRITE to exit-information fields (bit 29),
             // no zero-length software-interrupt injection (bit 30), MSEG revision 0.
-            misc: MISC_STORE_LMA,
+            misc: MISC_STORE_LMA | PREEMPTION_TIMER_RATE as u64,
             // A.7: no unrestricted guest, so PE, NE and PG are fixed to 1; the upper 32 bits
             // of CR0 are reserved.
             cr0_fixed0: CR0_PE | CR0_NE | CR0_PG,
@@ -337,17 +356,17 @@ mod tests {
     fn the_advertised_values() {
         let c = Caps::soft();
         assert_eq!(c.basic, 0x00D8_1000_4E42_0001);
-        assert_eq!(c.true_pinbased, 0x0000_0016_0000_0016);
-        assert_eq!(c.pinbased, 0x0000_0016_0000_0016);
-        assert_eq!(c.true_procbased, 0x9701_E1F2_0400_6172);
-        assert_eq!(c.procbased, 0x9701_E1F2_0401_E172);
-        assert_eq!(c.true_exit, 0x0033_6FFF_0003_6DFB);
-        assert_eq!(c.exit, 0x0033_6FFF_0003_6DFF);
+        assert_eq!(c.true_pinbased, 0x0000_0056_0000_0016);
+        assert_eq!(c.pinbased, 0x0000_0056_0000_0016);
+        assert_eq!(c.true_procbased, 0x9701_E1F6_0400_6172);
+        assert_eq!(c.procbased, 0x9701_E1F6_0401_E172);
+        assert_eq!(c.true_exit, 0x0073_6FFF_0003_6DFB);
+        assert_eq!(c.exit, 0x0073_6FFF_0003_6DFF);
         assert_eq!(c.true_entry, 0x0000_93FF_0000_11FB);
         assert_eq!(c.entry, 0x0000_93FF_0000_11FF);
         assert_eq!(c.procbased2, 0x0000_0002_0000_0000);
         assert_eq!(c.ept_vpid, 0x0613_4040);
-        assert_eq!(c.misc, 0x20);
+        assert_eq!(c.misc, 0x25, "LMA stored, preemption-timer rate 5");
         assert_eq!((c.cr0_fixed0, c.cr0_fixed1), (0x8000_0021, 0xFFFF_FFFF));
         assert_eq!((c.cr4_fixed0, c.cr4_fixed1), (0x2000, 0x27FF));
         assert_eq!(c.vmcs_enum, u64::from(nestbench_abi::vmcs::MAX_INDEX) << 1);
@@ -417,7 +436,7 @@ mod tests {
         let proc2 = c.allowed_procbased2().adjust(L1_PROC2.0, L1_PROC2.1).unwrap();
         assert_eq!(proc2, proc2::ENABLE_EPT);
         let exit = c.allowed_exit().adjust(L1_EXIT.0, L1_EXIT.1).unwrap();
-        assert_eq!(exit, 0x0003_6DFB | EXIT_OPTIONAL);
+        assert_eq!(exit, 0x0003_6DFB | (EXIT_OPTIONAL & !exit::SAVE_PREEMPTION_TIMER));
         let entry = c.allowed_entry().adjust(L1_ENTRY.0, L1_ENTRY.1).unwrap();
         assert_eq!(entry, 0x0000_11FB | ENTRY_OPTIONAL);
         for (a, v) in [
@@ -440,8 +459,8 @@ mod tests {
     fn no_unsupported_bit_is_advertised() {
         let c = Caps::soft();
         // Exits this host's KVM cannot surface to L0, and features L0 does not emulate.
-        let proc_never = proc1::INTERRUPT_WINDOW_EXITING
-            | proc1::USE_TSC_OFFSETTING
+        // (Interrupt-window exiting is honoured from part 3 where exact: entry checks.)
+        let proc_never = proc1::USE_TSC_OFFSETTING
             | proc1::INVLPG_EXITING
             | proc1::MWAIT_EXITING
             | proc1::RDPMC_EXITING
@@ -457,7 +476,11 @@ mod tests {
             | proc1::PAUSE_EXITING;
         assert_eq!(c.allowed_procbased().may_be_one & proc_never, 0);
         assert_eq!(c.allowed_procbased().may_be_one, default1::PROC1 | PROC1_OPTIONAL);
-        assert_eq!(c.allowed_pinbased().may_be_one, default1::PIN, "no pin-based control");
+        assert_eq!(
+            c.allowed_pinbased().may_be_one,
+            default1::PIN | pin::PREEMPTION_TIMER,
+            "the preemption timer is the only pin-based control"
+        );
         assert_eq!(c.allowed_procbased2().may_be_one, proc2::ENABLE_EPT);
         assert_eq!(c.allowed_exit().may_be_one, default1::EXIT | EXIT_OPTIONAL);
         assert_eq!(c.allowed_entry().may_be_one, default1::ENTRY | ENTRY_OPTIONAL);

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::Kvm;
+use nestbench_abi::controls;
 use nestbench_abi::softvmx::{self, DOORBELL_LAUNCH, DOORBELL_RESUME, VmxOp, VmxResult};
 use nestbench_abi::vmcs::{self, Field32, Field64};
 use nestbench_abi::vmx::{ExitReason, RawExitReason, VmInstructionError};
@@ -21,14 +22,15 @@ use super::caps::Caps;
 use super::entry_checks::{self, EntryFailure};
 use super::ept_fault::{self, Fault};
 use super::io_decode;
-use super::l2vm::{EptShadowError, EptStats, L2Vm, Run};
+use super::l2vm::{EptShadowError, EptStats, L2Vm};
 use super::msr::{self, MsrExits};
+use super::timer::{PreemptionTimer, TimerStats};
 use super::transitions::{self, ExitInfo};
 use super::vmcs12::Vmcs12;
 use super::vmx_ops::VmxState;
 use crate::memory::GuestMem;
 use crate::paging;
-use crate::vcpu::{Exit, Vcpu, VcpuError};
+use crate::vcpu::{Exit, Kicker, Vcpu, VcpuError};
 use crate::vm::VmError;
 
 /// The physical-address width the soft engine gives L1 (and checks addresses against).
@@ -91,6 +93,8 @@ pub struct SoftStats {
     pub l1_ns: u64,
     /// Time in L0 between a reflected exit and the next entry, outside any KVM_RUN, ns.
     pub l0_ns: u64,
+    /// The VMX-preemption timer: arms, exits, the overshoot of its kicks ([`super::timer`]).
+    pub preemption_timer: TimerStats,
 }
 
 impl SoftStats {
@@ -128,8 +132,9 @@ pub struct SoftVmx {
     caps: Caps,
     state: VmxState,
     l2: Option<L2Vm>,
-    runs: Vec<Run>,
     mapped_eptp: Option<u64>,
+    /// VM2's memslot limit when lower than KVM's (`MachineConfig::memslot_limit`).
+    memslot_limit: Option<usize>,
     /// VM2's MSR filter, built from L1's MSR bitmap.
     msr: MsrExits,
     /// Counters.
@@ -138,6 +143,8 @@ pub struct SoftVmx {
     after_exit: bool,
     pending_traps: u64,
     pending_vmx_traps: u64,
+    /// The VMX-preemption timer of VM2 ([`super::timer`]).
+    timer: PreemptionTimer,
 }
 
 /// Fill the VMREAD and VMWRITE bitmaps in L1 memory (SDM 25.6.15: one bit per encoding
@@ -175,14 +182,21 @@ impl SoftVmx {
             caps: Caps::soft(),
             state: VmxState::default(),
             l2: None,
-            runs: Vec::new(),
             mapped_eptp: None,
+            memslot_limit: None,
             msr: MsrExits::default(),
             stats: SoftStats { vmcs_shadowing: shadowing, ..SoftStats::default() },
             after_exit: false,
             pending_traps: 0,
             pending_vmx_traps: 0,
+            timer: PreemptionTimer::new(super::caps::PREEMPTION_TIMER_RATE),
         }
+    }
+
+    /// Keep VM2 at most `n` memslots (the eviction path, [`L2Vm::set_memslot_limit`]);
+    /// `None` for KVM's limit. Takes effect when VM2 is created (the first entry).
+    pub fn set_memslot_limit(&mut self, n: Option<usize>) {
+        self.memslot_limit = n;
     }
 
     /// The capability MSRs L0 answers for L1 (0x480-0x490), or `None` (a #GP) for another
@@ -294,6 +308,9 @@ impl SoftVmx {
         if self.l2.is_none() {
             let mut l2 = L2Vm::new(kvm, mem.clone())?;
             l2.vcpu.enable_sync_sregs();
+            if let Some(n) = self.memslot_limit {
+                l2.set_memslot_limit(n);
+            }
             self.l2 = Some(l2);
         }
         if self.mapped_eptp != Some(eptp) || self.state.invept_pending {
@@ -315,16 +332,43 @@ impl SoftVmx {
         let l2_sregs = transitions::guest_sregs(&v, &base_sregs, l1_sregs.efer);
         l2.vcpu.set_regs(&l2_regs)?;
         l2.vcpu.set_sregs(&l2_sregs)?;
-        // What KVM's own walk needs must be there before L2 runs (docs/kvm-exits.md rows 8, 9).
-        if let Err(e) = l2.premap(&l2_sregs, l2_regs.rip, l2_regs.rsp) {
+        // L1's edits of L2's page tables since the last exit (l2vm::L2Vm::resync_tables), then
+        // what KVM's own walk needs must be there before L2 runs (docs/kvm-exits.md rows 8, 9).
+        if let Err(e) = l2.resync_tables().and_then(|_| l2.premap(&l2_sregs, l2_regs.rip, l2_regs.rsp)) {
             return Ok(EntryOutcome::Unsupported { what: "EPT12".into(), why: e.to_string() });
         }
         if launch {
             self.state.launched.insert(cur);
         }
+        // SDM 27.7.4: the VMX-preemption timer is loaded from VMCS12 at every entry; with
+        // value 0 the exit comes before L2's first instruction (run_l2 then does not run VM2).
+        let pin = v.read(Field32::PinBasedVmExecControl.encoding()) as u32;
+        let timer_value = v.read(Field32::VmxPreemptionTimerValue.encoding()) as u32;
+        let timer_zero = self.timer.enter(pin & controls::pin::PREEMPTION_TIMER != 0, timer_value);
+        if self.timer.active() && !self.timer.has_tsc_khz() {
+            match l2.vcpu.fd().get_tsc_khz() {
+                Ok(khz) if khz > 0 => self.timer.set_tsc_khz(u64::from(khz)),
+                r => {
+                    return Ok(EntryOutcome::Unsupported {
+                        what: Field32::VmxPreemptionTimerValue.name().into(),
+                        why: format!("KVM_GET_TSC_KHZ of VM2's vCPU gave {r:?}: no TSC rate to count the timer at"),
+                    });
+                }
+            }
+        }
         self.stats.entries += 1;
         self.stats.l0_ns += ns(entry_started.elapsed());
-        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired)
+        // Interrupt-window exiting: the entry checks let it through only with RFLAGS.IF = 1
+        // and no blocking, so the window is open before L2's first instruction (SDM 26.7.5).
+        let window = proc & controls::proc1::INTERRUPT_WINDOW_EXITING != 0;
+        let at_entry = if timer_zero {
+            Some(ExitReason::PreemptionTimer)
+        } else if window {
+            Some(ExitReason::InterruptWindow)
+        } else {
+            None
+        };
+        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired, at_entry)
     }
 
     /// Start shadowing the EPT12 at `eptp` afresh: every memslot dropped, filled again lazily
@@ -333,7 +377,6 @@ impl SoftVmx {
         let l2 = self.l2.as_mut().expect("VM2 exists before its EPT is shadowed");
         l2.reset(eptp, MAXPHYADDR)?;
         self.stats.ept_shadow_builds += 1;
-        self.runs = Vec::new();
         self.mapped_eptp = Some(eptp);
         self.state.invept_pending = false;
         Ok(())
@@ -389,13 +432,43 @@ impl SoftVmx {
         cur: u64,
         l1_sregs: &kvm_sregs,
         watchdog_fired: &dyn Fn() -> bool,
+        at_entry: Option<ExitReason>,
     ) -> Result<EntryOutcome, SoftError> {
+        // A VM exit before L2's first instruction (a zero preemption timer, an open
+        // interrupt window): VM2 does not run.
+        let timer_zero = at_entry == Some(ExitReason::PreemptionTimer);
+        let window = at_entry == Some(ExitReason::InterruptWindow);
         let l2 = self.l2.as_mut().expect("VM2 exists at entry");
         l2.vcpu.make_kick_target();
+        let kicker = if self.timer.active() { Some(Kicker::current_thread()?) } else { None };
+        let timer = &mut self.timer;
         let result: Result<Reflect, SoftError> = loop {
+            if timer_zero {
+                // SDM 26.5.1: "If the timer is activated with a value of zero, a VM exit occurs
+                // before any instruction is executed in VMX non-root operation": VM2 never
+                // runs, L2's state is what the entry loaded.
+                break l2.vcpu.regs().map(timer_exit).map_err(Into::into);
+            }
+            if window {
+                // SDM 26.7.5: an open interrupt window at entry exits before any instruction
+                // (after a zero preemption timer, which has priority: SDM 26.7.4). Reason 7,
+                // qualification 0, RIP = the entry's.
+                break l2
+                    .vcpu
+                    .regs()
+                    .map(|regs| {
+                        let info = ExitInfo { reason: ExitReason::InterruptWindow as u32, ..ExitInfo::default() };
+                        Reflect::Exit { info, regs, rip: regs.rip }
+                    })
+                    .map_err(Into::into);
+            }
+            if let Some(k) = kicker {
+                timer.before_run(k);
+            }
             let t = Instant::now();
             let exit = l2.vcpu.run();
             self.stats.l2_ns += ns(t.elapsed());
+            let expired = timer.after_run();
             self.stats.l2_kvm_exits += 1;
             let exit = match exit {
                 Ok(e) => e,
@@ -409,15 +482,32 @@ impl SoftVmx {
                         .map(|regs| Reflect::Stop(EntryOutcome::Timeout { regs }))
                         .map_err(Into::into);
                 }
-                Exit::Interrupted => self.stats.l0_only_exits += 1,
-                other => match normalise(l2, &self.runs, other) {
+                // The host timer's kick (docs/kvm-exits.md row K: after EINTR RIP is where L2
+                // stopped and nothing is pending): a preemption-timer exit at that RIP.
+                Exit::Interrupted if expired => break l2.vcpu.regs_now().map(timer_exit).map_err(Into::into),
+                Exit::Interrupted => {
+                    if kicker.is_some() {
+                        timer.note_stale_kick();
+                    }
+                    self.stats.l0_only_exits += 1;
+                }
+                other => match normalise(l2, other) {
                     Ok(Reflect::L0Only) => self.stats.l0_only_exits += 1,
                     r => break r,
                 },
             }
         };
+        l2.snapshot_tables();
         self.stats.ept = l2.stats.clone();
         self.stats.memslots = l2.stats.memslots;
+        // "Save VMX-preemption timer value" (SDM 28.3.4): what is left, 0 after the timer exit.
+        let timer_exit_taken =
+            matches!(&result, Ok(Reflect::Exit { info, .. }) if info.reason == ExitReason::PreemptionTimer as u32);
+        let saved_timer = if timer_exit_taken { Some(0) } else { timer.saved_value() };
+        if timer_exit_taken {
+            timer.on_timer_exit(timer_zero);
+        }
+        self.stats.preemption_timer = timer.stats.clone();
         l1.make_kick_target();
         let exit_time = Instant::now();
         let reflect = result?;
@@ -431,6 +521,11 @@ impl SoftVmx {
         let v = Vmcs12::new(mem, cur).expect("the current VMCS was checked at entry");
         transitions::save_guest(&v, &l2_regs, rip, &l2_sregs);
         transitions::write_exit_info(&v, &info);
+        if let Some(value) = saved_timer {
+            if v.read(Field32::VmExitControls.encoding()) as u32 & controls::exit::SAVE_PREEMPTION_TIMER != 0 {
+                v.set(Field32::VmxPreemptionTimerValue.encoding(), u64::from(value));
+            }
+        }
         let name = ExitReason::from_raw((info.reason & 0xFFFF) as u16)
             .map_or_else(|| format!("{}", info.reason), |r| r.name().to_owned());
         *self.stats.reflected_exits.entry(name).or_default() += 1;
@@ -464,11 +559,18 @@ enum Reflect {
     L0Only,
 }
 
+/// The VMX-preemption timer exit (SDM 28.2.1: basic reason 52, exit qualification 0, no
+/// instruction length) at L2's RIP.
+fn timer_exit(regs: kvm_regs) -> Reflect {
+    let info = ExitInfo { reason: ExitReason::PreemptionTimer as u32, ..ExitInfo::default() };
+    Reflect::Exit { info, regs, rip: regs.rip }
+}
+
 /// L2's linear address `linear` as an L2-physical one (through L2's page tables, read
 /// through EPT12).
-fn l2_phys(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64) -> Option<u64> {
+fn l2_phys(l2: &L2Vm, cr3: u64, linear: u64) -> Option<u64> {
     let read = |pa: u64| {
-        let b = l2.read_l2(runs, pa, 8);
+        let b = l2.read_l2(pa, 8);
         b.try_into().map(u64::from_le_bytes).map_err(|_| crate::memory::MemoryError::OutOfRange {
             gpa: pa,
             len: 8,
@@ -480,13 +582,13 @@ fn l2_phys(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64) -> Option<u64> {
 
 /// Read `len` bytes of L2 at linear address `linear` (through L2's page tables and EPT12),
 /// short at the first byte that does not translate. One page walk per page touched.
-fn read_l2_linear(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64, len: usize) -> Vec<u8> {
+fn read_l2_linear(l2: &L2Vm, cr3: u64, linear: u64, len: usize) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     let mut a = linear;
     while out.len() < len {
-        let Some(gpa) = l2_phys(l2, runs, cr3, a) else { break };
+        let Some(gpa) = l2_phys(l2, cr3, a) else { break };
         let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
-        let bytes = l2.read_l2(runs, gpa, n);
+        let bytes = l2.read_l2(gpa, n);
         let got = bytes.len();
         out.extend(bytes);
         if got < n {
@@ -499,13 +601,13 @@ fn read_l2_linear(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64, len: usize) ->
 
 /// Turn a KVM exit of VM2 into the VM exit hardware would report (docs/kvm-exits.md says
 /// what KVM leaves behind for each kind; docs/soft-engine.md what L1 must see).
-fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftError> {
+fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
     let regs = l2.vcpu.regs()?;
     let cr3 = l2.vcpu.sregs()?.cr3;
     let unsupported = |what: &str, why: String| Ok(Reflect::Stop(EntryOutcome::Unsupported { what: what.into(), why }));
     match exit {
         Exit::IoOut { .. } | Exit::IoIn { .. } => {
-            let read = |linear: u64, len: usize| read_l2_linear(l2, runs, cr3, linear, len);
+            let read = |linear: u64, len: usize| read_l2_linear(l2, cr3, linear, len);
             let io = match io_decode::decode(&exit, &regs, &read) {
                 Ok(io) => io,
                 Err(e) => {
@@ -516,7 +618,7 @@ fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftErr
                 }
             };
             if matches!(exit, Exit::IoIn { .. }) {
-                flush_pending(l2, runs, cr3, &io)?;
+                flush_pending(l2, cr3, &io)?;
             }
             let presented = io.present(&regs);
             let info = ExitInfo {
@@ -532,7 +634,7 @@ fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftErr
         Exit::Hlt => {
             // KVM retired the HLT (RIP past, docs/kvm-exits.md row 4): HLT is F4, one byte.
             let start = regs.rip.wrapping_sub(1);
-            if read_l2_linear(l2, runs, cr3, start, 1) != [0xF4] {
+            if read_l2_linear(l2, cr3, start, 1) != [0xF4] {
                 return unsupported("HLT exit", format!("no HLT before L2 RIP {:#x}", regs.rip));
             }
             let info = ExitInfo { reason: ExitReason::Hlt as u32, insn_len: 1, ..ExitInfo::default() };
@@ -545,15 +647,20 @@ fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftErr
         }
         Exit::RdMsr { .. } | Exit::WrMsr { .. } => {
             // docs/kvm-exits.md row 5: RIP at the instruction, a completion pending.
-            let insn = read_l2_linear(l2, runs, cr3, regs.rip, 15);
+            let insn = read_l2_linear(l2, cr3, regs.rip, 15);
             match msr::normalise(&mut l2.vcpu, &exit, &regs, &insn)? {
                 Ok(info) => Ok(Reflect::Exit { info, regs, rip: regs.rip }),
                 Err(why) => unsupported("RDMSR/WRMSR exit", why),
             }
         }
-        Exit::MmioRead { .. } | Exit::MmioWrite { .. } => {
+        Exit::MmioRead { .. } | Exit::MmioWrite { .. } | Exit::InternalError { .. } => {
             let sregs = l2.vcpu.sregs()?;
-            match ept_fault::on_mmio(l2, &exit, &regs, &sregs)? {
+            let fault = if matches!(exit, Exit::InternalError { .. }) {
+                ept_fault::on_fetch_failure(l2, &exit, &regs, &sregs)
+            } else {
+                ept_fault::on_mmio(l2, &exit, &regs, &sregs)?
+            };
+            match fault {
                 Fault::Filled => Ok(Reflect::L0Only),
                 Fault::Exit { reason, qualification, gpa, linear, rip, regs } => {
                     let info = ExitInfo {
@@ -578,24 +685,24 @@ fn normalise(l2: &mut L2Vm, runs: &[Run], exit: Exit) -> Result<Reflect, SoftErr
 /// answer it and run VM2 once with immediate_exit, so nothing pending survives into the next
 /// entry; for INS restore the destination bytes the flush wrote. L2's registers are
 /// reloaded from VMCS12 at the next entry anyway.
-fn flush_pending(l2: &mut L2Vm, runs: &[Run], cr3: u64, io: &io_decode::IoExit) -> Result<(), SoftError> {
-    let saved = io.ins_dest.map(|(dst, len)| (dst, read_l2_linear(l2, runs, cr3, dst, len)));
+fn flush_pending(l2: &mut L2Vm, cr3: u64, io: &io_decode::IoExit) -> Result<(), SoftError> {
+    let saved = io.ins_dest.map(|(dst, len)| (dst, read_l2_linear(l2, cr3, dst, len)));
     l2.vcpu.set_in_data(&[]);
     l2.vcpu.set_immediate_exit(true);
     let r = l2.vcpu.run();
     l2.vcpu.set_immediate_exit(false);
     r?;
     if let Some((dst, bytes)) = saved {
-        write_l2_linear(l2, runs, cr3, dst, &bytes);
+        write_l2_linear(l2, cr3, dst, &bytes);
     }
     Ok(())
 }
 
 /// Write `bytes` to L2 at linear address `linear`, skipping bytes that do not translate.
-fn write_l2_linear(l2: &L2Vm, runs: &[Run], cr3: u64, linear: u64, bytes: &[u8]) {
+fn write_l2_linear(l2: &L2Vm, cr3: u64, linear: u64, bytes: &[u8]) {
     for (i, b) in bytes.iter().enumerate() {
-        if let Some(gpa) = l2_phys(l2, runs, cr3, linear + i as u64) {
-            l2.write_l2(runs, gpa, *b);
+        if let Some(gpa) = l2_phys(l2, cr3, linear + i as u64) {
+            l2.write_l2(gpa, *b);
         }
     }
 }

@@ -40,7 +40,7 @@
 //! decides the address-space-size checks of 27.2.4. Linear addresses are 48 bits wide
 //! (CR4.LA57 is not allowed by IA32_VMX_CR4_FIXED1).
 
-use nestbench_abi::controls::{Allowed, entry, exit, proc1, proc2};
+use nestbench_abi::controls::{Allowed, entry, exit, pin, proc1, proc2};
 use nestbench_abi::vmcs::{Field16, Field32, Field64, FieldNatural};
 use nestbench_abi::vmx::{VmInstructionError, entry_failure};
 
@@ -465,8 +465,14 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // consult the VMX capability MSRs to determine the proper settings (see Appendix
         // A.4.1)."
         allowed(self.caps.allowed_exit(), self.exit_ctls(), Field32::VmExitControls.name())?;
-        // ("If the 'activate VMX-preemption timer' VM-execution control is 0, the 'save
-        // VMX-preemption timer value' VM-exit control must also be 0": neither is allowed-1.)
+        // "If the 'activate VMX-preemption timer' VM-execution control is 0, the 'save
+        // VMX-preemption timer value' VM-exit control must also be 0."
+        if self.exit_ctls() & exit::SAVE_PREEMPTION_TIMER != 0 && self.pin() & pin::PREEMPTION_TIMER == 0 {
+            return Err(control(
+                Field32::VmExitControls.name(),
+                "'save VMX-preemption timer value' without 'activate VMX-preemption timer'".into(),
+            ));
+        }
 
         // "The following checks are performed for the VM-exit MSR-store address if the
         // VM-exit MSR-store count field is non-zero: ..." and the same for the MSR-load area.
@@ -1300,6 +1306,27 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
             self.unsupported(field, format!("pending debug exceptions {pending:#x} cannot be delivered to L2 by L0"));
         }
 
+        // Interrupt-window exiting (SDM 26.7.5: "a VM exit occurs before execution of any
+        // instruction if RFLAGS.IF = 1 and there is no blocking of events by STI or by MOV
+        // SS") is honoured only when that holds at entry: the exit then comes before L2's first
+        // instruction and L0 need not run VM2. Otherwise the exit would come when L2 opens the
+        // window, which only KVM_EXIT_IRQ_WINDOW_OPEN could tell, and on this host it comes
+        // late (docs/kvm-exits.md row W: hundreds of CPL 0 instructions, one past an STI
+        // shadow): refused rather than reported late.
+        if self.proc() & proc1::INTERRUPT_WINDOW_EXITING != 0 {
+            let rflags = self.rn(FieldNatural::GuestRflags);
+            let blocking = self.r32(Field32::GuestInterruptibilityState) & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS);
+            if rflags & RFLAGS_IF == 0 || blocking != 0 {
+                self.unsupported(
+                    Field32::PrimaryProcBasedVmExecControl.name(),
+                    format!(
+                        "interrupt-window exiting with guest RFLAGS {rflags:#x}, blocking {blocking:#x}: the window \
+                         would open inside L2, and KVM reports that late on this host (docs/kvm-exits.md row W)"
+                    ),
+                );
+            }
+        }
+
         // "VMCS link pointer. The following checks apply if the field contains a value other
         // than FFFFFFFF_FFFFFFFFH:"
         let link = self.r64(Field64::VmcsLinkPointer);
@@ -1498,6 +1525,38 @@ mod tests {
             Err(EntryFailure::Unsupported { field: f, .. }) if f == field => {}
             other => panic!("expected Unsupported on {field}, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn preemption_timer_and_interrupt_window_part3() {
+        let b = baseline();
+        let pins = b.get(Field32::PinBasedVmExecControl.encoding());
+        let exits = b.get(Field32::VmExitControls.encoding());
+        let save = u64::from(exit::SAVE_PREEMPTION_TIMER);
+        let timer = u64::from(pin::PREEMPTION_TIMER);
+        // SDM 27.2.1.2: "save VMX-preemption timer value" needs "activate VMX-preemption timer".
+        control_fails(&b.clone().with(Field32::VmExitControls.encoding(), exits | save), "vm_exit_controls");
+        let m = b
+            .clone()
+            .with(Field32::VmExitControls.encoding(), exits | save)
+            .with(Field32::PinBasedVmExecControl.encoding(), pins | timer);
+        assert!(run(&m).is_ok(), "{:?}", run(&m));
+        // Interrupt-window exiting: honoured with RFLAGS.IF = 1 and no blocking, refused
+        // otherwise (the window would open inside L2).
+        let proc =
+            b.get(Field32::PrimaryProcBasedVmExecControl.encoding()) | u64::from(proc1::INTERRUPT_WINDOW_EXITING);
+        let rflags = b.get(FieldNatural::GuestRflags.encoding());
+        let w = b.clone().with(Field32::PrimaryProcBasedVmExecControl.encoding(), proc);
+        unsupported(
+            &w.clone().with(FieldNatural::GuestRflags.encoding(), rflags & !RFLAGS_IF),
+            "primary_proc_based_vm_exec_control",
+        );
+        let open = w.with(FieldNatural::GuestRflags.encoding(), rflags | RFLAGS_IF);
+        assert!(run(&open).is_ok(), "{:?}", run(&open));
+        unsupported(
+            &open.with(Field32::GuestInterruptibilityState.encoding(), u64::from(BLOCKING_BY_STI)),
+            "primary_proc_based_vm_exec_control",
+        );
     }
 
     #[test]

@@ -137,7 +137,7 @@ fn read_linear(l2: &L2Vm, cr3: u64, linear: u64, len: usize) -> Vec<u8> {
     while out.len() < len {
         let Some(gpa) = l2.l2_phys(cr3, a) else { break };
         let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
-        let bytes = l2.read_l2(&[], gpa, n);
+        let bytes = l2.read_l2(gpa, n);
         let got = bytes.len();
         out.extend(bytes);
         if got < n {
@@ -241,7 +241,7 @@ pub fn on_mmio(l2: &mut L2Vm, exit: &Exit, regs: &kvm_regs, sregs: &kvm_sregs) -
     if let Fill::Mapped { .. } = fill {
         match (exit, write_data) {
             (Exit::MmioRead { len, .. }, _) => {
-                let data = l2.read_l2(&[], gpa, *len as usize);
+                let data = l2.read_l2(gpa, *len as usize);
                 l2.vcpu.set_mmio_data(&data);
             }
             (_, Some(data)) => {
@@ -285,6 +285,59 @@ pub fn on_mmio(l2: &mut L2Vm, exit: &Exit, regs: &kvm_regs, sregs: &kvm_sregs) -
     let qualification = if reason == ExitReason::EptViolation { qualification(access, perms, true, true) } else { 0 };
     let presented = kvm_regs { rip, ..*regs };
     Ok(Fault::Exit { reason, qualification, gpa, linear, rip, regs: presented })
+}
+
+/// KVM_INTERNAL_ERROR_EMULATION: KVM's emulator could not fetch or decode.
+const KVM_INTERNAL_ERROR_EMULATION: u32 = 1;
+
+/// Handle a KVM_EXIT_INTERNAL_ERROR of VM2. docs/kvm-exits.md row 8: an instruction fetch
+/// from a GPA without memslot is an emulation failure with the jump (or call) retired, RIP
+/// at the fetch target, no GPA in the exit. L0 finds the page itself: the first of the
+/// pages of RIP and RIP + 14 (an instruction may cross a page) that translates through
+/// L2's paging to a GPA without slot. If EPT12 lets L2 execute it, L0 maps it and L2 runs
+/// on (an L0-only fill; KVM fetches again). If not, it is an EPT violation on an
+/// instruction fetch (SDM Table 28-7 bit 2, with the R/W/X of the translation in bits
+/// 5:3, bits 7 and 8 set, the linear address of the byte fetched) or an EPT
+/// misconfiguration; guest RIP is the instruction whose fetch faulted, as on hardware,
+/// where the fetch of the target, not the jump, causes the exit. Anything else is an
+/// engine error, not an exit.
+pub fn on_fetch_failure(l2: &mut L2Vm, exit: &Exit, regs: &kvm_regs, sregs: &kvm_sregs) -> Fault {
+    let started = Instant::now();
+    let unsupported = |why: String| Fault::Unsupported { what: "L2 instruction fetch", why };
+    let Exit::InternalError { suberror, .. } = exit else {
+        return unsupported(format!("{exit:?} is not a KVM internal error"));
+    };
+    if *suberror != KVM_INTERNAL_ERROR_EMULATION {
+        return unsupported(format!("KVM internal error {suberror} at L2 RIP {:#x}", regs.rip));
+    }
+    let rip = regs.rip;
+    let missing = [rip, rip.wrapping_add(14)].into_iter().find_map(|linear| {
+        let gpa = l2.l2_phys(sregs.cr3, linear)?;
+        (!l2.is_mapped(gpa)).then_some((linear, gpa))
+    });
+    let Some((linear, gpa)) = missing else {
+        return unsupported(format!(
+            "KVM could not emulate at L2 RIP {rip:#x}, whose pages are mapped (or not mapped by L2's paging: a #PF on hardware)"
+        ));
+    };
+    match l2.fill(gpa, ept::EXECUTE, false) {
+        Ok(Fill::Mapped { .. }) => {
+            l2.note_fill(started);
+            Fault::Filled
+        }
+        Ok(Fill::Violation { perms }) => Fault::Exit {
+            reason: ExitReason::EptViolation,
+            qualification: qualification(ept::EXECUTE, perms, true, true),
+            gpa,
+            linear,
+            rip,
+            regs: *regs,
+        },
+        Ok(Fill::Misconfig { .. }) => {
+            Fault::Exit { reason: ExitReason::EptMisconfiguration, qualification: 0, gpa, linear: 0, rip, regs: *regs }
+        }
+        Err(e) => Fault::Unsupported { what: "EPT12", why: e.to_string() },
+    }
 }
 
 #[cfg(test)]

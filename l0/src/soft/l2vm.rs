@@ -178,6 +178,11 @@ pub struct EptStats {
     pub evictions: u64,
     /// Times every slot was dropped (INVEPT, a new EPTP).
     pub resets: u64,
+    /// VM entries at which an L2 paging-structure page had changed since the last exit (L1
+    /// edited L2's page tables: stores KVM cannot see, [`L2Vm::resync_tables`]).
+    pub table_resyncs: u64,
+    /// Slots deleted and re-created by those resyncs.
+    pub table_resync_slots: u64,
     /// KVM_SET_USER_MEMORY_REGION calls (creates and deletes).
     pub slot_ioctls: u64,
     /// [`MEMSLOT_LIMITS`]: what these figures cannot show.
@@ -229,8 +234,8 @@ pub const MEMSLOT_LIMITS: [&str; 7] = [
     "KVM silently skips L2 page-table A/D updates on read-only slots",
     "a slot's read-only flag cannot change and slots cannot overlap: a split or permission change is delete + re-create",
     "deleting a slot may zap all of KVM's shadow pages: INVEPT and eviction costs measured here are this engine's, not hardware's",
-    "when L1 edits L2's page tables, VM2's shadow MMU does not see the write (another VM's store): L0 must make it see it",
-    "a page-table, GDT/IDT/TSS or code page that EPT12 does not map before L2 runs becomes a #PF or an emulation failure inside KVM, not a reflectable EPT violation",
+    "when L1 edits L2's page tables, VM2's shadow MMU does not see the write (another VM's store): L0 copies L2's paging-structure pages at every exit, compares them at the next entry and re-creates the slots of changed ones (a delete may zap every shadow page)",
+    "a page-table, GDT/IDT/TSS page that EPT12 does not map before L2 runs becomes a #PF inside KVM, not a reflectable EPT violation (a code page is handled: KVM's emulation failure on the fetch becomes an L0 fill or an EPT violation with the fetch bit)",
 ];
 
 /// The most L2 paging-structure pages [`L2Vm::premap`] follows (L1 is hostile input).
@@ -250,6 +255,9 @@ pub struct L2Vm {
     next_id: u32,
     seq: u64,
     max_slots: usize,
+    /// L2's paging-structure pages (L2-physical) as of the last exit, with their contents:
+    /// [`L2Vm::resync_tables`] compares them at the next entry.
+    tables: BTreeMap<u64, Vec<u8>>,
     /// Counters.
     pub stats: EptStats,
 }
@@ -277,6 +285,7 @@ impl L2Vm {
             next_id: 0,
             seq: 0,
             max_slots,
+            tables: BTreeMap::new(),
             stats: EptStats { memslot_limit: max_slots as u64, known_limits: &MEMSLOT_LIMITS, ..EptStats::default() },
         })
     }
@@ -298,6 +307,7 @@ impl L2Vm {
     /// EPTP, INVEPT).
     pub fn reset(&mut self, eptp: u64, maxphyaddr: u32) -> Result<(), EptShadowError> {
         self.unmap_all()?;
+        self.tables.clear();
         self.eptp = eptp;
         self.maxphyaddr = maxphyaddr;
         self.stats.resets += 1;
@@ -360,6 +370,12 @@ impl L2Vm {
         self.stats.memslots = self.slots.len() as u64;
         self.stats.memslots_peak = self.stats.memslots_peak.max(self.stats.memslots);
         Ok(())
+    }
+
+    /// Whether VM2 has a memslot at L2-physical `l2`.
+    #[must_use]
+    pub fn is_mapped(&self, l2: u64) -> bool {
+        self.slot_at(l2).is_some()
     }
 
     /// The slot that maps L2-physical `l2`, if any.
@@ -459,15 +475,17 @@ impl L2Vm {
         // L2's paging structures (4-level paging; SDM 4.5), breadth first.
         let mut seen = HashSet::new();
         let mut queue = vec![(sregs.cr3 & ADDR_MASK, 4u8)];
+        self.tables.clear();
         while let Some((table, level)) = queue.pop() {
             if !seen.insert(table) || seen.len() > MAX_PREMAP_TABLES {
                 continue;
             }
             pin(self, table)?;
+            self.tables.insert(table, Vec::new());
             if level == 1 {
                 continue;
             }
-            let page = self.read_l2(&[], table, 4096);
+            let page = self.read_l2(table, 4096);
             for e in page.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))) {
                 let large = (level == 2 || level == 3) && e & (1 << 7) != 0;
                 if e & 1 != 0 && !large {
@@ -497,11 +515,52 @@ impl L2Vm {
         Ok(mapped)
     }
 
+    /// Remember the contents of L2's paging-structure pages (those the last [`L2Vm::premap`]
+    /// followed) at a VM exit, for [`L2Vm::resync_tables`] at the next entry.
+    pub fn snapshot_tables(&mut self) {
+        let keys: Vec<u64> = self.tables.keys().copied().collect();
+        for t in keys {
+            let page = self.read_l2(t, 4096);
+            self.tables.insert(t, page);
+        }
+    }
+
+    /// At VM entry: if L1 changed one of L2's paging-structure pages since the last exit,
+    /// delete the slots that hold the changed pages (the next [`L2Vm::premap`] re-creates
+    /// them). L1's stores are another VM's writes to the host memory behind VM2's slot, so
+    /// KVM's shadow MMU for VM2, which write-protects L2's page tables to see L2's own
+    /// stores, never notices them; deleting the memslot makes KVM drop the shadow pages
+    /// built from it (x86 KVM may zap all of them: kvm_arch_flush_shadow_memslot), and
+    /// rebuild them from the new entries. Cost: a 4 KiB copy per paging-structure page at
+    /// every exit and a compare at every entry (6 pages, 24 KiB, for the payloads here),
+    /// plus, only when something changed, one delete and one create ioctl per slot and
+    /// KVM's rebuild of its shadow pages. Returns the slots deleted.
+    pub fn resync_tables(&mut self) -> Result<u64, EptShadowError> {
+        let changed: Vec<u64> = self
+            .tables
+            .iter()
+            .filter(|(t, old)| !old.is_empty() && self.read_l2(**t, 4096) != **old)
+            .map(|(t, _)| *t)
+            .collect();
+        let mut deleted = 0;
+        for t in changed {
+            if let Some(key) = self.slot_at(t).map(|s| s.run.l2) {
+                self.delete(key)?;
+                deleted += 1;
+            }
+        }
+        if deleted > 0 {
+            self.stats.table_resyncs += 1;
+            self.stats.table_resync_slots += deleted;
+        }
+        Ok(deleted)
+    }
+
     /// L2-linear `linear` as L2-physical, through L2's paging read through EPT12.
     #[must_use]
     pub fn l2_phys(&self, cr3: u64, linear: u64) -> Option<u64> {
         let read = |pa: u64| {
-            let b = self.read_l2(&[], pa, 8);
+            let b = self.read_l2(pa, 8);
             b.try_into().map(u64::from_le_bytes).map_err(|_| crate::memory::MemoryError::OutOfRange {
                 gpa: pa,
                 len: 8,
@@ -519,9 +578,9 @@ impl L2Vm {
         }
     }
 
-    /// Write one byte of L2 memory at L2-physical `l2` (ignored where EPT12 maps nothing).
-    /// `_runs` is unused: L0 reads and writes L2 memory through EPT12 itself.
-    pub fn write_l2(&self, _runs: &[Run], l2: u64, byte: u8) {
+    /// Write one byte of L2 memory at L2-physical `l2` through EPT12 (ignored where EPT12
+    /// maps nothing).
+    pub fn write_l2(&self, l2: u64, byte: u8) {
         if let Some(pa) = self.l1_addr(l2) {
             let _ = self.l1_mem.write(pa, &[byte]);
         }
@@ -529,9 +588,8 @@ impl L2Vm {
 
     /// Read `len` bytes of L2 memory at L2-physical `l2` through EPT12 (for instruction
     /// decoding and L2's paging structures); short at the first byte EPT12 does not map.
-    /// `_runs` is unused (see [`L2Vm::write_l2`]).
     #[must_use]
-    pub fn read_l2(&self, _runs: &[Run], l2: u64, len: usize) -> Vec<u8> {
+    pub fn read_l2(&self, l2: u64, len: usize) -> Vec<u8> {
         let mut out = Vec::with_capacity(len);
         let mut a = l2;
         while out.len() < len {

@@ -12,14 +12,23 @@
 //! EPT violation invalidates the cached translations of the faulting address, SDM 29.4.3.1,
 //! so the retry sees the new permission without INVEPT). No INVEPT is needed after a not-present entry becomes present (SDM
 //! 29.4.3.3: a processor does not cache translations for not-present EPT entries).
+//!
+//! For `mmio` L1 emulates a device register at [`MMIO_GPA`], which EPT12 never maps
+//! ([`MmioDevice`]): every access is a violation on a not-present entry, decoded by the
+//! qualification (read or write) and the register convention of `nestbench_abi::payload`
+//! (data in EAX, a [`MMIO_INSN_LEN`]-byte `mov`), then skipped.
 
 use nestbench_abi::ept::{READ, RWX, WRITE};
-use nestbench_abi::payload::{EPT_DATA_GPA, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, ept_pattern};
+use nestbench_abi::payload::{
+    EPT_DATA_GPA, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, MMIO_GPA, MMIO_INSN_LEN, ept_pattern, mmio_read_value,
+    mmio_write_value,
+};
 use nestbench_abi::vmcs::{Field64, FieldNatural};
 
-use super::{EXIT_UNEXPECTED_EXIT, RunState, must};
+use super::{EXIT_PAYLOAD_FAILED, EXIT_UNEXPECTED_EXIT, RunState, advance_rip, must};
 use crate::ept_builder::{EptBuilder, EptError, FrameMemory, PageSize};
 use crate::l2::L1Frames;
+use crate::vmx::entry::GuestRegs;
 use crate::vmx::{Vmcs, VmxBackend};
 
 const PAGE: u64 = 4096;
@@ -56,6 +65,8 @@ pub struct EptPool {
     pub read_only: bool,
     /// Violations resolved by mapping a pool page.
     pub resolved: u64,
+    /// `ept_fetch`: instruction fetches are resolved too (the pages hold code).
+    pub fetch: bool,
 }
 
 impl EptPool {
@@ -83,7 +94,7 @@ impl EptPool {
                 frames.write_u64(pa + off, ept_pattern(gpa, off));
             }
         }
-        let mut pool = Self { frames, first, pages, on_demand, read_only, resolved: 0 };
+        let mut pool = Self { frames, first, pages, on_demand, read_only, resolved: 0, fetch: false };
         if !on_demand {
             for i in 0..pages {
                 pool.map(eptp, EPT_DATA_GPA + i * PAGE)?;
@@ -113,6 +124,7 @@ impl EptPool {
     pub fn resolve(&mut self, eptp: u64, gpa: u64, qualification: u64) -> bool {
         let perms = (qualification >> QUAL_PERMS_SHIFT) & RWX;
         let data = qualification & (QUAL_READ | QUAL_WRITE) != 0 && qualification & QUAL_FETCH == 0;
+        let data = data || (self.fetch && qualification & (QUAL_READ | QUAL_WRITE | QUAL_FETCH) == QUAL_FETCH);
         if self.read_only && qualification & QUAL_WRITE != 0 && perms == READ && self.frame_for(gpa).is_some() {
             let ok = EptBuilder::from_eptp(eptp).set_permissions(&mut self.frames, gpa & !(PAGE - 1), RWX) == Ok(true);
             self.resolved += u64::from(ok);
@@ -129,8 +141,61 @@ impl EptPool {
 
 const _: () = assert!(WRITE == 1 << 1);
 
-/// Record the exit; map the page for `ept_touch`; anything else stops the run.
-pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
+/// The `mmio` payload's device: one 32-bit register at [`MMIO_GPA`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MmioDevice {
+    /// The last value written.
+    pub value: u32,
+    /// Writes emulated (the payload writes `mmio_write_value(i)` in iteration `i`).
+    pub writes: u64,
+    /// Reads emulated.
+    pub reads: u64,
+}
+
+/// What [`MmioDevice::access`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmioAccess {
+    /// Not an access L1 emulates (another address, a fetch, a present translation).
+    NotMine,
+    /// Emulated; the instruction is to be skipped.
+    Done,
+    /// A write of a value other than the payload's sequence (L1 checks what it receives).
+    WrongValue {
+        /// Written.
+        got: u32,
+        /// Expected.
+        want: u32,
+    },
+}
+
+impl MmioDevice {
+    /// Emulate the access an EPT violation with qualification `q` at `gpa` describes, with
+    /// the payload's data register EAX in `rax` (written for a read: a 32-bit destination
+    /// zero-extends, SDM 3.4.1.1).
+    pub fn access(&mut self, gpa: u64, q: u64, rax: &mut u64) -> MmioAccess {
+        let kind = q & (QUAL_READ | QUAL_WRITE | QUAL_FETCH);
+        let not_present = (q >> QUAL_PERMS_SHIFT) & RWX == 0;
+        if gpa != MMIO_GPA || !not_present || (kind != QUAL_READ && kind != QUAL_WRITE) {
+            return MmioAccess::NotMine;
+        }
+        if kind == QUAL_WRITE {
+            let (got, want) = (*rax as u32, mmio_write_value(self.writes));
+            self.writes += 1;
+            self.value = got;
+            if got != want {
+                return MmioAccess::WrongValue { got, want };
+            }
+        } else {
+            *rax = u64::from(mmio_read_value(self.value));
+            self.reads += 1;
+        }
+        MmioAccess::Done
+    }
+}
+
+/// Record the exit; emulate the `mmio` register; map the page for `ept_touch`; anything else
+/// stops the run.
+pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState, reason: u32) {
     let q = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
     let gpa = must(b.read64(Field64::GuestPhysicalAddress), "VMREAD guest-physical address");
     let linear = if q & QUAL_LINEAR_VALID != 0 {
@@ -141,6 +206,16 @@ pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
     let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
     // SDM 28.2.4: the VM-exit instruction length is undefined for EPT violations: not read.
     run.record(reason, 0, q, rip, 0, linear);
+    if let Some(dev) = run.mmio.as_mut() {
+        match dev.access(gpa, q, &mut regs.rax) {
+            MmioAccess::Done => return advance_rip(b, rip, MMIO_INSN_LEN),
+            MmioAccess::WrongValue { got, want } => {
+                crate::println!("l1: mmio: write {} of {got:#x}, expected {want:#x}", dev.writes - 1);
+                crate::hypercall::exit(EXIT_PAYLOAD_FAILED)
+            }
+            MmioAccess::NotMine => {}
+        }
+    }
     let eptp = run.eptp;
     if run.ept.as_mut().is_some_and(|p| p.resolve(eptp, gpa, q)) {
         return;
@@ -159,7 +234,15 @@ mod tests {
     fn only_not_present_data_accesses_inside_an_on_demand_pool_are_resolved() {
         let frames = L1Frames::new();
         // Host test: no frame is touched by `frame_for` or the checks before `map`.
-        let pool = EptPool { frames, first: 0x1F0_0000, pages: 4, on_demand: true, read_only: false, resolved: 0 };
+        let pool = EptPool {
+            frames,
+            first: 0x1F0_0000,
+            pages: 4,
+            on_demand: true,
+            read_only: false,
+            resolved: 0,
+            fetch: false,
+        };
         assert_eq!(pool.frame_for(EPT_DATA_GPA), Some(0x1F0_0000));
         assert_eq!(pool.frame_for(EPT_DATA_GPA + 3 * PAGE + 8), Some(0x1F0_0000 - 3 * PAGE));
         assert_eq!(pool.frame_for(EPT_DATA_GPA + 4 * PAGE), None);
@@ -172,5 +255,22 @@ mod tests {
         p.on_demand = false;
         assert!(!p.resolve(0, EPT_DATA_GPA, q), "ept_fill maps everything up front");
         assert_eq!(p.resolved, 0);
+    }
+
+    #[test]
+    fn the_mmio_register_answers_reads_and_checks_writes() {
+        let mut d = MmioDevice::default();
+        let w = QUAL_WRITE | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION;
+        let r = QUAL_READ | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION;
+        let mut rax = 0xFFFF_FFFF_0000_0000 | u64::from(mmio_write_value(0));
+        assert_eq!(d.access(MMIO_GPA, w, &mut rax), MmioAccess::Done);
+        assert_eq!(d.access(MMIO_GPA, r, &mut rax), MmioAccess::Done);
+        assert_eq!(rax, u64::from(mmio_read_value(mmio_write_value(0))), "zero-extended");
+        let mut bad = 5;
+        assert_eq!(d.access(MMIO_GPA, w, &mut bad), MmioAccess::WrongValue { got: 5, want: mmio_write_value(1) });
+        assert_eq!(d.access(MMIO_GPA + 4096, r, &mut rax), MmioAccess::NotMine);
+        assert_eq!(d.access(MMIO_GPA, r | QUAL_FETCH, &mut rax), MmioAccess::NotMine);
+        assert_eq!(d.access(MMIO_GPA, r | 1 << QUAL_PERMS_SHIFT, &mut rax), MmioAccess::NotMine);
+        assert_eq!((d.reads, d.writes), (1, 2));
     }
 }

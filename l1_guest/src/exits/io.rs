@@ -193,6 +193,8 @@ pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState
         }
         if q.is_in() {
             regs.rax = in_result(regs.rax, q.size_bytes().unwrap_or(1));
+        } else if run.remap.is_some() {
+            super::remap::on_port(b, regs, run);
         }
         advance_rip(b, rip, len);
         return;
@@ -284,6 +286,9 @@ fn finish<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) -> ! {
         );
     }
     mismatches += msrs.gs_base_mismatches;
+    if let Some(remap) = &run.remap {
+        super::remap::summary(remap);
+    }
     // SAFETY: results_pa is the L1 frame behind L2's results page (a whole page).
     let page = unsafe { core::slice::from_raw_parts(run.results_pa as *const u8, size_of::<PayloadResults>()) };
     let mut results = PayloadResults::from_bytes(page).unwrap_or(run.report.results);

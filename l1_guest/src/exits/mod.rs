@@ -6,10 +6,14 @@
 //! VMREAD/VMWRITE of a shadowed field is a few inlined instructions on the soft engine.
 
 pub mod cpuid;
+pub mod ept_misconfig;
 pub mod ept_violation;
 pub mod hlt;
+pub mod interrupt_window;
 pub mod io;
+pub mod preemption_timer;
 pub mod rdmsr;
+pub mod remap;
 pub mod triple_fault;
 pub mod unexpected;
 pub mod vmcall;
@@ -48,6 +52,8 @@ pub const EXIT_L2_TRIPLE_FAULT: u64 = 0xB3;
 pub const EXIT_UNEXPECTED_EXIT: u64 = 0xB4;
 /// Exit status: VMLAUNCH/VMRESUME failed.
 pub const EXIT_ENTRY_FAILED: u64 = 0xB5;
+/// Exit status: an EPT misconfiguration that L1 did not cause on purpose.
+pub const EXIT_EPT_MISCONFIG: u64 = 0xB6;
 
 /// What an exit is handled for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +87,13 @@ pub struct RunState {
     pub msrs: rdmsr::EmulatedMsrs,
     /// The EPT payloads' pool and L1's frame allocator, when one of them runs.
     pub ept: Option<ept_violation::EptPool>,
+    /// `ept_misconfig`: the L2 page whose EPT12 leaf L1 gave a reserved memory type, until
+    /// its EPT-misconfiguration exit repairs it.
+    pub misconfig: Option<u64>,
+    /// `mmio`: the device register L1 emulates.
+    pub mmio: Option<ept_violation::MmioDevice>,
+    /// `ept_remap`, `pte_remap`: what L1 changes on each `out PAYLOAD_PORT`.
+    pub remap: Option<remap::Remap>,
 }
 
 impl RunState {
@@ -121,6 +134,9 @@ impl RunState {
             io_check: None,
             msrs: rdmsr::EmulatedMsrs::new(),
             ept: None,
+            misconfig: None,
+            mmio: None,
+            remap: None,
         }
     }
 
@@ -227,7 +243,10 @@ pub fn dispatch<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs) {
                 r if r == ExitReason::TripleFault as u32 => triple_fault::handle(b, run, reason),
                 r if r == ExitReason::Rdmsr as u32 => rdmsr::handle(b, regs, run, reason),
                 r if r == ExitReason::Wrmsr as u32 => wrmsr::handle(b, regs, run, reason),
-                r if r == ExitReason::EptViolation as u32 => ept_violation::handle(b, run, reason),
+                r if r == ExitReason::EptViolation as u32 => ept_violation::handle(b, regs, run, reason),
+                r if r == ExitReason::EptMisconfiguration as u32 => ept_misconfig::handle(b, run, reason),
+                r if r == ExitReason::PreemptionTimer as u32 => preemption_timer::handle(b, run, reason),
+                r if r == ExitReason::InterruptWindow as u32 => interrupt_window::handle(b, run, reason),
                 _ => unexpected::handle(b, reason),
             }
         }
