@@ -55,7 +55,9 @@ pub fn run(
     vm.mem.write(L2_RESULTS_GPA, &[0; 4096]).map_err(crate::vm::VmError::from)?;
     // The EPT payloads' data region, seeded as L1 seeds its pool (here it is plain memory
     // of the VM: a first touch costs what a first touch costs in a single-level guest).
-    for i in 0..payload::EPT_DATA_PAGES {
+    // Only the pool's pages: this VM's 16 MiB hold no aliases, so an EPT payload runs here
+    // with at most `EPT_POOL_PAGES` pages.
+    for i in 0..payload::EPT_POOL_PAGES {
         let gpa = payload::EPT_DATA_GPA + i * 4096;
         for off in payload::EPT_PATTERN_OFFSETS {
             vm.mem.write_u64(gpa + off, payload::ept_pattern(gpa, off)).map_err(crate::vm::VmError::from)?;

@@ -10,7 +10,10 @@
 //! 0x0030_0000  PML4, PDPT, PD, PT (0x20_0000-0x3F_FFFF), PT (0x40_0000-0x5F_FFFF)
 //! 0x0030_5000  GDT (null, code64 DPL0, data DPL0, data DPL3, code64 DPL3, TSS)
 //! 0x0030_6000  TSS (104 bytes, I/O bitmap for all 65536 ports, 0xFF terminator)
-//! 0x0030_9000  PT (0x60_0000-0x7F_FFFF: the EPT data region, mapped in L2's paging only)
+//! 0x0030_9000  PT (0x60_0000-0x7F_FFFF: the EPT data region's first 2 MiB, 4 KiB pages)
+//! 0x0030_A000  PD (0x4000_0000-0x7FFF_FFFF: the data region's last 6 MiB, 2 MiB pages;
+//!              0x80_0000-0x3FFF_FFFF are 2 MiB pages of the first PD). The data region
+//!              (1 GiB) is mapped in L2's paging only
 //! 0x003E_C000  stack (16 KiB below L2_STACK_TOP)
 //! 0x003F_F000  results page
 //! 0x0040_0000  payload image (L2_IMAGE_BASE, up to L2_IMAGE_MAX)
@@ -60,12 +63,18 @@ const L2_TSS_PAGES: u64 = (L2_TSS_LIMIT as u64 + 1).div_ceil(PAGE);
 /// The page table for the EPT data region (`EPT_DATA_GPA`, 2 MiB): L2's paging maps every
 /// page of it; EPT12 maps none of it unless an EPT payload asks (the `ept_*` payloads).
 pub const L2_PT_DATA: u64 = L2_TSS + L2_TSS_PAGES * PAGE;
-const _: () = assert!(EPT_DATA_GPA == 0x60_0000 && EPT_DATA_PAGES == 512, "one page table, PD[3]");
+/// The page directory for 0x4000_0000-0x7FFF_FFFF (PDPT[1]): the end of the data region,
+/// with 2 MiB pages.
+pub const L2_PD_DATA_HIGH: u64 = L2_PT_DATA + PAGE;
+/// End of the EPT data region (exclusive).
+const EPT_DATA_END: u64 = EPT_DATA_GPA + EPT_DATA_PAGES * PAGE;
+const _: () = assert!(EPT_DATA_GPA == 0x60_0000 && EPT_DATA_END % (2 << 20) == 0, "PT at PD[3], then 2 MiB pages");
+const _: () = assert!(EPT_DATA_END <= 2 << 30, "PDPT[0] and PDPT[1]");
 /// L2's stack: 16 KiB below the top.
 pub const L2_STACK_BYTES: u64 = 16 << 10;
 
-const _: () = assert!(L2_PML4 >= 0x20_0000 && L2_PT_DATA + PAGE <= L2_STACK_TOP - L2_STACK_BYTES);
-const _: () = assert!(L2_PT_DATA == L2_PML4 + (6 + L2_TSS_PAGES) * PAGE, "the last of the 7 + TSS system pages");
+const _: () = assert!(L2_PML4 >= 0x20_0000 && L2_PD_DATA_HIGH + PAGE <= L2_STACK_TOP - L2_STACK_BYTES);
+const _: () = assert!(L2_PD_DATA_HIGH == L2_PML4 + (7 + L2_TSS_PAGES) * PAGE, "the last of the 8 + TSS system pages");
 const _: () = assert!(L2_RESULTS_GPA >= L2_STACK_TOP && L2_RESULTS_GPA + PAGE <= L2_IMAGE_BASE);
 const _: () = assert!(L2_IMAGE_BASE == 0x40_0000 && L2_IMAGE_BASE + L2_IMAGE_MAX <= 0x60_0000, "two page tables");
 
@@ -255,7 +264,7 @@ pub fn build<M: FrameMemory>(mem: &mut M, image: &[u8], entry: u64) -> Result<L2
         map_new(mem, gpa)?;
     }
     let results_pa = map_new(mem, L2_RESULTS_GPA)?;
-    let mut sys = [0u64; 7 + L2_TSS_PAGES as usize];
+    let mut sys = [0u64; 8 + L2_TSS_PAGES as usize];
     for (i, pa) in sys.iter_mut().enumerate() {
         *pa = map_new(mem, L2_PML4 + i as u64 * PAGE)?;
     }
@@ -267,8 +276,14 @@ pub fn build<M: FrameMemory>(mem: &mut M, image: &[u8], entry: u64) -> Result<L2
     mem.write_u64(l1(L2_PD) + 8, L2_PT_LOW | PDE);
     mem.write_u64(l1(L2_PD) + 16, L2_PT_HIGH | PDE);
     mem.write_u64(l1(L2_PD) + 24, L2_PT_DATA | PDE);
-    for i in 0..EPT_DATA_PAGES {
+    for i in 0..512 {
         mem.write_u64(l1(L2_PT_DATA) + i * 8, (EPT_DATA_GPA + i * PAGE) | PTE);
+    }
+    // The rest of the data region: 2 MiB pages (PS), in PD (below 1 GiB) and PD_DATA_HIGH.
+    mem.write_u64(l1(L2_PDPT) + 8, L2_PD_DATA_HIGH | PDE);
+    for gpa in (EPT_DATA_GPA + (2 << 20)..EPT_DATA_END).step_by(2 << 20) {
+        let pd = if gpa < 1 << 30 { L2_PD } else { L2_PD_DATA_HIGH };
+        mem.write_u64(l1(pd) + ((gpa >> 21) & 0x1FF) * 8, gpa | PTE | 1 << 7);
     }
     let pte = |mem: &mut M, gpa: u64| {
         let pt = if gpa < L2_IMAGE_BASE { L2_PT_LOW } else { L2_PT_HIGH };

@@ -6,8 +6,8 @@
 use nestbench_abi::boot::BootInfo;
 use nestbench_abi::cpuid as hv;
 use nestbench_abi::payload::{
-    EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, EPT_MISCONFIG_MEMTYPE, EPT_MISCONFIG_PAGES, EPT_PATTERN_OFFSETS, L2_IMAGE_MAX,
-    STAGING_GPA, ept_fetch_code, ept_pattern,
+    EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, EPT_MISCONFIG_MEMTYPE, EPT_MISCONFIG_PAGES, EPT_PATTERN_OFFSETS,
+    EPT_POOL_PAGES, L2_IMAGE_MAX, STAGING_GPA, ept_fetch_code, ept_pattern,
 };
 use nestbench_abi::vmcs::Field32;
 
@@ -273,6 +273,8 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
         b"ept_misconfig" => EPT_MISCONFIG_PAGES,
         b"ept_remap" => 1,
         b"pte_remap" => 2,
+        // They write to or put code in their pages: no aliasing (l2_payloads::ept_touch::pool_pages).
+        b"ept_ro" | b"ept_fetch" => p.iterations.min(EPT_POOL_PAGES),
         _ => p.iterations,
     };
     if let Some((on_demand, read_only)) = pool {

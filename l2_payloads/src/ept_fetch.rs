@@ -45,10 +45,10 @@ fn call(recorder: &mut Recorder, page: u64, timed: bool) {
     }
 }
 
-/// `ept_fetch`'s body: iterations are pages, as for `ept_touch`.
+/// `ept_fetch`'s body: iterations are pages, at most `EPT_POOL_PAGES` (no aliasing).
 #[cfg(target_arch = "x86_64")]
 pub fn run(recorder: &mut Recorder, iterations: u64, _arg: u64) {
-    let n = crate::ept_touch::pages(iterations);
+    let n = crate::ept_touch::pool_pages(iterations);
     for i in 0..n {
         call(recorder, i, true);
     }

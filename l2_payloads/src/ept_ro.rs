@@ -25,10 +25,10 @@ pub const MANIFEST: Manifest = Manifest {
     soft_engine: Support::Runs,
 };
 
-/// Iterations are pages, as for `ept_touch`; `arg` is unused.
+/// Iterations are pages, at most `EPT_POOL_PAGES` (no aliasing); `arg` is unused.
 #[cfg(target_arch = "x86_64")]
 pub fn run(recorder: &mut Recorder, iterations: u64, _arg: u64) {
-    for i in 0..crate::ept_touch::pages(iterations) {
+    for i in 0..crate::ept_touch::pool_pages(iterations) {
         let gpa = EPT_DATA_GPA + i * 4096;
         let p = gpa as *mut u64;
         // SAFETY: the data page is mapped in L2's paging and (read-only, then read/write) in

@@ -8,11 +8,12 @@
 //! pass reads every page again: it must cause no exit at all (the manifest counts one
 //! violation per page, and the tests check the total).
 //!
-//! Iterations are pages, at most [`EPT_DATA_PAGES`].
+//! Iterations are pages, at most [`EPT_DATA_PAGES`] (1 GiB); pages beyond the first
+//! [`EPT_POOL_PAGES`] alias pool pages in EPT12 and carry their pattern ([`ept_alias`]).
 
 #[cfg(target_arch = "x86_64")]
 use nestbench_abi::payload::EPT_DATA_GPA;
-use nestbench_abi::payload::{Cpl, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, ept_pattern};
+use nestbench_abi::payload::{Cpl, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, EPT_POOL_PAGES, ept_alias, ept_pattern};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
@@ -35,10 +36,18 @@ pub const fn pages(iterations: u64) -> u64 {
     if iterations < EPT_DATA_PAGES { iterations } else { EPT_DATA_PAGES }
 }
 
-/// Whether the seeded word at `off` of data page `gpa` reads back as `value`.
+/// The pages a payload that must not alias (`ept_ro`, `ept_fetch`: they write to or put
+/// code in their pages) touches when asked for `iterations`.
+#[must_use]
+pub const fn pool_pages(iterations: u64) -> u64 {
+    if iterations < EPT_POOL_PAGES { iterations } else { EPT_POOL_PAGES }
+}
+
+/// Whether the seeded word at `off` of data page `gpa` reads back as `value` (the pattern
+/// of the pool page it aliases).
 #[must_use]
 pub const fn seeded(gpa: u64, off: u64, value: u64) -> bool {
-    value == ept_pattern(gpa, off)
+    value == ept_pattern(ept_alias(gpa), off)
 }
 
 const _: () = assert!(EPT_PATTERN_OFFSETS[0] == 0 && EPT_PATTERN_OFFSETS[1] == 0xFF8);

@@ -258,7 +258,9 @@ mod tests {
         assert_eq!(m("vmcall").expected_exits(ExitReason::IoInstruction, 9), 0);
         assert_eq!(m("ept_touch").expected_exits(ExitReason::EptViolation, 50), 50);
         assert!(m("ept_fill").exits_per_iteration.is_empty());
-        assert_eq!(ept_touch::pages(10_000), nestbench_abi::payload::EPT_DATA_PAGES);
+        assert_eq!(ept_touch::pages(10_000), 10_000);
+        assert_eq!(ept_touch::pages(u64::MAX), nestbench_abi::payload::EPT_DATA_PAGES);
+        assert_eq!(ept_touch::pool_pages(10_000), nestbench_abi::payload::EPT_POOL_PAGES);
         assert_eq!(m("rdmsr").exits_per_iteration, [(ExitReason::Rdmsr, 1)]);
         assert_eq!(m("wrmsr").exits_per_iteration, [(ExitReason::Wrmsr, 1)]);
         assert_eq!(m("wrmsr").expected_exits(ExitReason::Wrmsr, 9), 9);

@@ -172,6 +172,14 @@ mod tests {
         assert_eq!(bucket(1024), 10);
         assert_eq!(bucket(u64::MAX), HIST_BUCKETS - 1);
     }
+
+    #[test]
+    fn data_pages_beyond_the_pool_alias_its_pages() {
+        assert_eq!(ept_alias(EPT_DATA_GPA + 8), EPT_DATA_GPA + 8);
+        assert_eq!(ept_alias(EPT_DATA_GPA + (EPT_POOL_PAGES - 1) * 4096), EPT_DATA_GPA + (EPT_POOL_PAGES - 1) * 4096);
+        assert_eq!(ept_alias(EPT_DATA_GPA + EPT_POOL_PAGES * 4096 + 0xFF8), EPT_DATA_GPA + 0xFF8);
+        assert_eq!(ept_alias(EPT_DATA_GPA + (EPT_DATA_PAGES - 1) * 4096), EPT_DATA_GPA + (EPT_POOL_PAGES - 1) * 4096);
+    }
 }
 
 /// One instruction of the `io_encodings` payload: the bytes the payload executes, and what
@@ -228,16 +236,36 @@ pub const IO_ENCODINGS: [IoCase; 18] = [
 const _: () = assert!(PAYLOAD_PORT == 0xE0, "IO_ENCODINGS encodes the immediate port 0xE0");
 
 /// The EPT payloads' data region (`ept_touch`, `ept_fill`): L2-physical = L2-linear pages
-/// from here, one 2 MiB page table's worth, which L1's L2 page tables always map (present,
-/// writable, user) whether or not EPT12 maps them.
+/// from here, [`EPT_DATA_PAGES`] of them (1 GiB), which L1's L2 page tables always map
+/// (present, writable, user) whether or not EPT12 maps them: the first 2 MiB with 4 KiB
+/// pages, the rest with 2 MiB pages.
 pub const EPT_DATA_GPA: u64 = 0x60_0000;
-/// Pages in the EPT data region (the most pages an EPT payload touches).
-pub const EPT_DATA_PAGES: u64 = 512;
+/// Pages in the EPT data region (the most pages `ept_touch` / `ept_fill` touch): 1 GiB.
+pub const EPT_DATA_PAGES: u64 = 1 << 18;
+/// Distinct L1 pages L1 seeds for the data region (its pool). L2 data page `i` is backed by
+/// pool page `i % EPT_POOL_PAGES` (aliasing in EPT12 is legal), so 1 GiB of L2 memory needs
+/// 2 MiB of L1 memory; a data page carries the pattern of [`ept_alias`] of its address. The
+/// payloads that write to or put code in their pages (`ept_ro`, `ept_fetch`) use at most
+/// this many pages, so none of their pages alias.
+pub const EPT_POOL_PAGES: u64 = 512;
 
 const _: () = assert!(L2_IMAGE_BASE + L2_IMAGE_MAX <= EPT_DATA_GPA && EPT_DATA_GPA % (2 << 20) == 0);
+const _: () = assert!(EPT_POOL_PAGES <= EPT_DATA_PAGES && EPT_DATA_PAGES % 512 == 0);
 
-/// The u64 that L1 seeds at byte offset `off` (0 or 0xFF8) of the L1 page it maps at the
-/// EPT data page `gpa` (L2-physical): the payload reads it back, which proves the
+/// The data page whose pool page backs data page `gpa` (page-aligned or not; the offset is
+/// kept): `gpa` itself for the first [`EPT_POOL_PAGES`] pages.
+#[must_use]
+pub const fn ept_alias(gpa: u64) -> u64 {
+    if gpa < EPT_DATA_GPA {
+        return gpa;
+    }
+    let page = (gpa - EPT_DATA_GPA) / 4096 % EPT_POOL_PAGES;
+    EPT_DATA_GPA + page * 4096 + gpa % 4096
+}
+
+/// The u64 that L1 seeds at byte offset `off` (0 or 0xFF8) of the L1 pool page it maps at
+/// the EPT data page `gpa` (L2-physical, one of the first [`EPT_POOL_PAGES`]): the payload
+/// reads it back (through [`ept_alias`] for the pages beyond the pool), which proves the
 /// translation L2 went through ends on that very page.
 #[must_use]
 pub const fn ept_pattern(gpa: u64, off: u64) -> u64 {

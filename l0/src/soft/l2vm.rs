@@ -251,6 +251,9 @@ pub struct L2Vm {
     eptp: u64,
     maxphyaddr: u32,
     slots: BTreeMap<u64, Slot>,
+    /// The unpinned slots by creation order (`seq` -> L2 start): eviction takes the first, in
+    /// O(log n) whatever the slot count.
+    by_age: BTreeMap<u64, u64>,
     free_ids: Vec<u32>,
     next_id: u32,
     seq: u64,
@@ -281,6 +284,7 @@ impl L2Vm {
             eptp: 0,
             maxphyaddr: 46,
             slots: BTreeMap::new(),
+            by_age: BTreeMap::new(),
             free_ids: Vec::new(),
             next_id: 0,
             seq: 0,
@@ -325,6 +329,9 @@ impl L2Vm {
 
     fn delete(&mut self, key: u64) -> Result<Slot, EptShadowError> {
         let slot = self.slots.remove(&key).expect("a slot of the map");
+        if !slot.pinned {
+            self.by_age.remove(&slot.seq);
+        }
         let region = kvm_userspace_memory_region { slot: slot.id, memory_size: 0, ..Default::default() };
         // SAFETY: a zero-sized region deletes the slot; no memory is handed to KVM.
         unsafe { self.fd.set_user_memory_region(region) }.map_err(EptShadowError::Ioctl)?;
@@ -336,7 +343,7 @@ impl L2Vm {
 
     fn create(&mut self, run: Run, pinned: bool) -> Result<(), EptShadowError> {
         if self.slots.len() >= self.max_slots {
-            let victim = self.slots.values().filter(|s| !s.pinned).min_by_key(|s| s.seq).map(|s| s.run.l2);
+            let victim = self.by_age.first_key_value().map(|(_, &l2)| l2);
             let Some(victim) = victim else { return Err(EptShadowError::TooManySlots(self.slots.len() + 1)) };
             self.delete(victim)?;
             self.stats.evictions += 1;
@@ -367,6 +374,9 @@ impl L2Vm {
         self.stats.slot_ioctls += 1;
         self.seq += 1;
         self.slots.insert(run.l2, Slot { id, run, pinned, seq: self.seq });
+        if !pinned {
+            self.by_age.insert(self.seq, run.l2);
+        }
         self.stats.memslots = self.slots.len() as u64;
         self.stats.memslots_peak = self.stats.memslots_peak.max(self.stats.memslots);
         Ok(())
@@ -409,6 +419,7 @@ impl L2Vm {
             if same {
                 if pinned && !s.pinned {
                     self.slots.get_mut(&s.run.l2).expect("found above").pinned = true;
+                    self.by_age.remove(&s.seq);
                 }
                 return Ok(Fill::Mapped { perms });
             }

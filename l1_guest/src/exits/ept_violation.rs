@@ -20,8 +20,8 @@
 
 use nestbench_abi::ept::{READ, RWX, WRITE};
 use nestbench_abi::payload::{
-    EPT_DATA_GPA, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, MMIO_GPA, MMIO_INSN_LEN, ept_pattern, mmio_read_value,
-    mmio_write_value,
+    EPT_DATA_GPA, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, EPT_POOL_PAGES, MMIO_GPA, MMIO_INSN_LEN, ept_pattern,
+    mmio_read_value, mmio_write_value,
 };
 use nestbench_abi::vmcs::{Field64, FieldNatural};
 
@@ -53,11 +53,12 @@ pub const QUAL_FINAL_TRANSLATION: u64 = 1 << 8;
 pub struct EptPool {
     /// L1's frame allocator after the setup (EPT12 tables allocated on demand come from it).
     pub frames: L1Frames,
-    /// The L1 frame of data page 0; data page `i` lives at `first - i * 4096` (the
-    /// allocator hands out descending frames: ascending L2 pages land on descending,
-    /// non-contiguous L1 pages).
+    /// The L1 frame of data page 0; data page `i` lives at
+    /// `first - (i % EPT_POOL_PAGES) * 4096` (the allocator hands out descending frames:
+    /// ascending L2 pages land on descending, non-contiguous L1 pages; pages beyond the pool
+    /// alias its pages).
     pub first: u64,
-    /// Data pages in the pool.
+    /// Data pages the pool backs (L2 pages; at most `EPT_POOL_PAGES` distinct L1 frames).
     pub pages: u64,
     /// `ept_touch`: map on the first touch. `ept_fill`, `ept_ro`: mapped before the launch.
     pub on_demand: bool,
@@ -70,9 +71,10 @@ pub struct EptPool {
 }
 
 impl EptPool {
-    /// Seed `pages` (at most [`EPT_DATA_PAGES`]) pool pages from `frames`, each with the
-    /// [`ept_pattern`] of the data page it will back, and with `on_demand` false map them all
-    /// into the EPT12 at `eptp` right away.
+    /// Back `pages` (at most [`EPT_DATA_PAGES`]) data pages with `min(pages,
+    /// EPT_POOL_PAGES)` pool pages from `frames`, each seeded with the [`ept_pattern`] of
+    /// the data page it backs first, and with `on_demand` false map all `pages` into the
+    /// EPT12 at `eptp` right away (4 KiB leaves; pages beyond the pool alias it).
     pub fn setup(
         mut frames: L1Frames,
         eptp: u64,
@@ -82,7 +84,7 @@ impl EptPool {
     ) -> Result<Self, EptError> {
         let pages = pages.min(EPT_DATA_PAGES);
         let mut first = 0;
-        for i in 0..pages {
+        for i in 0..pages.min(EPT_POOL_PAGES) {
             let pa = frames.alloc_zeroed_page().ok_or(EptError::OutOfFrames)?;
             if i == 0 {
                 first = pa;
@@ -109,7 +111,7 @@ impl EptPool {
         if gpa < EPT_DATA_GPA || gpa >= EPT_DATA_GPA + self.pages * PAGE {
             return None;
         }
-        Some(self.first - (gpa - EPT_DATA_GPA) / PAGE * PAGE)
+        Some(self.first - (gpa - EPT_DATA_GPA) / PAGE % EPT_POOL_PAGES * PAGE)
     }
 
     fn map(&mut self, eptp: u64, gpa: u64) -> Result<(), EptError> {
@@ -247,6 +249,9 @@ mod tests {
         assert_eq!(pool.frame_for(EPT_DATA_GPA + 3 * PAGE + 8), Some(0x1F0_0000 - 3 * PAGE));
         assert_eq!(pool.frame_for(EPT_DATA_GPA + 4 * PAGE), None);
         assert_eq!(pool.frame_for(EPT_DATA_GPA - 1), None);
+        let big = EptPool { pages: EPT_POOL_PAGES + 2, ..pool };
+        assert_eq!(big.frame_for(EPT_DATA_GPA + (EPT_POOL_PAGES + 1) * PAGE), Some(0x1F0_0000 - PAGE), "aliases");
+        let pool = EptPool { pages: 4, ..big };
         let mut p = pool;
         let q = QUAL_READ | QUAL_LINEAR_VALID | QUAL_FINAL_TRANSLATION;
         assert!(!p.resolve(0, EPT_DATA_GPA + 4 * PAGE, q), "outside the pool");

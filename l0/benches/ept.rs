@@ -1,0 +1,202 @@
+//! The soft engine's EPT figures, one run (closing note of "soft engine part 2"):
+//!
+//! * (a) `ept_touch` and `ept_fill` nested (soft engine, VMCS shadowing on) vs their
+//!   single-level twin: cycles per first-touched page, from the payload's own LFENCE;RDTSC
+//!   timing of each page's first read, and the ratio.
+//! * (b) `ept_fill` over 1 MiB .. 1 GiB of L2 data memory: pages touched, VM2's memslot
+//!   peak, evictions, L0-only fills, cycles per page, and the per-page cost relative to the
+//!   1 MiB row (target: flat within 1.5x). L2 data pages beyond L1's 512-page pool alias its
+//!   pages in EPT12 (`nestbench_abi::payload::ept_alias`), so 1 GiB of L2 memory needs 2 MiB
+//!   of L1 memory; every L2 page is still its own 4 KiB EPT12 leaf, hence its own memslot.
+//! * (c) `ept_remap`: cycles per remap + INVEPT round trip (one reflected I/O exit in which
+//!   L1 swaps an EPT12 leaf and executes INVEPT), with `outl` (the same I/O round trip
+//!   without remap and INVEPT) beside it. This is the soft engine's INVEPT (every memslot of
+//!   VM2 deleted, refilled on the next touches), not hardware's.
+//!
+//! `cargo bench -p l0 --bench ept [-- --iterations N]` (N: `ept_remap`/`outl` iterations,
+//! default 500)
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use l0::events::{Event, RunReport};
+use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::soft::engine::SoftStats;
+use nestbench_abi::payload::{EPT_DATA_PAGES, EPT_POOL_PAGES};
+
+/// What a nested run measured.
+struct Nested {
+    /// Mean cycles per iteration (the payload's timing).
+    per_iter: f64,
+    iterations: u64,
+    report: RunReport,
+    wall: Duration,
+}
+
+impl Nested {
+    fn soft(&self) -> &SoftStats {
+        self.report.soft.as_ref().expect("a soft-engine run")
+    }
+}
+
+fn nested(name: &str, iterations: u64) -> Nested {
+    let m = l2_payloads::find(name).expect("a payload");
+    let config = MachineConfig {
+        timeout: Duration::from_secs(600),
+        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        payload: Some(PayloadSpec {
+            name: name.into(),
+            elf: l0::images::payload_elf(name),
+            cpl: m.cpl,
+            iterations,
+            arg: 0,
+        }),
+        ..MachineConfig::default()
+    };
+    let mut got = (0.0, 0);
+    let start = Instant::now();
+    let report = Machine::new(config, &Image::Elf(l0::images::l1_elf()))
+        .expect("machine")
+        .run(|e| {
+            if let Event::PayloadRun(p) = e {
+                let r = p.results.as_ref().expect("results");
+                assert_eq!((p.status, r.failures), (0, 0), "{name} {iterations}");
+                got = (r.total_cycles as f64 / r.iterations.max(1) as f64, r.iterations);
+            }
+        })
+        .expect("run");
+    assert!(report.outcome.is_success(), "{name} {iterations}: {:?}", report.outcome);
+    assert_eq!(got.1, iterations, "{name}: iterations done");
+    Nested { per_iter: got.0, iterations: got.1, report, wall: start.elapsed() }
+}
+
+fn single(name: &str, iterations: u64) -> f64 {
+    let m = l2_payloads::find(name).expect("a payload");
+    let r = l0::single_level::run(
+        Path::new("/dev/kvm"),
+        &l0::images::payload_elf(name),
+        m.cpl,
+        iterations,
+        0,
+        Duration::from_secs(300),
+    )
+    .expect("single-level run");
+    assert_eq!(r.status, 0, "{name} single-level: {:?}", r.problem);
+    let res = r.results.expect("results");
+    assert_eq!((res.failures, res.iterations), (0, iterations), "{name} single-level");
+    res.total_cycles as f64 / res.iterations as f64
+}
+
+fn size_label(bytes: u64) -> String {
+    if bytes >= 1 << 30 { format!("{} GiB", bytes >> 30) } else { format!("{} MiB", bytes >> 20) }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let n: u64 = args
+        .iter()
+        .position(|a| a == "--iterations")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(500);
+
+    // (a) First touch, nested vs single-level. The single-level twin's VM seeds the pool's
+    // pages only, so both run on EPT_POOL_PAGES (2 MiB) pages.
+    let pages = EPT_POOL_PAGES;
+    println!(
+        "(a) cycles per first-touched page, {pages} pages ({} KiB), soft engine (shadowing on) vs single-level",
+        pages * 4
+    );
+    println!(
+        "{:<10} {:>12} {:>12} {:>9} {:>10} {:>10} {:>10}",
+        "payload", "single", "nested", "ratio", "reflected", "L0 fills", "L0 us/fill"
+    );
+    for name in ["ept_touch", "ept_fill"] {
+        let s = single(name, pages);
+        let r = nested(name, pages);
+        let soft = r.soft();
+        println!(
+            "{:<10} {:>12.0} {:>12.0} {:>8.1}x {:>10} {:>10} {:>10.1}",
+            name,
+            s,
+            r.per_iter,
+            r.per_iter / s,
+            soft.reflected_total,
+            soft.ept.fills,
+            soft.ept.fill_ns as f64 / 1e3 / soft.ept.fills.max(1) as f64,
+        );
+    }
+    println!(
+        "    ept_touch: one reflected EPT violation per page (L1 maps it), then an L0 fill; ept_fill: EPT12 maps every"
+    );
+    println!("    page before the launch, so each first touch is one L0-only fill (no exit on hardware)");
+
+    // (b) Scaling of ept_fill with L2 data memory.
+    println!();
+    println!(
+        "(b) ept_fill, L2 data memory 1 MiB .. {} (pages beyond the {EPT_POOL_PAGES}-page L1 pool alias it; 4 KiB EPT12 leaves)",
+        size_label(EPT_DATA_PAGES * 4096)
+    );
+    println!(
+        "{:<8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9} {:>10} {:>8}",
+        "L2 mem", "pages", "slot lim", "peak", "evictions", "fills", "cyc/page", "vs 1 MiB", "L0 us/fill", "wall s"
+    );
+    let mut base = None;
+    let mut worst: f64 = 1.0;
+    let mut rows = 0;
+    for bytes in [1u64 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30] {
+        let pages = bytes / 4096;
+        if pages > EPT_DATA_PAGES {
+            println!("{:<8} beyond the data region ({EPT_DATA_PAGES} pages)", size_label(bytes));
+            continue;
+        }
+        let r = nested("ept_fill", pages);
+        let e = &r.soft().ept;
+        let rel = r.per_iter / *base.get_or_insert(r.per_iter);
+        worst = worst.max(rel);
+        rows += 1;
+        println!(
+            "{:<8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10.0} {:>8.2}x {:>10.1} {:>8.1}",
+            size_label(bytes),
+            r.iterations,
+            e.memslot_limit,
+            e.memslots_peak,
+            e.evictions,
+            e.fills,
+            r.per_iter,
+            rel,
+            e.fill_ns as f64 / 1e3 / e.fills.max(1) as f64,
+            r.wall.as_secs_f64(),
+        );
+    }
+    println!(
+        "    per-page cost over {rows} sizes: at most {worst:.2}x the 1 MiB row: {} the 1.5x target",
+        if worst <= 1.5 { "within" } else { "NOT within" }
+    );
+    println!("    fills count both passes (timed first touches and the untimed re-read, which refills evicted pages)");
+
+    // (c) INVEPT round trip.
+    println!();
+    let remap = nested("ept_remap", n);
+    let outl = nested("outl", n);
+    let s = remap.soft();
+    println!("(c) ept_remap, {n} iterations: this engine's INVEPT cost (memslot deletion and refill), not hardware's");
+    println!(
+        "    {:.0} cycles per remap+INVEPT round trip (I/O exit to L1, EPT12 leaf swap, INVEPT single/all alternating, resume)",
+        remap.per_iter
+    );
+    println!(
+        "    {:.0} cycles per outl round trip (the same I/O exit, no remap, no INVEPT): INVEPT and refill add {:.0} cycles ({:.1}x)",
+        outl.per_iter,
+        remap.per_iter - outl.per_iter,
+        remap.per_iter / outl.per_iter
+    );
+    let per = |v: u64| v as f64 / n as f64;
+    println!(
+        "    per round trip: {:.2} slot resets, {:.2} KVM_SET_USER_MEMORY_REGION calls, {:.2} L0 fills, {:.2} premapped leaves",
+        per(s.ept.resets),
+        per(s.ept.slot_ioctls),
+        per(s.ept.fills),
+        per(s.ept.premapped)
+    );
+}
