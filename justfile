@@ -22,16 +22,22 @@ doctor:
 boot *ARGS:
     cargo run --quiet --release -p orchestrator -- boot {{ARGS}}
 
-# The nested benchmark: the host (doctor), the payloads, then every payload nested on the
-# soft engine (VMCS shadowing on and off) against its single-level twin, and L1's boot.
+# Every payload on every engine this host can run (VMCS shadowing on and off, the single-level
+# twin, Bochs), calibrated, warmed up, repeated; writes results/runs/<timestamp>-<host>/
+# (summary.json, report.md, dashboard.html) and compares against results/baseline/.
+# The nested benchmark (`nestbench bench`); `just bench-nested --quick` is the CI profile.
 bench-nested *ARGS:
     cargo build --quiet --workspace --release
-    ./target/release/nestbench doctor
-    @echo
-    ./target/release/nestbench payloads
+    ./target/release/nestbench bench {{ARGS}}
+
+# BASE and NEW: directories under results/runs/ or summary.json files.
+# Compare two runs: a noise-aware verdict per metric; exits 1 on a significant regression.
+compare BASE NEW *ARGS:
+    cargo run --quiet --release -p orchestrator -- compare {{BASE}} {{NEW}} {{ARGS}}
+
+# The in-process nested table of l0's cargo bench (no orchestrator, no repetitions).
+bench-nested-table *ARGS:
     cargo bench --quiet -p l0 --bench nested -- {{ARGS}}
-    @echo
-    cargo bench --quiet -p l0 --bench boot
 
 # One payload on the soft engine, e.g. `just run --payload outl --iterations 1000`.
 run *ARGS:

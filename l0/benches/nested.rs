@@ -47,7 +47,9 @@ fn nested(name: &str, iterations: u64, shadowing: bool) -> Nested {
     Nested { mean_cycles: mean, report }
 }
 
-fn single(name: &str, iterations: u64) -> f64 {
+/// The single-level twin's cycles per iteration, or why there is none (a payload whose
+/// exits only mean something under L1, such as an EPT violation L1 resolves).
+fn single(name: &str, iterations: u64) -> Result<f64, String> {
     let m = l2_payloads::find(name).unwrap();
     let r = l0::single_level::run(
         Path::new("/dev/kvm"),
@@ -57,9 +59,12 @@ fn single(name: &str, iterations: u64) -> f64 {
         0,
         Duration::from_secs(300),
     )
-    .unwrap();
-    let res = r.results.expect("results");
-    res.total_cycles as f64 / res.iterations.max(1) as f64
+    .map_err(|e| e.to_string())?;
+    if let Some(problem) = r.problem {
+        return Err(problem);
+    }
+    let res = r.results.filter(|r| r.failures == 0).ok_or_else(|| "no valid results page".to_owned())?;
+    Ok(res.total_cycles as f64 / res.iterations.max(1) as f64)
 }
 
 fn l1_insns(r: &RunReport) -> u64 {
@@ -96,18 +101,25 @@ fn main() {
                 .and_then(|s| s.l1_traps_per_reflected_exit())
                 .map_or_else(|| "-".to_owned(), |t| format!("{t:.2}"))
         };
+        let (single, ratio_on, ratio_off) = match &s {
+            Ok(s) => (format!("{s:.0}"), format!("{:.1}x", on.mean_cycles / s), format!("{:.1}x", off.mean_cycles / s)),
+            Err(_) => ("-".to_owned(), "-".to_owned(), "-".to_owned()),
+        };
         println!(
-            "{:<13} {:>12.0} {:>12.0} {:>9.1}x {:>12.0} {:>7.1}x {:>12.2} {:>5} / {:<5}",
+            "{:<13} {:>12} {:>12.0} {:>10} {:>12.0} {:>8} {:>12.2} {:>5} / {:<5}",
             m.name,
-            s,
+            single,
             on.mean_cycles,
-            on.mean_cycles / s,
+            ratio_on,
             off.mean_cycles,
-            off.mean_cycles / s,
+            ratio_off,
             kvm_per,
             traps(&on.report),
             traps(&off.report),
         );
+        if let Err(why) = s {
+            println!("    {}: no single-level twin: {why}", m.name);
+        }
     }
     // Exact L1 cost of one reflected outl exit: the difference of two runs cancels boot,
     // setup and the final exit.

@@ -211,6 +211,42 @@ fn cpl0_probe_code() -> Vec<u8> {
     a.assemble(0x10_0000).expect("the probe assembles")
 }
 
+/// The TSC frequency guests see, in kHz, and where it came from: KVM_GET_TSC_KHZ on a
+/// scratch vCPU (what a payload's RDTSC counts at), else the kernel's `tsc_freq_khz`, else
+/// /proc/cpuinfo's "cpu MHz" when the TSC is constant (approximate). `None` when none
+/// is available; callers then report cycles only.
+#[must_use]
+pub fn tsc_khz(kvm_path: &Path) -> Option<(u64, &'static str)> {
+    let from_kvm = crate::vm::open_kvm(kvm_path)
+        .ok()
+        .filter(|k| k.check_extension(Cap::GetTscKhz))
+        .and_then(|k| k.create_vm().ok())
+        .and_then(|vm| vm.create_vcpu(0).ok())
+        .and_then(|vcpu| vcpu.get_tsc_khz().ok())
+        .filter(|&khz| khz > 0);
+    if let Some(khz) = from_kvm {
+        return Some((u64::from(khz), "KVM_GET_TSC_KHZ"));
+    }
+    if let Some(khz) = std::fs::read_to_string("/sys/devices/system/cpu/cpu0/tsc_freq_khz")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .filter(|&k| k > 0)
+    {
+        return Some((khz, "sysfs tsc_freq_khz"));
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo_tsc_khz(&cpuinfo).map(|k| (k, "/proc/cpuinfo cpu MHz (constant_tsc; approximate)"))
+}
+
+fn cpuinfo_tsc_khz(cpuinfo: &str) -> Option<u64> {
+    let flags = cpuinfo_field(cpuinfo, "flags")?;
+    if !flags.split_whitespace().any(|f| f == "constant_tsc") {
+        return None;
+    }
+    let mhz: f64 = cpuinfo_field(cpuinfo, "cpu MHz")?.parse().ok()?;
+    (mhz > 0.0).then(|| (mhz * 1000.0).round() as u64)
+}
+
 /// Gather everything.
 #[must_use]
 pub fn gather(kvm_path: &Path) -> HostFacts {
@@ -255,5 +291,22 @@ mod tests {
         let c = "processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\n";
         assert_eq!(cpuinfo_field(c, "model name").as_deref(), Some("AMD EPYC"));
         assert_eq!(cpuinfo_field(c, "microcode"), None);
+    }
+
+    #[test]
+    fn tsc_from_cpuinfo_needs_a_constant_tsc() {
+        let c = "cpu MHz\t\t: 2596.134\nflags\t\t: fpu tsc constant_tsc nonstop_tsc\n";
+        assert_eq!(cpuinfo_tsc_khz(c), Some(2_596_134));
+        assert_eq!(cpuinfo_tsc_khz("cpu MHz\t: 2596.1\nflags\t: fpu tsc\n"), None);
+    }
+
+    #[test]
+    fn tsc_khz_is_read_from_kvm_where_there_is_one() {
+        if !Path::new("/dev/kvm").exists() {
+            println!("SKIP: no /dev/kvm");
+            return;
+        }
+        let (khz, source) = tsc_khz(Path::new("/dev/kvm")).expect("a TSC frequency");
+        assert!(khz > 100_000, "{khz} kHz from {source}");
     }
 }

@@ -1,9 +1,16 @@
 //! `nestbench`: the orchestrator's command line.
 
+mod bench;
 mod boot;
+mod compare;
+mod dashboard;
 mod doctor;
+mod export;
 mod l0_child;
+mod report;
+mod results;
 mod run;
+mod schema;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -44,6 +51,79 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// The nested benchmark: every payload on every engine this host can run (VMCS shadowing
+    /// on and off, the single-level twin, Bochs), calibrated, warmed up and repeated; writes
+    /// results/runs/<timestamp>-<host>/ (summary.json, report.md, dashboard.html, exports)
+    /// and compares against results/baseline/ when there is one.
+    Bench(BenchArgs),
+    /// Compare two runs (run directories or summary.json files): a noise-aware verdict per
+    /// metric; exits 1 on a significant regression.
+    Compare {
+        /// The base run.
+        base: PathBuf,
+        /// The new run.
+        new: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Runs whose run-to-run changes set the noise threshold (rustc-perf's Q3 + 3 IQR),
+        /// e.g. results/runs.
+        #[arg(long)]
+        history: Option<PathBuf>,
+    },
+    /// Print a run in a form other tools ingest.
+    Export {
+        /// The run directory or its summary.json.
+        run: PathBuf,
+        /// OpenMetrics text (Prometheus) or Bencher Metric Format JSON.
+        #[arg(long, value_enum)]
+        format: ExportFormat,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ExportFormat {
+    /// OpenMetrics text exposition (Prometheus).
+    Openmetrics,
+    /// Bencher Metric Format JSON.
+    Bencher,
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// The CI profile: shorter loops, fewer repetitions.
+    #[arg(long)]
+    quick: bool,
+    /// Where run directories go.
+    #[arg(long, default_value = "results/runs")]
+    out: PathBuf,
+    /// The committed baseline to compare against (when it has a summary.json).
+    #[arg(long, default_value = "results/baseline")]
+    baseline: PathBuf,
+    /// Engines to bench [default: every one this host can run].
+    #[arg(long, value_delimiter = ',')]
+    engines: Option<Vec<String>>,
+    /// Payloads to bench [default: all].
+    #[arg(long, value_delimiter = ',')]
+    payloads: Option<Vec<String>>,
+    /// Print summary.json on stdout instead of the tables.
+    #[arg(long)]
+    json: bool,
+    /// Exit 3 when the baseline comparison finds a significant regression.
+    #[arg(long)]
+    fail_on_regression: bool,
+    /// The nestbench-l0 binary [default: $NESTBENCH_L0, else next to this executable].
+    #[arg(long)]
+    l0: Option<PathBuf>,
+    /// The KVM device.
+    #[arg(long, default_value = "/dev/kvm")]
+    kvm: PathBuf,
+    /// Each run's time budget in milliseconds [default: 10000 with --quick, else 120000].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: Option<u64>,
+    /// Bochs' CPU model.
+    #[arg(long, default_value = "corei7_skylake_x")]
+    cpu_model: String,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -231,6 +311,51 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     })
 }
 
+fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
+    let cfg = bench::BenchConfig {
+        quick: a.quick,
+        out: a.out,
+        baseline: a.baseline,
+        engines: a.engines,
+        payloads: a.payloads,
+        runner: bench::Runner {
+            l0: l0_child::locate_l0(a.l0.as_deref())?,
+            timeout_ms: a.timeout_ms.unwrap_or(if a.quick { 10_000 } else { 120_000 }),
+            cpu_model: a.cpu_model,
+        },
+        kvm: a.kvm,
+        quiet: a.json,
+    };
+    let o = bench::bench(&cfg)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&o.summary)?);
+    } else {
+        print!("{}", report::headline_table(&o.summary));
+        for k in &o.summary.skipped {
+            println!("skipped: {} {}: {}", k.engine, k.payload.as_deref().unwrap_or("(engine)"), k.reason);
+        }
+        for f in &o.summary.failures {
+            println!("FAILED: {f}");
+        }
+        if let Some(c) = &o.comparison {
+            print!("{}", compare::render(c));
+        }
+    }
+    eprintln!(
+        "{}wrote {} ({:.0} s): summary.json, report.md, dashboard.html",
+        if o.summary.partial { "PARTIAL run: " } else { "" },
+        o.dir.display(),
+        o.summary.wall_s
+    );
+    Ok(if o.summary.partial {
+        1
+    } else if a.fail_on_regression && o.comparison.as_ref().is_some_and(|c| c.regressions() > 0) {
+        3
+    } else {
+        0
+    })
+}
+
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -249,6 +374,27 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Boot(a) => boot(a)?,
         Cmd::Run(a) => run_payload(a)?,
+        Cmd::Bench(a) => bench_cmd(a)?,
+        Cmd::Compare { base, new, json, history } => {
+            let b = results::load(&base)?;
+            let n = results::load(&new)?;
+            let h = history.as_deref().map(results::history).unwrap_or_default();
+            let c = compare::compare(&b, &n, &h);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&c)?);
+            } else {
+                print!("{}", compare::render(&c));
+            }
+            i32::from(c.regressions() > 0)
+        }
+        Cmd::Export { run, format } => {
+            let s = results::load(&run)?;
+            match format {
+                ExportFormat::Openmetrics => print!("{}", export::openmetrics(&s)),
+                ExportFormat::Bencher => println!("{}", serde_json::to_string_pretty(&export::bencher(&s))?),
+            }
+            0
+        }
         Cmd::Payloads { json } => {
             print!("{}", run::payloads(json));
             if json {

@@ -1,0 +1,1014 @@
+//! `nestbench bench`: the default matrix on every engine this host can run, with
+//! kvm-unit-tests style calibration, warm-up and repetitions, each run in its own
+//! `nestbench-l0` child; the results go to `results/runs/<timestamp>-<host>/` atomically.
+//!
+//! The matrix, per payload (any list the manifests hold):
+//!
+//! * `soft`: nested with VMCS shadowing on and off, and the single-level twin (the same image
+//!   as a plain KVM guest of L0), unless the manifest says the soft engine cannot run it;
+//! * `bochs` (when installed): L1 as root hypervisor, figures in instructions per iteration;
+//! * `kvm`: skipped with doctor's reason until the engine is built.
+//!
+//! Timing: iterations are doubled from `start_iterations` until one run's loop spans at least
+//! 2^k cycles (judged as the fastest iteration times the count, so a preempted iteration does
+//! not end calibration early; those calibration runs are the warm-up), then `repetitions`
+//! runs of that size are measured. A payload that does fewer iterations than asked (it
+//! caps its work) is measured at what it does. Runs are sequential: two cores, and timing must not share them.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use crate::doctor::EngineStatus;
+use crate::l0_child::{self, ChildRun, Interruption};
+use crate::results::{
+    self, CalibrationStep, Config, ConfigResult, EngineEntry, ExitMultiplication, Exits, PerLevel, Profile, Repetition,
+    Skipped, Summary, Tsc,
+};
+
+/// `results/schema/summary.schema.json`, built in.
+pub const SCHEMA: &str = include_str!("../../results/schema/summary.schema.json");
+
+/// The CI profile: short loops, few repetitions (minutes on a 2-core machine).
+#[must_use]
+pub fn quick_profile() -> Profile {
+    Profile {
+        name: "quick".into(),
+        repetitions: 7,
+        warmup: 0,
+        target_log2_cycles: 25,
+        target_log2_instructions: 16,
+        start_iterations: 8,
+        max_iterations: 1 << 22,
+        max_run_wall_ms: 250,
+    }
+}
+
+/// The default profile.
+#[must_use]
+pub fn full_profile() -> Profile {
+    Profile {
+        name: "full".into(),
+        repetitions: 10,
+        warmup: 1,
+        target_log2_cycles: 29,
+        target_log2_instructions: 20,
+        start_iterations: 16,
+        max_iterations: 1 << 24,
+        max_run_wall_ms: 2_000,
+    }
+}
+
+/// One configuration to run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Planned {
+    /// `soft`, `single_level` or `bochs`.
+    pub engine: &'static str,
+    /// The payload.
+    pub payload: String,
+    /// VMCS shadowing for nested runs.
+    pub shadowing: Option<bool>,
+    /// The payload ignores requested iterations and always does this many.
+    pub fixed_iterations: Option<u64>,
+    /// Iterations to use instead of calibrating (the baseline's, so counts compare exactly).
+    pub pinned_iterations: Option<u64>,
+}
+
+impl Planned {
+    fn config(&self) -> Config {
+        match self.engine {
+            "bochs" => Config::Bochs,
+            "single_level" => Config::SingleLevel,
+            _ => Config::Nested,
+        }
+    }
+
+    fn id(&self) -> String {
+        results::config_id(self.engine, &self.payload, self.shadowing)
+    }
+}
+
+/// The plan: configurations in run order, what is skipped and why, and each engine's entry.
+#[derive(Debug)]
+pub struct Plan {
+    /// Configurations, soft engine (per payload: single-level, shadowing on, off) first.
+    pub configs: Vec<Planned>,
+    /// Skipped engines and payloads.
+    pub skipped: Vec<Skipped>,
+    /// Every engine.
+    pub engines: Vec<EngineEntry>,
+}
+
+/// Build the matrix from doctor's engine verdicts, the engines asked for (`None`: every one
+/// this host can run) and the payloads.
+#[must_use]
+pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2_payloads::Manifest]) -> Plan {
+    let mut p = Plan { configs: Vec::new(), skipped: Vec::new(), engines: Vec::new() };
+    for e in engines {
+        let asked = wanted.is_none_or(|w| w.iter().any(|x| x == e.engine));
+        let runnable = e.can_run && e.implemented;
+        let benched = asked && runnable;
+        let reason = if !asked {
+            "not asked for (--engines)".to_owned()
+        } else if !e.can_run {
+            e.reason.clone()
+        } else if !e.implemented {
+            format!("this host can run it, but nestbench has not built the {} engine yet ({})", e.engine, e.reason)
+        } else {
+            e.reason.clone()
+        };
+        if asked && !runnable {
+            p.skipped.push(Skipped { engine: e.engine.into(), payload: None, reason: reason.clone() });
+        }
+        p.engines.push(EngineEntry {
+            engine: e.engine.into(),
+            can_run: e.can_run,
+            implemented: e.implemented,
+            benched,
+            reason,
+        });
+        if !benched {
+            continue;
+        }
+        for m in payloads {
+            let fixed = m.fixed_iterations;
+            match e.engine {
+                "soft" => match m.soft_engine {
+                    l2_payloads::Support::Runs => {
+                        for (engine, shadowing) in [("single_level", None), ("soft", Some(true)), ("soft", Some(false))]
+                        {
+                            p.configs.push(Planned {
+                                engine,
+                                payload: m.name.into(),
+                                shadowing,
+                                fixed_iterations: fixed,
+                                pinned_iterations: None,
+                            });
+                        }
+                    }
+                    l2_payloads::Support::Unsupported { reason } => p.skipped.push(Skipped {
+                        engine: "soft".into(),
+                        payload: Some(m.name.into()),
+                        reason: format!("{reason} (its single-level twin is skipped with it)"),
+                    }),
+                },
+                "bochs" => p.configs.push(Planned {
+                    engine: "bochs",
+                    payload: m.name.into(),
+                    shadowing: None,
+                    fixed_iterations: fixed,
+                    pinned_iterations: None,
+                }),
+                other => p.skipped.push(Skipped {
+                    engine: other.into(),
+                    payload: Some(m.name.into()),
+                    reason: "the bench has no runner for this engine".into(),
+                }),
+            }
+        }
+    }
+    p
+}
+
+/// How to run children.
+#[derive(Clone, Debug)]
+pub struct Runner {
+    /// The `nestbench-l0` binary.
+    pub l0: PathBuf,
+    /// The guest's budget per run (l0's watchdog); the child is killed 10 s after it.
+    pub timeout_ms: u64,
+    /// Bochs' CPU model.
+    pub cpu_model: String,
+}
+
+impl Runner {
+    fn args(&self, c: &Planned, iterations: u64) -> Vec<String> {
+        let mut a: Vec<String> = ["run", "--payload", &c.payload, "--iterations", &iterations.to_string()]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        a.extend(["--timeout-ms".into(), self.timeout_ms.to_string()]);
+        match c.engine {
+            "bochs" => a.extend(["--engine".into(), "bochs".into(), "--cpu-model".into(), self.cpu_model.clone()]),
+            "single_level" => a.push("--single-level".into()),
+            _ => a.extend(["--vmcs-shadowing".into(), if c.shadowing == Some(false) { "off" } else { "on" }.into()]),
+        }
+        a
+    }
+}
+
+/// One finished child run, digested.
+struct OneRun {
+    rep: Repetition,
+    exits: Exits,
+    mult: Option<ExitMultiplication>,
+    insn_emulation: Option<u64>,
+    trace_drops: Option<u64>,
+}
+
+fn map_u64(v: &Value) -> std::collections::BTreeMap<String, u64> {
+    v.as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect()).unwrap_or_default()
+}
+
+/// Why a child run does not count, in words.
+fn failure(child: &ChildRun, doc: &Value) -> Option<String> {
+    match child.interrupted {
+        Some(Interruption::Interrupted) => return Some("interrupted (Ctrl-C); nestbench-l0 was stopped".into()),
+        Some(Interruption::Timeout) => return Some("nestbench-l0 outlived its deadline and was killed".into()),
+        None => {}
+    }
+    if let Some(e) = child.event("error") {
+        return Some(format!("nestbench-l0: {}", e["message"].as_str().unwrap_or("error")));
+    }
+    if !child.complete() {
+        return Some(match child.exit_code {
+            None => "nestbench-l0 was killed by a signal before its final event".into(),
+            Some(c) => format!("nestbench-l0 ended without a final event (exit code {c})"),
+        });
+    }
+    if doc["engine"] != "single_level" && doc["outcome"]["kind"] != "exited" {
+        return Some(format!("the run failed: {}", crate::boot::describe_outcome(&doc["outcome"])));
+    }
+    if doc["engine"] == "single_level" && !doc["problem"].is_null() {
+        return Some(format!("the single-level run failed: {}", doc["problem"]));
+    }
+    if doc["payload_status"] != 0 || doc["payload_failures"] != 0 {
+        return Some(format!(
+            "the payload reported status {} with {} failures",
+            doc["payload_status"], doc["payload_failures"]
+        ));
+    }
+    None
+}
+
+fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Result<OneRun, String> {
+    let doc = match c.engine {
+        "bochs" => crate::run::bochs_json(child, &c.payload, iterations),
+        "single_level" => crate::run::single_json(child, &c.payload, iterations),
+        _ => crate::run::nested_json(child, &c.payload, iterations, c.shadowing != Some(false)),
+    };
+    if let Some(why) = failure(child, &doc) {
+        return Err(why);
+    }
+    let res = if c.engine == "single_level" {
+        &child.event("end").expect("complete")["single_level"]["results"]
+    } else {
+        &child.event("payload_run").ok_or("no payload_run event")?["results"]
+    };
+    let n = res["iterations"].as_u64().ok_or("the payload reported no iterations")?;
+    let total = res["total_cycles"].as_u64().unwrap_or(0);
+    let hist: Vec<[u64; 2]> = res["hist"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| Some([p[0].as_u64()?, p[1].as_u64()?])).collect())
+        .unwrap_or_default();
+    let report = child.event("end").map(|e| &e["report"]).cloned().unwrap_or(Value::Null);
+    let (exits, mult, insn) = match c.engine {
+        "single_level" => {
+            let by_kind = map_u64(&doc["kvm_exits"]);
+            let total: u64 = by_kind.values().sum();
+            (
+                Exits {
+                    l2_by_reason: by_kind.clone(),
+                    reflected_by_reason: Default::default(),
+                    per_level: PerLevel { kvm_exits_l2_vm: Some(total), ..Default::default() },
+                    kvm_by_kind: by_kind,
+                    stable_across_repetitions: true,
+                },
+                None,
+                None,
+            )
+        }
+        "bochs" => (
+            Exits {
+                l2_by_reason: map_u64(&doc["exits"]),
+                reflected_by_reason: Default::default(),
+                per_level: PerLevel::default(),
+                kvm_by_kind: Default::default(),
+                stable_across_repetitions: true,
+            },
+            None,
+            None,
+        ),
+        _ => (
+            Exits {
+                l2_by_reason: map_u64(&doc["exits"]),
+                reflected_by_reason: map_u64(&doc["reflected_exits_by_reason"]),
+                per_level: PerLevel {
+                    l0_only: doc["l0_only_exits"].as_u64(),
+                    reflected_to_l1: doc["reflected_exits"].as_u64(),
+                    l1_traps: doc["l1_traps"].as_u64(),
+                    kvm_exits_l1_vm: doc["kvm_exits"]["l1_vm"].as_u64(),
+                    kvm_exits_l2_vm: doc["kvm_exits"]["l2_vm"].as_u64(),
+                },
+                kvm_by_kind: map_u64(&report["kvm_exits"]),
+                stable_across_repetitions: true,
+            },
+            Some(ExitMultiplication {
+                kvm_exits_per_reflected_exit: doc["kvm_exits"]["per_reflected_exit"].as_f64(),
+                l1_traps_per_reflected_exit: doc["l1_traps_per_reflected_exit"].as_f64(),
+            }),
+            doc["kvm_stats"]["vcpu"]["counters"]["insn_emulation"].as_u64(),
+        ),
+    };
+    Ok(OneRun {
+        rep: Repetition {
+            iterations: n,
+            mean: if n > 0 { total as f64 / n as f64 } else { 0.0 },
+            min: res["min_cycles"].as_u64().unwrap_or(0),
+            max: res["max_cycles"].as_u64().unwrap_or(0),
+            total,
+            histogram_log2: hist,
+            wall_ns: doc["time_ns"]["wall"].as_u64().or_else(|| report["wall_ns"].as_u64()),
+            started_s,
+            exits: exits.l2_by_reason.values().sum(),
+        },
+        exits,
+        mult,
+        insn_emulation: insn,
+        trace_drops: report["trace"]["dropped"].as_u64(),
+    })
+}
+
+/// Progress on the terminal: an indicatif bar when stderr is a terminal, one line per
+/// configuration otherwise (unless quiet).
+struct Progress {
+    bar: indicatif::ProgressBar,
+    quiet: bool,
+}
+
+impl Progress {
+    fn new(len: usize, quiet: bool) -> Self {
+        let bar = indicatif::ProgressBar::with_draw_target(Some(len as u64), indicatif::ProgressDrawTarget::stderr());
+        if let Ok(style) = indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}") {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self { bar, quiet }
+    }
+
+    fn msg(&self, m: String) {
+        self.bar.set_message(m);
+    }
+
+    fn line(&self, m: String) {
+        if self.bar.is_hidden() {
+            if !self.quiet {
+                eprintln!("{m}");
+            }
+        } else {
+            self.bar.println(m);
+        }
+    }
+}
+
+/// Everything a bench execution needs besides the plan.
+pub struct Exec<'a> {
+    /// How to start children.
+    pub runner: &'a Runner,
+    /// The profile.
+    pub profile: &'a Profile,
+    /// Set on Ctrl-C (or by a caller): no new run starts.
+    pub stop: Arc<AtomicBool>,
+    /// No per-configuration lines when stderr is not a terminal.
+    pub quiet: bool,
+}
+
+/// What executing a plan produced.
+pub struct Executed {
+    /// One per configuration attempted.
+    pub results: Vec<ConfigResult>,
+    /// Why the run is partial (empty: complete).
+    pub partial_reasons: Vec<String>,
+    /// Configurations that ran to the end but failed (the payload reported failures, the
+    /// guest faulted, l0 refused it): the run is complete, these results are not.
+    pub failures: Vec<String>,
+}
+
+/// Whether an error says the l0 child's stream did not finish (Ctrl-C, killed, deadline):
+/// that makes the run partial. Anything else is a failed configuration of a finished run.
+#[must_use]
+pub fn stream_incomplete(error: &str) -> bool {
+    ["interrupted", "nestbench-l0 outlived", "nestbench-l0 was killed", "nestbench-l0 ended without"]
+        .iter()
+        .any(|p| error.contains(p))
+}
+
+async fn run_child(runner: &Runner, c: &Planned, iterations: u64, t0: Instant) -> Result<(OneRun, bool), String> {
+    let started_s = t0.elapsed().as_secs_f64();
+    let deadline = Duration::from_millis(runner.timeout_ms) + Duration::from_secs(10);
+    let child =
+        l0_child::run_l0(&runner.l0, &runner.args(c, iterations), deadline, |_| {}).await.map_err(|e| e.to_string())?;
+    let interrupted = child.interrupted == Some(Interruption::Interrupted);
+    digest(c, iterations, &child, started_s).map(|r| (r, interrupted))
+}
+
+fn empty_result(c: &Planned) -> ConfigResult {
+    ConfigResult {
+        id: c.id(),
+        engine: c.engine.into(),
+        payload: c.payload.clone(),
+        config: c.config(),
+        vmcs_shadowing: c.shadowing,
+        unit: if c.engine == "bochs" { "instructions" } else { "cycles" }.into(),
+        complete: false,
+        errors: Vec::new(),
+        iterations: 0,
+        iterations_from: "calibration".into(),
+        calibration: Vec::new(),
+        warmup_runs: 0,
+        repetitions: Vec::new(),
+        latency: None,
+        exits: None,
+        exit_multiplication: None,
+        nested_over_single: None,
+        kvm_insn_emulation: None,
+        trace_drops: None,
+    }
+}
+
+fn note_error(x: &Exec<'_>, r: &mut ConfigResult, what: String, e: &str) {
+    if e.starts_with("interrupted") {
+        x.stop.store(true, Ordering::SeqCst);
+    }
+    r.errors.push(format!("{what}: {e}"));
+}
+
+/// Calibration (the warm-up): kvm-unit-tests style doubling until the loop spans the
+/// target, or one run at the baseline's iterations when `c.pinned_iterations` is set; then
+/// the profile's extra warm-up runs. `false` when the configuration failed.
+async fn calibrate(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant, pb: &Progress) -> bool {
+    let p = x.profile;
+    let target = 1u64 << if c.engine == "bochs" { p.target_log2_instructions } else { p.target_log2_cycles };
+    let mut iterations = c.fixed_iterations.or(c.pinned_iterations).unwrap_or(p.start_iterations);
+    if c.pinned_iterations.is_some() && c.fixed_iterations.is_none() {
+        r.iterations_from = "baseline".into();
+    }
+    loop {
+        if x.stop.load(Ordering::SeqCst) {
+            r.errors.push("interrupted (Ctrl-C) before this configuration finished".into());
+            return false;
+        }
+        pb.msg(format!("{}: calibrating, {iterations} iterations", r.id));
+        let run_start = Instant::now();
+        match run_child(x.runner, c, iterations, t0).await {
+            Ok((one, _)) => {
+                let too_long = run_start.elapsed() >= Duration::from_millis(p.max_run_wall_ms);
+                r.calibration.push(CalibrationStep { iterations, total: one.rep.total });
+                r.warmup_runs += 1;
+                if one.rep.iterations < iterations {
+                    // The payload caps its work (a fixed set of pages, a table): measure
+                    // what it does.
+                    iterations = one.rep.iterations.max(1);
+                    break;
+                }
+                // The span is judged by the fastest iteration times the count: a preempted
+                // iteration must not end calibration early.
+                let span = one.rep.min.saturating_mul(one.rep.iterations);
+                if c.fixed_iterations.is_some()
+                    || c.pinned_iterations.is_some()
+                    || span >= target
+                    || too_long
+                    || iterations >= p.max_iterations
+                {
+                    break;
+                }
+                iterations = (iterations * 2).min(p.max_iterations);
+            }
+            Err(e) => {
+                // A payload with a capacity (a page set, a table) may fail past it: measure
+                // at the largest count it ran cleanly.
+                if let Some(last) =
+                    r.calibration.last().filter(|_| !stream_incomplete(&e) && c.pinned_iterations.is_none())
+                {
+                    iterations = last.iterations;
+                    break;
+                }
+                note_error(x, r, format!("calibration at {iterations} iterations"), &e);
+                return false;
+            }
+        }
+    }
+    r.iterations = iterations;
+    for k in 0..p.warmup {
+        if x.stop.load(Ordering::SeqCst) {
+            r.errors.push("interrupted (Ctrl-C) before this configuration finished".into());
+            return false;
+        }
+        pb.msg(format!("{}: warm-up {}/{}", r.id, k + 1, p.warmup));
+        match run_child(x.runner, c, iterations, t0).await {
+            Ok(_) => r.warmup_runs += 1,
+            Err(e) => {
+                note_error(x, r, format!("warm-up at {iterations} iterations"), &e);
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// One measured repetition; `false` when it failed.
+async fn repetition(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant) -> bool {
+    match run_child(x.runner, c, r.iterations, t0).await {
+        Ok((one, _)) => {
+            match r.exits.as_mut() {
+                Some(prev) => {
+                    prev.stable_across_repetitions &= prev.l2_by_reason == one.exits.l2_by_reason
+                        && prev.per_level == one.exits.per_level
+                        && prev.reflected_by_reason == one.exits.reflected_by_reason
+                        && r.kvm_insn_emulation == one.insn_emulation;
+                }
+                None => {
+                    // The first repetition's counts are kept; instability is remembered.
+                    r.exits = Some(one.exits);
+                    r.exit_multiplication = one.mult;
+                    r.kvm_insn_emulation = one.insn_emulation;
+                }
+            }
+            r.trace_drops = match (r.trace_drops, one.trace_drops) {
+                (Some(a), Some(b)) => Some(a + b),
+                (a, b) => a.or(b),
+            };
+            r.repetitions.push(one.rep);
+            true
+        }
+        Err(e) => {
+            note_error(x, r, format!("repetition {} at {} iterations", r.repetitions.len() + 1, r.iterations), &e);
+            false
+        }
+    }
+}
+
+/// Run a plan: first calibrate (and warm up) every configuration, then measure the
+/// repetitions round-robin — repetition 1 of every configuration, then repetition 2, ... —
+/// so each configuration's samples spread over the whole bench and a burst of load on the
+/// host widens them (and the comparison sees noise) instead of shifting all of them.
+pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Executed {
+    let t0 = Instant::now();
+    let reps = x.profile.repetitions as usize;
+    let pb = Progress::new(configs.len() * (1 + reps), x.quiet);
+    let mut results: Vec<ConfigResult> = Vec::new();
+    let mut ok: Vec<bool> = Vec::new();
+    let mut attempted = 0;
+    for c in configs {
+        if x.stop.load(Ordering::SeqCst) {
+            break;
+        }
+        let mut r = empty_result(c);
+        let good = calibrate(x, c, &mut r, t0, &pb).await;
+        pb.bar.inc(1);
+        if !good {
+            pb.line(format!("{:<34} FAILED: {}", r.id, r.errors.join("; ")));
+            pb.bar.inc(reps as u64);
+        }
+        results.push(r);
+        ok.push(good);
+        attempted += 1;
+    }
+    for k in 0..reps {
+        for (i, c) in configs.iter().enumerate().take(attempted) {
+            if !ok[i] {
+                continue;
+            }
+            if x.stop.load(Ordering::SeqCst) {
+                results[i].errors.push("interrupted (Ctrl-C) before this configuration finished".into());
+                ok[i] = false;
+                continue;
+            }
+            pb.msg(format!("{}: repetition {}/{reps}, {} iterations", c.id(), k + 1, results[i].iterations));
+            ok[i] = repetition(x, c, &mut results[i], t0).await;
+            pb.bar.inc(1);
+        }
+    }
+    pb.bar.finish_and_clear();
+    let ns = |r: &ConfigResult| tsc.filter(|_| r.unit == "cycles").map(|t| 1e6 / t.khz as f64);
+    let mut out = Executed { results: Vec::new(), partial_reasons: Vec::new(), failures: Vec::new() };
+    for (i, mut r) in results.into_iter().enumerate() {
+        r.latency = results::latency(&r.repetitions, ns(&r));
+        r.complete = r.errors.is_empty() && r.repetitions.len() == reps;
+        pb.line(line(i, configs.len(), &r));
+        if r.errors.iter().any(|e| stream_incomplete(e)) {
+            out.partial_reasons.push(format!("{}: {}", r.id, r.errors.join("; ")));
+        } else if !r.complete {
+            out.failures.push(format!("{}: {}", r.id, r.errors.join("; ")));
+        }
+        out.results.push(r);
+    }
+    if attempted < configs.len() {
+        out.partial_reasons.push(format!(
+            "interrupted (Ctrl-C): {} of {} configurations not run",
+            configs.len() - attempted,
+            configs.len()
+        ));
+    }
+    set_ratios(&mut out.results);
+    out
+}
+
+fn line(i: usize, n: usize, r: &ConfigResult) -> String {
+    let what = match &r.latency {
+        Some(l) => format!(
+            "p50 {:.0} {} per iteration ({} × {} iterations{})",
+            l.repetitions.p50,
+            r.unit,
+            l.repetition_samples,
+            r.iterations,
+            if r.complete { "" } else { ", incomplete" }
+        ),
+        None => format!("FAILED: {}", r.errors.join("; ")),
+    };
+    format!("[{}/{n}] {:<34} {what}", i + 1, r.id)
+}
+
+/// Fill `nested_over_single` from the single-level twin of each nested result.
+pub fn set_ratios(results: &mut [ConfigResult]) {
+    let single: Vec<(String, f64)> = results
+        .iter()
+        .filter(|r| r.config == Config::SingleLevel)
+        .filter_map(|r| Some((r.payload.clone(), r.latency.as_ref()?.repetitions.p50)))
+        .collect();
+    for r in results.iter_mut().filter(|r| r.config == Config::Nested) {
+        let s = single.iter().find(|(p, _)| *p == r.payload).map(|(_, v)| *v);
+        r.nested_over_single = match (r.latency.as_ref(), s) {
+            (Some(l), Some(s)) if s > 0.0 => Some(l.repetitions.p50 / s),
+            _ => None,
+        };
+    }
+}
+
+/// Inputs of a whole bench.
+pub struct BenchConfig {
+    /// `--quick`.
+    pub quick: bool,
+    /// Where runs go (`results/runs`).
+    pub out: PathBuf,
+    /// The baseline directory (`results/baseline`).
+    pub baseline: PathBuf,
+    /// `--engines`.
+    pub engines: Option<Vec<String>>,
+    /// `--payloads`.
+    pub payloads: Option<Vec<String>>,
+    /// How to start children.
+    pub runner: Runner,
+    /// The KVM device.
+    pub kvm: PathBuf,
+    /// No per-configuration lines.
+    pub quiet: bool,
+}
+
+/// What a bench produced.
+pub struct BenchOutcome {
+    /// The summary as written.
+    pub summary: Summary,
+    /// The run directory.
+    pub dir: PathBuf,
+    /// The baseline comparison, when there was a baseline.
+    pub comparison: Option<crate::compare::Comparison>,
+}
+
+/// Host facts as the summary records them.
+pub struct HostInfo {
+    /// doctor's host document.
+    pub host: Value,
+    /// doctor's engine verdicts.
+    pub engines: Vec<EngineStatus>,
+    /// KVM module parameters.
+    pub kvm_module_params: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+    /// CPU model / backend / cpus.
+    pub host_class: String,
+    /// The TSC.
+    pub tsc: Option<Tsc>,
+}
+
+/// Gather host facts (blocking: doctor boots a probe guest on its own vCPU thread).
+#[must_use]
+pub fn host_info(kvm: &Path) -> HostInfo {
+    let facts = l0::host::gather(kvm);
+    let d = crate::doctor::doctor(facts);
+    let backend = ["kvm_intel", "kvm_amd", "kvm_pvm"]
+        .iter()
+        .find(|m| d.host.kvm_modules.contains_key(**m))
+        .copied()
+        .unwrap_or("no KVM backend module");
+    HostInfo {
+        host_class: format!("{} / {backend} / {} cpus", d.host.cpu_model, d.host.cpus),
+        kvm_module_params: d.host.kvm_modules.clone(),
+        host: serde_json::to_value(&d.host).unwrap_or(Value::Null),
+        engines: d.engines,
+        tsc: l0::host::tsc_khz(kvm).map(|(khz, source)| Tsc { khz, source: source.into() }),
+    }
+}
+
+/// Select payloads by name (`None`: all); unknown names are an error naming the known ones.
+pub fn select_payloads(names: Option<&[String]>) -> anyhow::Result<Vec<&'static l2_payloads::Manifest>> {
+    let all = l2_payloads::all();
+    let Some(names) = names else { return Ok(all.iter().collect()) };
+    names
+        .iter()
+        .map(|n| {
+            l2_payloads::find(n).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "unknown payload {n:?}; known payloads: {}",
+                    all.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+/// Assemble the summary of an executed plan.
+#[must_use]
+pub fn summary(
+    info: &HostInfo,
+    plan: &Plan,
+    profile: &Profile,
+    executed: Executed,
+    started: SystemTime,
+    run_id: &str,
+) -> Summary {
+    let finished = SystemTime::now();
+    let mut partial_reasons = executed.partial_reasons;
+    let not_attempted = plan.configs.len().saturating_sub(executed.results.len());
+    if not_attempted > 0 && !partial_reasons.iter().any(|r| r.contains("not run")) {
+        partial_reasons.push(format!("{not_attempted} configurations not run"));
+    }
+    Summary {
+        schema_version: results::SCHEMA_VERSION,
+        nestbench_version: env!("CARGO_PKG_VERSION").into(),
+        run_id: run_id.into(),
+        started_at: results::utc(started).0,
+        finished_at: results::utc(finished).0,
+        wall_s: finished.duration_since(started).map_or(0.0, |d| d.as_secs_f64()),
+        partial: !partial_reasons.is_empty(),
+        partial_reasons,
+        failures: executed.failures,
+        profile: profile.clone(),
+        hostname: results::hostname(),
+        host_class: info.host_class.clone(),
+        host: info.host.clone(),
+        kvm_module_params: info.kvm_module_params.clone(),
+        tsc: info.tsc.clone(),
+        engines: plan.engines.clone(),
+        results: executed.results,
+        skipped: plan.skipped.clone(),
+        baseline: None,
+    }
+}
+
+/// The baseline in `dir` (its summary.json), if there is a readable one.
+#[must_use]
+pub fn load_baseline(dir: &Path) -> Option<Summary> {
+    let file = dir.join("summary.json");
+    if !file.exists() {
+        return None;
+    }
+    results::load(&file).map_err(|e| eprintln!("note: baseline {} not used: {e}", file.display())).ok()
+}
+
+/// Use the baseline's iterations for every configuration it measured completely with the
+/// same profile on the same host class, so that counts compare exactly.
+pub fn pin_to_baseline(configs: &mut [Planned], base: &Summary, profile: &Profile, host_class: &str) {
+    if base.profile.name != profile.name || base.host_class != host_class {
+        return;
+    }
+    for c in configs {
+        if let Some(b) = base.result(&c.id()).filter(|b| b.complete && b.iterations > 0) {
+            c.pinned_iterations = Some(b.iterations);
+        }
+    }
+}
+
+/// Compare against the baseline (if any), render every file, and write the run directory.
+pub fn finish(mut s: Summary, out: &Path, baseline_dir: &Path, base: Option<&Summary>) -> anyhow::Result<BenchOutcome> {
+    let comparison = base.map(|base| {
+        let history = results::history(out);
+        let c = crate::compare::compare(base, &s, &history);
+        s.baseline = Some(results::BaselineRef {
+            path: baseline_dir.display().to_string(),
+            run_id: base.run_id.clone(),
+            same_host_class: c.same_host_class,
+            regressions: c.regressions(),
+            improvements: c.improvements(),
+            compared: c.verdicts.len(),
+        });
+        c
+    });
+    // Belt and braces: the document must match its published schema (a bug otherwise).
+    if let Ok(schema) = serde_json::from_str::<Value>(SCHEMA) {
+        if let Err(errors) = crate::schema::validate(&schema, &serde_json::to_value(&s)?) {
+            eprintln!("warning: summary.json does not match its schema (a nestbench bug): {}", errors.join("; "));
+        }
+    }
+    let history = results::history(out);
+    let mut files: Vec<(&str, Vec<u8>)> = vec![
+        ("summary.json", format!("{}\n", serde_json::to_string_pretty(&s)?).into_bytes()),
+        ("report.md", crate::report::markdown(&s, comparison.as_ref()).into_bytes()),
+        ("dashboard.html", crate::dashboard::html(&s, &history).into_bytes()),
+        ("metrics.openmetrics.txt", crate::export::openmetrics(&s).into_bytes()),
+        ("bencher.json", format!("{}\n", serde_json::to_string_pretty(&crate::export::bencher(&s))?).into_bytes()),
+    ];
+    if let Some(c) = &comparison {
+        files.push(("compare.json", format!("{}\n", serde_json::to_string_pretty(c)?).into_bytes()));
+    }
+    let dir = results::write_run_dir(out, &s.run_id, &files, s.partial)?;
+    Ok(BenchOutcome { summary: s, dir, comparison })
+}
+
+/// The whole bench: host facts, plan, runs (under a tokio runtime of our own; KVM_RUN
+/// happens in the children), summary, files.
+pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
+    let started = SystemTime::now();
+    let profile = if cfg.quick { quick_profile() } else { full_profile() };
+    let payloads = select_payloads(cfg.payloads.as_deref())?;
+    if let Some(es) = &cfg.engines {
+        for e in es {
+            anyhow::ensure!(
+                ["soft", "bochs", "kvm"].contains(&e.as_str()),
+                "unknown engine {e:?}; engines: soft, bochs, kvm"
+            );
+        }
+    }
+    let info = host_info(&cfg.kvm);
+    let mut plan = plan(&info.engines, cfg.engines.as_deref(), &payloads);
+    let base = load_baseline(&cfg.baseline);
+    if let Some(b) = &base {
+        pin_to_baseline(&mut plan.configs, b, &profile, &info.host_class);
+    }
+    let run_id = format!("{}-{}", results::utc(started).1, results::hostname());
+    let stop = Arc::new(AtomicBool::new(false));
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let executed = rt.block_on(async {
+        let flag = stop.clone();
+        let watcher = tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                flag.store(true, Ordering::SeqCst);
+            }
+        });
+        let x = Exec { runner: &cfg.runner, profile: &profile, stop: stop.clone(), quiet: cfg.quiet };
+        let e = execute(&x, &plan.configs, info.tsc.as_ref()).await;
+        watcher.abort();
+        e
+    });
+    let s = summary(&info, &plan, &profile, executed, started, &run_id);
+    finish(s, &cfg.out, &cfg.baseline, base.as_ref())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(engine: &'static str, can_run: bool, implemented: bool) -> EngineStatus {
+        EngineStatus { engine, can_run, implemented, reason: format!("{engine} reason") }
+    }
+
+    #[test]
+    fn the_matrix_covers_every_payload_and_skips_with_reasons() {
+        let engines = [status("soft", true, true), status("kvm", false, false), status("bochs", true, true)];
+        let payloads: Vec<_> = l2_payloads::all().iter().collect();
+        let p = plan(&engines, None, &payloads);
+        let soft_runs = payloads.iter().filter(|m| m.soft_engine == l2_payloads::Support::Runs).count();
+        assert_eq!(p.configs.len(), 3 * soft_runs + payloads.len());
+        assert!(p.configs.iter().any(|c| c.engine == "soft" && c.payload == "outl" && c.shadowing == Some(false)));
+        assert!(p.configs.iter().any(|c| c.engine == "single_level" && c.payload == "outl"));
+        assert!(p.configs.iter().any(|c| c.engine == "bochs" && c.payload == "cpuid"));
+        assert!(p.skipped.iter().any(|s| s.engine == "kvm" && s.payload.is_none() && s.reason == "kvm reason"));
+        for m in payloads.iter().filter(|m| m.soft_engine != l2_payloads::Support::Runs) {
+            assert!(p.skipped.iter().any(|s| s.payload.as_deref() == Some(m.name) && s.reason.len() > 20));
+        }
+        let only_soft = plan(&engines, Some(&["soft".to_owned()]), &payloads);
+        assert!(only_soft.configs.iter().all(|c| c.engine != "bochs"));
+        assert!(only_soft.engines.iter().any(|e| e.engine == "bochs" && !e.benched));
+        let no_bochs = plan(&[status("soft", true, true), status("bochs", false, true)], None, &payloads);
+        assert!(no_bochs.skipped.iter().any(|s| s.engine == "bochs" && s.reason == "bochs reason"));
+    }
+
+    fn fake_l0(dir: &Path, script: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join("fake-l0");
+        std::fs::write(&p, format!("#!/bin/sh\n{script}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    fn host() -> HostInfo {
+        HostInfo {
+            host: serde_json::json!({"cpu_model": "Test CPU", "cpu_vendor": "TestVendor", "kernel": "6.0"}),
+            engines: vec![status("soft", true, true)],
+            kvm_module_params: [("kvm".to_owned(), [("tdp_mmu".to_owned(), "N".to_owned())].into())].into(),
+            host_class: "Test CPU / kvm_pvm / 2 cpus".into(),
+            tsc: Some(Tsc { khz: 2_000_000, source: "test".into() }),
+        }
+    }
+
+    /// A fake `nestbench-l0` that answers single-level runs properly for its first `ok`
+    /// calls and then dies by SIGKILL after saying hello: the killed-child case.
+    fn killed_after(dir: &Path, ok: u32) -> PathBuf {
+        let count = dir.join("count");
+        fake_l0(
+            dir,
+            &format!(
+                r#"n=$(cat {c} 2>/dev/null || echo 0); n=$((n+1)); echo $n > {c}
+it=$5
+echo '{{"event":"hello","stream_version":1}}'
+if [ $n -gt {ok} ]; then kill -9 $$; fi
+echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1))}},\"results\":{{\"failures\":0,\"hist\":[[16,$it]],\"iterations\":$it,\"max_cycles\":70000,\"min_cycles\":66000,\"total_cycles\":$((it*67000))}},\"status\":0,\"wall_ns\":1000}}}}"
+"#,
+                c = count.display()
+            ),
+        )
+    }
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("nestbench-bench-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn tiny() -> Profile {
+        Profile {
+            name: "test".into(),
+            repetitions: 3,
+            warmup: 0,
+            target_log2_cycles: 20,
+            target_log2_instructions: 10,
+            start_iterations: 4,
+            max_iterations: 64,
+            max_run_wall_ms: 60_000,
+        }
+    }
+
+    fn run_fake(dir: &Path, l0: PathBuf, payloads: &[&str]) -> BenchOutcome {
+        let runner = Runner { l0, timeout_ms: 5000, cpu_model: "x".into() };
+        let profile = tiny();
+        let ms: Vec<_> = payloads.iter().map(|p| l2_payloads::find(p).unwrap()).collect();
+        let info = host();
+        let mut plan = plan(&info.engines, None, &ms);
+        plan.configs.retain(|c| c.engine == "single_level");
+        let x = Exec { runner: &runner, profile: &profile, stop: Arc::new(AtomicBool::new(false)), quiet: true };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let executed = rt.block_on(execute(&x, &plan.configs, info.tsc.as_ref()));
+        let s = summary(&info, &plan, &profile, executed, SystemTime::now(), "20260101T000000Z-test");
+        finish(s, &dir.join("runs"), &dir.join("baseline"), None).unwrap()
+    }
+
+    #[test]
+    fn a_fake_l0_gives_a_complete_run_with_calibration_and_repetitions() {
+        let dir = tmpdir("ok");
+        let o = run_fake(&dir, killed_after(&dir, 1000), &["outl"]);
+        let r = &o.summary.results[0];
+        assert!(r.complete, "{:?}", r.errors);
+        assert!(!o.summary.partial);
+        // 66000 cycles for the fastest iteration: 4, 8, 16 iterations span 2^20 at 16.
+        assert_eq!(r.calibration.iter().map(|c| c.iterations).collect::<Vec<_>>(), [4, 8, 16]);
+        assert_eq!(r.iterations, 16);
+        assert_eq!(r.repetitions.len(), 3);
+        let l = r.latency.as_ref().unwrap();
+        assert_eq!(l.repetitions.p50, 67000.0);
+        assert_eq!(l.repetitions_ns.as_ref().unwrap().p50, 33500.0, "2 GHz");
+        assert_eq!(r.exits.as_ref().unwrap().l2_by_reason["io_out"], 17);
+        assert!(!o.dir.join(results::PARTIAL_MARKER).exists());
+        for f in ["summary.json", "report.md", "dashboard.html", "metrics.openmetrics.txt", "bencher.json"] {
+            assert!(o.dir.join(f).is_file(), "{f}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_killed_l0_child_gives_a_partial_run_and_no_corrupt_files() {
+        let dir = tmpdir("killed");
+        // Calibration (3 runs each) and the first round of repetitions succeed; the ninth
+        // child (outl's second repetition) and every later one is SIGKILLed.
+        let o = run_fake(&dir, killed_after(&dir, 8), &["outl", "inl"]);
+        assert!(o.summary.partial);
+        assert!(o.dir.join(results::PARTIAL_MARKER).is_file());
+        let r = &o.summary.results[0];
+        assert!(!r.complete);
+        assert_eq!(r.repetitions.len(), 1, "what finished is kept");
+        assert!(r.errors[0].contains("killed by a signal"), "{:?}", r.errors);
+        assert!(o.summary.partial_reasons.iter().any(|p| p.contains("single_level/outl")));
+        // The other configuration went on (and its next child was killed too).
+        assert_eq!(o.summary.results.len(), 2);
+        assert_eq!(o.summary.results[1].repetitions.len(), 1);
+        // Every file parses / is whole; nothing temporary is left.
+        let text = std::fs::read_to_string(o.dir.join("summary.json")).unwrap();
+        let back: Summary = serde_json::from_str(&text).unwrap();
+        assert!(back.partial);
+        let v: Value = serde_json::from_str(&text).unwrap();
+        let schema: Value = serde_json::from_str(include_str!("../../results/schema/summary.schema.json")).unwrap();
+        crate::schema::validate(&schema, &v).unwrap();
+        assert!(std::fs::read_to_string(o.dir.join("report.md")).unwrap().contains("PARTIAL"));
+        assert!(std::fs::read_to_string(o.dir.join("dashboard.html")).unwrap().trim_end().ends_with("</html>"));
+        let leftovers: Vec<_> = std::fs::read_dir(dir.join("runs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with('.'))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        let names: Vec<_> =
+            std::fs::read_dir(&o.dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,492 @@
+//! `nestbench compare BASE NEW`: a noise-aware verdict per metric.
+//!
+//! * **Latency** (cycles per iteration; one sample per repetition): a change is significant
+//!   when the two sets of repetitions do not overlap at all (LKP's rule, at least
+//!   [`MIN_SAMPLES`] each) **and** the median moved by more than the noise threshold. With 5
+//!   or more repetitions, the fastest and slowest fifth of each side are set aside first: the
+//!   repetitions are interleaved over the whole bench, so a burst of host load lands in one
+//!   repetition of every configuration, and one such sample must not hide a real shift. The
+//!   threshold is rustc-perf's: Q3 + 3 × IQR of this configuration's past run-to-run changes
+//!   when the history has at least [`MIN_HISTORY`] of them, never below [`MIN_THRESHOLD`];
+//!   [`MIN_THRESHOLD`] without history.
+//! * **Counts** (L2 exits per reason, reflected exits, L0-only exits, L1 traps, KVM exits
+//!   per VM, instructions KVM emulated in L1; Bochs' instructions per iteration) are
+//!   compared exactly, when both runs did the same iterations and the count was the same in
+//!   every repetition of both; more is a regression, fewer an improvement.
+
+use std::fmt::Write;
+
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::results::{Config, ConfigResult, Summary};
+
+/// Version of `compare --json`.
+pub const COMPARE_VERSION: u32 = 1;
+/// The smallest relative latency change ever called significant (run-to-run drift of the
+/// shared 2-core development machines reaches several percent).
+pub const MIN_THRESHOLD: f64 = 0.10;
+/// Past deltas needed before the history sets the threshold.
+pub const MIN_HISTORY: usize = 4;
+/// Repetitions each side needs for a latency verdict.
+pub const MIN_SAMPLES: usize = 3;
+
+/// A verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// Significantly worse.
+    Regression,
+    /// Significantly better.
+    Improvement,
+    /// No significant change.
+    Unchanged,
+    /// Not enough data to say (too few repetitions, a count that varies, a failed run).
+    Inconclusive,
+    /// Not comparable (different iterations, missing on one side).
+    Incomparable,
+}
+
+/// One metric's verdict.
+#[derive(Clone, Debug, Serialize)]
+pub struct Verdict {
+    /// The configuration (`soft/outl/shadowing-on`).
+    pub id: String,
+    /// The metric.
+    pub metric: String,
+    /// `latency` or `count`.
+    pub kind: &'static str,
+    /// Base value (median for latency).
+    pub base: Value,
+    /// New value.
+    pub new: Value,
+    /// Relative change in percent.
+    pub delta_pct: Option<f64>,
+    /// The verdict.
+    pub verdict: Kind,
+    /// Which rule decided, and how sure.
+    pub why: String,
+}
+
+/// The comparison of two runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct Comparison {
+    /// [`COMPARE_VERSION`].
+    pub compare_version: u32,
+    /// Base run id.
+    pub base: String,
+    /// New run id.
+    pub new: String,
+    /// Both runs are of the same host class.
+    pub same_host_class: bool,
+    /// Base host class.
+    pub base_host_class: String,
+    /// New host class.
+    pub new_host_class: String,
+    /// Either run is partial.
+    pub partial: bool,
+    /// Per metric.
+    pub verdicts: Vec<Verdict>,
+}
+
+impl Comparison {
+    /// Significant regressions.
+    #[must_use]
+    pub fn regressions(&self) -> usize {
+        self.verdicts.iter().filter(|v| v.verdict == Kind::Regression).count()
+    }
+
+    /// Significant improvements.
+    #[must_use]
+    pub fn improvements(&self) -> usize {
+        self.verdicts.iter().filter(|v| v.verdict == Kind::Improvement).count()
+    }
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    crate::results::quantile(&s, 0.5)
+}
+
+/// The samples sorted, without the fastest and slowest fifth (none below 5 samples).
+fn inner(v: &[f64]) -> Vec<f64> {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let trim = s.len() / 5;
+    s[trim..s.len() - trim].to_vec()
+}
+
+/// The noise threshold for `id` from the history: Q3 + 3 × IQR of the relative changes of
+/// its median between consecutive runs, at least [`MIN_THRESHOLD`]; with its source.
+#[must_use]
+pub fn threshold(id: &str, history: &[Summary]) -> (f64, String) {
+    let medians: Vec<f64> = history
+        .iter()
+        .filter(|s| !s.partial)
+        .filter_map(|s| s.result(id)?.latency.as_ref().map(|l| l.repetitions.p50))
+        .filter(|v| *v > 0.0)
+        .collect();
+    let mut deltas: Vec<f64> = medians.windows(2).map(|w| (w[1] / w[0] - 1.0).abs()).collect();
+    if deltas.len() < MIN_HISTORY {
+        return (MIN_THRESHOLD, format!("the default threshold {:.0}%", MIN_THRESHOLD * 100.0));
+    }
+    deltas.sort_by(f64::total_cmp);
+    let q1 = crate::results::quantile(&deltas, 0.25);
+    let q3 = crate::results::quantile(&deltas, 0.75);
+    let t = (q3 + 3.0 * (q3 - q1)).max(MIN_THRESHOLD);
+    (
+        t,
+        format!(
+            "threshold {:.1}% = max({:.0}%, Q3 + 3 IQR of {} past run-to-run changes)",
+            t * 100.0,
+            MIN_THRESHOLD * 100.0,
+            deltas.len()
+        ),
+    )
+}
+
+fn latency_verdict(id: &str, b: &ConfigResult, n: &ConfigResult, history: &[Summary]) -> Verdict {
+    let (bs, ns) = (
+        b.latency.as_ref().map(|l| l.repetition_means.clone()).unwrap_or_default(),
+        n.latency.as_ref().map(|l| l.repetition_means.clone()).unwrap_or_default(),
+    );
+    let metric = format!("latency_{}_per_iteration", b.unit);
+    let mut v = Verdict {
+        id: id.into(),
+        metric,
+        kind: "latency",
+        base: json!(if bs.is_empty() { None } else { Some(median(&bs)) }),
+        new: json!(if ns.is_empty() { None } else { Some(median(&ns)) }),
+        delta_pct: None,
+        verdict: Kind::Inconclusive,
+        why: String::new(),
+    };
+    if bs.len() < MIN_SAMPLES || ns.len() < MIN_SAMPLES {
+        v.why = format!("{} vs {} repetitions; the rule needs at least {MIN_SAMPLES} each", bs.len(), ns.len());
+        return v;
+    }
+    let (mb, mn) = (median(&bs), median(&ns));
+    let delta = if mb > 0.0 { mn / mb - 1.0 } else { 0.0 };
+    v.delta_pct = Some(delta * 100.0);
+    let (t, tsrc) = threshold(id, history);
+    let (ib, in_) = (inner(&bs), inner(&ns));
+    let slower = in_[0] > ib[ib.len() - 1];
+    let faster = in_[in_.len() - 1] < ib[0];
+    let trimmed = if ib.len() < bs.len() || in_.len() < ns.len() {
+        format!(" (the fastest and slowest {} and {} set aside)", (bs.len() - ib.len()) / 2, (ns.len() - in_.len()) / 2)
+    } else {
+        String::new()
+    };
+    let sure = format!(
+        "no overlap of {} vs {} repetitions{trimmed} and |{:+.1}%| > {tsrc}",
+        ib.len(),
+        in_.len(),
+        delta * 100.0
+    );
+    (v.verdict, v.why) = if slower && delta > t {
+        (Kind::Regression, sure)
+    } else if faster && -delta > t {
+        (Kind::Improvement, sure)
+    } else if slower || faster {
+        (Kind::Unchanged, format!("no overlap, but {:+.1}% is within the noise ({tsrc})", delta * 100.0))
+    } else {
+        (Kind::Unchanged, format!("the repetitions overlap ({:+.1}%)", delta * 100.0))
+    };
+    v
+}
+
+fn counts(r: &ConfigResult) -> Vec<(String, Option<u64>)> {
+    let mut v = Vec::new();
+    if let Some(e) = &r.exits {
+        for (k, n) in &e.l2_by_reason {
+            v.push((format!("l2_exits[{k}]"), Some(*n)));
+        }
+        let p = &e.per_level;
+        for (name, x) in [
+            ("l0_only_exits", p.l0_only),
+            ("reflected_to_l1", p.reflected_to_l1),
+            ("l1_traps", p.l1_traps),
+            ("kvm_exits_l1_vm", p.kvm_exits_l1_vm),
+            ("kvm_exits_l2_vm", p.kvm_exits_l2_vm),
+        ] {
+            if x.is_some() {
+                v.push((name.into(), x));
+            }
+        }
+    }
+    if r.kvm_insn_emulation.is_some() {
+        v.push(("kvm_insn_emulation_l1".into(), r.kvm_insn_emulation));
+    }
+    if r.config == Config::Bochs {
+        v.push(("instructions_total".into(), r.repetitions.first().map(|rep| rep.total)));
+    }
+    v
+}
+
+fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Verdict>) {
+    let bc = counts(b);
+    let nc = counts(n);
+    let stable = |r: &ConfigResult| r.exits.as_ref().is_none_or(|e| e.stable_across_repetitions);
+    let mut names: Vec<&String> = bc.iter().chain(nc.iter()).map(|(k, _)| k).collect();
+    names.sort();
+    names.dedup();
+    for name in names {
+        let get = |c: &[(String, Option<u64>)]| c.iter().find(|(k, _)| k == name).and_then(|(_, v)| *v);
+        let (x, y) = (get(&bc), get(&nc));
+        let mut v = Verdict {
+            id: id.into(),
+            metric: name.clone(),
+            kind: "count",
+            base: json!(x),
+            new: json!(y),
+            delta_pct: None,
+            verdict: Kind::Unchanged,
+            why: String::new(),
+        };
+        let (x, y) = match (x, y) {
+            (Some(x), Some(y)) => (x, y),
+            _ => {
+                v.verdict = Kind::Incomparable;
+                v.why = "present on one side only".into();
+                out.push(v);
+                continue;
+            }
+        };
+        v.delta_pct = (x > 0).then(|| (y as f64 / x as f64 - 1.0) * 100.0);
+        if b.iterations != n.iterations {
+            v.verdict = Kind::Incomparable;
+            v.why = format!(
+                "iterations differ ({} vs {}): counts are compared exactly only at equal iterations",
+                b.iterations, n.iterations
+            );
+        } else if name == "instructions_total" || stable(b) && stable(n) {
+            (v.verdict, v.why) = match y.cmp(&x) {
+                std::cmp::Ordering::Greater => (Kind::Regression, format!("exact count: {:+}", y as i128 - x as i128)),
+                std::cmp::Ordering::Less => (Kind::Improvement, format!("exact count: {:+}", y as i128 - x as i128)),
+                std::cmp::Ordering::Equal => (Kind::Unchanged, "exact count: equal".into()),
+            };
+        } else {
+            v.verdict = Kind::Inconclusive;
+            v.why = "the count varied between repetitions of one run".into();
+        }
+        out.push(v);
+    }
+}
+
+/// Compare `new` against `base`; `history` (oldest first) sets the latency noise threshold.
+#[must_use]
+pub fn compare(base: &Summary, new: &Summary, history: &[Summary]) -> Comparison {
+    let mut verdicts = Vec::new();
+    for b in &base.results {
+        let Some(n) = new.result(&b.id) else {
+            verdicts.push(Verdict {
+                id: b.id.clone(),
+                metric: "configuration".into(),
+                kind: "latency",
+                base: json!(b.latency.as_ref().map(|l| l.repetitions.p50)),
+                new: Value::Null,
+                delta_pct: None,
+                verdict: Kind::Incomparable,
+                why: "not in the new run".into(),
+            });
+            continue;
+        };
+        if b.unit == "cycles" {
+            verdicts.push(latency_verdict(&b.id, b, n, history));
+        }
+        count_verdicts(&b.id, b, n, &mut verdicts);
+    }
+    for n in new.results.iter().filter(|n| base.result(&n.id).is_none()) {
+        verdicts.push(Verdict {
+            id: n.id.clone(),
+            metric: "configuration".into(),
+            kind: "latency",
+            base: Value::Null,
+            new: json!(n.latency.as_ref().map(|l| l.repetitions.p50)),
+            delta_pct: None,
+            verdict: Kind::Incomparable,
+            why: "not in the base run".into(),
+        });
+    }
+    Comparison {
+        compare_version: COMPARE_VERSION,
+        base: base.run_id.clone(),
+        new: new.run_id.clone(),
+        same_host_class: base.host_class == new.host_class,
+        base_host_class: base.host_class.clone(),
+        new_host_class: new.host_class.clone(),
+        partial: base.partial || new.partial,
+        verdicts,
+    }
+}
+
+/// The comparison for a terminal: what changed, then a one-line verdict.
+#[must_use]
+pub fn render(c: &Comparison) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "compare {} (base) -> {} (new)", c.base, c.new);
+    if !c.same_host_class {
+        let _ = writeln!(
+            s,
+            "note: different host classes ({} vs {}): verdicts are informational",
+            c.base_host_class, c.new_host_class
+        );
+    }
+    if c.partial {
+        let _ = writeln!(s, "note: a partial run is involved");
+    }
+    for v in c.verdicts.iter().filter(|v| v.verdict != Kind::Unchanged) {
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<32} {:<28} {} -> {}{}  ({})",
+            format!("{:?}", v.verdict).to_lowercase(),
+            v.id,
+            v.metric,
+            fmt_val(&v.base),
+            fmt_val(&v.new),
+            v.delta_pct.map_or_else(String::new, |d| format!(" ({d:+.1}%)")),
+            v.why
+        );
+    }
+    let unchanged = c.verdicts.iter().filter(|v| v.verdict == Kind::Unchanged).count();
+    let _ = writeln!(
+        s,
+        "{} metrics: {} regressions, {} improvements, {unchanged} unchanged, {} inconclusive or not comparable",
+        c.verdicts.len(),
+        c.regressions(),
+        c.improvements(),
+        c.verdicts.len() - c.regressions() - c.improvements() - unchanged
+    );
+    let _ = writeln!(s, "{}", if c.regressions() > 0 { "verdict: REGRESSION" } else { "verdict: ok" });
+    s
+}
+
+/// A number for humans.
+#[must_use]
+pub fn fmt_val(v: &Value) -> String {
+    match v.as_f64() {
+        Some(f) if f.fract() == 0.0 => format!("{f:.0}"),
+        Some(f) => format!("{f:.1}"),
+        None => "-".into(),
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A summary with outl nested (shadowing on) and its single-level twin.
+    pub(crate) fn fixture() -> Summary {
+        serde_json::from_str(include_str!("../tests/fixtures/summary.json")).expect("the fixture parses")
+    }
+
+    fn scale_latency(s: &mut Summary, id: &str, k: f64) {
+        let r = s.results.iter_mut().find(|r| r.id == id).unwrap();
+        for rep in &mut r.repetitions {
+            rep.mean *= k;
+        }
+        r.latency = crate::results::latency(&r.repetitions, Some(1e6 / 2_596_000.0));
+    }
+
+    #[test]
+    fn identical_runs_pass() {
+        let s = fixture();
+        let c = compare(&s, &s, &[]);
+        assert_eq!(c.regressions(), 0, "{}", render(&c));
+        assert_eq!(c.improvements(), 0);
+        assert!(c.verdicts.iter().any(|v| v.kind == "latency" && v.verdict == Kind::Unchanged));
+        assert!(c.verdicts.iter().any(|v| v.kind == "count" && v.verdict == Kind::Unchanged));
+        assert!(render(&c).contains("verdict: ok"));
+    }
+
+    #[test]
+    fn an_injected_20_percent_latency_regression_is_flagged() {
+        let base = fixture();
+        let mut new = fixture();
+        scale_latency(&mut new, "soft/outl/shadowing-on", 1.2);
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.id == "soft/outl/shadowing-on" && v.kind == "latency").unwrap();
+        assert_eq!(v.verdict, Kind::Regression, "{}", render(&c));
+        assert!((v.delta_pct.unwrap() - 20.0).abs() < 1e-6);
+        assert!(v.why.contains("no overlap"), "{}", v.why);
+        assert_eq!(c.regressions(), 1, "only that one: {}", render(&c));
+        assert!(render(&c).contains("verdict: REGRESSION"));
+        // And 20% faster is an improvement, not a regression.
+        let mut faster = fixture();
+        scale_latency(&mut faster, "soft/outl/shadowing-on", 1.0 / 1.2);
+        assert_eq!(compare(&base, &faster, &[]).improvements(), 1);
+    }
+
+    #[test]
+    fn small_shifts_and_overlapping_samples_are_noise() {
+        let base = fixture();
+        let mut new = fixture();
+        scale_latency(&mut new, "soft/outl/shadowing-on", 1.08);
+        let c = compare(&base, &new, &[]);
+        assert_eq!(c.regressions(), 0, "8% is below the 10% floor: {}", render(&c));
+        // A noisy history raises the threshold: 20% is then within the noise.
+        let mut history = Vec::new();
+        for k in [1.0, 1.3, 1.0, 1.35, 0.95, 1.3] {
+            let mut h = fixture();
+            scale_latency(&mut h, "soft/outl/shadowing-on", k);
+            history.push(h);
+        }
+        let (t, why) = threshold("soft/outl/shadowing-on", &history);
+        assert!(t > 0.2, "{t} {why}");
+        let mut new = fixture();
+        scale_latency(&mut new, "soft/outl/shadowing-on", 1.2);
+        assert_eq!(compare(&base, &new, &history).regressions(), 0);
+    }
+
+    #[test]
+    fn counts_are_compared_exactly() {
+        let base = fixture();
+        let mut new = fixture();
+        let r = new.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+        r.exits.as_mut().unwrap().per_level.l1_traps = r.exits.as_ref().unwrap().per_level.l1_traps.map(|n| n + 1);
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.metric == "l1_traps" && v.id == "soft/outl/shadowing-on").unwrap();
+        assert_eq!(v.verdict, Kind::Regression, "one more trap is a regression");
+        assert_eq!(v.why, "exact count: +1");
+        // Different iterations: not comparable, never a false verdict.
+        let mut other = fixture();
+        other.results.iter_mut().for_each(|r| r.iterations *= 2);
+        let c = compare(&base, &other, &[]);
+        assert!(c.verdicts.iter().filter(|v| v.kind == "count").all(|v| v.verdict == Kind::Incomparable));
+    }
+
+    #[test]
+    fn one_noisy_repetition_does_not_hide_a_shift() {
+        let mut base = fixture();
+        let r = base.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+        for (rep, m) in r.repetitions.iter_mut().zip([100.0, 101.0, 99.0, 150.0, 100.5]) {
+            rep.mean = m;
+        }
+        r.latency = crate::results::latency(&r.repetitions, None);
+        let mut new = base.clone();
+        scale_latency(&mut new, "soft/outl/shadowing-on", 1.2);
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.id == "soft/outl/shadowing-on" && v.kind == "latency").unwrap();
+        assert_eq!(v.verdict, Kind::Regression, "{}", render(&c));
+        assert!(v.why.contains("set aside"), "{}", v.why);
+        assert_eq!(inner(&[5.0, 1.0, 3.0, 2.0, 4.0]), [2.0, 3.0, 4.0]);
+        assert_eq!(inner(&[3.0, 1.0, 2.0]), [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn too_few_repetitions_is_inconclusive() {
+        let base = fixture();
+        let mut new = fixture();
+        scale_latency(&mut new, "soft/outl/shadowing-on", 1.5);
+        let r = new.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+        r.repetitions.truncate(2);
+        r.latency = crate::results::latency(&r.repetitions, None);
+        let v = compare(&base, &new, &[])
+            .verdicts
+            .into_iter()
+            .find(|v| v.id == "soft/outl/shadowing-on" && v.kind == "latency")
+            .unwrap();
+        assert_eq!(v.verdict, Kind::Inconclusive);
+    }
+}

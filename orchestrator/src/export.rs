@@ -1,0 +1,260 @@
+//! `nestbench export RUN --format openmetrics|bencher`: a run in forms other tools ingest.
+//!
+//! * OpenMetrics text (Prometheus' exposition format, for a textfile collector or a
+//!   pushgateway): gauges, one sample per statistic, labels `engine`, `payload`, `config`,
+//!   `vmcs_shadowing`; the run's identity in `nestbench_run_info`; terminated by `# EOF`.
+//! * Bencher Metric Format (BMF) JSON: `{benchmark: {measure: {value, lower_value,
+//!   upper_value}}}`, benchmark = the configuration id; `latency` is in nanoseconds (Bencher's
+//!   built-in measure), `cycles` and `instructions` are custom measures.
+
+use std::fmt::Write;
+
+use serde_json::{Map, Value, json};
+
+use crate::results::{ConfigResult, Summary};
+
+fn label(v: &str) -> String {
+    v.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+}
+
+fn labels(r: &ConfigResult) -> String {
+    format!(
+        r#"engine="{}",payload="{}",config="{}",vmcs_shadowing="{}""#,
+        label(&r.engine),
+        label(&r.payload),
+        match r.config {
+            crate::results::Config::Nested => "nested",
+            crate::results::Config::SingleLevel => "single_level",
+            crate::results::Config::Bochs => "bochs",
+        },
+        match r.vmcs_shadowing {
+            Some(true) => "on",
+            Some(false) => "off",
+            None => "na",
+        }
+    )
+}
+
+fn family(out: &mut String, name: &str, kind: &str, unit: Option<&str>, help: &str, samples: &[String]) {
+    if samples.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    if let Some(u) = unit {
+        let _ = writeln!(out, "# UNIT {name} {u}");
+    }
+    let _ = writeln!(out, "# HELP {name} {help}");
+    for s in samples {
+        let _ = writeln!(out, "{s}");
+    }
+}
+
+fn f(x: f64) -> String {
+    if x.is_finite() { format!("{x}") } else { "NaN".into() }
+}
+
+/// OpenMetrics text exposition of a run.
+#[must_use]
+pub fn openmetrics(s: &Summary) -> String {
+    let mut out = String::new();
+    family(
+        &mut out,
+        "nestbench_run",
+        "info",
+        None,
+        "The run: id, host, host class, profile.",
+        &[format!(
+            r#"nestbench_run_info{{run_id="{}",host="{}",host_class="{}",profile="{}",nestbench_version="{}",schema_version="{}"}} 1"#,
+            label(&s.run_id),
+            label(&s.hostname),
+            label(&s.host_class),
+            label(&s.profile.name),
+            label(&s.nestbench_version),
+            s.schema_version
+        )],
+    );
+    family(
+        &mut out,
+        "nestbench_run_partial",
+        "gauge",
+        None,
+        "1 when the run did not finish.",
+        &[format!("nestbench_run_partial {}", u8::from(s.partial))],
+    );
+    let stats = |unit: &str, pick: &dyn Fn(&ConfigResult) -> Option<crate::results::Stats>, k: f64, name: &str| {
+        let mut v = Vec::new();
+        for r in s.results.iter().filter(|r| r.unit == unit) {
+            if let Some(st) = pick(r) {
+                for (stat, x) in [
+                    ("min", st.min),
+                    ("p50", st.p50),
+                    ("p90", st.p90),
+                    ("p99", st.p99),
+                    ("max", st.max),
+                    ("mean", st.mean),
+                    ("stddev", st.stddev),
+                ] {
+                    v.push(format!(r#"{name}{{{},stat="{stat}"}} {}"#, labels(r), f(x * k)));
+                }
+            }
+        }
+        v
+    };
+    family(
+        &mut out,
+        "nestbench_latency_cycles",
+        "gauge",
+        Some("cycles"),
+        "TSC cycles per iteration of the payload's loop; statistics over the repetitions' means.",
+        &stats("cycles", &|r| Some(r.latency.as_ref()?.repetitions.clone()), 1.0, "nestbench_latency_cycles"),
+    );
+    family(
+        &mut out,
+        "nestbench_latency_seconds",
+        "gauge",
+        Some("seconds"),
+        "The same latency in seconds (cycles / TSC frequency).",
+        &stats("cycles", &|r| r.latency.as_ref()?.repetitions_ns.clone(), 1e-9, "nestbench_latency_seconds"),
+    );
+    family(
+        &mut out,
+        "nestbench_bochs_instructions_per_iteration",
+        "gauge",
+        None,
+        "Bochs: instructions per iteration (exit, L1 handler, entry); not a nested cost.",
+        &stats(
+            "instructions",
+            &|r| Some(r.latency.as_ref()?.repetitions.clone()),
+            1.0,
+            "nestbench_bochs_instructions_per_iteration",
+        ),
+    );
+    let mut exits = Vec::new();
+    let mut per_level = Vec::new();
+    let mut mult = Vec::new();
+    let mut ratio = Vec::new();
+    for r in &s.results {
+        if let Some(e) = &r.exits {
+            for (reason, n) in &e.l2_by_reason {
+                exits.push(format!(r#"nestbench_l2_exits{{{},reason="{}"}} {n}"#, labels(r), label(reason)));
+            }
+            let p = &e.per_level;
+            for (level, x) in [
+                ("l0_only", p.l0_only),
+                ("reflected_to_l1", p.reflected_to_l1),
+                ("l1_traps", p.l1_traps),
+                ("kvm_exits_l1_vm", p.kvm_exits_l1_vm),
+                ("kvm_exits_l2_vm", p.kvm_exits_l2_vm),
+            ] {
+                if let Some(x) = x {
+                    per_level.push(format!(r#"nestbench_exits_per_level{{{},level="{level}"}} {x}"#, labels(r)));
+                }
+            }
+        }
+        if let Some(m) = &r.exit_multiplication {
+            for (what, x) in [
+                ("kvm_exits_per_reflected_exit", m.kvm_exits_per_reflected_exit),
+                ("l1_traps_per_reflected_exit", m.l1_traps_per_reflected_exit),
+            ] {
+                if let Some(x) = x {
+                    mult.push(format!(r#"nestbench_exit_multiplication{{{},what="{what}"}} {}"#, labels(r), f(x)));
+                }
+            }
+        }
+        if let Some(x) = r.nested_over_single {
+            ratio.push(format!("nestbench_nested_over_single_ratio{{{}}} {}", labels(r), f(x)));
+        }
+    }
+    family(&mut out, "nestbench_l2_exits", "gauge", None, "L2 exits per reason in one repetition.", &exits);
+    family(&mut out, "nestbench_exits_per_level", "gauge", None, "Exits per level in one repetition.", &per_level);
+    family(
+        &mut out,
+        "nestbench_exit_multiplication",
+        "gauge",
+        None,
+        "KVM exits and L1 traps per reflected L2 exit.",
+        &mult,
+    );
+    family(
+        &mut out,
+        "nestbench_nested_over_single_ratio",
+        "gauge",
+        None,
+        "Nested median latency / single-level median.",
+        &ratio,
+    );
+    out.push_str("# EOF\n");
+    out
+}
+
+/// Bencher Metric Format JSON of a run.
+#[must_use]
+pub fn bencher(s: &Summary) -> Value {
+    let mut root = Map::new();
+    for r in &s.results {
+        let Some(l) = &r.latency else { continue };
+        let mut m = Map::new();
+        let st = |x: &crate::results::Stats| json!({ "value": x.p50, "lower_value": x.min, "upper_value": x.max });
+        if r.unit == "cycles" {
+            m.insert("cycles".into(), st(&l.repetitions));
+            if let Some(ns) = &l.repetitions_ns {
+                m.insert("latency".into(), st(ns));
+            }
+        } else {
+            m.insert("instructions".into(), st(&l.repetitions));
+        }
+        if let Some(t) = r.exit_multiplication.as_ref().and_then(|x| x.l1_traps_per_reflected_exit) {
+            m.insert("l1-traps-per-exit".into(), json!({ "value": t }));
+        }
+        if let Some(x) = r.nested_over_single {
+            m.insert("nested-over-single".into(), json!({ "value": x }));
+        }
+        root.insert(r.id.clone(), Value::Object(m));
+    }
+    Value::Object(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_is_well_formed() {
+        let s = crate::compare::tests::fixture();
+        let t = openmetrics(&s);
+        assert!(t.ends_with("# EOF\n"));
+        let mut declared = std::collections::HashSet::new();
+        for line in t.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                let name = rest.split(' ').next().unwrap();
+                assert!(declared.insert(name.to_owned()), "{name} declared twice");
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                declared.iter().any(|d| name == d || name == format!("{d}_info")),
+                "sample {name} of an undeclared family"
+            );
+            let value = line.rsplit(' ').next().unwrap();
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert_eq!(line.matches('"').count() % 2, 0, "{line}");
+        }
+        assert!(t.contains(
+            r#"nestbench_latency_cycles{engine="soft",payload="outl",config="nested",vmcs_shadowing="on",stat="p50"}"#
+        ));
+        assert!(t.contains("# UNIT nestbench_latency_seconds seconds"));
+    }
+
+    #[test]
+    fn bencher_json_has_a_benchmark_per_configuration() {
+        let s = crate::compare::tests::fixture();
+        let b = bencher(&s);
+        let on = &b["soft/outl/shadowing-on"];
+        assert!(on["cycles"]["value"].as_f64().unwrap() > 0.0);
+        assert!(on["latency"]["lower_value"].as_f64().unwrap() <= on["latency"]["value"].as_f64().unwrap());
+        assert!(on["l1-traps-per-exit"]["value"].as_f64().is_some());
+    }
+}

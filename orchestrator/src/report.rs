@@ -1,0 +1,365 @@
+//! `report.md`: the tables a user pastes into a bug report.
+
+use std::fmt::Write;
+
+use crate::compare::{Comparison, Kind};
+use crate::results::{Config, ConfigResult, Summary};
+
+/// A number with thousands separators and no decimals (or `-`).
+#[must_use]
+pub fn num(x: Option<f64>) -> String {
+    let Some(x) = x.filter(|x| x.is_finite()) else { return "-".into() };
+    if x.abs() < 100.0 && x.fract() != 0.0 {
+        return format!("{x:.2}");
+    }
+    let s = format!("{:.0}", x.abs());
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if x < 0.0 { format!("-{out}") } else { out }
+}
+
+fn ns(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v >= 10_000.0 => format!("{:.1} us", v / 1000.0),
+        Some(v) => format!("{v:.0} ns"),
+        None => "-".into(),
+    }
+}
+
+fn p50(r: Option<&ConfigResult>) -> Option<f64> {
+    r?.latency.as_ref().map(|l| l.repetitions.p50)
+}
+
+fn traps(r: Option<&ConfigResult>) -> String {
+    r.and_then(|r| r.exit_multiplication.as_ref()?.l1_traps_per_reflected_exit)
+        .map_or("-".into(), |t| format!("{t:.2}"))
+}
+
+fn host_line(s: &Summary) -> String {
+    let h = &s.host;
+    format!(
+        "{} ({}, {} cpus{}), kernel {}",
+        h["cpu_model"].as_str().unwrap_or("?"),
+        h["cpu_vendor"].as_str().unwrap_or("?"),
+        h["cpus"],
+        h["microcode"].as_str().map_or_else(String::new, |m| format!(", microcode {m}")),
+        h["kernel"].as_str().unwrap_or("?")
+    )
+}
+
+/// The nested-vs-single table (also printed by `nestbench bench`).
+#[must_use]
+pub fn headline_table(s: &Summary) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| payload | single-level | nested, shadowing on | ratio | nested, shadowing off | ratio | KVM exits per reflected exit | L1 traps per reflected exit (on / off) |"
+    );
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    for p in s.payloads() {
+        let on = s.result(&format!("soft/{p}/shadowing-on"));
+        let off = s.result(&format!("soft/{p}/shadowing-off"));
+        let single = s.result(&format!("single_level/{p}"));
+        if on.is_none() && off.is_none() && single.is_none() {
+            continue;
+        }
+        let ratio =
+            |r: Option<&ConfigResult>| r.and_then(|r| r.nested_over_single).map_or("-".into(), |x| format!("{x:.1}x"));
+        let _ = writeln!(
+            t,
+            "| {p} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            num(p50(single)),
+            num(p50(on)),
+            ratio(on),
+            num(p50(off)),
+            ratio(off),
+            on.and_then(|r| r.exit_multiplication.as_ref()?.kvm_exits_per_reflected_exit)
+                .map_or("-".into(), |x| format!("{x:.2}")),
+            traps(on),
+            traps(off)
+        );
+    }
+    t
+}
+
+fn config_name(r: &ConfigResult) -> String {
+    match r.config {
+        Config::Nested => {
+            format!("{} nested, shadowing {}", r.payload, if r.vmcs_shadowing == Some(false) { "off" } else { "on" })
+        }
+        Config::SingleLevel => format!("{} single-level", r.payload),
+        Config::Bochs => format!("{} on Bochs", r.payload),
+    }
+}
+
+/// The whole report.
+#[must_use]
+pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "# nestbench bench {}\n", s.run_id);
+    if s.partial {
+        let _ = writeln!(m, "> **PARTIAL RUN.** It did not finish:");
+        for r in &s.partial_reasons {
+            let _ = writeln!(m, "> - {r}");
+        }
+        let _ = writeln!(m);
+    }
+    if !s.failures.is_empty() {
+        let _ = writeln!(m, "**Failed configurations** (the run finished; these did not):\n");
+        for f in &s.failures {
+            let _ = writeln!(m, "- {f}");
+        }
+        let _ = writeln!(m);
+    }
+    let _ = writeln!(m, "| | |\n|---|---|");
+    let _ = writeln!(m, "| host | {} |", host_line(s));
+    let _ = writeln!(m, "| host class | {} |", s.host_class);
+    for (module, params) in &s.kvm_module_params {
+        let p: Vec<String> = ["nested", "enable_shadow_vmcs", "ept", "unrestricted_guest", "npt", "tdp_mmu"]
+            .iter()
+            .filter_map(|k| params.get(*k).map(|v| format!("{k}={v}")))
+            .collect();
+        let _ = writeln!(m, "| module {module} | {} |", if p.is_empty() { "loaded".into() } else { p.join(" ") });
+    }
+    let _ = writeln!(
+        m,
+        "| TSC | {} |",
+        s.tsc.as_ref().map_or_else(
+            || "unknown: cycles only".into(),
+            |t| format!("{} kHz ({})", num(Some(t.khz as f64)), t.source)
+        )
+    );
+    let _ = writeln!(
+        m,
+        "| profile | {}: iterations doubled until a run's loop spans 2^{} cycles (Bochs: 2^{} instructions), {} repetitions after warm-up |",
+        s.profile.name, s.profile.target_log2_cycles, s.profile.target_log2_instructions, s.profile.repetitions
+    );
+    for e in &s.engines {
+        let _ = writeln!(
+            m,
+            "| engine {} | {} |",
+            e.engine,
+            if e.benched { format!("benched ({})", e.reason) } else { format!("not benched: {}", e.reason) }
+        );
+    }
+    let _ = writeln!(
+        m,
+        "| run | nestbench {}, {} to {} ({:.0} s) |\n",
+        s.nestbench_version, s.started_at, s.finished_at, s.wall_s
+    );
+
+    if s.results.iter().any(|r| r.config != Config::Bochs) {
+        let _ = writeln!(m, "## Nested vs single-level (soft engine)\n");
+        let _ = writeln!(
+            m,
+            "Cycles per iteration of the payload's own LFENCE;RDTSC loop: median over repetitions. \
+             The ratio is nested / single-level (the same image as a plain KVM guest of L0).\n"
+        );
+        m.push_str(&headline_table(s));
+        let _ = writeln!(m);
+    }
+
+    let _ = writeln!(m, "## Latency per configuration\n");
+    let _ = writeln!(
+        m,
+        "min, median, p90, max, mean ± σ: exact, over each repetition's mean per iteration. \
+         Per-iteration p50/p99: log2-bucket bounds over all iterations (the payloads keep log2 histograms).\n"
+    );
+    let _ = writeln!(
+        m,
+        "| configuration | unit | reps × iterations | min | median | p90 | max | mean ± σ | median (ns) | per-iteration p50 | per-iteration p99 | per-iteration max |"
+    );
+    let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in &s.results {
+        let Some(l) = &r.latency else {
+            let _ =
+                writeln!(m, "| {} | {} | FAILED: {} | | | | | | | | | |", config_name(r), r.unit, r.errors.join("; "));
+            continue;
+        };
+        let st = &l.repetitions;
+        let _ = writeln!(
+            m,
+            "| {}{} | {} | {} × {} | {} | {} | {} | {} | {} ± {} | {} | [{}, {}) | [{}, {}) | {} |",
+            config_name(r),
+            if r.complete { "" } else { " (incomplete)" },
+            r.unit,
+            l.repetition_samples,
+            r.iterations,
+            num(Some(st.min)),
+            num(Some(st.p50)),
+            num(Some(st.p90)),
+            num(Some(st.max)),
+            num(Some(st.mean)),
+            num(Some(st.stddev)),
+            ns(l.repetitions_ns.as_ref().map(|x| x.p50)),
+            num(Some(l.iterations.p50.lower)),
+            num(Some(l.iterations.p50.upper)),
+            num(Some(l.iterations.p99.lower)),
+            num(Some(l.iterations.p99.upper)),
+            num(Some(l.iterations.max)),
+        );
+    }
+    let _ = writeln!(m);
+
+    let _ = writeln!(m, "## Exits per reason and level (one repetition)\n");
+    let _ = writeln!(
+        m,
+        "| configuration | iterations | L2 exits by reason | reflected to L1 | L0-only | L1 traps | KVM exits, L1 VM | KVM exits, L2 VM | KVM insn emulated (L1) | same in every repetition |"
+    );
+    let _ = writeln!(m, "|---|---:|---|---:|---:|---:|---:|---:|---:|---|");
+    for r in &s.results {
+        let Some(e) = &r.exits else { continue };
+        let reasons: Vec<String> = e.l2_by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect();
+        let o = |x: Option<u64>| num(x.map(|v| v as f64));
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            config_name(r),
+            r.iterations,
+            if reasons.is_empty() { "none".into() } else { reasons.join(", ") },
+            o(e.per_level.reflected_to_l1),
+            o(e.per_level.l0_only),
+            o(e.per_level.l1_traps),
+            o(e.per_level.kvm_exits_l1_vm),
+            o(e.per_level.kvm_exits_l2_vm),
+            o(r.kvm_insn_emulation),
+            if e.stable_across_repetitions { "yes" } else { "no" }
+        );
+    }
+    let _ = writeln!(m);
+    let drops: Vec<String> = s.results.iter().filter_map(|r| r.trace_drops.map(|d| format!("{}: {d}", r.id))).collect();
+    let _ = writeln!(
+        m,
+        "Trace drops: {}\n",
+        if drops.is_empty() {
+            "no exit trace in this build (the trace ring is not streamed yet)".into()
+        } else {
+            drops.join(", ")
+        }
+    );
+
+    let bochs: Vec<&ConfigResult> = s.results.iter().filter(|r| r.config == Config::Bochs).collect();
+    if !bochs.is_empty() {
+        let _ = writeln!(m, "## Bochs: L1 instructions per exit (not a nested cost)\n");
+        let _ = writeln!(
+            m,
+            "On Bochs, L1 is the root hypervisor and Bochs' TSC counts instructions: the payload's \
+             loop measures instructions between its two RDTSCs (exit, L1's handler, entry).\n"
+        );
+        let _ = writeln!(m, "| payload | instructions per iteration | iterations | L2 exits (L1) |");
+        let _ = writeln!(m, "|---|---:|---:|---|");
+        for r in bochs {
+            let reasons: Vec<String> = r
+                .exits
+                .as_ref()
+                .map(|e| e.l2_by_reason.iter().map(|(k, v)| format!("{k}: {v}")).collect())
+                .unwrap_or_default();
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} |",
+                r.payload,
+                r.latency.as_ref().map_or_else(
+                    || format!("FAILED: {}", r.errors.join("; ")),
+                    |l| format!("{:.2}", l.repetitions.p50)
+                ),
+                r.iterations,
+                if reasons.is_empty() { "none".into() } else { reasons.join(", ") }
+            );
+        }
+        let _ = writeln!(m);
+    }
+
+    if !s.skipped.is_empty() {
+        let _ = writeln!(m, "## Skipped\n");
+        for k in &s.skipped {
+            let _ = writeln!(m, "- {} {}: {}", k.engine, k.payload.as_deref().unwrap_or("(engine)"), k.reason);
+        }
+        let _ = writeln!(m);
+    }
+
+    if let Some(c) = cmp {
+        let _ = writeln!(m, "## Against the baseline {}\n", c.base);
+        if !c.same_host_class {
+            let _ = writeln!(
+                m,
+                "The baseline is of another host class ({}): the verdicts are informational.\n",
+                c.base_host_class
+            );
+        }
+        let _ = writeln!(
+            m,
+            "{} metrics: **{} regressions**, {} improvements. Latency: LKP non-overlap of the repetitions and a change above the noise threshold; counts: exact.\n",
+            c.verdicts.len(),
+            c.regressions(),
+            c.improvements()
+        );
+        let notable: Vec<_> = c.verdicts.iter().filter(|v| v.verdict != Kind::Unchanged).collect();
+        if !notable.is_empty() {
+            let _ = writeln!(m, "| verdict | configuration | metric | baseline | this run | change | why |");
+            let _ = writeln!(m, "|---|---|---|---:|---:|---:|---|");
+            for v in notable {
+                let _ = writeln!(
+                    m,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    format!("{:?}", v.verdict).to_lowercase(),
+                    v.id,
+                    v.metric,
+                    crate::compare::fmt_val(&v.base),
+                    crate::compare::fmt_val(&v.new),
+                    v.delta_pct.map_or("-".into(), |d| format!("{d:+.1}%")),
+                    v.why
+                );
+            }
+            let _ = writeln!(m);
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(num(Some(1_234_567.4)), "1,234,567");
+        assert_eq!(num(Some(999.0)), "999");
+        assert_eq!(num(Some(1.5)), "1.50");
+        assert_eq!(num(None), "-");
+    }
+
+    #[test]
+    fn the_report_of_the_fixture_has_every_table() {
+        let s = crate::compare::tests::fixture();
+        let md = markdown(&s, None);
+        for needle in [
+            "# nestbench bench",
+            "## Nested vs single-level (soft engine)",
+            "| outl |",
+            "## Latency per configuration",
+            "outl nested, shadowing off",
+            "## Exits per reason and level",
+            "I/O instruction",
+            "TSC",
+        ] {
+            assert!(md.contains(needle), "{needle} missing:\n{md}");
+        }
+        assert!(!md.contains("PARTIAL"));
+        // Every table row has as many cells as its header.
+        for table in md.split("\n\n").filter(|b| b.starts_with('|')) {
+            let cells: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
+            assert!(cells.iter().all(|&c| c == cells[0]), "ragged table:\n{table}");
+        }
+        let mut p = s.clone();
+        p.partial = true;
+        p.partial_reasons = vec!["soft/outl/shadowing-on: nestbench-l0 was killed by a signal".into()];
+        assert!(markdown(&p, None).contains("**PARTIAL RUN.**"));
+        let c = crate::compare::compare(&s, &s, &[]);
+        assert!(markdown(&s, Some(&c)).contains("## Against the baseline"));
+    }
+}

@@ -1,0 +1,686 @@
+//! The results of one `nestbench bench`: the `summary.json` types (schema
+//! `results/schema/summary.schema.json`, version [`SCHEMA_VERSION`]), the statistics behind
+//! them, and the atomic writing of a run directory.
+//!
+//! Two kinds of percentiles live here, and the schema says which is which:
+//!
+//! * across **repetitions** (one l0 child each): every repetition's mean cycles per iteration
+//!   is a sample, and `min/p50/p90/p99/max/mean/stddev` over those samples are exact
+//!   (linear interpolation between order statistics, as numpy's default);
+//! * across the **iterations** of all repetitions: the payloads keep only min, max, total and
+//!   a log2 histogram, so `p50/p90/p99` are the bounds `[2^b, 2^(b+1))` of the bucket the
+//!   percentile falls in.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Version of `summary.json`. An incompatible change bumps it (and the schema's `const`).
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// The marker file of a run that did not finish.
+pub const PARTIAL_MARKER: &str = "PARTIAL";
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Summary {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The `nestbench` version that wrote it.
+    pub nestbench_version: String,
+    /// `<timestamp>-<host>`, the run directory's name.
+    pub run_id: String,
+    /// Start, UTC, RFC 3339.
+    pub started_at: String,
+    /// End, UTC, RFC 3339.
+    pub finished_at: String,
+    /// Wall time of the whole bench in seconds.
+    pub wall_s: f64,
+    /// The run did not finish (Ctrl-C, a killed or failed l0 child): see `partial_reasons`.
+    pub partial: bool,
+    /// Why it is partial.
+    pub partial_reasons: Vec<String>,
+    /// Configurations of a finished run that failed (payload failures, guest faults, ...).
+    pub failures: Vec<String>,
+    /// The measurement profile.
+    pub profile: Profile,
+    /// The machine's host name.
+    pub hostname: String,
+    /// What baselines are matched on: CPU model, KVM backend module, logical CPUs.
+    pub host_class: String,
+    /// `nestbench doctor --json`'s `host` (CPU, kernel, KVM offer, CPL 0 probe, tools).
+    pub host: Value,
+    /// Loaded KVM modules and their parameters (nested, enable_shadow_vmcs, ept, ...).
+    pub kvm_module_params: BTreeMap<String, BTreeMap<String, String>>,
+    /// The TSC frequency cycles are converted with; `null`: cycles only.
+    pub tsc: Option<Tsc>,
+    /// Every engine, whether this host can run it, and whether this bench ran it.
+    pub engines: Vec<EngineEntry>,
+    /// One entry per (engine, payload, configuration) that was run.
+    pub results: Vec<ConfigResult>,
+    /// What was not run, with the reason.
+    pub skipped: Vec<Skipped>,
+    /// The comparison against `results/baseline/` when there was one.
+    pub baseline: Option<BaselineRef>,
+}
+
+/// How the bench measured.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Profile {
+    /// `quick` (CI) or `full`.
+    pub name: String,
+    /// Measured repetitions per configuration (one l0 child each).
+    pub repetitions: u32,
+    /// Extra warm-up runs after calibration (calibration runs are warm-up too).
+    pub warmup: u32,
+    /// Iterations are doubled, from `start_iterations`, until one run's loop spans at least
+    /// 2^`target_log2_cycles` TSC cycles (kvm-unit-tests style), or `max_iterations`.
+    pub target_log2_cycles: u32,
+    /// The same for Bochs, whose TSC counts instructions.
+    pub target_log2_instructions: u32,
+    /// The first calibration run's iterations.
+    pub start_iterations: u64,
+    /// The iteration cap.
+    pub max_iterations: u64,
+    /// Doubling also stops once a calibration run takes this long (ms, the whole child):
+    /// a payload whose untimed part dominates (interrupt windows, ...) must not take minutes.
+    pub max_run_wall_ms: u64,
+}
+
+/// TSC frequency.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tsc {
+    /// kHz.
+    pub khz: u64,
+    /// Where it came from.
+    pub source: String,
+}
+
+/// One engine in this run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EngineEntry {
+    /// `soft`, `kvm`, `bochs`.
+    pub engine: String,
+    /// Whether the host can run it (doctor).
+    pub can_run: bool,
+    /// Whether nestbench has it built.
+    pub implemented: bool,
+    /// Whether this bench ran it.
+    pub benched: bool,
+    /// Doctor's reason, or why it was not benched.
+    pub reason: String,
+}
+
+/// Something the bench did not run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Skipped {
+    /// The engine.
+    pub engine: String,
+    /// The payload (`null`: the whole engine).
+    pub payload: Option<String>,
+    /// Why.
+    pub reason: String,
+}
+
+/// What a result measures.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Config {
+    /// L2 under L1 under L0 (soft engine).
+    Nested,
+    /// The single-level twin: the payload as a plain KVM guest of L0.
+    SingleLevel,
+    /// L1 as root hypervisor on Bochs: instructions per exit, not a nested cost.
+    Bochs,
+}
+
+/// One measured configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ConfigResult {
+    /// Stable key: `soft/outl/shadowing-on`, `single_level/outl`, `bochs/outl`.
+    pub id: String,
+    /// `soft`, `single_level` or `bochs`.
+    pub engine: String,
+    /// The payload.
+    pub payload: String,
+    /// What it measures.
+    pub config: Config,
+    /// VMCS shadowing (nested runs only).
+    pub vmcs_shadowing: Option<bool>,
+    /// `cycles` (TSC), or `instructions` on Bochs (its TSC counts instructions).
+    pub unit: String,
+    /// Every repetition finished and the payload reported no failure.
+    pub complete: bool,
+    /// What went wrong, if anything.
+    pub errors: Vec<String>,
+    /// Iterations of each measured repetition.
+    pub iterations: u64,
+    /// `calibration` (doubled until the loop spans the target) or `baseline` (the
+    /// baseline's iterations, so that counts compare exactly).
+    pub iterations_from: String,
+    /// The calibration (warm-up) runs: iterations and loop span.
+    pub calibration: Vec<CalibrationStep>,
+    /// Warm-up runs done (calibration plus extra).
+    pub warmup_runs: u32,
+    /// Each measured repetition.
+    pub repetitions: Vec<Repetition>,
+    /// Latency statistics (`null` when no repetition finished).
+    pub latency: Option<Latency>,
+    /// Exit counts of one repetition (`null` when none finished).
+    pub exits: Option<Exits>,
+    /// Exit multiplication (nested runs).
+    pub exit_multiplication: Option<ExitMultiplication>,
+    /// Nested p50 (across repetitions) / single-level p50 of the same payload.
+    pub nested_over_single: Option<f64>,
+    /// Instructions KVM emulated in the L1 VM during one repetition (`insn_emulation`;
+    /// hosts that emulate guest CPL 0 count L1's work here).
+    pub kvm_insn_emulation: Option<u64>,
+    /// Exit-trace records dropped by ring overflow (`null`: this l0 streams no trace).
+    pub trace_drops: Option<u64>,
+}
+
+/// One calibration run.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CalibrationStep {
+    /// Iterations asked for.
+    pub iterations: u64,
+    /// The loop's span (sum of per-iteration cycles).
+    pub total: u64,
+}
+
+/// One measured repetition (one l0 child).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Repetition {
+    /// Iterations done.
+    pub iterations: u64,
+    /// Mean per iteration.
+    pub mean: f64,
+    /// Fastest iteration.
+    pub min: u64,
+    /// Slowest iteration.
+    pub max: u64,
+    /// Sum over iterations.
+    pub total: u64,
+    /// `[log2 bucket, count]`.
+    pub histogram_log2: Vec<[u64; 2]>,
+    /// Wall time of the child's run (first KVM_RUN to end), ns.
+    pub wall_ns: Option<u64>,
+    /// When it started, seconds after the bench started.
+    pub started_s: f64,
+    /// Exits L1 handled (nested, Bochs) or KVM exits (single-level) in this repetition.
+    pub exits: u64,
+}
+
+/// Exact statistics of a sample.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Stats {
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Largest.
+    pub max: f64,
+    /// Mean.
+    pub mean: f64,
+    /// Sample standard deviation (n - 1; 0 for one sample).
+    pub stddev: f64,
+}
+
+/// A log2 bucket `[lower, upper)`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Bucket {
+    /// Inclusive.
+    pub lower: f64,
+    /// Exclusive.
+    pub upper: f64,
+}
+
+/// Per-iteration statistics from the merged histogram.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct IterationStats {
+    /// Fastest iteration (exact).
+    pub min: f64,
+    /// Slowest iteration (exact).
+    pub max: f64,
+    /// Mean (exact: total / iterations).
+    pub mean: f64,
+    /// Log2 bucket of the median.
+    pub p50: Bucket,
+    /// Log2 bucket of the 90th percentile.
+    pub p90: Bucket,
+    /// Log2 bucket of the 99th percentile.
+    pub p99: Bucket,
+}
+
+/// Latency of a configuration, in its unit and (cycles only) in ns.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Latency {
+    /// Repetitions measured (samples of `repetitions`).
+    pub repetition_samples: usize,
+    /// Each repetition's mean per iteration, in the result's unit.
+    pub repetition_means: Vec<f64>,
+    /// Exact statistics over `repetition_means`.
+    pub repetitions: Stats,
+    /// The same in ns (`null`: no TSC frequency, or unit is instructions).
+    pub repetitions_ns: Option<Stats>,
+    /// Iterations over all repetitions (samples of `iterations`).
+    pub iteration_samples: u64,
+    /// Per-iteration statistics; percentiles are log2-bucket bounds.
+    pub iterations: IterationStats,
+    /// The same in ns.
+    pub iterations_ns: Option<IterationStats>,
+    /// The merged `[log2 bucket, count]` histogram of all iterations.
+    pub histogram_log2: Vec<[u64; 2]>,
+}
+
+/// Exits of one repetition, per reason and per level.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Exits {
+    /// L2 exits L1 handled, per basic reason (nested, Bochs); KVM exits of the payload VM
+    /// per kind (single-level).
+    pub l2_by_reason: BTreeMap<String, u64>,
+    /// L2 exits L0 reflected to L1, per reason (nested).
+    pub reflected_by_reason: BTreeMap<String, u64>,
+    /// Per level.
+    pub per_level: PerLevel,
+    /// KVM exits (KVM_RUN returns L0 saw) per kind, L1's VM (nested) or the payload VM.
+    pub kvm_by_kind: BTreeMap<String, u64>,
+    /// Every measured repetition had the same counts.
+    pub stable_across_repetitions: bool,
+}
+
+/// Exit counts per level.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PerLevel {
+    /// L2 exits L0 handled without L1 (EPT shadow fills, ...).
+    pub l0_only: Option<u64>,
+    /// L2 exits reflected to L1 (the final DONE exit included).
+    pub reflected_to_l1: Option<u64>,
+    /// L1's traps to L0 while handling them (VMREAD/VMWRITE, VMRESUME, ...).
+    pub l1_traps: Option<u64>,
+    /// KVM exits of L1's VM.
+    pub kvm_exits_l1_vm: Option<u64>,
+    /// KVM exits of L2's VM (nested) or of the payload VM (single-level).
+    pub kvm_exits_l2_vm: Option<u64>,
+}
+
+/// How one L2 exit multiplies.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ExitMultiplication {
+    /// KVM exits (both VMs) per reflected exit.
+    pub kvm_exits_per_reflected_exit: Option<f64>,
+    /// L1 traps to L0 per reflected exit that was resumed.
+    pub l1_traps_per_reflected_exit: Option<f64>,
+}
+
+/// The baseline comparison, summarised.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct BaselineRef {
+    /// Where the baseline is.
+    pub path: String,
+    /// Its run id.
+    pub run_id: String,
+    /// Whether it is of this host class (otherwise the verdicts are informational).
+    pub same_host_class: bool,
+    /// Significant regressions.
+    pub regressions: usize,
+    /// Significant improvements.
+    pub improvements: usize,
+    /// Metrics compared.
+    pub compared: usize,
+}
+
+impl Summary {
+    /// The result with this id.
+    #[must_use]
+    pub fn result(&self, id: &str) -> Option<&ConfigResult> {
+        self.results.iter().find(|r| r.id == id)
+    }
+
+    /// Payloads in the order they were run.
+    #[must_use]
+    pub fn payloads(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = Vec::new();
+        for r in &self.results {
+            if !v.contains(&r.payload.as_str()) {
+                v.push(&r.payload);
+            }
+        }
+        v
+    }
+}
+
+/// The id of a configuration.
+#[must_use]
+pub fn config_id(engine: &str, payload: &str, shadowing: Option<bool>) -> String {
+    match shadowing {
+        Some(true) => format!("{engine}/{payload}/shadowing-on"),
+        Some(false) => format!("{engine}/{payload}/shadowing-off"),
+        None => format!("{engine}/{payload}"),
+    }
+}
+
+/// Exact statistics (linear interpolation between order statistics); `None` when empty.
+#[must_use]
+pub fn stats(samples: &[f64]) -> Option<Stats> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let mean = s.iter().sum::<f64>() / n as f64;
+    let var = if n > 1 { s.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1) as f64 } else { 0.0 };
+    Some(Stats {
+        min: s[0],
+        p50: quantile(&s, 0.5),
+        p90: quantile(&s, 0.9),
+        p99: quantile(&s, 0.99),
+        max: s[n - 1],
+        mean,
+        stddev: var.sqrt(),
+    })
+}
+
+/// Quantile `q` of sorted `s` by linear interpolation.
+#[must_use]
+pub fn quantile(s: &[f64], q: f64) -> f64 {
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let pos = q.clamp(0.0, 1.0) * (s.len() - 1) as f64;
+    let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
+    s[lo] + (s[hi] - s[lo]) * (pos - lo as f64)
+}
+
+impl Stats {
+    /// Every field times `k`.
+    #[must_use]
+    pub fn scaled(&self, k: f64) -> Stats {
+        Stats {
+            min: self.min * k,
+            p50: self.p50 * k,
+            p90: self.p90 * k,
+            p99: self.p99 * k,
+            max: self.max * k,
+            mean: self.mean * k,
+            stddev: self.stddev * k,
+        }
+    }
+}
+
+impl IterationStats {
+    /// Every field times `k`.
+    #[must_use]
+    pub fn scaled(&self, k: f64) -> IterationStats {
+        let b = |x: Bucket| Bucket { lower: x.lower * k, upper: x.upper * k };
+        IterationStats {
+            min: self.min * k,
+            max: self.max * k,
+            mean: self.mean * k,
+            p50: b(self.p50),
+            p90: b(self.p90),
+            p99: b(self.p99),
+        }
+    }
+}
+
+/// Merge `[bucket, count]` histograms.
+#[must_use]
+pub fn merge_histograms<'a>(hists: impl IntoIterator<Item = &'a [[u64; 2]]>) -> Vec<[u64; 2]> {
+    let mut m: BTreeMap<u64, u64> = BTreeMap::new();
+    for h in hists {
+        for &[b, c] in h {
+            *m.entry(b).or_default() += c;
+        }
+    }
+    m.into_iter().map(|(b, c)| [b, c]).collect()
+}
+
+/// Latency of a set of finished repetitions; `None` when there are none. `ns_per_unit` is
+/// `Some(1e6 / tsc_khz)` for cycles with a known TSC.
+#[must_use]
+pub fn latency(reps: &[Repetition], ns_per_unit: Option<f64>) -> Option<Latency> {
+    let means: Vec<f64> = reps.iter().map(|r| r.mean).collect();
+    let repetitions = stats(&means)?;
+    let hist = merge_histograms(reps.iter().map(|r| r.histogram_log2.as_slice()));
+    let pairs: Vec<(u64, u64)> = hist.iter().map(|&[b, c]| (b, c)).collect();
+    let bucket = |q| {
+        let (lower, upper) = crate::run::percentile_bucket(&pairs, q).unwrap_or((0, 0));
+        Bucket { lower: lower as f64, upper: upper as f64 }
+    };
+    let n: u64 = reps.iter().map(|r| r.iterations).sum();
+    let total: u64 = reps.iter().map(|r| r.total).sum();
+    let iterations = IterationStats {
+        min: reps.iter().map(|r| r.min).min().unwrap_or(0) as f64,
+        max: reps.iter().map(|r| r.max).max().unwrap_or(0) as f64,
+        mean: if n > 0 { total as f64 / n as f64 } else { 0.0 },
+        p50: bucket(0.5),
+        p90: bucket(0.9),
+        p99: bucket(0.99),
+    };
+    Some(Latency {
+        repetition_samples: reps.len(),
+        repetitions_ns: ns_per_unit.map(|k| repetitions.scaled(k)),
+        repetitions,
+        repetition_means: means,
+        iteration_samples: n,
+        iterations_ns: ns_per_unit.map(|k| iterations.scaled(k)),
+        iterations,
+        histogram_log2: hist,
+    })
+}
+
+/// UTC time as RFC 3339 (`2026-01-02T03:04:05Z`) and as a compact stamp (`20260102T030405Z`).
+#[must_use]
+pub fn utc(t: std::time::SystemTime) -> (String, String) {
+    let secs = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    // Howard Hinnant's civil_from_days.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    (format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"), format!("{y:04}{mo:02}{d:02}T{h:02}{m:02}{s:02}Z"))
+}
+
+/// This machine's host name, made safe for a directory name.
+#[must_use]
+pub fn hostname() -> String {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "host".into());
+    let s: String =
+        raw.trim().chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect();
+    if s.is_empty() { "host".into() } else { s }
+}
+
+/// Write `bytes` to `path` atomically: a temporary file next to it, fsync, rename. A reader
+/// sees the old file or the new one, never half of one.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path.file_name().map_or_else(|| "file".into(), |n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
+/// Write a run directory `out/name` atomically: it is built as `out/.name.tmp-PID` (files
+/// written with [`write_atomic`], plus a [`PARTIAL_MARKER`] file when `partial`) and renamed
+/// into place. Dot-directories left by a killed bench are ignored by history scans. When
+/// `out/name` exists, `-2`, `-3`, ... is appended. Returns the final directory.
+pub fn write_run_dir(out: &Path, name: &str, files: &[(&str, Vec<u8>)], partial: bool) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(out)?;
+    let tmp = out.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    std::fs::create_dir(&tmp)?;
+    for (file, bytes) in files {
+        write_atomic(&tmp.join(file), bytes)?;
+    }
+    if partial {
+        write_atomic(
+            &tmp.join(PARTIAL_MARKER),
+            b"This run did not finish; summary.json has \"partial\": true and says why.\n",
+        )?;
+    }
+    let mut dest = out.join(name);
+    let mut k = 2;
+    while dest.exists() {
+        dest = out.join(format!("{name}-{k}"));
+        k += 1;
+    }
+    std::fs::rename(&tmp, &dest)?;
+    if let Ok(d) = std::fs::File::open(out) {
+        let _ = d.sync_all();
+    }
+    Ok(dest)
+}
+
+/// Read a summary from a run directory or a `summary.json` path.
+pub fn load(path: &Path) -> anyhow::Result<Summary> {
+    let file = if path.is_dir() { path.join("summary.json") } else { path.to_owned() };
+    let text = std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    let v: Value = serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{}: not JSON: {e}", file.display()))?;
+    let version = v["schema_version"].as_u64();
+    if version != Some(u64::from(SCHEMA_VERSION)) {
+        anyhow::bail!(
+            "{}: schema_version {} is not {SCHEMA_VERSION}, the version this nestbench reads",
+            file.display(),
+            v["schema_version"]
+        );
+    }
+    serde_json::from_value(v).map_err(|e| anyhow::anyhow!("{}: not a nestbench summary: {e}", file.display()))
+}
+
+/// Every summary under `dir` (`dir/*/summary.json`, dot-directories skipped), oldest first
+/// (by `started_at`). Unreadable ones are skipped.
+#[must_use]
+pub fn history(dir: &Path) -> Vec<Summary> {
+    let mut v: Vec<Summary> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with('.'))
+        .filter_map(|e| load(&e.path()).ok())
+        .collect();
+    v.sort_by(|a, b| a.started_at.cmp(&b.started_at).then(a.run_id.cmp(&b.run_id)));
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exact_stats() {
+        let s = stats(&[4.0, 1.0, 3.0, 2.0]).unwrap();
+        assert_eq!((s.min, s.max, s.mean), (1.0, 4.0, 2.5));
+        assert!((s.p50 - 2.5).abs() < 1e-12);
+        assert!((s.p90 - 3.7).abs() < 1e-12);
+        assert!((s.stddev - 1.290_994_448_735_805_6).abs() < 1e-12);
+        assert_eq!(stats(&[7.0]).unwrap().stddev, 0.0);
+        assert!(stats(&[]).is_none());
+    }
+
+    #[test]
+    fn utc_formats() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        assert_eq!(utc(t), ("2023-11-14T22:13:20Z".to_owned(), "20231114T221320Z".to_owned()));
+        assert_eq!(utc(std::time::UNIX_EPOCH).0, "1970-01-01T00:00:00Z");
+    }
+
+    #[test]
+    fn histograms_merge_and_latency_uses_buckets_within_and_exact_across() {
+        let rep = |mean: f64, hist: Vec<[u64; 2]>| Repetition {
+            iterations: hist.iter().map(|h| h[1]).sum(),
+            mean,
+            min: 1000,
+            max: 5000,
+            total: (mean * hist.iter().map(|h| h[1]).sum::<u64>() as f64) as u64,
+            histogram_log2: hist,
+            wall_ns: None,
+            started_s: 0.0,
+            exits: 0,
+        };
+        let reps = [rep(1500.0, vec![[10, 8], [11, 2]]), rep(1700.0, vec![[10, 5], [12, 5]])];
+        let l = latency(&reps, Some(0.5)).unwrap();
+        assert_eq!(l.histogram_log2, vec![[10, 13], [11, 2], [12, 5]]);
+        assert_eq!(l.iterations.p50, Bucket { lower: 1024.0, upper: 2048.0 });
+        assert_eq!(l.iterations.p99, Bucket { lower: 4096.0, upper: 8192.0 });
+        assert_eq!(l.repetitions.p50, 1600.0);
+        assert_eq!(l.repetitions_ns.unwrap().p50, 800.0);
+        assert_eq!(l.iteration_samples, 20);
+    }
+
+    #[test]
+    fn run_dirs_appear_whole_with_a_partial_marker_when_partial() {
+        let out = std::env::temp_dir().join(format!("nestbench-rd-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let d = write_run_dir(&out, "r1", &[("summary.json", b"{}".to_vec())], true).unwrap();
+        assert_eq!(d, out.join("r1"));
+        assert!(d.join(PARTIAL_MARKER).exists());
+        let d2 = write_run_dir(&out, "r1", &[("summary.json", b"{}".to_vec())], false).unwrap();
+        assert_eq!(d2, out.join("r1-2"));
+        assert!(!d2.join(PARTIAL_MARKER).exists());
+        let names: Vec<String> =
+            std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        assert!(names.iter().all(|n| !n.contains("tmp")), "no temporaries left: {names:?}");
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+
+    use serde_json::json;
+
+    fn schema() -> Value {
+        serde_json::from_str(include_str!("../../results/schema/summary.schema.json")).expect("the schema is JSON")
+    }
+
+    #[test]
+    fn the_fixture_summary_validates_and_every_emitted_key_is_in_the_schema() {
+        // additionalProperties is false on every object of fixed shape, so any key the code
+        // emits and the schema lacks fails here.
+        let s = crate::compare::tests::fixture();
+        let v = serde_json::to_value(&s).unwrap();
+        crate::schema::validate(&schema(), &v).unwrap_or_else(|e| panic!("{e:#?}"));
+        let mut broken = v.clone();
+        broken["results"][0]["latency"]["repetitions"]["surprise"] = json!(1);
+        assert!(crate::schema::validate(&schema(), &broken).unwrap_err()[0].contains("surprise"));
+        assert_eq!(schema()["properties"]["schema_version"]["const"], crate::results::SCHEMA_VERSION);
+    }
+
+    #[test]
+    fn a_summary_with_every_optional_part_filled_validates() {
+        let mut s = crate::compare::tests::fixture();
+        s.partial = true;
+        s.partial_reasons = vec!["x".into()];
+        s.baseline = Some(crate::results::BaselineRef {
+            path: "results/baseline".into(),
+            run_id: "r".into(),
+            same_host_class: true,
+            regressions: 0,
+            improvements: 1,
+            compared: 9,
+        });
+        s.results[0].trace_drops = Some(0);
+        s.results[0].errors = vec!["e".into()];
+        s.tsc = None;
+        s.results[0].iterations_from = "baseline".into();
+        crate::schema::validate(&schema(), &serde_json::to_value(&s).unwrap()).unwrap_or_else(|e| panic!("{e:#?}"));
+    }
+}
