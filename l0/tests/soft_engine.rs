@@ -506,33 +506,7 @@ fn mmio_register_is_emulated_by_l1_with_exactly_two_violations_per_iteration() {
 /// `preempt_timer` with payload argument `arg` (nestbench_abi::payload::PREEMPT_VALUE_GIVEN
 /// and a timer value, or 0 for the default value).
 fn run_preempt_timer(iterations: u64, arg: u64) -> Nested {
-    let m = l2_payloads::find("preempt_timer").expect("a known payload");
-    let config = MachineConfig {
-        timeout: Duration::from_secs(60),
-        soft: Some(SoftConfig { vmcs_shadowing: true }),
-        payload: Some(PayloadSpec {
-            name: m.name.into(),
-            elf: l0::images::payload_elf(m.name),
-            cpl: m.cpl,
-            iterations,
-            arg,
-        }),
-        ..MachineConfig::default()
-    };
-    let mut events = Vec::new();
-    let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
-    let payload = events
-        .iter()
-        .find_map(|e| match e {
-            Event::PayloadRun(p) => Some((**p).clone()),
-            _ => None,
-        })
-        .unwrap_or_else(|| panic!("L1 reported no payload run; outcome {:?}, events {events:?}", report.outcome));
-    assert_eq!(report.outcome, Outcome::Exited { status: 0 }, "{events:?}");
-    assert_eq!(payload.status, 0);
-    let results = payload.results.as_ref().expect("the payload wrote its results page");
-    assert_eq!((results.iterations, results.failures), (iterations, 0), "{events:?}");
-    Nested { report, payload, events }
+    run_nested_with("preempt_timer", iterations, arg, SoftConfig { vmcs_shadowing: true })
 }
 
 #[test]

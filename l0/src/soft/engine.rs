@@ -29,7 +29,6 @@ use super::transitions::{self, ExitInfo};
 use super::vmcs12::Vmcs12;
 use super::vmx_ops::VmxState;
 use crate::memory::GuestMem;
-use crate::paging;
 use crate::vcpu::{Exit, Kicker, Vcpu, VcpuError};
 use crate::vm::VmError;
 
@@ -566,39 +565,6 @@ fn timer_exit(regs: kvm_regs) -> Reflect {
     Reflect::Exit { info, regs, rip: regs.rip }
 }
 
-/// L2's linear address `linear` as an L2-physical one (through L2's page tables, read
-/// through EPT12).
-fn l2_phys(l2: &L2Vm, cr3: u64, linear: u64) -> Option<u64> {
-    let read = |pa: u64| {
-        let b = l2.read_l2(pa, 8);
-        b.try_into().map(u64::from_le_bytes).map_err(|_| crate::memory::MemoryError::OutOfRange {
-            gpa: pa,
-            len: 8,
-            size: 0,
-        })
-    };
-    paging::translate_with(read, cr3, linear).ok().map(|t| t.gpa)
-}
-
-/// Read `len` bytes of L2 at linear address `linear` (through L2's page tables and EPT12),
-/// short at the first byte that does not translate. One page walk per page touched.
-fn read_l2_linear(l2: &L2Vm, cr3: u64, linear: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut a = linear;
-    while out.len() < len {
-        let Some(gpa) = l2_phys(l2, cr3, a) else { break };
-        let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
-        let bytes = l2.read_l2(gpa, n);
-        let got = bytes.len();
-        out.extend(bytes);
-        if got < n {
-            break;
-        }
-        a += n as u64;
-    }
-    out
-}
-
 /// Turn a KVM exit of VM2 into the VM exit hardware would report (docs/kvm-exits.md says
 /// what KVM leaves behind for each kind; docs/soft-engine.md what L1 must see).
 fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
@@ -607,7 +573,7 @@ fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
     let unsupported = |what: &str, why: String| Ok(Reflect::Stop(EntryOutcome::Unsupported { what: what.into(), why }));
     match exit {
         Exit::IoOut { .. } | Exit::IoIn { .. } => {
-            let read = |linear: u64, len: usize| read_l2_linear(l2, cr3, linear, len);
+            let read = |linear: u64, len: usize| l2.read_linear(cr3, linear, len);
             let io = match io_decode::decode(&exit, &regs, &read) {
                 Ok(io) => io,
                 Err(e) => {
@@ -634,7 +600,7 @@ fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
         Exit::Hlt => {
             // KVM retired the HLT (RIP past, docs/kvm-exits.md row 4): HLT is F4, one byte.
             let start = regs.rip.wrapping_sub(1);
-            if read_l2_linear(l2, cr3, start, 1) != [0xF4] {
+            if l2.read_linear(cr3, start, 1) != [0xF4] {
                 return unsupported("HLT exit", format!("no HLT before L2 RIP {:#x}", regs.rip));
             }
             let info = ExitInfo { reason: ExitReason::Hlt as u32, insn_len: 1, ..ExitInfo::default() };
@@ -647,7 +613,7 @@ fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
         }
         Exit::RdMsr { .. } | Exit::WrMsr { .. } => {
             // docs/kvm-exits.md row 5: RIP at the instruction, a completion pending.
-            let insn = read_l2_linear(l2, cr3, regs.rip, 15);
+            let insn = l2.read_linear(cr3, regs.rip, 15);
             match msr::normalise(&mut l2.vcpu, &exit, &regs, &insn)? {
                 Ok(info) => Ok(Reflect::Exit { info, regs, rip: regs.rip }),
                 Err(why) => unsupported("RDMSR/WRMSR exit", why),
@@ -686,23 +652,14 @@ fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
 /// entry; for INS restore the destination bytes the flush wrote. L2's registers are
 /// reloaded from VMCS12 at the next entry anyway.
 fn flush_pending(l2: &mut L2Vm, cr3: u64, io: &io_decode::IoExit) -> Result<(), SoftError> {
-    let saved = io.ins_dest.map(|(dst, len)| (dst, read_l2_linear(l2, cr3, dst, len)));
+    let saved = io.ins_dest.map(|(dst, len)| (dst, l2.read_linear(cr3, dst, len)));
     l2.vcpu.set_in_data(&[]);
     l2.vcpu.set_immediate_exit(true);
     let r = l2.vcpu.run();
     l2.vcpu.set_immediate_exit(false);
     r?;
     if let Some((dst, bytes)) = saved {
-        write_l2_linear(l2, cr3, dst, &bytes);
+        l2.write_linear(cr3, dst, &bytes);
     }
     Ok(())
-}
-
-/// Write `bytes` to L2 at linear address `linear`, skipping bytes that do not translate.
-fn write_l2_linear(l2: &L2Vm, cr3: u64, linear: u64, bytes: &[u8]) {
-    for (i, b) in bytes.iter().enumerate() {
-        if let Some(gpa) = l2_phys(l2, cr3, linear + i as u64) {
-            l2.write_l2(gpa, *b);
-        }
-    }
 }

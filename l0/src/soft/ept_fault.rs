@@ -130,24 +130,6 @@ fn memory_operand(insn: &Instruction, regs: &kvm_regs, sregs: &kvm_sregs) -> Opt
     Some((op, linear, insn.memory_size().size()))
 }
 
-/// Read up to `len` bytes of L2 at `linear`, through L2's paging and EPT12.
-fn read_linear(l2: &L2Vm, cr3: u64, linear: u64, len: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    let mut a = linear;
-    while out.len() < len {
-        let Some(gpa) = l2.l2_phys(cr3, a) else { break };
-        let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
-        let bytes = l2.read_l2(gpa, n);
-        let got = bytes.len();
-        out.extend(bytes);
-        if got < n {
-            break;
-        }
-        a += n as u64;
-    }
-    out
-}
-
 /// Where the store that KVM retired into a KVM_EXIT_MMIO write started (RIP is past it,
 /// docs/kvm-exits.md row 7): the only decoding of the bytes before `rip` that is exactly
 /// that long, writes a memory operand of `data.len()` bytes whose linear address translates
@@ -162,7 +144,7 @@ pub fn store_start(
     data: &[u8],
 ) -> Result<(u64, u32, u64), String> {
     let rip = regs.rip;
-    let bytes = read_linear(l2, sregs.cr3, rip.saturating_sub(15), 15);
+    let bytes = l2.read_linear(sregs.cr3, rip.saturating_sub(15), 15);
     if bytes.len() < 15 {
         return Err(format!("the 15 bytes before L2 RIP {rip:#x} do not translate"));
     }
@@ -206,7 +188,7 @@ pub fn store_start(
 /// The linear address of the load at `regs.rip` (RIP is at the instruction for an MMIO
 /// read, docs/kvm-exits.md row 6).
 fn load_linear(l2: &L2Vm, regs: &kvm_regs, sregs: &kvm_sregs) -> Option<u64> {
-    let code = read_linear(l2, sregs.cr3, regs.rip, 15);
+    let code = l2.read_linear(sregs.cr3, regs.rip, 15);
     let mut d = Decoder::with_ip(64, &code, regs.rip, DecoderOptions::NONE);
     let insn = d.decode();
     if insn.is_invalid() {

@@ -581,6 +581,35 @@ impl L2Vm {
         crate::paging::translate_with(read, cr3, linear).ok().map(|t| t.gpa)
     }
 
+    /// Read `len` bytes of L2 at linear address `linear` (through L2's page tables and
+    /// EPT12), short at the first byte that does not translate. One page walk per page.
+    #[must_use]
+    pub fn read_linear(&self, cr3: u64, linear: u64, len: usize) -> Vec<u8> {
+        let mut out = Vec::with_capacity(len);
+        let mut a = linear;
+        while out.len() < len {
+            let Some(gpa) = self.l2_phys(cr3, a) else { break };
+            let n = (4096 - (a & 0xFFF) as usize).min(len - out.len());
+            let bytes = self.read_l2(gpa, n);
+            let got = bytes.len();
+            out.extend(bytes);
+            if got < n {
+                break;
+            }
+            a += n as u64;
+        }
+        out
+    }
+
+    /// Write `bytes` to L2 at linear address `linear`, skipping bytes that do not translate.
+    pub fn write_linear(&self, cr3: u64, linear: u64, bytes: &[u8]) {
+        for (i, b) in bytes.iter().enumerate() {
+            if let Some(gpa) = self.l2_phys(cr3, linear + i as u64) {
+                self.write_l2(gpa, *b);
+            }
+        }
+    }
+
     /// The L1-physical address of L2-physical `l2` under EPT12 (as L1 has it now).
     fn l1_addr(&self, l2: u64) -> Option<u64> {
         match self.walk(l2) {
