@@ -103,6 +103,15 @@ enum ScenarioArg {
     PageFault,
 }
 
+impl From<ScenarioArg> for Scenario {
+    fn from(a: ScenarioArg) -> Self {
+        match a {
+            ScenarioArg::Probe => Self::Probe,
+            ScenarioArg::PageFault => Self::PageFault,
+        }
+    }
+}
+
 #[derive(clap::Args)]
 struct BootArgs {
     /// The L1 ELF image [default: the one built with this l0, or $NESTBENCH_L1_ELF].
@@ -131,6 +140,20 @@ struct BootArgs {
     keep_bochs_dir: bool,
 }
 
+/// The stream's first event: the common header (stream and ABI versions) plus `fields`.
+fn emit_hello(mut fields: serde_json::Value) {
+    let header = json!({
+        "event": "hello",
+        "stream_version": STREAM_VERSION,
+        "abi_version": nestbench_abi::ABI_VERSION,
+        "l0_version": env!("CARGO_PKG_VERSION"),
+    });
+    if let (Some(f), Some(h)) = (fields.as_object_mut(), header.as_object()) {
+        f.extend(h.clone());
+    }
+    emit(&fields);
+}
+
 fn emit(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (the orchestrator went away) is not worth a panic: the run goes on
@@ -146,19 +169,12 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
             model: args.cpu_model,
             mem_size: args.mem_mib << 20,
             timeout: Duration::from_millis(args.timeout_ms),
-            scenario: match args.scenario {
-                ScenarioArg::Probe => Scenario::Probe,
-                ScenarioArg::PageFault => Scenario::PageFault,
-            },
+            scenario: args.scenario.into(),
             keep_dir: args.keep_bochs_dir,
             ..BochsConfig::default()
         };
         let model = l0::bochs::run::preflight(&config)?;
-        emit(&json!({
-            "event": "hello",
-            "stream_version": STREAM_VERSION,
-            "abi_version": nestbench_abi::ABI_VERSION,
-            "l0_version": env!("CARGO_PKG_VERSION"),
+        emit_hello(json!({
             "engine": "bochs",
             "cpu_model": model.name,
             "l1_image": l1.display().to_string(),
@@ -172,17 +188,10 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
         mem_size: args.mem_mib << 20,
         timeout: Duration::from_millis(args.timeout_ms),
         cpl: Cpl::Kernel,
-        scenario: match args.scenario {
-            ScenarioArg::Probe => Scenario::Probe,
-            ScenarioArg::PageFault => Scenario::PageFault,
-        },
+        scenario: args.scenario.into(),
         ..MachineConfig::default()
     };
-    emit(&json!({
-        "event": "hello",
-        "stream_version": STREAM_VERSION,
-        "abi_version": nestbench_abi::ABI_VERSION,
-        "l0_version": env!("CARGO_PKG_VERSION"),
+    emit_hello(json!({
         "l1_image": l1.display().to_string(),
         "mem_size": config.mem_size,
         "timeout_ms": args.timeout_ms,
@@ -217,11 +226,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             ..BochsConfig::default()
         };
         let model = l0::bochs::run::preflight(&config)?;
-        emit(&json!({
-            "event": "hello",
-            "stream_version": STREAM_VERSION,
-            "abi_version": nestbench_abi::ABI_VERSION,
-            "l0_version": env!("CARGO_PKG_VERSION"),
+        emit_hello(json!({
             "engine": "bochs",
             "cpu_model": model.name,
             "payload": manifest.name,
@@ -231,11 +236,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
         return run_bochs(&config, &l1);
     }
-    emit(&json!({
-        "event": "hello",
-        "stream_version": STREAM_VERSION,
-        "abi_version": nestbench_abi::ABI_VERSION,
-        "l0_version": env!("CARGO_PKG_VERSION"),
+    emit_hello(json!({
         "engine": if args.single_level { "single_level" } else { "soft" },
         "payload": manifest.name,
         "iterations": iterations,
