@@ -60,6 +60,25 @@ pub enum Event {
         /// Guest RIP of the OUT.
         rip: u64,
     },
+    /// L0 accepted L1's exit-trace ring; `trace` batches follow.
+    TraceStart {
+        /// Records in the ring.
+        capacity: u64,
+        /// Its L1-physical address.
+        ring_gpa: u64,
+        /// The host TSC's rate (every time in a record is a host TSC value), or 0 if KVM
+        /// does not say.
+        tsc_khz: u64,
+        /// L1's TSC minus the host's, which L0 subtracted from L1's times.
+        tsc_offset: i64,
+    },
+    /// Records drained from the ring ([`crate::trace::TraceBatch`]).
+    Trace(crate::trace::TraceBatch),
+    /// Tracing stopped because L1's ring broke the protocol (or could not be read).
+    TraceError {
+        /// What was wrong.
+        message: String,
+    },
 }
 
 impl Event {
@@ -535,4 +554,7 @@ pub struct RunReport {
     /// What the Bochs engine saw, when it ran.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub bochs: Option<crate::bochs::BochsSection>,
+    /// The exit trace's counters, when tracing was asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceStats>,
 }

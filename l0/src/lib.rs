@@ -26,6 +26,7 @@ pub mod paging;
 pub mod single_level;
 pub mod soft;
 pub mod stats;
+pub mod trace;
 pub mod vcpu;
 pub mod vm;
 pub mod watchdog;

@@ -22,6 +22,7 @@ use crate::memory::GuestMem;
 use crate::paging;
 use crate::soft::engine::{EntryOutcome, SoftVmx};
 use crate::stats::{self, StatsFd};
+use crate::trace::{TraceConfig, Tracer};
 use crate::vcpu::{Exit, Vcpu, VcpuError};
 use crate::vm::{Vm, VmError};
 use crate::watchdog::Watchdog;
@@ -97,6 +98,9 @@ pub struct MachineConfig {
     /// Soft engine: keep at most this many memslots in VM2 (below KVM's own limit), so
     /// that the EPT12 shadow evicts (`ept.evictions`); `None`: KVM's limit.
     pub memslot_limit: Option<usize>,
+    /// Exit tracing (soft engine): L1 publishes a record per handled exit, L0 drains and
+    /// streams them as [`Event::Trace`] batches.
+    pub trace: Option<TraceConfig>,
 }
 
 /// Settings of the soft engine.
@@ -132,6 +136,7 @@ impl Default for MachineConfig {
             soft: None,
             payload: None,
             memslot_limit: None,
+            trace: None,
         }
     }
 }
@@ -174,7 +179,12 @@ impl Machine {
             scenario: config.scenario as u32,
             mem_size: vm.mem.size(),
             identity_map_size: IDENTITY_MAP_SIZE,
-            reserved: [0; 4],
+            trace_capacity: match (&config.soft, &config.trace) {
+                (Some(_), Some(t)) => t.capacity,
+                _ => 0,
+            },
+            reserved0: 0,
+            reserved: [0; 3],
             payload: match &config.payload {
                 Some(p) => stage_payload(&vm.mem, p)?,
                 None => nestbench_abi::payload::PayloadInfo::default(),
@@ -280,11 +290,14 @@ struct VcpuThread {
     hypercalls: BTreeMap<String, u64>,
     /// The soft engine, with a KVM handle for VM2.
     soft: Option<(SoftVmx, kvm_ioctls::Kvm)>,
+    /// The exit trace's drain side, when tracing was asked for.
+    tracer: Option<Tracer>,
 }
 
 impl VcpuThread {
     fn new(vcpu: Vcpu, mem: GuestMem, config: MachineConfig, tx: mpsc::Sender<Event>) -> Self {
-        Self { vcpu, mem, config, tx, exits: BTreeMap::new(), hypercalls: BTreeMap::new(), soft: None }
+        let tracer = config.trace.filter(|_| config.soft.is_some()).map(Tracer::new);
+        Self { vcpu, mem, config, tx, exits: BTreeMap::new(), hypercalls: BTreeMap::new(), soft: None, tracer }
     }
 
     fn emit(&self, ev: Event) {
@@ -318,6 +331,7 @@ impl VcpuThread {
         };
         let wall_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(watchdog);
+        self.drain_trace(true);
         let vcpu_delta = match (stats_fd, before) {
             (Some(s), Some(b)) => s.snapshot().ok().map(|a| stats::delta(&b, &a)),
             _ => None,
@@ -331,6 +345,7 @@ impl VcpuThread {
             kvm_stats: None,
             soft: self.soft.map(|(s, _)| s.stats),
             bochs: None,
+            trace: self.tracer.map(|t| t.stats),
         };
         Ok((report, vcpu_delta))
     }
@@ -355,7 +370,12 @@ impl VcpuThread {
                 let (soft, kvm) = self.soft.as_mut().expect("checked by the guard");
                 let fired = || watchdog.fired();
                 match soft.doorbell(data.first().copied().unwrap_or(0), &mut self.vcpu, &self.mem, kvm, &fired) {
-                    Ok(EntryOutcome::Resume) => Flow::Continue,
+                    Ok(EntryOutcome::Resume) => {
+                        if self.tracer.as_ref().is_some_and(Tracer::drains_per_entry) {
+                            self.drain_trace(false);
+                        }
+                        Flow::Continue
+                    }
                     Ok(EntryOutcome::Unsupported { what, why }) => Flow::Stop(Outcome::EngineUnsupported { what, why }),
                     Ok(EntryOutcome::Timeout { regs }) => {
                         let budget_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
@@ -443,6 +463,7 @@ impl VcpuThread {
             Some(Call::Exception) => self
                 .read_pod::<ExceptionReport>(a0, size_of::<ExceptionReport>() as u64)
                 .map(|r| Flow::Stop(Outcome::from_exception(&r))),
+            Some(Call::TraceRing) => self.register_trace(a0, a1),
             Some(Call::Vmx) => {
                 let done = self.soft.as_mut().map(|(soft, _)| soft.vmx_hypercall(&self.mem, a0, a1, a2));
                 match done {
@@ -471,6 +492,33 @@ impl VcpuThread {
         regs.rax = status as u64;
         self.vcpu.set_regs(&regs)?;
         Ok(flow)
+    }
+
+    /// Drain the trace ring and emit what is due (everything at the end of the run).
+    fn drain_trace(&mut self, at_end: bool) {
+        let (Some(tracer), Some((soft, _))) = (self.tracer.as_mut(), self.soft.as_mut()) else { return };
+        if let Err(e) = tracer.drain(&self.mem, &mut soft.stamps, at_end) {
+            let _ = self.tx.send(Event::TraceError { message: e.to_string() });
+        }
+        if let Some(batch) = tracer.take_batch(at_end) {
+            let _ = self.tx.send(Event::Trace(batch));
+        }
+    }
+
+    /// L1's `TraceRing` hypercall.
+    fn register_trace(&mut self, gpa: u64, capacity: u64) -> Result<Flow, (Status, String)> {
+        let (Some(tracer), Some((soft, _))) = (self.tracer.as_mut(), self.soft.as_mut()) else {
+            return Err((Status::BadArgument, "TraceRing, but tracing was not asked for (no --trace)".into()));
+        };
+        let offset = crate::trace::tsc_offset(self.vcpu.fd()).unwrap_or(0);
+        tracer.register(&self.mem, gpa, capacity, offset).map_err(|e| match e {
+            crate::trace::RegisterError::Argument(m) => (Status::BadArgument, m),
+            crate::trace::RegisterError::Address(m) => (Status::BadAddress, m),
+        })?;
+        soft.stamps.start();
+        let tsc_khz = self.vcpu.fd().get_tsc_khz().map_or(0, u64::from);
+        self.emit(Event::TraceStart { capacity, ring_gpa: gpa, tsc_khz, tsc_offset: offset });
+        Ok(Flow::Continue)
     }
 
     fn read_pod<T: Pod>(&self, gpa: u64, len: u64) -> Result<T, (Status, String)> {

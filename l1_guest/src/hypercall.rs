@@ -120,6 +120,15 @@ pub fn report(kind: ReportKind, bytes: &[u8]) -> Option<Status> {
     }
 }
 
+/// Register the exit-trace ring at `pa` with `capacity` records (`Call::TraceRing`).
+/// `None` on port 0xE9, where nobody could drain it.
+pub fn trace_ring(pa: u64, capacity: u32) -> Option<Status> {
+    match transport() {
+        Transport::Nestbench => Status::from_raw(hypercall(Call::TraceRing, pa, u64::from(capacity), 0, 0).0),
+        Transport::E9 => None,
+    }
+}
+
 /// Report an exception L1 did not expect. On nestbench's L0 this is terminal (L0 stops the
 /// vCPU); on port 0xE9 it returns, and the caller goes on to [`exit`].
 pub fn exception(r: &ExceptionReport) {

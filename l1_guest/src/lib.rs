@@ -15,5 +15,6 @@ pub mod hypercall;
 pub mod l2;
 pub mod runner;
 pub mod scenarios;
+pub mod trace;
 pub mod vmx;
 pub mod x86;

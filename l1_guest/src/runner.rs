@@ -212,6 +212,20 @@ pub fn arm_exits(mode: Mode, space: &L2Space, accesses: u32, io_check: bool) {
     run.io_check = io_check.then(exits::io::IoCheck::default);
 }
 
+/// Register the exit-trace ring when L0 asked for tracing ([`BootInfo::trace_capacity`]);
+/// if L0 refuses it, say so and run untraced.
+fn start_tracing(capacity: u32) {
+    if capacity == 0 {
+        return;
+    }
+    let ring = crate::trace::RING.get();
+    let cap = crate::trace::Producer::prepare(ring, capacity);
+    match crate::hypercall::trace_ring(core::ptr::from_mut(ring) as u64, cap) {
+        Some(nestbench_abi::hypercall::Status::Ok) => RUN.get().trace.enable(cap),
+        other => crate::println!("l1: the trace ring ({cap} records) was not accepted ({other:?}): tracing off"),
+    }
+}
+
 /// The payload's name up to its first NUL.
 #[must_use]
 pub fn payload_name(name: &[u8; 16]) -> &[u8] {
@@ -258,6 +272,7 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     };
     let io_check = payload_name(&p.name) == b"io_encodings";
     arm_exits(Mode::Payload, &space, b.accesses(), io_check);
+    start_tracing(boot.trace_capacity);
     // The EPT payloads: a seeded pool of L1 pages for the data region, mapped on demand
     // (ept_touch) or before the launch (ept_fill).
     let pool = match payload_name(&p.name) {

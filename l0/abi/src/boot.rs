@@ -52,8 +52,13 @@ pub struct BootInfo {
     pub mem_size: u64,
     /// Bytes identity-mapped by the boot page tables.
     pub identity_map_size: u64,
+    /// Exit tracing: the ring capacity (records, a power of two) L1 should register with
+    /// [`crate::hypercall::Call::TraceRing`], at most what its ring holds; 0: no tracing.
+    pub trace_capacity: u32,
     /// Reserved, zero.
-    pub reserved: [u64; 4],
+    pub reserved0: u32,
+    /// Reserved, zero.
+    pub reserved: [u64; 3],
     /// The L2 payload to run, if any.
     pub payload: crate::payload::PayloadInfo,
 }

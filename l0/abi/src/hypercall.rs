@@ -32,6 +32,12 @@ abi_enum! {
         /// (VMREAD, VMPTRST) in RSI. Only served when L0 advertises
         /// [`crate::cpuid::FEATURE_SOFT_VMX`].
         Vmx = 5,
+        /// Register the exit-trace ring ([`crate::trace`]): RDI = its guest-physical address
+        /// (4 KiB-aligned, an initialised [`crate::trace::RingHeader`] with head, tail and
+        /// dropped 0), RSI = capacity in records (a power of two, at most
+        /// [`crate::trace::MAX_CAPACITY`]). L0 answers [`Status::BadArgument`] for a bad
+        /// capacity or header and [`Status::BadAddress`] for a ring outside L1's memory.
+        TraceRing = 6,
     }
 }
 
@@ -61,11 +67,11 @@ mod tests {
 
     #[test]
     fn raw_values_decode_exactly_the_defined_ones() {
-        for c in [Call::ConsoleWrite, Call::Exit, Call::Report, Call::Exception, Call::Vmx] {
+        for c in [Call::ConsoleWrite, Call::Exit, Call::Report, Call::Exception, Call::Vmx, Call::TraceRing] {
             assert_eq!(Call::from_raw(c as u32), Some(c));
         }
         assert_eq!(Call::from_raw(0), None);
-        assert_eq!(Call::from_raw(6), None);
+        assert_eq!(Call::from_raw(7), None);
         assert_eq!(Status::from_raw(Status::BadAddress as u64), Some(Status::BadAddress));
         assert_eq!(Status::from_raw(u64::MAX), None);
     }

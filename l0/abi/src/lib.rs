@@ -11,6 +11,7 @@
 //!   VMCS12 page layout), [`vmx`] (exit reasons, instruction errors, qualifications),
 //!   [`controls`] (control bits and the capability-MSR rule), [`ept`] (entry format and
 //!   walk), [`softvmx`] (how L1 reaches L0's userspace VMX).
+//! * [`trace`]: the exit-trace ring L1 fills and L0 drains.
 //!
 //! Every structure that crosses a level is `#[repr(C)]`, built only from integers, and has
 //! its size pinned by a compile-time assertion. Any incompatible change bumps [`ABI_VERSION`].
@@ -52,6 +53,7 @@ pub mod layout;
 pub mod payload;
 pub mod report;
 pub mod softvmx;
+pub mod trace;
 pub mod vmcs;
 pub mod vmcs12;
 pub mod vmx;

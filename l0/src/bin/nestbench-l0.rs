@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use l0::bochs::BochsConfig;
 use l0::events::STREAM_VERSION;
 use l0::machine::{Image, Machine, MachineConfig};
+use l0::trace::TraceConfig;
 use l0::x86_setup::Cpl;
 use nestbench_abi::boot::Scenario;
 use serde_json::json;
@@ -72,6 +73,16 @@ struct RunArgs {
     /// [default: KVM's limit].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     memslot_limit: Option<u64>,
+    /// Exit tracing (soft engine): L1 publishes a record per handled exit into a ring that
+    /// L0 drains; batches stream as `trace` events (docs/event-stream.md "Traces").
+    #[arg(long, conflicts_with = "single_level")]
+    trace: bool,
+    /// Ring capacity in records, a power of two (L1 carries at most 4096) [default: 4096].
+    #[arg(long, requires = "trace", value_parser = parse_capacity)]
+    trace_capacity: Option<u32>,
+    /// Drain the ring only at the end of the run (so it overflows: tests of drop counting).
+    #[arg(long, requires = "trace")]
+    trace_drain_at_end: bool,
     /// Run the payload directly in a VM of L0 (no L1): the single-level twin.
     #[arg(long, conflicts_with = "engine")]
     single_level: bool,
@@ -93,6 +104,15 @@ struct RunArgs {
     /// Time budget of the run in milliseconds.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
+}
+
+fn parse_capacity(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a record count: {e}"))?;
+    let max = nestbench_abi::trace::L1_RING_CAPACITY;
+    if n == 0 || !n.is_power_of_two() || n > max {
+        return Err(format!("{n} is not a power of two between 1 and {max}"));
+    }
+    Ok(n)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -154,6 +174,14 @@ fn emit_hello(mut fields: serde_json::Value) {
     emit(&fields);
 }
 
+/// One event, serialised straight onto stdout (trace batches are large).
+fn emit_event(ev: &l0::events::Event) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer(&mut out, ev);
+    let _ = out.write_all(b"\n");
+    let _ = out.flush();
+}
+
 fn emit(v: &serde_json::Value) {
     let mut out = std::io::stdout().lock();
     // A closed stdout (the orchestrator went away) is not worth a panic: the run goes on
@@ -197,7 +225,7 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
         "timeout_ms": args.timeout_ms,
     }));
     let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
-    let report = machine.run(|ev| emit(&serde_json::to_value(&ev).expect("events serialize")))?;
+    let report = machine.run(|ev| emit_event(&ev))?;
     let ok = report.outcome.is_success();
     emit(&json!({ "event": "end", "report": report }));
     Ok(ok)
@@ -212,6 +240,11 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let elf = l0::images::payload_elf(manifest.name);
     let timeout = Duration::from_millis(args.timeout_ms);
     if args.engine == RunEngine::Bochs {
+        anyhow::ensure!(
+            !args.trace,
+            "--trace needs the soft engine: L0 drains L1's trace ring from L1's memory while L1 runs, \
+             and Bochs' memory is not L0's to read during a run"
+        );
         let config = BochsConfig {
             model: args.cpu_model,
             timeout,
@@ -241,6 +274,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         "payload": manifest.name,
         "iterations": iterations,
         "vmcs_shadowing": args.vmcs_shadowing == OnOff::On && !args.single_level,
+        "trace": args.trace,
         "timeout_ms": args.timeout_ms,
     }));
     if args.single_level {
@@ -265,6 +299,10 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             arg: 0,
         }),
         memslot_limit: args.memslot_limit.map(|n| n as usize),
+        trace: args.trace.then(|| TraceConfig {
+            capacity: args.trace_capacity.unwrap_or(nestbench_abi::trace::L1_RING_CAPACITY),
+            drain_at_end: args.trace_drain_at_end,
+        }),
         ..MachineConfig::default()
     };
     let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
@@ -274,7 +312,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         if let l0::events::Event::PayloadRun(p) = &ev {
             payload_ok = p.status == 0 && p.results.as_ref().is_some_and(|r| r.failures == 0);
         }
-        emit(&serde_json::to_value(&ev).expect("events serialize"));
+        emit_event(&ev);
     })?;
     let ok = report.outcome.is_success() && payload_ok;
     emit(&json!({ "event": "end", "report": report }));

@@ -98,7 +98,9 @@ pub fn build(
         scenario: scenario as u32,
         mem_size: mem.size(),
         identity_map_size: IDENTITY_MAP_SIZE,
-        reserved: [0; 4],
+        trace_capacity: 0,
+        reserved0: 0,
+        reserved: [0; 3],
         payload: payload_info,
     };
     mem.write(BOOT_INFO, boot_info.as_bytes())?;

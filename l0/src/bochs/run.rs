@@ -300,6 +300,7 @@ pub fn run(config: &BochsConfig, image: &Image, mut on_event: impl FnMut(Event))
         kvm_stats: None,
         soft: None,
         bochs: Some(section),
+        trace: None,
     })
 }
 

@@ -29,6 +29,7 @@ use super::transitions::{self, ExitInfo};
 use super::vmcs12::Vmcs12;
 use super::vmx_ops::VmxState;
 use crate::memory::GuestMem;
+use crate::trace::{Stamps, host_tsc};
 use crate::vcpu::{Exit, Kicker, Vcpu, VcpuError};
 use crate::vm::VmError;
 
@@ -144,6 +145,8 @@ pub struct SoftVmx {
     pending_vmx_traps: u64,
     /// The VMX-preemption timer of VM2 ([`super::timer`]).
     timer: PreemptionTimer,
+    /// L0's stamps of the exits delivered to L1, for the exit trace ([`crate::trace`]).
+    pub stamps: Stamps,
 }
 
 /// Fill the VMREAD and VMWRITE bitmaps in L1 memory (SDM 25.6.15: one bit per encoding
@@ -189,6 +192,7 @@ impl SoftVmx {
             pending_traps: 0,
             pending_vmx_traps: 0,
             timer: PreemptionTimer::new(super::caps::PREEMPTION_TIMER_RATE),
+            stamps: Stamps::default(),
         }
     }
 
@@ -263,6 +267,7 @@ impl SoftVmx {
         if std::mem::take(&mut self.after_exit) {
             // The doorbell (counted by note_l1_exit) is the last trap of the previous
             // reflected exit.
+            self.stamps.resumed(self.pending_traps);
             self.stats.l1_traps += std::mem::take(&mut self.pending_traps);
             self.stats.l1_vmx_traps += std::mem::take(&mut self.pending_vmx_traps);
             self.stats.reflected_resumed += 1;
@@ -296,6 +301,7 @@ impl SoftVmx {
                 *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
                 transitions::write_exit_info(&v, &ExitInfo { reason, qualification, ..ExitInfo::default() });
                 self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
+                self.stamps.delivered(host_tsc());
                 return Ok(EntryOutcome::Resume);
             }
             Err(EntryFailure::Unsupported { field, why }) => {
@@ -441,7 +447,13 @@ impl SoftVmx {
         l2.vcpu.make_kick_target();
         let kicker = if self.timer.active() { Some(Kicker::current_thread()?) } else { None };
         let timer = &mut self.timer;
+        let stamps = &mut self.stamps;
+        let mut exit_tsc = 0;
         let result: Result<Reflect, SoftError> = loop {
+            if stamps.is_on() {
+                exit_tsc = host_tsc();
+                stamps.entering(exit_tsc);
+            }
             if timer_zero {
                 // SDM 26.5.1: "If the timer is activated with a value of zero, a VM exit occurs
                 // before any instruction is executed in VMX non-root operation": VM2 never
@@ -466,6 +478,7 @@ impl SoftVmx {
             }
             let t = Instant::now();
             let exit = l2.vcpu.run();
+            exit_tsc = host_tsc();
             self.stats.l2_ns += ns(t.elapsed());
             let expired = timer.after_run();
             self.stats.l2_kvm_exits += 1;
@@ -489,9 +502,13 @@ impl SoftVmx {
                         timer.note_stale_kick();
                     }
                     self.stats.l0_only_exits += 1;
+                    stamps.l0_only();
                 }
                 other => match normalise(l2, other) {
-                    Ok(Reflect::L0Only) => self.stats.l0_only_exits += 1,
+                    Ok(Reflect::L0Only) => {
+                        self.stats.l0_only_exits += 1;
+                        stamps.l0_only();
+                    }
                     r => break r,
                 },
             }
@@ -529,6 +546,7 @@ impl SoftVmx {
             .map_or_else(|| format!("{}", info.reason), |r| r.name().to_owned());
         *self.stats.reflected_exits.entry(name).or_default() += 1;
         self.stats.reflected_total += 1;
+        self.stamps.delivered(exit_tsc);
         self.load_host(l1, &v, &l2_regs, l1_sregs)?;
         self.stats.l0_ns += ns(exit_time.elapsed());
         self.after_exit = true;

@@ -389,6 +389,14 @@ impl L2Vm {
     }
 
     /// The slot that maps L2-physical `l2`, if any.
+    /// The slots that overlap `[l2, l2 + size)`, by start: the one that may begin below
+    /// `l2` and those that begin inside the range (slots never overlap each other, so an
+    /// O(log n) range query finds them whatever the slot count).
+    fn overlapping(&self, l2: u64, size: u64) -> Vec<u64> {
+        let below = self.slot_at(l2).map(|s| s.run.l2).filter(|&k| k < l2);
+        below.into_iter().chain(self.slots.range(l2..l2.saturating_add(size)).map(|(&k, _)| k)).collect()
+    }
+
     fn slot_at(&self, l2: u64) -> Option<&Slot> {
         self.slots.range(..=l2).next_back().map(|(_, s)| s).filter(|s| l2 - s.run.l2 < s.run.size)
     }
@@ -426,12 +434,7 @@ impl L2Vm {
         }
         // Slots cannot overlap or change their read-only flag: drop what the leaf overlaps
         // (it is refilled on its next touch, or premapped again at the next entry).
-        let overlapping: Vec<u64> = self
-            .slots
-            .values()
-            .filter(|s| s.run.l2 < run.l2 + run.size && run.l2 < s.run.l2 + s.run.size)
-            .map(|s| s.run.l2)
-            .collect();
+        let overlapping = self.overlapping(run.l2, run.size);
         for k in overlapping {
             self.delete(k)?;
         }

@@ -94,6 +94,8 @@ pub struct RunState {
     pub mmio: Option<ept_violation::MmioDevice>,
     /// `ept_remap`, `pte_remap`: what L1 changes on each `out PAYLOAD_PORT`.
     pub remap: Option<remap::Remap>,
+    /// The exit-trace ring's producer.
+    pub trace: crate::trace::Producer,
 }
 
 impl RunState {
@@ -137,6 +139,7 @@ impl RunState {
             misconfig: None,
             mmio: None,
             remap: None,
+            trace: crate::trace::Producer::off(),
         }
     }
 
@@ -160,6 +163,7 @@ impl RunState {
             };
             r.records += 1;
         }
+        self.trace.publish(crate::trace::RING.get(), reason, insn_len, qualification, rip);
     }
 }
 
@@ -224,8 +228,9 @@ fn resume_error<B: VmxBackend>(b: &mut B, rflags: u64) -> Option<VmxFail> {
 /// exit path costs ~0.5 us on the development hosts, where L1 is emulated.
 #[inline(always)]
 pub fn dispatch<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs) {
-    let reason = must(b.read32(Field32::VmExitReason), "VMREAD exit reason");
     let run = RUN.get();
+    run.trace.begin();
+    let reason = must(b.read32(Field32::VmExitReason), "VMREAD exit reason");
     if run.mode != Mode::Payload {
         crate::scenarios::on_exit(b, regs, reason);
     }
