@@ -54,6 +54,17 @@ pub struct ChildRun {
     pub interrupted: Option<Interruption>,
     /// What it wrote on stderr.
     pub stderr: String,
+    /// `trace` batch lines received (handed to the caller, not kept in `events`).
+    pub trace_batches: u64,
+}
+
+/// What the child said, as it arrives.
+#[derive(Debug)]
+pub enum Incoming<'a> {
+    /// A control event (kept in [`ChildRun::events`] too).
+    Event(&'a Value),
+    /// A decoded `trace` batch (docs/event-stream.md "Traces"); not kept.
+    Trace(crate::trace::Batch),
 }
 
 impl ChildRun {
@@ -84,13 +95,15 @@ pub fn locate_l0(explicit: Option<&Path>) -> Result<PathBuf, ChildError> {
     if candidate.is_file() { Ok(candidate) } else { Err(ChildError::NotFound(candidate)) }
 }
 
-/// Run `l0 args...`, calling `on_event` for each event as it arrives. The child is killed
-/// if it outlives `deadline` or on Ctrl-C; what it said until then is kept.
+/// Run `l0 args...`, calling `on_event` for each event and trace batch as it arrives. The
+/// child is killed if it outlives `deadline` or on Ctrl-C; what it said until then is kept.
+/// Trace lines are decoded here and handed over, not kept; one that does not decode is
+/// kept in `malformed` with the reason.
 pub async fn run_l0(
     l0: &Path,
     args: &[String],
     deadline: Duration,
-    mut on_event: impl FnMut(&Value),
+    mut on_event: impl FnMut(Incoming<'_>),
 ) -> Result<ChildRun, ChildError> {
     let mut child = Command::new(l0)
         .args(args)
@@ -113,9 +126,16 @@ pub async fn run_l0(
     loop {
         tokio::select! {
             line = lines.next_line() => match line.map_err(ChildError::Read)? {
+                Some(l) if l.starts_with(crate::trace::LINE_PREFIX) => match crate::trace::decode_line(&l) {
+                    Ok(b) => {
+                        run.trace_batches += 1;
+                        on_event(Incoming::Trace(b));
+                    }
+                    Err(e) => run.malformed.push(format!("{e}: {}", l.chars().take(200).collect::<String>())),
+                },
                 Some(l) => match serde_json::from_str::<Value>(&l) {
                     Ok(v) => {
-                        on_event(&v);
+                        on_event(Incoming::Event(&v));
                         run.events.push(v);
                     }
                     Err(_) => run.malformed.push(l),

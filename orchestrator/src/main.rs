@@ -1,16 +1,6 @@
 //! `nestbench`: the orchestrator's command line.
 
-mod bench;
-mod boot;
-mod compare;
-mod dashboard;
-mod doctor;
-mod export;
-mod l0_child;
-mod report;
-mod results;
-mod run;
-mod schema;
+use orchestrator::{bench, boot, compare, doctor, export, l0_child, report, results, run, trace};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -45,6 +35,9 @@ enum Cmd {
     Boot(BootArgs),
     /// Run one L2 payload on one engine and report its exits, traps and latency.
     Run(RunArgs),
+    /// Run a payload as an exit storm with tracing and show a live per-reason exit-rate
+    /// table (like `perf kvm stat live`); `--trace FILE` keeps the trace too.
+    Top(TopArgs),
     /// List the payloads and which engines run each (with the reason where one cannot).
     Payloads {
         /// Print JSON instead of text.
@@ -171,6 +164,68 @@ struct RunArgs {
     /// Bochs' CPU model (`--engine bochs`); it must have EPT.
     #[arg(long, default_value = "corei7_skylake_x")]
     cpu_model: String,
+    #[command(flatten)]
+    trace: TraceArgs,
+}
+
+#[derive(clap::Args)]
+struct TraceArgs {
+    /// Write the exit trace (one record per L2 exit L1 handled) to FILE as it arrives
+    /// (soft engine). FILE.partial until the run ends.
+    #[arg(long, value_name = "FILE")]
+    trace: Option<PathBuf>,
+    /// The trace file's format: JSON lines, or Chrome trace-event JSON for the Perfetto UI
+    /// (L0, L1 and L2 tracks).
+    #[arg(long, value_enum, default_value_t = trace::writer::Format::Jsonl, requires = "trace")]
+    format: trace::writer::Format,
+    /// Trace ring capacity in records (a power of two, at most 4096).
+    #[arg(long, value_name = "N")]
+    trace_capacity: Option<u32>,
+    /// Let L0 drain the ring only at the end of the run, so that it overflows and L1 counts
+    /// drops (tests of drop accounting).
+    #[arg(long)]
+    trace_drain_at_end: bool,
+}
+
+impl TraceArgs {
+    /// The nestbench-l0 flags for tracing (`on`: trace even without a file).
+    fn l0_flags(&self, on: bool) -> Vec<String> {
+        if !on && self.trace.is_none() {
+            return Vec::new();
+        }
+        let mut v = vec!["--trace".to_owned()];
+        if let Some(n) = self.trace_capacity {
+            v.extend(["--trace-capacity".to_owned(), n.to_string()]);
+        }
+        if self.trace_drain_at_end {
+            v.push("--trace-drain-at-end".to_owned());
+        }
+        v
+    }
+}
+
+#[derive(clap::Args)]
+struct TopArgs {
+    /// The payload to run as the exit storm (see `nestbench payloads`).
+    #[arg(long, default_value = "outl")]
+    payload: String,
+    /// Iterations [default: 10x the payload's].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    iterations: Option<u64>,
+    /// VMCS shadowing.
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    vmcs_shadowing: OnOff,
+    /// Refresh interval in milliseconds.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
+    interval_ms: u64,
+    /// The nestbench-l0 binary [default: $NESTBENCH_L0, else next to this executable].
+    #[arg(long)]
+    l0: Option<PathBuf>,
+    /// The guest's time budget in milliseconds.
+    #[arg(long, default_value_t = 600_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+    #[command(flatten)]
+    trace: TraceArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -218,6 +273,32 @@ fn supervise(l0: &std::path::Path, args: &[String], deadline: Duration) -> anyho
     Ok(rt.block_on(l0_child::run_l0(l0, args, deadline, |_| {}))?)
 }
 
+/// [`supervise`], handing what arrives to `on`.
+fn supervise_with(
+    l0: &std::path::Path,
+    args: &[String],
+    deadline: Duration,
+    on: impl FnMut(l0_child::Incoming<'_>),
+) -> anyhow::Result<l0_child::ChildRun> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(rt.block_on(l0_child::run_l0(l0, args, deadline, on))?)
+}
+
+/// The trace file of a run, if one was asked for (the header names the run).
+fn trace_writer(t: &TraceArgs, header: serde_json::Value) -> anyhow::Result<Option<trace::writer::TraceWriter>> {
+    t.trace
+        .as_deref()
+        .map(|p| {
+            trace::writer::TraceWriter::create(p, t.format, header)
+                .with_context(|| format!("cannot create the trace file {}", trace::writer::partial_path(p).display()))
+        })
+        .transpose()
+}
+
 fn boot(a: BootArgs) -> anyhow::Result<i32> {
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
     let mut args = vec![
@@ -261,6 +342,14 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     if a.engine == Engine::Kvm {
         anyhow::bail!("the kvm engine is not built yet; `nestbench doctor` shows what this host can run");
     }
+    if a.trace.trace.is_some() && (a.engine != Engine::Soft || a.single_level) {
+        anyhow::bail!(
+            "--trace needs the soft engine with L1: the trace is L1's record of the exits it handles, drained by L0 from L1's memory"
+        );
+    }
+    if (a.trace.trace_capacity.is_some() || a.trace.trace_drain_at_end) && a.trace.trace.is_none() {
+        anyhow::bail!("--trace-capacity and --trace-drain-at-end only apply with --trace FILE");
+    }
     if a.engine == Engine::Bochs && a.single_level {
         anyhow::bail!("--single-level runs the payload on KVM without L1; it does not combine with --engine bochs");
     }
@@ -288,14 +377,34 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
             if a.vmcs_shadowing == OnOff::On { "on" } else { "off" }.to_owned(),
         ]);
     }
-    let child = supervise(&l0, &args, Duration::from_millis(a.timeout_ms) + Duration::from_secs(10))?;
-    let j = if a.engine == Engine::Bochs {
+    args.extend(a.trace.l0_flags(false));
+    let header = serde_json::json!({
+        "engine": "soft", "payload": m.name, "iterations": iterations,
+        "vmcs_shadowing": a.vmcs_shadowing == OnOff::On,
+    });
+    let mut sink = trace::Sink::new(trace_writer(&a.trace, header)?);
+    let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(10);
+    let child = supervise_with(&l0, &args, deadline, |i| {
+        sink.on(i);
+    })?;
+    let traced = a.trace.trace.is_some().then(|| sink.finish(&child));
+    let mut j = if a.engine == Engine::Bochs {
         run::bochs_json(&child, m.name, iterations)
     } else if a.single_level {
         run::single_json(&child, m.name, iterations)
     } else {
         run::nested_json(&child, m.name, iterations, a.vmcs_shadowing == OnOff::On)
     };
+    let mut trace_ok = true;
+    if let Some((end, path, agg)) = &traced {
+        trace_ok = end["complete"] == true && path.is_some();
+        j["trace"] = serde_json::json!({
+            "file": path.as_ref().map(|p| p.display().to_string()),
+            "format": format!("{:?}", a.trace.format).to_lowercase(),
+            "end": end,
+            "figures": agg.to_json(),
+        });
+    }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
@@ -303,12 +412,72 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
         if !child.stderr.is_empty() && child.exit_code != Some(0) {
             eprint!("{}", child.stderr);
         }
+        if let Some((end, path, agg)) = &traced {
+            print!("{}", run::render_trace(end, path.as_deref(), agg));
+        }
     }
     Ok(match child.exit_code {
-        Some(0) if child.complete() => 0,
+        Some(0) if child.complete() && trace_ok => 0,
         Some(2) => 2,
         _ => 1,
     })
+}
+
+fn top(a: TopArgs) -> anyhow::Result<i32> {
+    use std::io::IsTerminal;
+    let Some(m) = l2_payloads::find(&a.payload) else {
+        let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
+        anyhow::bail!("unknown payload {:?}; known payloads: {}", a.payload, names.join(", "));
+    };
+    if let l2_payloads::Support::Unsupported { reason } = m.soft_engine {
+        anyhow::bail!("payload {} cannot run on the soft engine: {reason}", m.name);
+    }
+    let iterations = m.iterations(a.iterations.unwrap_or(m.default_iterations.saturating_mul(10)));
+    let l0 = l0_child::locate_l0(a.l0.as_deref())?;
+    let mut args = vec!["run".to_owned(), "--payload".to_owned(), m.name.to_owned()];
+    args.extend([
+        "--iterations".to_owned(),
+        iterations.to_string(),
+        "--timeout-ms".to_owned(),
+        a.timeout_ms.to_string(),
+    ]);
+    let shadowing = a.vmcs_shadowing == OnOff::On;
+    args.extend(["--vmcs-shadowing".to_owned(), if shadowing { "on" } else { "off" }.to_owned()]);
+    args.extend(a.trace.l0_flags(true));
+    let header =
+        serde_json::json!({"engine": "soft", "payload": m.name, "iterations": iterations, "vmcs_shadowing": shadowing});
+    let mut sink = trace::Sink::new(trace_writer(&a.trace, header)?);
+    let title = format!(
+        "nestbench top: {} x{iterations}, soft engine, VMCS shadowing {}",
+        m.name,
+        if shadowing { "on" } else { "off" }
+    );
+    let mut view = trace::top::Top::new(title, Duration::from_millis(a.interval_ms));
+    let tty = std::io::stdout().is_terminal();
+    let show = |t: String| {
+        if tty {
+            print!("\x1b[H\x1b[2J{t}");
+        } else {
+            println!("{t}");
+        }
+    };
+    let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(10);
+    let child = supervise_with(&l0, &args, deadline, |i| {
+        if sink.on(i) {
+            if let Some(t) = view.tick(&sink.agg, false) {
+                show(t);
+            }
+        }
+    })?;
+    let (end, path, agg) = sink.finish(&child);
+    show(view.tick(&agg, true).unwrap_or_default());
+    print!("{}", run::render_trace(&end, path.as_deref(), &agg));
+    if !child.complete() || child.exit_code != Some(0) {
+        eprintln!("nestbench top: the run did not complete (exit code {:?}); the figures are partial", child.exit_code);
+        eprint!("{}", child.stderr);
+        return Ok(1);
+    }
+    Ok(0)
 }
 
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
@@ -374,6 +543,7 @@ fn main() -> anyhow::Result<()> {
         }
         Cmd::Boot(a) => boot(a)?,
         Cmd::Run(a) => run_payload(a)?,
+        Cmd::Top(a) => top(a)?,
         Cmd::Bench(a) => bench_cmd(a)?,
         Cmd::Compare { base, new, json, history } => {
             let b = results::load(&base)?;

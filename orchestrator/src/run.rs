@@ -98,6 +98,34 @@ pub fn nested_json(run: &ChildRun, payload: &str, iterations: u64, shadowing: bo
     })
 }
 
+/// The text lines about a run's exit trace.
+#[must_use]
+pub fn render_trace(end: &Value, path: Option<&std::path::Path>, agg: &crate::trace::Aggregate) -> String {
+    let mut s = String::new();
+    let complete = end["complete"] == true;
+    let _ = writeln!(
+        s,
+        "trace: {} records, {} dropped by L1 (ring full), {} sequence gaps{}",
+        agg.records,
+        end["dropped"],
+        agg.gaps,
+        if complete { "" } else { "  PARTIAL: the run did not complete" }
+    );
+    match path {
+        Some(p) => {
+            let _ = writeln!(s, "trace written to {}", p.display());
+        }
+        None if !end["write_error"].is_null() => {
+            let _ = writeln!(s, "trace NOT written: {}", end["write_error"]);
+        }
+        None => {}
+    }
+    if !end["l0"]["error"].is_null() {
+        let _ = writeln!(s, "tracing stopped early: {}", end["l0"]["error"]);
+    }
+    s
+}
+
 /// The `run --json` document of a single-level run.
 #[must_use]
 pub fn single_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
