@@ -358,12 +358,13 @@ impl Tracer {
                 return Err(TraceError::Sequence { index: self.tail, seq: rec.seq, last: self.last_seq });
             }
             let Some(stamp) = stamps.take(rec.seq, final_drain) else { break };
-            if let Some(s) = stamp {
-                rec.exit_tsc = s.exit_tsc;
-                rec.entry_tsc = s.entry_tsc;
-                rec.l1_traps = u16::try_from(s.l1_traps).unwrap_or(u16::MAX);
-                rec.l0_only_exits = u32::try_from(s.l0_only_exits).unwrap_or(u32::MAX);
-            }
+            // L0's fields are L0's alone: whatever the ring slot holds there is replaced
+            // (L1 does not spend stores on them).
+            let s = stamp.unwrap_or_default();
+            rec.exit_tsc = s.exit_tsc;
+            rec.entry_tsc = s.entry_tsc;
+            rec.l1_traps = u16::try_from(s.l1_traps).unwrap_or(u16::MAX);
+            rec.l0_only_exits = u32::try_from(s.l0_only_exits).unwrap_or(u32::MAX);
             rec.l1_start_tsc = rec.l1_start_tsc.wrapping_sub(self.tsc_offset as u64);
             self.last_seq = rec.seq;
             self.batch.push(rec);

@@ -3,7 +3,7 @@
 //!
 //! Cost when tracing is off: one load and one branch per exit. When on: one RDTSC at the
 //! handler's start ([`Producer::begin`]) and, at [`Producer::publish`], one RDTSC, the full
-//! check, eight stores and the head store (the tracing-overhead benchmark counts the
+//! check, seven stores and the head store (the tracing-overhead benchmark counts the
 //! emulated instructions this adds per exit).
 
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -141,19 +141,17 @@ impl Producer {
                 write_volatile(addr_of_mut!((*h).dropped), read_volatile(addr_of!((*h).dropped)) + 1);
                 return;
             }
-            ring.records[(head & self.mask) as usize] = TraceRecord {
-                seq: self.seq,
-                reason,
-                insn_len: insn_len as u16,
-                l1_traps: 0,
-                qualification,
-                guest_rip: rip,
-                l1_start_tsc: self.start,
-                l1_cycles: now.wrapping_sub(self.start) as u32,
-                l0_only_exits: 0,
-                exit_tsc: 0,
-                entry_tsc: 0,
-            };
+            // Only L1's fields: L0 writes its own (times, traps) into its copy when it
+            // drains, so storing zeros here would be instructions for nothing. The index is
+            // masked by the array's own size too, which spares a bounds check.
+            let slot = addr_of_mut!(ring.records[(head & self.mask & (L1_RING_CAPACITY as u64 - 1)) as usize]);
+            (*slot).seq = self.seq;
+            (*slot).reason = reason;
+            (*slot).insn_len = insn_len as u16;
+            (*slot).qualification = qualification;
+            (*slot).guest_rip = rip;
+            (*slot).l1_start_tsc = self.start;
+            (*slot).l1_cycles = now.wrapping_sub(self.start) as u32;
             // The record before the head that publishes it (x86 keeps stores in order).
             compiler_fence(Ordering::Release);
             write_volatile(addr_of_mut!((*h).head), head + 1);
