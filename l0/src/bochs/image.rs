@@ -38,6 +38,45 @@ pub enum ImageError {
         /// Guest memory size.
         mem: u64,
     },
+    /// The non-zero bytes need more RAM images than a bochsrc can name.
+    #[error(
+        "L1's memory needs {0} Bochs RAM images (non-zero bytes, split at Bochs' 128 KiB memory blocks); a bochsrc takes {max}",
+        max = super::config::MAX_RAM_IMAGES
+    )]
+    TooManyRamImages(usize),
+}
+
+/// Bochs' memory block size ("mem block size = 0x00020000" in its log). Bochs reads an
+/// `optramimage` with one read(2) into the host buffer of the block at its address, and
+/// allocates blocks on first use, so bytes past the first block boundary land in whatever
+/// block the host allocated next, not at their guest address (measured: L1's data at
+/// 0x12_0028 read back as 0 when its image crossed 0x12_0000). Every image must stay inside
+/// one block.
+pub const BOCHS_MEM_BLOCK: u64 = 0x2_0000;
+
+/// Split `regions` into RAM images Bochs loads correctly: each inside one
+/// [`BOCHS_MEM_BLOCK`], without leading or trailing zero bytes (Bochs' RAM starts zeroed),
+/// all-zero pieces dropped.
+pub fn bochs_ram_images(regions: &[Region]) -> Result<Vec<Region>, ImageError> {
+    let mut out = Vec::new();
+    for r in regions {
+        let mut gpa = r.gpa;
+        let mut rest = r.bytes.as_slice();
+        while !rest.is_empty() {
+            let room = (BOCHS_MEM_BLOCK - gpa % BOCHS_MEM_BLOCK) as usize;
+            let (piece, tail) = rest.split_at(room.min(rest.len()));
+            if let (Some(first), Some(last)) = (piece.iter().position(|&b| b != 0), piece.iter().rposition(|&b| b != 0))
+            {
+                out.push(Region { gpa: gpa + first as u64, bytes: piece[first..=last].to_vec() });
+            }
+            gpa += piece.len() as u64;
+            rest = tail;
+        }
+    }
+    if out.len() > super::config::MAX_RAM_IMAGES {
+        return Err(ImageError::TooManyRamImages(out.len()));
+    }
+    Ok(out)
 }
 
 /// One region of guest memory to load (`optramimage`).
@@ -119,11 +158,28 @@ pub fn build(
         regions.windows(2).all(|w| w[0].gpa + w[0].bytes.len() as u64 <= w[1].gpa),
         "regions are ordered and disjoint"
     );
-    Ok(RamImage { regions, entry, boot_info })
+    Ok(RamImage { regions: bochs_ram_images(&regions)?, entry, boot_info })
 }
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn ram_images_stay_inside_bochs_blocks_and_skip_zeros() {
+        use super::{BOCHS_MEM_BLOCK, ImageError, Region, bochs_ram_images};
+        let mut bytes = vec![0u8; 0x3_0000];
+        bytes[0x10] = 1; // first piece: 0x10..=0x1_FFF8 of the block
+        bytes[0x1_FFF8] = 2;
+        bytes[0x2_0008] = 3; // crosses into the next block at 0x12_0000
+        let r = Region { gpa: 0x10_0000, bytes };
+        let out = bochs_ram_images(&[r]).unwrap();
+        assert_eq!(out.len(), 2);
+        assert_eq!((out[0].gpa, out[0].bytes.len()), (0x10_0010, 0x1_FFE9));
+        assert_eq!((out[1].gpa, out[1].bytes.as_slice()), (0x12_0008, &[3u8][..]));
+        assert!(out.iter().all(|r| r.gpa / BOCHS_MEM_BLOCK == (r.gpa + r.bytes.len() as u64 - 1) / BOCHS_MEM_BLOCK));
+        let many: Vec<Region> = (0..5).map(|i| Region { gpa: i * BOCHS_MEM_BLOCK, bytes: vec![1] }).collect();
+        assert!(matches!(bochs_ram_images(&many), Err(ImageError::TooManyRamImages(5))));
+    }
+
     use nestbench_abi::layout::{BOOT_GDT, BOOT_PD, BOOT_PML4};
 
     use super::*;
@@ -134,23 +190,28 @@ mod tests {
         let img =
             build(32 << 20, Scenario::Probe, &Image::Raw { gpa: L1_IMAGE_BASE, bytes: code.clone() }, None).unwrap();
         assert_eq!(img.entry, L1_IMAGE_BASE);
-        assert_eq!(img.regions.len(), 2);
-        let low = &img.regions[0];
-        assert_eq!((low.gpa, low.bytes.len() as u64), (0, LOW_REGION_END));
-        let u64_at = |a: u64| u64::from_le_bytes(low.bytes[a as usize..a as usize + 8].try_into().unwrap());
+        assert_eq!(img.regions.len(), 2, "the low tables and the code");
+        // Guest memory as Bochs will see it: the images' bytes, zero elsewhere.
+        let byte = |a: u64| {
+            img.regions
+                .iter()
+                .find(|r| (r.gpa..r.gpa + r.bytes.len() as u64).contains(&a))
+                .map_or(0, |r| r.bytes[(a - r.gpa) as usize])
+        };
+        let u64_at = |a: u64| u64::from_le_bytes(std::array::from_fn(|i| byte(a + i as u64)));
+        assert!(img.regions[0].gpa + img.regions[0].bytes.len() as u64 <= LOW_REGION_END);
         assert_eq!(u64_at(BOOT_GDT + 8), 0x00AF_9A00_0000_FFFF, "64-bit code descriptor at 0x08");
         assert_eq!(u64_at(BOOT_GDT + 40), 0, "five descriptors: the ROM loads limit 39");
         assert_eq!(u64_at(BOOT_PML4) & !0xFFF, 0x2000);
         assert_eq!(u64_at(BOOT_PD + 8) & !0xFFF, 2 << 20, "2 MiB identity pages");
-        let info = BootInfo::from_bytes(&low.bytes[BOOT_INFO as usize..]).unwrap();
+        let info_bytes: Vec<u8> = (0..size_of::<BootInfo>() as u64).map(|i| byte(BOOT_INFO + i)).collect();
+        let info = BootInfo::from_bytes(&info_bytes).unwrap();
         assert_eq!(info, img.boot_info);
         assert_eq!(info.magic, BOOT_MAGIC);
         assert_eq!(info.mem_size, 32 << 20);
         assert_eq!(info.payload.present, 0);
         let l1 = &img.regions[1];
-        assert_eq!(l1.gpa, L1_IMAGE_BASE);
-        assert_eq!(&l1.bytes[..2], &code[..]);
-        assert_eq!(l1.bytes.len(), 4096);
+        assert_eq!((l1.gpa, l1.bytes.as_slice()), (L1_IMAGE_BASE, &code[..]));
     }
 
     #[test]
