@@ -206,7 +206,6 @@ struct OneRun {
     exits: Exits,
     mult: Option<ExitMultiplication>,
     insn_emulation: Option<u64>,
-    trace_drops: Option<u64>,
 }
 
 fn map_u64(v: &Value) -> std::collections::BTreeMap<String, u64> {
@@ -328,7 +327,6 @@ fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Res
         exits,
         mult,
         insn_emulation: insn,
-        trace_drops: report["trace"]["dropped"].as_u64(),
     })
 }
 
@@ -393,6 +391,29 @@ pub fn stream_incomplete(error: &str) -> bool {
     ["interrupted", "nestbench-l0 outlived", "nestbench-l0 was killed", "nestbench-l0 ended without"]
         .iter()
         .any(|p| error.contains(p))
+}
+
+/// One traced run of a soft-engine configuration, after its repetitions (tracing costs L1
+/// instructions, so it never enters the latency figures): the trace's drops, checked
+/// against the sequence gaps the orchestrator saw.
+async fn traced_run(runner: &Runner, c: &Planned, iterations: u64) -> Result<u64, String> {
+    let deadline = Duration::from_millis(runner.timeout_ms) + Duration::from_secs(10);
+    let mut args = runner.args(c, iterations);
+    args.push("--trace".into());
+    let mut sink = crate::trace::Sink::default();
+    let child = l0_child::run_l0(&runner.l0, &args, deadline, |i| {
+        sink.on(i);
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let (end, _, agg) = sink.finish(&child);
+    if end["complete"] != true {
+        return Err(format!("traced run incomplete: {end}"));
+    }
+    if agg.gaps != agg.dropped {
+        return Err(format!("trace has {} sequence gaps but L1 counted {} drops", agg.gaps, agg.dropped));
+    }
+    Ok(agg.dropped)
 }
 
 async fn run_child(runner: &Runner, c: &Planned, iterations: u64, t0: Instant) -> Result<(OneRun, bool), String> {
@@ -526,10 +547,6 @@ async fn repetition(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant
                     r.kvm_insn_emulation = one.insn_emulation;
                 }
             }
-            r.trace_drops = match (r.trace_drops, one.trace_drops) {
-                (Some(a), Some(b)) => Some(a + b),
-                (a, b) => a.or(b),
-            };
             r.repetitions.push(one.rep);
             true
         }
@@ -547,7 +564,8 @@ async fn repetition(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant
 pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Executed {
     let t0 = Instant::now();
     let reps = x.profile.repetitions as usize;
-    let pb = Progress::new(configs.len() * (1 + reps), x.quiet);
+    let traced = configs.iter().filter(|c| c.engine == "soft").count();
+    let pb = Progress::new(configs.len() * (1 + reps) + traced, x.quiet);
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut ok: Vec<bool> = Vec::new();
     let mut attempted = 0;
@@ -580,6 +598,17 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
             ok[i] = repetition(x, c, &mut results[i], t0).await;
             pb.bar.inc(1);
         }
+    }
+    for (i, c) in configs.iter().enumerate().take(attempted).filter(|(_, c)| c.engine == "soft") {
+        if !ok[i] || x.stop.load(Ordering::SeqCst) {
+            continue;
+        }
+        pb.msg(format!("{}: traced run, {} iterations", c.id(), results[i].iterations));
+        match traced_run(x.runner, c, results[i].iterations).await {
+            Ok(drops) => results[i].trace_drops = Some(drops),
+            Err(e) => note_error(x, &mut results[i], "traced run".into(), &e),
+        }
+        pb.bar.inc(1);
     }
     pb.bar.finish_and_clear();
     let ns = |r: &ConfigResult| tsc.filter(|_| r.unit == "cycles").map(|t| 1e6 / t.khz as f64);

@@ -178,7 +178,8 @@ pub struct ConfigResult {
     /// Instructions KVM emulated in the L1 VM during one repetition (`insn_emulation`;
     /// hosts that emulate guest CPL 0 count L1's work here).
     pub kvm_insn_emulation: Option<u64>,
-    /// Exit-trace records dropped by ring overflow (`null`: this l0 streams no trace).
+    /// Exit-trace records L1 dropped in one traced run after the repetitions (soft engine;
+    /// `null`: the engine streams no trace).
     pub trace_drops: Option<u64>,
 }
 
