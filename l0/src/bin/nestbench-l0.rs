@@ -69,8 +69,8 @@ struct RunArgs {
     /// VMCS shadowing: L1's VMREAD/VMWRITE of supported fields without traps.
     #[arg(long, value_enum, default_value_t = OnOff::On)]
     vmcs_shadowing: OnOff,
-    /// Soft engine: keep at most N memslots in VM2 (tests of the EPT-shadow eviction path)
-    /// [default: KVM's limit].
+    /// Soft engine: keep at most N memslots in VM2, up to KVM's limit (smaller: the
+    /// EPT-shadow eviction path) [default: 4096, l0::soft::l2vm::DEFAULT_MEMSLOT_BUDGET].
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=65_536))]
     memslot_limit: Option<u64>,
     /// Exit tracing (soft engine): L1 publishes a record per handled exit into a ring that

@@ -133,7 +133,7 @@ pub struct SoftVmx {
     state: VmxState,
     l2: Option<L2Vm>,
     mapped_eptp: Option<u64>,
-    /// VM2's memslot limit when lower than KVM's (`MachineConfig::memslot_limit`).
+    /// VM2's memslot limit when not the default budget (`MachineConfig::memslot_limit`).
     memslot_limit: Option<usize>,
     /// VM2's MSR filter, built from L1's MSR bitmap.
     msr: MsrExits,

@@ -157,9 +157,11 @@ impl PhysRead for L1Phys<'_> {
 /// that bound what this engine can say about EPT (shared/DESIGN.md, "Known limits").
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct EptStats {
-    /// KVM's memslot limit for VM2 (KVM_CAP_NR_MEMSLOTS), or the lower limit L0 was told to
-    /// keep.
+    /// The most memslots VM2 keeps: [`DEFAULT_MEMSLOT_BUDGET`] (or what L0 was told, up to
+    /// KVM's limit).
     pub memslot_limit: u64,
+    /// KVM's memslot limit for VM2 (KVM_CAP_NR_MEMSLOTS).
+    pub kvm_memslot_limit: u64,
     /// Memslots VM2 has now.
     pub memslots: u64,
     /// The most memslots VM2 had at once.
@@ -238,6 +240,13 @@ pub const MEMSLOT_LIMITS: [&str; 7] = [
     "a page-table, GDT/IDT/TSS page that EPT12 does not map before L2 runs becomes a #PF inside KVM, not a reflectable EPT violation (a code page is handled: KVM's emulation failure on the fetch becomes an L0 fill or an EPT violation with the fetch bit)",
 ];
 
+/// The memslots VM2 keeps by default, below KVM's limit (32,764 here): on this host's
+/// kernel a KVM_SET_USER_MEMORY_REGION costs more the more slots the VM has (perf: 29% of an
+/// `ept_fill` run of 64k pages in kvm_set_memory_region itself at 32k slots), so a first
+/// touch got 2.6x dearer from 1 MiB to 256 MiB of L2 memory at KVM's limit and 1.4x with this
+/// budget (ept bench (b)). `--memslot-limit` sets another, up to KVM's.
+pub const DEFAULT_MEMSLOT_BUDGET: usize = 4096;
+
 /// At the memslot limit, the oldest `limit / EVICTION_BATCH_DIVISOR` unpinned slots are
 /// evicted together.
 pub const EVICTION_BATCH_DIVISOR: usize = 8;
@@ -262,6 +271,7 @@ pub struct L2Vm {
     next_id: u32,
     seq: u64,
     max_slots: usize,
+    kvm_max_slots: usize,
     /// L2's paging-structure pages (L2-physical) as of the last exit, with their contents:
     /// [`L2Vm::resync_tables`] compares them at the next entry.
     tables: BTreeMap<u64, Vec<u8>>,
@@ -280,7 +290,8 @@ impl L2Vm {
         vcpu_fd.set_cpuid2(&x86_setup::guest_cpuid(&supported, 0)).map_err(ioctl("KVM_SET_CPUID2 (VM2)"))?;
         vcpu_fd.set_msrs(&x86_setup::boot_msrs()).map_err(ioctl("KVM_SET_MSRS (VM2)"))?;
         let vcpu = Vcpu::new(vcpu_fd, kvm.check_extension(Cap::SyncRegs));
-        let max_slots = kvm.get_nr_memslots();
+        let kvm_max = kvm.get_nr_memslots();
+        let max_slots = kvm_max.min(DEFAULT_MEMSLOT_BUDGET);
         Ok(Self {
             fd,
             vcpu,
@@ -294,7 +305,13 @@ impl L2Vm {
             seq: 0,
             max_slots,
             tables: BTreeMap::new(),
-            stats: EptStats { memslot_limit: max_slots as u64, known_limits: &MEMSLOT_LIMITS, ..EptStats::default() },
+            kvm_max_slots: kvm_max,
+            stats: EptStats {
+                memslot_limit: max_slots as u64,
+                kvm_memslot_limit: kvm_max as u64,
+                known_limits: &MEMSLOT_LIMITS,
+                ..EptStats::default()
+            },
         })
     }
 
@@ -304,10 +321,10 @@ impl L2Vm {
         &self.fd
     }
 
-    /// Keep at most `n` memslots (at least 1, at most KVM's limit): the eviction path with a
-    /// small EPT12.
+    /// Keep at most `n` memslots (at least 1, at most KVM's limit) instead of
+    /// [`DEFAULT_MEMSLOT_BUDGET`].
     pub fn set_memslot_limit(&mut self, n: usize) {
-        self.max_slots = n.clamp(1, self.max_slots.max(1));
+        self.max_slots = n.clamp(1, self.kvm_max_slots.max(1));
         self.stats.memslot_limit = self.max_slots as u64;
     }
 

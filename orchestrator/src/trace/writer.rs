@@ -41,6 +41,9 @@ pub struct TraceWriter {
     t0: Option<u64>,
     prev_entry: Option<u64>,
     records: u64,
+    /// Span names per exit reason, built once.
+    names: std::collections::HashMap<u32, String>,
+    reflect_names: std::collections::HashMap<u32, String>,
 }
 
 /// Where a trace is written until it is complete.
@@ -67,6 +70,8 @@ impl TraceWriter {
             t0: None,
             prev_entry: None,
             records: 0,
+            names: std::collections::HashMap::new(),
+            reflect_names: std::collections::HashMap::new(),
         })
     }
 
@@ -136,17 +141,24 @@ impl TraceWriter {
         )
     }
 
-    /// TSC -> microseconds since the first exit (cycles when the rate is unknown).
-    fn us(&self, tsc: u64) -> f64 {
-        let d = tsc.saturating_sub(self.t0.unwrap_or(tsc)) as f64;
-        if self.tsc_khz > 0 { d * 1000.0 / self.tsc_khz as f64 } else { d }
+    /// TSC -> nanoseconds since the first exit (cycles when the rate is unknown).
+    fn ns(&self, tsc: u64) -> u64 {
+        let d = u128::from(tsc.saturating_sub(self.t0.unwrap_or(tsc)));
+        if self.tsc_khz > 0 { (d * 1_000_000 / u128::from(self.tsc_khz)) as u64 } else { d as u64 }
     }
 
+    /// One complete event; `ts` and `dur` are microseconds with three decimals, written
+    /// from integer nanoseconds (float formatting would halve the write rate).
     fn span(&mut self, tid: u32, name: &str, from: u64, to: u64, args: &str) -> io::Result<()> {
-        let (ts, dur) = (self.us(from), self.us(to) - self.us(from));
+        let (ts, end) = (self.ns(from), self.ns(to));
+        let dur = end.saturating_sub(ts);
         write!(
             self.out,
-            ",\n{{\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"name\":\"{name}\",\"ts\":{ts:.3},\"dur\":{dur:.3}{args}}}"
+            ",\n{{\"ph\":\"X\",\"pid\":1,\"tid\":{tid},\"name\":\"{name}\",\"ts\":{}.{:03},\"dur\":{}.{:03}{args}}}",
+            ts / 1000,
+            ts % 1000,
+            dur / 1000,
+            dur % 1000
         )
     }
 
@@ -157,11 +169,12 @@ impl TraceWriter {
         // L1's times come from its own TSC reads: keep them inside L0's exit..entry window.
         let l1_start = r.l1_start_tsc.clamp(exit, entry.unwrap_or(u64::MAX));
         let l1_end = (l1_start + u64::from(r.l1_cycles)).min(entry.unwrap_or(u64::MAX));
-        let reason = reason_name(r.reason);
+        let reason = self.names.entry(r.reason).or_insert_with(|| reason_name(r.reason)).clone();
         if let Some(prev) = self.prev_entry.filter(|&p| p <= exit) {
             self.span(3, "L2 runs", prev, exit, "")?;
         }
-        self.span(1, &format!("reflect: {reason}"), exit, l1_start, "")?;
+        let reflect = self.reflect_names.entry(r.reason).or_insert_with(|| format!("reflect: {reason}")).clone();
+        self.span(1, &reflect, exit, l1_start, "")?;
         let args = format!(
             ",\"args\":{{\"seq\":{},\"qualification\":\"{:#x}\",\"guest_rip\":\"{:#x}\",\"insn_len\":{}}}",
             r.seq, r.qualification, r.guest_rip, r.insn_len
