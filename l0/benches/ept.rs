@@ -5,9 +5,12 @@
 //!   timing of each page's first read, and the ratio.
 //! * (b) `ept_fill` over 1 MiB .. 1 GiB of L2 data memory: pages touched, VM2's memslot
 //!   peak, evictions, L0-only fills, cycles per page, and the per-page cost relative to the
-//!   1 MiB row (target: flat within 1.5x). L2 data pages beyond L1's 512-page pool alias its
-//!   pages in EPT12 (`nestbench_abi::payload::ept_alias`), so 1 GiB of L2 memory needs 2 MiB
-//!   of L1 memory; every L2 page is still its own 4 KiB EPT12 leaf, hence its own memslot.
+//!   1 MiB row (target: flat within 1.5x); the sizes run round-robin R times and each keeps
+//!   its cheapest round, since other tenants' load on a shared host moves single runs by
+//!   2-4x. L2 data pages beyond L1's 512-page pool alias its pages in EPT12
+//!   (`nestbench_abi::payload::ept_alias`), so 1 GiB of L2 memory needs 2 MiB of L1 memory;
+//!   every L2 page is still its own 4 KiB EPT12 leaf, hence its own memslot,
+//!   within the soft engine's memslot budget (evicted in batches beyond it).
 //! * (c) `ept_remap`: cycles per remap + INVEPT round trip (one reflected I/O exit in which
 //!   L1 swaps an EPT12 leaf and executes INVEPT), with `outl` (the same I/O round trip
 //!   without remap and INVEPT) beside it. This is the soft engine's INVEPT (every memslot of
@@ -18,8 +21,8 @@
 //!   such slots (no vCPU, no L0 code around it): the host kernel's own cost per memslot
 //!   operation as the slot count grows.
 //!
-//! `cargo bench -p l0 --bench ept [-- --iterations N]` (N: `ept_remap`/`outl` iterations,
-//! default 500)
+//! `cargo bench -p l0 --bench ept [-- --iterations N --rounds R]` (N: `ept_remap`/`outl`
+//! iterations, default 500; R: rounds over the sizes of (b), default 3)
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -106,6 +109,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|s| s.parse().ok())
         .unwrap_or(500);
+    let rounds: u32 = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3)
+        .max(1);
 
     // (a) First touch, nested vs single-level. The single-level twin's VM seeds the pool's
     // pages only, so both run on EPT_POOL_PAGES (2 MiB) pages.
@@ -148,23 +158,37 @@ fn main() {
         "{:<8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10} {:>9} {:>10} {:>8}",
         "L2 mem", "pages", "slot lim", "peak", "evictions", "fills", "cyc/page", "vs 1 MiB", "L0 us/fill", "wall s"
     );
-    let mut base = None;
-    let mut worst: f64 = 1.0;
-    let mut rows = 0;
-    for bytes in [1u64 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30] {
-        let pages = bytes / 4096;
-        if pages > EPT_DATA_PAGES {
-            println!("{:<8} beyond the data region ({EPT_DATA_PAGES} pages)", size_label(bytes));
-            continue;
+    // Round-robin over the sizes, `rounds` times, keeping each size's cheapest round: a burst
+    // of load from other tenants hits one round of a few sizes, not one size every time.
+    let sizes: Vec<u64> = [1u64 << 20, 4 << 20, 16 << 20, 64 << 20, 256 << 20, 1 << 30]
+        .into_iter()
+        .filter(|b| {
+            let inside = b / 4096 <= EPT_DATA_PAGES;
+            if !inside {
+                println!("{:<8} beyond the data region ({EPT_DATA_PAGES} pages)", size_label(*b));
+            }
+            inside
+        })
+        .collect();
+    let mut best: Vec<Option<Nested>> = sizes.iter().map(|_| None).collect();
+    for _ in 0..rounds {
+        for (i, bytes) in sizes.iter().enumerate() {
+            let r = nested("ept_fill", bytes / 4096);
+            if best[i].as_ref().is_none_or(|b| r.per_iter < b.per_iter) {
+                best[i] = Some(r);
+            }
         }
-        let r = nested("ept_fill", pages);
+    }
+    let mut worst: f64 = 1.0;
+    let base = best[0].as_ref().map_or(1.0, |b| b.per_iter);
+    for (bytes, r) in sizes.iter().zip(&best) {
+        let r = r.as_ref().expect("every size ran");
         let e = &r.soft().ept;
-        let rel = r.per_iter / *base.get_or_insert(r.per_iter);
+        let rel = r.per_iter / base;
         worst = worst.max(rel);
-        rows += 1;
         println!(
             "{:<8} {:>8} {:>9} {:>8} {:>10} {:>9} {:>10.0} {:>8.2}x {:>10.1} {:>8.1}",
-            size_label(bytes),
+            size_label(*bytes),
             r.iterations,
             e.memslot_limit,
             e.memslots_peak,
@@ -176,11 +200,13 @@ fn main() {
             r.wall.as_secs_f64(),
         );
     }
+    let rows = sizes.len();
     println!(
         "    per-page cost over {rows} sizes: at most {worst:.2}x the 1 MiB row: {} the 1.5x target",
         if worst <= 1.5 { "within" } else { "NOT within" }
     );
-    println!("    fills count both passes (timed first touches and the untimed re-read, which refills evicted pages)");
+    println!("    each row: the cheapest of {rounds} rounds over all sizes; fills count both passes (timed first");
+    println!("    touches and the untimed re-read, which refills evicted pages)");
 
     // (c) INVEPT round trip.
     println!();

@@ -557,4 +557,23 @@ pub struct RunReport {
     /// The exit trace's counters, when tracing was asked for.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::trace::TraceStats>,
+    /// The kvm engine's attribution, when it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm_engine: Option<KvmEngineSection>,
+}
+
+/// What the kvm engine saw (docs/kvm-engine.md).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct KvmEngineSection {
+    /// kvm_intel's `nested`, `ept`, `enable_shadow_vmcs` (and the rest of its parameters),
+    /// so a result says which Turtles ablation it is.
+    pub kvm_intel_params: BTreeMap<String, String>,
+    /// The VMX capability MSRs passed to L1 (index, value).
+    pub vmx_msrs: Vec<(u32, u64)>,
+    /// From KVM's statistics and the exits L0 saw.
+    pub attribution: crate::kvm_engine::attribution::KvmAttribution,
+    /// From KVM's tracepoints, where tracefs could be used.
+    pub tracepoints: Option<crate::kvm_engine::tracepoints::NestedCounts>,
+    /// Why there are no tracepoint figures, when there are none.
+    pub tracepoints_unavailable: Option<String>,
 }

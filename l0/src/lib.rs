@@ -18,6 +18,7 @@ pub mod bochs;
 pub mod events;
 pub mod host;
 pub mod images;
+pub mod kvm_engine;
 pub mod loader;
 pub mod machine;
 pub mod memory;

@@ -59,6 +59,9 @@ pub enum MachineError {
     /// Setting up an engine failed.
     #[error("setting up the engine: {0}")]
     Setup(String),
+    /// The kvm engine cannot run on this host.
+    #[error(transparent)]
+    NoNestedVmx(#[from] crate::kvm_engine::caps::NoNestedVmx),
     /// The vCPU thread panicked (a bug in L0).
     #[error("the vCPU thread panicked: {0}")]
     VcpuThreadPanicked(String),
@@ -101,6 +104,9 @@ pub struct MachineConfig {
     /// Exit tracing (soft engine): L1 publishes a record per handled exit, L0 drains and
     /// streams them as [`Event::Trace`] batches.
     pub trace: Option<TraceConfig>,
+    /// The kvm engine: pass KVM's VMX through to L1, which runs L2 on the host kernel's
+    /// nested VMX (`soft` must be `None`).
+    pub kvm_nested: bool,
 }
 
 /// Settings of the soft engine.
@@ -137,6 +143,7 @@ impl Default for MachineConfig {
             payload: None,
             memslot_limit: None,
             trace: None,
+            kvm_nested: false,
         }
     }
 }
@@ -147,6 +154,8 @@ pub struct Machine {
     vm: Vm,
     vcpu: Vcpu,
     config: MachineConfig,
+    /// The kvm engine's VMX MSRs, when it runs.
+    nested_msrs: Option<Vec<(u32, u64)>>,
 }
 
 impl Machine {
@@ -192,7 +201,8 @@ impl Machine {
         };
         vm.mem.write(BOOT_INFO, boot.as_bytes()).map_err(VmError::from)?;
         let vcpu = vm.create_vcpu(config.cpl, entry, BOOT_STACK_TOP, BOOT_INFO)?;
-        Ok(Self { vm, vcpu, config })
+        let nested_msrs = if config.kvm_nested { Some(pass_vmx_through(&vm, &vcpu)?) } else { None };
+        Ok(Self { vm, vcpu, config, nested_msrs })
     }
 
     /// Guest memory (for tests that inspect it after a run).
@@ -203,7 +213,7 @@ impl Machine {
 
     /// Run to completion. `on_event` sees every event as it happens, on the caller's thread.
     pub fn run(self, mut on_event: impl FnMut(Event)) -> Result<RunReport, MachineError> {
-        let Self { vm, vcpu, config } = self;
+        let Self { vm, vcpu, config, nested_msrs } = self;
         let vm_stats = vm.stats().ok();
         let vm_before = vm_stats.as_ref().and_then(|s| s.snapshot().ok());
         let (tx, rx) = mpsc::channel();
@@ -212,7 +222,11 @@ impl Machine {
             .name("l0-vcpu0".into())
             .spawn(move || VcpuThread::new(vcpu, mem, config, tx).run())
             .expect("spawning the vCPU thread");
+        let mut reflected = 0;
         for ev in rx {
+            if let Event::PayloadRun(p) = &ev {
+                reflected = p.exits.values().sum();
+            }
             on_event(ev);
         }
         let (mut report, vcpu_stats) =
@@ -225,8 +239,41 @@ impl Machine {
             (Some(vm), Some(vcpu)) => Some(KvmStats { vm, vcpu }),
             _ => None,
         };
+        if let (Some(k), Some(msrs)) = (report.kvm_engine.as_mut(), nested_msrs) {
+            let counters = report.kvm_stats.as_ref().map(|s| s.vcpu.counters.clone()).unwrap_or_default();
+            let userspace = (k.attribution.userspace_exits_l1, k.attribution.userspace_exits_l2);
+            k.attribution = crate::kvm_engine::attribution::attribute(&counters, reflected, userspace);
+            k.vmx_msrs = msrs;
+        }
         Ok(report)
     }
+}
+
+/// The kvm engine: check that KVM offers VMX and set its VMX capability MSRs on L1's vCPU
+/// (its CPUID already carries KVM's VMX bit: `x86_setup::guest_cpuid`).
+fn pass_vmx_through(vm: &Vm, vcpu: &Vcpu) -> Result<Vec<(u32, u64)>, MachineError> {
+    use crate::kvm_engine::caps;
+    let supported = vm
+        .kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| caps::NoNestedVmx(format!("KVM_GET_SUPPORTED_CPUID failed: {e}")))?;
+    let feature_msrs = caps::read_vmx_feature_msrs(&vm.kvm)?;
+    let plan = caps::plan(supported.as_slice(), &feature_msrs)?;
+    let entries: Vec<kvm_bindings::kvm_msr_entry> = plan
+        .vmx_msrs
+        .iter()
+        .map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() })
+        .collect();
+    let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| MachineError::Setup(format!("{e:?}")))?;
+    let n = vcpu.fd().set_msrs(&msrs).map_err(|e| MachineError::Setup(format!("KVM_SET_MSRS (VMX MSRs): {e}")))?;
+    if n != entries.len() {
+        return Err(MachineError::Setup(format!(
+            "KVM refused VMX capability MSR {:#x} for L1's vCPU (KVM_SET_MSRS set {n} of {})",
+            entries[n].index,
+            entries.len()
+        )));
+    }
+    Ok(plan.vmx_msrs)
 }
 
 /// Stage `p`'s image in L1 memory and describe it for the boot info (the soft engine and
@@ -292,12 +339,24 @@ struct VcpuThread {
     soft: Option<(SoftVmx, kvm_ioctls::Kvm)>,
     /// The exit trace's drain side, when tracing was asked for.
     tracer: Option<Tracer>,
+    /// The kvm engine: KVM_RUN returns from L1 and from L2 (guest mode).
+    userspace_exits: (u64, u64),
 }
 
 impl VcpuThread {
     fn new(vcpu: Vcpu, mem: GuestMem, config: MachineConfig, tx: mpsc::Sender<Event>) -> Self {
         let tracer = config.trace.filter(|_| config.soft.is_some()).map(Tracer::new);
-        Self { vcpu, mem, config, tx, exits: BTreeMap::new(), hypercalls: BTreeMap::new(), soft: None, tracer }
+        Self {
+            vcpu,
+            mem,
+            config,
+            tx,
+            exits: BTreeMap::new(),
+            hypercalls: BTreeMap::new(),
+            soft: None,
+            tracer,
+            userspace_exits: (0, 0),
+        }
     }
 
     fn emit(&self, ev: Event) {
@@ -316,6 +375,7 @@ impl VcpuThread {
         }
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
         let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());
+        let capture = self.config.kvm_nested.then(start_capture);
         let watchdog = Watchdog::arm(kicker, self.config.timeout);
         let start = Instant::now();
         let outcome = loop {
@@ -323,6 +383,13 @@ impl VcpuThread {
             let exit = self.vcpu.run()?;
             if let Some((soft, _)) = &mut self.soft {
                 soft.note_l1_exit(t.elapsed());
+            }
+            if self.config.kvm_nested {
+                if self.vcpu.in_guest_mode() {
+                    self.userspace_exits.1 += 1;
+                } else {
+                    self.userspace_exits.0 += 1;
+                }
             }
             *self.exits.entry(exit_kind(&exit).to_owned()).or_default() += 1;
             if let Flow::Stop(o) = self.handle(exit, &watchdog)? {
@@ -332,6 +399,7 @@ impl VcpuThread {
         let wall_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(watchdog);
         self.drain_trace(true);
+        let kvm_engine = capture.map(|c| self.kvm_engine_section(c));
         let vcpu_delta = match (stats_fd, before) {
             (Some(s), Some(b)) => s.snapshot().ok().map(|a| stats::delta(&b, &a)),
             _ => None,
@@ -346,6 +414,7 @@ impl VcpuThread {
             soft: self.soft.map(|(s, _)| s.stats),
             bochs: None,
             trace: self.tracer.map(|t| t.stats),
+            kvm_engine,
         };
         Ok((report, vcpu_delta))
     }
@@ -494,6 +563,33 @@ impl VcpuThread {
         Ok(flow)
     }
 
+    /// The kvm engine's section: module parameters, the userspace exits by level, and the
+    /// tracepoint counts of this vCPU thread (the statistics-based attribution and the MSRs
+    /// are filled in by `Machine::run`).
+    fn kvm_engine_section(
+        &self,
+        capture: Result<crate::kvm_engine::tracefs::Capture, String>,
+    ) -> crate::events::KvmEngineSection {
+        // SAFETY: gettid has no preconditions.
+        let tid = u32::try_from(unsafe { libc::gettid() }).ok();
+        let (tracepoints, tracepoints_unavailable) = match capture.and_then(crate::kvm_engine::tracefs::Capture::finish)
+        {
+            Ok(text) => (Some(crate::kvm_engine::tracepoints::count(&text, tid)), None),
+            Err(why) => (None, Some(why)),
+        };
+        crate::events::KvmEngineSection {
+            kvm_intel_params: crate::host::module_params("kvm_intel").unwrap_or_default(),
+            vmx_msrs: Vec::new(),
+            attribution: crate::kvm_engine::attribution::KvmAttribution {
+                userspace_exits_l1: self.userspace_exits.0,
+                userspace_exits_l2: self.userspace_exits.1,
+                ..Default::default()
+            },
+            tracepoints,
+            tracepoints_unavailable,
+        }
+    }
+
     /// Drain the trace ring and emit what is due (everything at the end of the run).
     fn drain_trace(&mut self, at_end: bool) {
         let (Some(tracer), Some((soft, _))) = (self.tracer.as_mut(), self.soft.as_mut()) else { return };
@@ -555,6 +651,13 @@ impl VcpuThread {
         self.emit(ev);
         Ok(())
     }
+}
+
+/// Start capturing KVM's nested tracepoints for the kvm engine, or say why not.
+fn start_capture() -> Result<crate::kvm_engine::tracefs::Capture, String> {
+    let root = crate::kvm_engine::tracefs::root()
+        .ok_or("tracefs with KVM's events is not mounted (mount -t tracefs nodev /sys/kernel/tracing, as root)")?;
+    crate::kvm_engine::tracefs::Capture::start(&root)
 }
 
 /// A short name for an exit, for the per-kind counts.

@@ -223,6 +223,13 @@ impl Vcpu {
         self.fd.get_kvm_run()
     }
 
+    /// Whether the last KVM_RUN returned while the vCPU was in guest mode (L2 running under
+    /// KVM's nested virtualization): KVM_RUN_X86_GUEST_MODE in kvm_run.flags. Kernels that
+    /// predate the flag never set it.
+    pub fn in_guest_mode(&mut self) -> bool {
+        u32::from(self.run_struct().flags) & kvm_bindings::KVM_RUN_X86_GUEST_MODE != 0
+    }
+
     /// KVM_RUN once.
     pub fn run(&mut self) -> Result<Exit, VcpuError> {
         let exit = match self.fd.run() {

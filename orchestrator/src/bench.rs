@@ -155,6 +155,13 @@ pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2
                         reason: format!("{reason} (its single-level twin is skipped with it)"),
                     }),
                 },
+                "kvm" => p.configs.push(Planned {
+                    engine: "kvm",
+                    payload: m.name.into(),
+                    shadowing: None,
+                    fixed_iterations: fixed,
+                    pinned_iterations: None,
+                }),
                 "bochs" => p.configs.push(Planned {
                     engine: "bochs",
                     payload: m.name.into(),
@@ -194,6 +201,7 @@ impl Runner {
         match c.engine {
             "bochs" => a.extend(["--engine".into(), "bochs".into(), "--cpu-model".into(), self.cpu_model.clone()]),
             "single_level" => a.push("--single-level".into()),
+            "kvm" => a.extend(["--engine".into(), "kvm".into()]),
             _ => a.extend(["--vmcs-shadowing".into(), if c.shadowing == Some(false) { "off" } else { "on" }.into()]),
         }
         a
@@ -247,6 +255,7 @@ fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Res
     let doc = match c.engine {
         "bochs" => crate::run::bochs_json(child, &c.payload, iterations),
         "single_level" => crate::run::single_json(child, &c.payload, iterations),
+        "kvm" => crate::run::kvm_json(child, &c.payload, iterations),
         _ => crate::run::nested_json(child, &c.payload, iterations, c.shadowing != Some(false)),
     };
     if let Some(why) = failure(child, &doc) {
@@ -280,6 +289,30 @@ fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Res
                 None,
             )
         }
+        "kvm" => (
+            Exits {
+                l2_by_reason: map_u64(&doc["exits"]),
+                reflected_by_reason: map_u64(&doc["tracepoints"]["reflected_by_reason"]),
+                per_level: PerLevel {
+                    l0_only: doc["l0_only_exits"].as_u64(),
+                    reflected_to_l1: doc["reflected_exits"].as_u64(),
+                    l1_traps: doc["l1_traps"].as_u64(),
+                    kvm_exits_l1_vm: doc["attribution"]["kvm_exits"].as_u64(),
+                    kvm_exits_l2_vm: None,
+                },
+                kvm_by_kind: map_u64(&report["kvm_exits"]),
+                stable_across_repetitions: true,
+            },
+            Some(ExitMultiplication {
+                kvm_exits_per_reflected_exit: doc["kvm_exits_per_reflected_exit"].as_f64(),
+                l1_traps_per_reflected_exit: doc["l1_traps"]
+                    .as_f64()
+                    .zip(doc["reflected_exits"].as_f64())
+                    .filter(|(_, r)| *r > 0.0)
+                    .map(|(t, r)| t / r),
+            }),
+            doc["kvm_stats"]["vcpu"]["counters"]["insn_emulation"].as_u64(),
+        ),
         "bochs" => (
             Exits {
                 l2_by_reason: map_u64(&doc["exits"]),

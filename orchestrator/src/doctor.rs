@@ -74,7 +74,10 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             (false, format!("KVM lists VMX but kvm_intel nested={}", nested.unwrap_or("absent")))
         }
     } else if kvm.offers_svm {
-        (false, "KVM offers SVM (AMD nested virtualization), but the SVM path of L1 is not built yet".to_owned())
+        (
+            false,
+            "KVM offers SVM (AMD nested virtualization): nestbench's SVM path is not built yet, only VMX".to_owned(),
+        )
     } else {
         let backend = ["kvm_intel", "kvm_amd", "kvm_pvm"]
             .iter()
@@ -90,7 +93,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             ),
         )
     };
-    let kvm_engine = EngineStatus { engine: "kvm", can_run: kvm_engine.0, implemented: false, reason: kvm_engine.1 };
+    let kvm_engine = EngineStatus { engine: "kvm", can_run: kvm_engine.0, implemented: true, reason: kvm_engine.1 };
 
     let bochs_tool = h.tools.get("bochs");
     let bochs = match bochs_tool {
@@ -255,7 +258,8 @@ mod tests {
     fn amd_host_says_svm_is_not_built() {
         let e = engines(&host(usable(false, true), &[("kvm_amd", &[("nested", "1")])], None));
         assert!(!e[1].can_run);
-        assert!(e[1].reason.contains("SVM path of L1 is not built"));
+        assert!(e[1].reason.contains("SVM path is not built yet"));
+        assert!(e[1].implemented, "the kvm engine exists; the host is what lacks");
     }
 
     #[test]

@@ -125,7 +125,7 @@ enum Engine {
     Soft,
     /// Bochs' emulated VMX: L1 on a CPU that really executes VMX (conformance; slow).
     Bochs,
-    /// The host kernel's nested VMX (not built yet).
+    /// The host kernel's nested VMX (Intel hosts with kvm_intel nested=1).
     Kvm,
 }
 
@@ -339,9 +339,6 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
 }
 
 fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
-    if a.engine == Engine::Kvm {
-        anyhow::bail!("the kvm engine is not built yet; `nestbench doctor` shows what this host can run");
-    }
     if a.trace.trace.is_some() && (a.engine != Engine::Soft || a.single_level) {
         anyhow::bail!(
             "--trace needs the soft engine with L1: the trace is L1's record of the exits it handles, drained by L0 from L1's memory"
@@ -350,8 +347,10 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     if (a.trace.trace_capacity.is_some() || a.trace.trace_drain_at_end) && a.trace.trace.is_none() {
         anyhow::bail!("--trace-capacity and --trace-drain-at-end only apply with --trace FILE");
     }
-    if a.engine == Engine::Bochs && a.single_level {
-        anyhow::bail!("--single-level runs the payload on KVM without L1; it does not combine with --engine bochs");
+    if a.engine != Engine::Soft && a.single_level {
+        anyhow::bail!(
+            "--single-level runs the payload on KVM without L1; it does not combine with --engine bochs or kvm"
+        );
     }
     let Some(m) = l2_payloads::find(&a.payload) else {
         let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
@@ -369,6 +368,8 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     args.extend(["--timeout-ms".to_owned(), a.timeout_ms.to_string()]);
     if a.engine == Engine::Bochs {
         args.extend(["--engine".to_owned(), "bochs".to_owned(), "--cpu-model".to_owned(), a.cpu_model.clone()]);
+    } else if a.engine == Engine::Kvm {
+        args.extend(["--engine".to_owned(), "kvm".to_owned()]);
     } else if a.single_level {
         args.push("--single-level".to_owned());
     } else {
@@ -390,6 +391,8 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     let traced = a.trace.trace.is_some().then(|| sink.finish(&child));
     let mut j = if a.engine == Engine::Bochs {
         run::bochs_json(&child, m.name, iterations)
+    } else if a.engine == Engine::Kvm {
+        run::kvm_json(&child, m.name, iterations)
     } else if a.single_level {
         run::single_json(&child, m.name, iterations)
     } else {

@@ -126,6 +126,42 @@ pub fn render_trace(end: &Value, path: Option<&std::path::Path>, agg: &crate::tr
     s
 }
 
+/// The `run --json` document of a kvm-engine run (L1 on the kernel's nested VMX): L1's
+/// view of the exits, and L0's attribution from KVM's statistics and tracepoints.
+#[must_use]
+pub fn kvm_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
+    let report = run.event("end").map(|e| &e["report"]).cloned().unwrap_or(Value::Null);
+    let payload_run = run.event("payload_run").cloned().unwrap_or(Value::Null);
+    let k = &report["kvm_engine"];
+    let tp = &k["tracepoints"];
+    let reflected = tp["nested_vmexit_inject"].as_u64();
+    json!({
+        "run_json_version": RUN_JSON_VERSION,
+        "engine": "kvm",
+        "payload": payload,
+        "iterations": iterations,
+        "complete": run.complete(),
+        "outcome": report["outcome"],
+        "payload_status": payload_run["status"],
+        "exits": payload_run["exits"],
+        "exit_records": payload_run["exit_records"],
+        "kvm_intel_params": k["kvm_intel_params"],
+        "attribution": k["attribution"],
+        "tracepoints": tp,
+        "tracepoints_unavailable": k["tracepoints_unavailable"],
+        "l0_only_exits": reflected.and_then(|r| tp["nested_vmexit"].as_u64().map(|n| n.saturating_sub(r))),
+        "reflected_exits": reflected,
+        "l1_traps": reflected.and_then(|_| tp["kvm_exit"].as_u64().zip(tp["nested_vmexit"].as_u64()).map(|(a, b)| a.saturating_sub(b))),
+        "kvm_exits_per_reflected_exit": k["attribution"]["kvm_exits_per_reflected_exit"],
+        "latency_cycles": latency(&payload_run["results"]),
+        "payload_failures": payload_run["results"]["failures"],
+        "kvm_stats": report["kvm_stats"],
+        "time_ns": { "wall": report["wall_ns"] },
+        "console": run.events.iter().filter(|e| e["event"] == "console").map(|e| e["text"].clone()).collect::<Vec<_>>(),
+        "error": run.event("error").map(|e| &e["message"]),
+    })
+}
+
 /// The `run --json` document of a single-level run.
 #[must_use]
 pub fn single_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
@@ -179,6 +215,15 @@ pub fn render(j: &Value) -> String {
         return render_bochs(j);
     }
     let mut s = String::new();
+    if let (Some(e), true) = (j["error"].as_str(), j["payload_status"].is_null()) {
+        let _ = writeln!(
+            s,
+            "{} on {}: not run: {e}",
+            j["payload"].as_str().unwrap_or("?"),
+            j["engine"].as_str().unwrap_or("?")
+        );
+        return s;
+    }
     let lat = &j["latency_cycles"];
     let _ = writeln!(
         s,
@@ -221,6 +266,35 @@ pub fn render(j: &Value) -> String {
             s,
             "  time           L0 {} ns, L1 {} ns, L2 {} ns (wall {} ns)",
             j["time_ns"]["l0"], j["time_ns"]["l1"], j["time_ns"]["l2"], j["time_ns"]["wall"]
+        );
+        let _ = writeln!(s, "  outcome        {}", crate::boot::describe_outcome(&j["outcome"]));
+    } else if j["engine"] == "kvm" {
+        let a = &j["attribution"];
+        let _ = writeln!(s, "  L2 exits (L1)  {}", j["exits"]);
+        let _ = writeln!(
+            s,
+            "  KVM (stats)    exits {}, nested_run {}, per L2 exit L1 handled {}",
+            a["kvm_exits"],
+            a["nested_runs"],
+            fmt_num(&a["kvm_exits_per_reflected_exit"])
+        );
+        match j["tracepoints_unavailable"].as_str() {
+            Some(why) => {
+                let _ = writeln!(s, "  tracepoints    unavailable: {why}");
+            }
+            None => {
+                let _ = writeln!(
+                    s,
+                    "  tracepoints    L2 exits {}, reflected {}, L0-only {}, L1 exits {}",
+                    j["tracepoints"]["nested_vmexit"], j["reflected_exits"], j["l0_only_exits"], j["l1_traps"]
+                );
+            }
+        }
+        let p = &j["kvm_intel_params"];
+        let _ = writeln!(
+            s,
+            "  kvm_intel      nested={} ept={} enable_shadow_vmcs={}",
+            p["nested"], p["ept"], p["enable_shadow_vmcs"]
         );
         let _ = writeln!(s, "  outcome        {}", crate::boot::describe_outcome(&j["outcome"]));
     } else {

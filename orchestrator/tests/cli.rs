@@ -147,9 +147,9 @@ fn run_refuses_bad_input_clearly() {
     let (code, _, err) = nestbench(&["run", "--payload", "nope"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("unknown payload \"nope\"") && err.contains("outl"), "{err}");
-    let (code, _, err) = nestbench(&["run", "--engine", "kvm", "--payload", "outl"]);
+    let (code, _, err) = nestbench(&["run", "--engine", "kvm", "--payload", "outl", "--single-level"]);
     assert_ne!(code, Some(0));
-    assert!(err.contains("kvm engine is not built yet"), "{err}");
+    assert!(err.contains("does not combine with --engine bochs or kvm"), "{err}");
     let (code, out, err) =
         nestbench(&["run", "--engine", "bochs", "--payload", "outl", "--cpu-model", "core2_penryn_t9600"]);
     assert_ne!(code, Some(0));
@@ -298,4 +298,22 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
     let b: Value = serde_json::from_str(&b).unwrap();
     assert!(b["soft/outl/shadowing-on"]["latency"]["value"].as_f64().unwrap() > 0.0);
     std::fs::remove_dir_all(&tmp).unwrap();
+}
+
+#[test]
+fn run_on_the_kvm_engine_runs_or_names_what_the_host_lacks() {
+    let (code, out, err) = nestbench(&["run", "--engine", "kvm", "--payload", "outl", "--iterations", "20", "--json"]);
+    let j: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"));
+    let (_, doctor, _) = nestbench(&["doctor", "--json"]);
+    let d: Value = serde_json::from_str(&doctor).unwrap();
+    let kvm = engine(&d, "kvm");
+    assert_eq!(kvm["implemented"], true);
+    if kvm["can_run"] == true {
+        assert_eq!(code, Some(0), "{out}\n{err}");
+        assert_eq!(j["exits"]["I/O instruction"], 20);
+    } else {
+        eprintln!("SKIP: the kvm engine cannot run here: {}", kvm["reason"]);
+        assert_eq!(code, Some(2), "refused with l0's error: {out}");
+        assert!(j["error"].as_str().unwrap().contains("the kvm engine needs KVM to offer VMX"), "{j}");
+    }
 }

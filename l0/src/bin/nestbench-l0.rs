@@ -50,6 +50,9 @@ enum RunEngine {
     Soft,
     /// Bochs' emulated VMX (no KVM).
     Bochs,
+    /// The host kernel's nested VMX: L1 uses real VMX instructions on KVM (needs
+    /// kvm_intel nested=1; refused with the reason elsewhere).
+    Kvm,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -269,11 +272,12 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
         return run_bochs(&config, &l1);
     }
+    let kvm_engine_hello = args.engine == RunEngine::Kvm;
     emit_hello(json!({
-        "engine": if args.single_level { "single_level" } else { "soft" },
+        "engine": if args.single_level { "single_level" } else if kvm_engine_hello { "kvm" } else { "soft" },
         "payload": manifest.name,
         "iterations": iterations,
-        "vmcs_shadowing": args.vmcs_shadowing == OnOff::On && !args.single_level,
+        "vmcs_shadowing": args.vmcs_shadowing == OnOff::On && !args.single_level && !kvm_engine_hello,
         "trace": args.trace,
         "timeout_ms": args.timeout_ms,
     }));
@@ -284,13 +288,19 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         emit(&json!({ "event": "end", "single_level": r }));
         return Ok(ok);
     }
-    if let l2_payloads::Support::Unsupported { reason } = manifest.soft_engine {
+    let kvm_engine = args.engine == RunEngine::Kvm;
+    anyhow::ensure!(
+        !(kvm_engine && args.trace),
+        "--trace needs the soft engine (the kvm engine has KVM's tracepoints instead)"
+    );
+    if let (false, l2_payloads::Support::Unsupported { reason }) = (kvm_engine, manifest.soft_engine) {
         anyhow::bail!("payload {} cannot run on the soft engine: {reason}", manifest.name);
     }
     let config = MachineConfig {
         kvm_path: args.kvm,
         timeout,
-        soft: Some(l0::machine::SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On }),
+        soft: (!kvm_engine).then_some(l0::machine::SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On }),
+        kvm_nested: kvm_engine,
         payload: Some(l0::machine::PayloadSpec {
             name: manifest.name.to_owned(),
             elf,

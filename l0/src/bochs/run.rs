@@ -301,6 +301,7 @@ pub fn run(config: &BochsConfig, image: &Image, mut on_event: impl FnMut(Event))
         soft: None,
         bochs: Some(section),
         trace: None,
+        kvm_engine: None,
     })
 }
 
