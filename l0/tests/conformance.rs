@@ -208,11 +208,19 @@ fn must_fail_cases_give_the_same_verdict_on_soft_and_bochs() {
     }
 }
 
+/// Five generations: full VMX (Skylake-X, Ice Lake), no PML (Haswell), no VMCS shadowing
+/// (Sandy Bridge), no unrestricted guest (Lynnfield); L1 adapts its controls to each.
 #[test]
-fn conformance_payloads_on_three_cpu_models() {
+fn conformance_payloads_on_five_cpu_generations() {
     need_bochs!();
-    for model in ["corei7_skylake_x", "corei7_haswell_4770", "corei7_sandy_bridge_2600k"] {
-        for name in ["outl", "io_encodings", "hlt"] {
+    for model in [
+        "corei7_skylake_x",
+        "corei7_icelake_u",
+        "corei7_haswell_4770",
+        "corei7_sandy_bridge_2600k",
+        "corei5_lynnfield_750",
+    ] {
+        for name in ["outl", "io_encodings", "hlt", "cpuid", "rdmsr"] {
             let (p, _) = on_bochs(name, 10, model);
             let m = l2_payloads::find(name).unwrap();
             let expected: u64 = m.exits_per_iteration.iter().map(|(r, _)| m.expected_exits(*r, 10)).sum();

@@ -815,7 +815,85 @@ pub fn summary(
         results: executed.results,
         skipped: plan.skipped.clone(),
         baseline: None,
+        bochs_models: Vec::new(),
     }
+}
+
+/// The Bochs CPU generations of the per-model table: full VMX (Skylake-X, Ice Lake), no PML
+/// (Haswell), no VMCS shadowing (Sandy Bridge), no unrestricted guest (Lynnfield).
+pub const BOCHS_GENERATIONS: [&str; 5] = [
+    "corei7_skylake_x",
+    "corei7_icelake_u",
+    "corei7_haswell_4770",
+    "corei7_sandy_bridge_2600k",
+    "corei5_lynnfield_750",
+];
+/// The payloads of the per-model table (those selected for the bench).
+pub const BOCHS_GENERATION_PAYLOADS: [&str; 4] = ["outl", "hlt", "cpuid", "rdmsr"];
+/// Iterations per model and payload (instruction counts are exact: one run each).
+pub const BOCHS_GENERATION_ITERATIONS: u64 = 50;
+
+/// L1 instructions per iteration on each of [`BOCHS_GENERATIONS`], one run per payload.
+async fn bochs_generations(
+    runner: &Runner,
+    payloads: &[&str],
+    stop: &AtomicBool,
+    quiet: bool,
+) -> Vec<results::BochsModelRow> {
+    let mut rows = Vec::new();
+    for model in BOCHS_GENERATIONS {
+        let lacks = l0::bochs::config::cpu_model(model).map(|m| m.lacks()).unwrap_or_default();
+        for payload in payloads {
+            if stop.load(Ordering::SeqCst) {
+                return rows;
+            }
+            let n = BOCHS_GENERATION_ITERATIONS;
+            let mut args: Vec<String> = ["run", "--engine", "bochs", "--cpu-model", model, "--payload", payload]
+                .iter()
+                .map(|s| (*s).to_owned())
+                .collect();
+            args.extend(["--iterations".into(), n.to_string(), "--timeout-ms".into(), runner.timeout_ms.to_string()]);
+            let deadline = Duration::from_millis(runner.timeout_ms) + Duration::from_secs(10);
+            let row = match l0_child::run_l0(&runner.l0, &args, deadline, |_| {}).await {
+                Ok(child) => {
+                    let doc = crate::run::bochs_json(&child, payload, n);
+                    let err = failure(&child, &doc);
+                    results::BochsModelRow {
+                        model: model.into(),
+                        lacks: lacks.iter().map(|s| (*s).to_owned()).collect(),
+                        payload: (*payload).into(),
+                        iterations: n,
+                        instructions_per_iteration: err
+                            .is_none()
+                            .then(|| doc["instructions_per_iteration"]["mean"].as_f64())
+                            .flatten(),
+                        exits: map_u64(&doc["exits"]).values().sum::<u64>().into(),
+                        error: err,
+                    }
+                }
+                Err(e) => results::BochsModelRow {
+                    model: model.into(),
+                    lacks: lacks.iter().map(|s| (*s).to_owned()).collect(),
+                    payload: (*payload).into(),
+                    iterations: n,
+                    instructions_per_iteration: None,
+                    exits: None,
+                    error: Some(e.to_string()),
+                },
+            };
+            if !quiet {
+                eprintln!(
+                    "bochs {model:<28} {payload:<8} {}",
+                    row.instructions_per_iteration.map_or_else(
+                        || format!("FAILED: {}", row.error.clone().unwrap_or_default()),
+                        |v| format!("{v:.1} instructions per iteration")
+                    )
+                );
+            }
+            rows.push(row);
+        }
+    }
+    rows
 }
 
 /// The baseline in `dir` (its summary.json), if there is a readable one.
@@ -909,10 +987,20 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         });
         let x = Exec { runner: &cfg.runner, profile: &profile, stop: stop.clone(), quiet: cfg.quiet };
         let e = execute(&x, &plan.configs, info.tsc.as_ref()).await;
+        let bochs_benched = plan.engines.iter().any(|e| e.engine == "bochs" && e.benched);
+        let wanted: Vec<&str> =
+            BOCHS_GENERATION_PAYLOADS.iter().copied().filter(|p| payloads.iter().any(|m| m.name == *p)).collect();
+        let models = if bochs_benched && !stop.load(Ordering::SeqCst) {
+            bochs_generations(&cfg.runner, &wanted, &stop, cfg.quiet).await
+        } else {
+            Vec::new()
+        };
         watcher.abort();
-        e
+        (e, models)
     });
-    let s = summary(&info, &plan, &profile, executed, started, &run_id);
+    let (executed, bochs_models) = executed;
+    let mut s = summary(&info, &plan, &profile, executed, started, &run_id);
+    s.bochs_models = bochs_models;
     finish(s, &cfg.out, &cfg.baseline, base.as_ref())
 }
 

@@ -232,14 +232,17 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
         );
     }
     let _ = writeln!(m);
-    let drops: Vec<String> = s.results.iter().filter_map(|r| r.trace_drops.map(|d| format!("{}: {d}", r.id))).collect();
+    let traced: Vec<(&str, u64)> = s.results.iter().filter_map(|r| Some((r.id.as_str(), r.trace_drops?))).collect();
+    let dropped: Vec<String> = traced.iter().filter(|(_, d)| *d > 0).map(|(id, d)| format!("{id}: {d}")).collect();
     let _ = writeln!(
         m,
-        "Trace drops: {}\n",
-        if drops.is_empty() {
-            "no exit trace in this build (the trace ring is not streamed yet)".into()
+        "Trace drops (one traced run per soft-engine configuration): {}\n",
+        if traced.is_empty() {
+            "no traced runs".to_owned()
+        } else if dropped.is_empty() {
+            format!("none in {} traced configurations", traced.len())
         } else {
-            drops.join(", ")
+            dropped.join(", ")
         }
     );
 
@@ -272,6 +275,46 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
             );
         }
         let _ = writeln!(m);
+    }
+
+    if !s.bochs_models.is_empty() {
+        let _ = writeln!(m, "## Bochs CPU generations: L1 instructions per iteration\n");
+        let mut models: Vec<&str> = Vec::new();
+        for r in &s.bochs_models {
+            if !models.contains(&r.model.as_str()) {
+                models.push(&r.model);
+            }
+        }
+        let lacks = |model: &str| {
+            let l = s.bochs_models.iter().find(|r| r.model == model).map(|r| r.lacks.join(", ")).unwrap_or_default();
+            if l.is_empty() { "full set".to_owned() } else { format!("no {l}") }
+        };
+        let header: Vec<String> = models.iter().map(|m| format!("{m} ({})", lacks(m))).collect();
+        let _ = writeln!(m, "| payload | {} |", header.join(" | "));
+        let _ = writeln!(m, "|---|{}", "---:|".repeat(models.len()));
+        let mut payloads: Vec<&str> = Vec::new();
+        for r in &s.bochs_models {
+            if !payloads.contains(&r.payload.as_str()) {
+                payloads.push(&r.payload);
+            }
+        }
+        for p in payloads {
+            let cells: Vec<String> = models
+                .iter()
+                .map(|model| {
+                    s.bochs_models.iter().find(|r| r.payload == p && r.model == *model).map_or_else(
+                        || "-".to_owned(),
+                        |r| r.instructions_per_iteration.map_or_else(|| "FAILED".to_owned(), |v| format!("{v:.1}")),
+                    )
+                })
+                .collect();
+            let _ = writeln!(m, "| {p} | {} |", cells.join(" | "));
+        }
+        let _ = writeln!(
+            m,
+            "\n({} iterations per cell; instruction counts are exact.)\n",
+            crate::bench::BOCHS_GENERATION_ITERATIONS
+        );
     }
 
     if !s.skipped.is_empty() {

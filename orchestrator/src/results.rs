@@ -65,6 +65,30 @@ pub struct Summary {
     pub skipped: Vec<Skipped>,
     /// The comparison against `results/baseline/` when there was one.
     pub baseline: Option<BaselineRef>,
+    /// L1 instructions per iteration on several Bochs CPU generations (when bochs ran): one
+    /// run per model and payload, exact counts, no repetitions needed.
+    #[serde(default)]
+    pub bochs_models: Vec<BochsModelRow>,
+}
+
+/// One payload on one Bochs CPU model.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BochsModelRow {
+    /// Bochs' model name.
+    pub model: String,
+    /// The VMX features of the full set (Skylake-X) it lacks.
+    pub lacks: Vec<String>,
+    /// The payload.
+    pub payload: String,
+    /// Iterations run.
+    pub iterations: u64,
+    /// Mean instructions between the payload's two RDTSCs per iteration (exit, L1's handler,
+    /// entry); `null` when it failed.
+    pub instructions_per_iteration: Option<f64>,
+    /// L2 exits L1 handled.
+    pub exits: Option<u64>,
+    /// Why the row has no figure.
+    pub error: Option<String>,
 }
 
 /// How the bench measured.
@@ -679,6 +703,26 @@ mod tests {
             compared: 9,
         });
         s.results[0].trace_drops = Some(0);
+        s.bochs_models = vec![
+            BochsModelRow {
+                model: "corei7_sandy_bridge_2600k".into(),
+                lacks: vec!["VMCS shadowing".into()],
+                payload: "outl".into(),
+                iterations: 50,
+                instructions_per_iteration: Some(156.0),
+                exits: Some(50),
+                error: None,
+            },
+            BochsModelRow {
+                model: "corei5_lynnfield_750".into(),
+                lacks: vec![],
+                payload: "hlt".into(),
+                iterations: 50,
+                instructions_per_iteration: None,
+                exits: None,
+                error: Some("e".into()),
+            },
+        ];
         s.results[0].errors = vec!["e".into()];
         s.tsc = None;
         s.results[0].iterations_from = "baseline".into();
