@@ -97,9 +97,10 @@ impl Event {
                 Some(VerdictKind::FailValid) => "fail_valid",
                 Some(VerdictKind::EntryFailure) => "entry_failure",
                 Some(VerdictKind::Succeeded) => "succeeded",
+                Some(VerdictKind::Skipped) => "skipped",
                 None => "invalid",
             },
-            error: (kind == Some(VerdictKind::FailValid)).then_some(v.error),
+            error: matches!(kind, Some(VerdictKind::FailValid | VerdictKind::Skipped)).then_some(v.error),
             exit_reason: matches!(kind, Some(VerdictKind::Entered | VerdictKind::EntryFailure))
                 .then_some(v.exit_reason),
             qualification: (kind == Some(VerdictKind::EntryFailure)).then_some(v.qualification),

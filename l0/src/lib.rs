@@ -30,5 +30,6 @@ pub mod stats;
 pub mod trace;
 pub mod vcpu;
 pub mod vm;
+pub mod vmentry;
 pub mod watchdog;
 pub mod x86_setup;

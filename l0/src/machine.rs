@@ -107,6 +107,8 @@ pub struct MachineConfig {
     /// The kvm engine: pass KVM's VMX through to L1, which runs L2 on the host kernel's
     /// nested VMX (`soft` must be `None`).
     pub kvm_nested: bool,
+    /// A VM-entry case for [`Scenario::Vmentry`], written at its fixed address.
+    pub vmentry_case: Option<nestbench_abi::vmentry::Case>,
 }
 
 /// Settings of the soft engine.
@@ -144,6 +146,7 @@ impl Default for MachineConfig {
             memslot_limit: None,
             trace: None,
             kvm_nested: false,
+            vmentry_case: None,
         }
     }
 }
@@ -200,6 +203,9 @@ impl Machine {
             },
         };
         vm.mem.write(BOOT_INFO, boot.as_bytes()).map_err(VmError::from)?;
+        if let Some(c) = &config.vmentry_case {
+            vm.mem.write(nestbench_abi::vmentry::CASE_GPA, c.as_bytes()).map_err(VmError::from)?;
+        }
         let vcpu = vm.create_vcpu(config.cpl, entry, BOOT_STACK_TOP, BOOT_INFO)?;
         let nested_msrs = if config.kvm_nested { Some(pass_vmx_through(&vm, &vcpu)?) } else { None };
         Ok(Self { vm, vcpu, config, nested_msrs })

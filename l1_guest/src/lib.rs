@@ -16,5 +16,6 @@ pub mod l2;
 pub mod runner;
 pub mod scenarios;
 pub mod trace;
+pub mod vmentry;
 pub mod vmx;
 pub mod x86;

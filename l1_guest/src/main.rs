@@ -280,6 +280,8 @@ extern "C" fn l1_main(boot: *const BootInfo) -> ! {
     match scenario {
         Scenario::Probe | Scenario::PageFault if boot.payload.present != 0 => runner::run_payload(&boot, host),
         Scenario::Probe | Scenario::PageFault => hypercall::exit(0),
+        Scenario::Vmentry => l1::vmentry::run(host, false),
+        Scenario::VmentryBaseline => l1::vmentry::run(host, true),
         fail => scenarios::run(fail, host),
     }
 }

@@ -114,6 +114,8 @@ pub struct Ready {
     pub caps: VmxCaps,
     /// The current VMCS (L1-physical).
     pub vmcs: u64,
+    /// The VMXON region (L1-physical).
+    pub vmxon: u64,
 }
 
 /// Enter VMX operation on `b` and make a fresh VMCS current (SDM 24.7, 24.11.3: VMXON
@@ -132,7 +134,7 @@ pub fn enter_vmx<B: VmxBackend>(b: &mut B, kind: BackendKind, mem: &mut L1Frames
     mem.write_u64(vmcs, rev);
     b.vmclear(vmcs).map_err(|e| RunError::Vmx("VMCLEAR", e))?;
     b.vmptrld(vmcs).map_err(|e| RunError::Vmx("VMPTRLD", e))?;
-    Ok(Ready { caps, vmcs })
+    Ok(Ready { caps, vmcs, vmxon })
 }
 
 /// Real VMX: lock IA32_FEATURE_CONTROL with VMXON outside SMX if the firmware (here: nobody)

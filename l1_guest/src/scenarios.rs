@@ -28,7 +28,7 @@ const _: () = assert!(DONE_PORT <= 0xFF, "TINY_L2 encodes DONE_PORT as an imm8")
 const CR4_PAE: u64 = GUEST_CR4;
 
 /// The running scenario and whether its second VMLAUNCH happened (FailLaunchLaunched).
-static STATE: Global<(Scenario, bool)> = Global::new((Scenario::Probe, false));
+pub(crate) static STATE: Global<(Scenario, bool)> = Global::new((Scenario::Probe, false));
 
 /// The perturbation a scenario applies to the otherwise valid VMCS writes: `None` for the
 /// scenarios that change the instruction, not the VMCS.
@@ -112,7 +112,7 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, scenario: Scenario, host:
 }
 
 /// Execute VMLAUNCH/VMRESUME; a return means it failed (an entry goes to the exit handler).
-fn enter_and_judge<B: VmxBackend>(b: &mut B, regs: &GuestRegs, resume: bool) -> ! {
+pub(crate) fn enter_and_judge<B: VmxBackend>(b: &mut B, regs: &GuestRegs, resume: bool) -> ! {
     // SAFETY: the VMCS is set up by `runner::prepare` (one field perturbed on purpose, which
     // is what the scenario tests), HOST_RIP/RSP are the exit stub and stack, and USE_SOFT
     // names the backend.
@@ -131,6 +131,9 @@ fn enter_and_judge<B: VmxBackend>(b: &mut B, regs: &GuestRegs, resume: bool) -> 
 /// VMLAUNCH of the now-launched VMCS.
 pub fn on_exit<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, reason: u32) -> ! {
     let (scenario, relaunched) = *STATE.get();
+    if scenario == Scenario::Vmentry {
+        crate::vmentry::on_exit(b, regs, reason);
+    }
     if scenario == Scenario::FailLaunchLaunched && !relaunched && reason & 1 << 31 == 0 {
         STATE.get().1 = true;
         enter_and_judge(b, regs, false);
@@ -148,7 +151,7 @@ pub fn on_exit<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, reason: u32) -> !
 }
 
 /// The verdict of a VMX instruction's result.
-fn verdict_of(r: Result<(), VmxFail>) -> ! {
+pub(crate) fn verdict_of(r: Result<(), VmxFail>) -> ! {
     send(match r {
         Ok(()) => Verdict { kind: VerdictKind::Succeeded as u32, ..Verdict::default() },
         Err(VmxFail::FailInvalid) => Verdict { kind: VerdictKind::FailInvalid as u32, ..Verdict::default() },
@@ -157,7 +160,7 @@ fn verdict_of(r: Result<(), VmxFail>) -> ! {
 }
 
 /// Send the verdict (with the scenario filled in) and exit 0.
-fn send(mut v: Verdict) -> ! {
+pub(crate) fn send(mut v: Verdict) -> ! {
     let scenario = STATE.get().0;
     v.scenario = scenario as u32;
     crate::println!(

@@ -14,3 +14,4 @@ pub mod results;
 pub mod run;
 pub mod schema;
 pub mod trace;
+pub mod vmentry;

@@ -1,6 +1,6 @@
 //! `nestbench`: the orchestrator's command line.
 
-use orchestrator::{bench, boot, compare, doctor, export, l0_child, report, results, run, trace};
+use orchestrator::{bench, boot, compare, doctor, export, l0_child, report, results, run, trace, vmentry};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -38,6 +38,9 @@ enum Cmd {
     /// Run a payload as an exit storm with tracing and show a live per-reason exit-rate
     /// table (like `perf kvm stat live`); `--trace FILE` keeps the trace too.
     Top(TopArgs),
+    /// Run VM-entry conformance cases (one VMCS perturbation each, docs/vmentry.md) and print
+    /// the architectural verdict the engine gives, or the baseline VMCS the cases perturb.
+    Vmentry(VmentryArgs),
     /// List the payloads and which engines run each (with the reason where one cannot).
     Payloads {
         /// Print JSON instead of text.
@@ -202,6 +205,35 @@ impl TraceArgs {
         }
         v
     }
+}
+
+#[derive(clap::Args)]
+struct VmentryArgs {
+    /// What provides VMX to L1.
+    #[arg(long, value_enum, default_value_t = Engine::Soft)]
+    engine: Engine,
+    /// One case file.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["cases", "baseline"], required_unless_present_any = ["cases", "baseline"])]
+    case: Option<PathBuf>,
+    /// Every `*.json` case of a directory, in name order (the batch goes on past a case that
+    /// hangs, crashes or does not parse).
+    #[arg(long, value_name = "DIR", conflicts_with = "baseline")]
+    cases: Option<PathBuf>,
+    /// Print the baseline VMCS (every field, encoding and value) the cases' writes apply to.
+    #[arg(long)]
+    baseline: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Bochs' CPU model (`--engine bochs`).
+    #[arg(long, default_value = "corei7_skylake_x")]
+    cpu_model: String,
+    /// The nestbench-l0 binary [default: $NESTBENCH_L0, else next to this executable].
+    #[arg(long)]
+    l0: Option<PathBuf>,
+    /// Each case's time budget in milliseconds.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    timeout_ms: u64,
 }
 
 #[derive(clap::Args)]
@@ -483,6 +515,75 @@ fn top(a: TopArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
+    let engine = match a.engine {
+        Engine::Soft => "soft",
+        Engine::Bochs => "bochs",
+        Engine::Kvm => "kvm",
+    };
+    let runner = vmentry::CaseRunner {
+        l0: l0_child::locate_l0(a.l0.as_deref())?,
+        engine: engine.into(),
+        cpu_model: a.cpu_model.clone(),
+        timeout_ms: a.timeout_ms,
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    if a.baseline {
+        let rows = rt.block_on(runner.baseline()).map_err(anyhow::Error::msg)?;
+        if a.json {
+            let v: Vec<serde_json::Value> =
+                rows.iter().map(|(e, v, n)| serde_json::json!({"encoding": e, "value": v, "name": n})).collect();
+            println!("{}", serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "fields": v}))?);
+        } else {
+            println!("baseline VMCS on {engine} ({} fields; a case's writes apply on top of these)", rows.len());
+            for (e, v, n) in rows {
+                println!("  {e}  {v:<20} {n}");
+            }
+        }
+        return Ok(0);
+    }
+    let files = match (&a.case, &a.cases) {
+        (Some(f), _) => vec![f.clone()],
+        (None, Some(d)) => {
+            vmentry::case_files(d).with_context(|| format!("reading the case directory {}", d.display()))?
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    anyhow::ensure!(
+        !files.is_empty(),
+        "no *.json case files in {}",
+        a.cases.as_deref().unwrap_or(std::path::Path::new("")).display()
+    );
+    let mut results = Vec::new();
+    for f in &files {
+        let r = rt.block_on(runner.run(f));
+        if !a.json {
+            println!(
+                "{:<44} {:<20} {}",
+                r.name.as_deref().unwrap_or(&r.file),
+                r.family.as_deref().unwrap_or("-"),
+                r.outcome.short()
+            );
+            for c in &r.bochs_checks {
+                println!("{:<44} {:<20}   bochs: {c}", "", "");
+            }
+        }
+        results.push(r);
+    }
+    let counts = vmentry::counts(&results);
+    let failed = results.iter().filter(|r| !r.outcome.is_verdict() && r.outcome.kind != "engine_unsupported").count();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "cases": results, "counts": counts}))?
+        );
+    } else {
+        let c: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
+        println!("{} cases on {engine}: {}", results.len(), c.join(", "));
+    }
+    Ok(i32::from(failed > 0))
+}
+
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
     let cfg = bench::BenchConfig {
         quick: a.quick,
@@ -547,6 +648,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Boot(a) => boot(a)?,
         Cmd::Run(a) => run_payload(a)?,
         Cmd::Top(a) => top(a)?,
+        Cmd::Vmentry(a) => vmentry_cmd(a)?,
         Cmd::Bench(a) => bench_cmd(a)?,
         Cmd::Compare { base, new, json, history } => {
             let b = results::load(&base)?;

@@ -32,6 +32,12 @@ abi_enum! {
         FailRevision = 16,
         /// Must-fail: VMWRITE to a read-only field (exit reason): VMfailValid 13.
         FailWriteReadOnly = 17,
+        /// A VM-entry conformance case ([`crate::vmentry::Case`] at
+        /// [`crate::vmentry::CASE_GPA`]): one verdict.
+        Vmentry = 20,
+        /// Print L1's baseline VMCS for the VM-entry cases (every field of
+        /// [`crate::vmcs::ALL`]: `vmcs <encoding> <value>` console lines), then exit.
+        VmentryBaseline = 21,
     }
 }
 

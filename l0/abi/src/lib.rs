@@ -12,6 +12,7 @@
 //!   [`controls`] (control bits and the capability-MSR rule), [`ept`] (entry format and
 //!   walk), [`softvmx`] (how L1 reaches L0's userspace VMX).
 //! * [`trace`]: the exit-trace ring L1 fills and L0 drains.
+//! * [`vmentry`]: a VM-entry conformance case L0 hands L1.
 //!
 //! Every structure that crosses a level is `#[repr(C)]`, built only from integers, and has
 //! its size pinned by a compile-time assertion. Any incompatible change bumps [`ABI_VERSION`].
@@ -56,6 +57,7 @@ pub mod softvmx;
 pub mod trace;
 pub mod vmcs;
 pub mod vmcs12;
+pub mod vmentry;
 pub mod vmx;
 
 /// Version of this ABI. L0 publishes it in CPUID leaf [`cpuid::LEAF_INFO`] and in

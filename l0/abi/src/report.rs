@@ -146,6 +146,9 @@ abi_enum! {
         /// engine advertises a capability that makes the scenario's failure not happen
         /// (IA32_VMX_MISC[29] for a VMWRITE to a read-only field).
         Succeeded = 4,
+        /// The case needs a capability the engine does not advertise: `error` holds the
+        /// missing [`crate::vmentry::need`] bits; nothing was executed.
+        Skipped = 5,
     }
 }
 

@@ -32,6 +32,34 @@ enum Cmd {
     Boot(BootArgs),
     /// Run an L2 payload under L1 with the soft engine or on Bochs, or single-level (no L1).
     Run(RunArgs),
+    /// Run one VM-entry conformance case (docs/vmentry.md) and report L1's verdict, or print
+    /// the baseline VMCS the cases perturb.
+    Vmentry(VmentryArgs),
+}
+
+#[derive(clap::Args)]
+struct VmentryArgs {
+    /// The case file (JSON, vmentry/case.schema.json).
+    #[arg(long, required_unless_present = "baseline")]
+    case: Option<PathBuf>,
+    /// Print the baseline VMCS (every field, encoding and value) instead of running a case.
+    #[arg(long, conflicts_with = "case")]
+    baseline: bool,
+    /// What provides VMX to L1.
+    #[arg(long, value_enum, default_value_t = RunEngine::Soft)]
+    engine: RunEngine,
+    /// Bochs' CPU model (`--engine bochs`).
+    #[arg(long, default_value = l0::bochs::DEFAULT_MODEL)]
+    cpu_model: String,
+    /// The L1 ELF image [default: the one built with this l0].
+    #[arg(long)]
+    l1: Option<PathBuf>,
+    /// The KVM device.
+    #[arg(long, default_value = "/dev/kvm")]
+    kvm: PathBuf,
+    /// Time budget of the run in milliseconds.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    timeout_ms: u64,
 }
 
 /// Where `boot` runs L1.
@@ -329,6 +357,49 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// One VM-entry case (or the baseline dump) on one engine. Success: L1 exited with status 0
+/// (the verdict, not the status, is the result).
+fn vmentry(args: VmentryArgs) -> anyhow::Result<bool> {
+    let (scenario, case, name) = match &args.case {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+            let doc = l0::vmentry::parse(&path.display().to_string(), &text)?;
+            let abi = doc.to_abi().map_err(anyhow::Error::msg)?;
+            (Scenario::Vmentry, Some(abi), doc.name)
+        }
+        None => (Scenario::VmentryBaseline, None, "baseline".to_owned()),
+    };
+    let timeout = Duration::from_millis(args.timeout_ms);
+    let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
+    let engine = match args.engine {
+        RunEngine::Soft => "soft",
+        RunEngine::Bochs => "bochs",
+        RunEngine::Kvm => "kvm",
+    };
+    if args.engine == RunEngine::Bochs {
+        let config =
+            BochsConfig { model: args.cpu_model, timeout, scenario, vmentry_case: case, ..BochsConfig::default() };
+        let model = l0::bochs::run::preflight(&config)?;
+        emit_hello(json!({ "engine": engine, "cpu_model": model.name, "case": name, "timeout_ms": args.timeout_ms }));
+        return run_bochs(&config, &l1);
+    }
+    let config = MachineConfig {
+        kvm_path: args.kvm,
+        timeout,
+        scenario,
+        soft: (args.engine == RunEngine::Soft).then_some(l0::machine::SoftConfig { vmcs_shadowing: true }),
+        kvm_nested: args.engine == RunEngine::Kvm,
+        vmentry_case: case,
+        ..MachineConfig::default()
+    };
+    emit_hello(json!({ "engine": engine, "case": name, "timeout_ms": args.timeout_ms }));
+    let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
+    let report = machine.run(|ev| emit_event(&ev))?;
+    let ok = report.outcome.is_success();
+    emit(&json!({ "event": "end", "report": report }));
+    Ok(ok)
+}
+
 /// Run L1 on Bochs and stream its events and the report, as the soft engine does. Success:
 /// L1 exited with status 0 and, with a payload, the payload succeeded.
 fn run_bochs(config: &BochsConfig, l1: &std::path::Path) -> anyhow::Result<bool> {
@@ -355,6 +426,7 @@ fn main() {
     let result = match cli.cmd {
         Cmd::Boot(args) => boot(args),
         Cmd::Run(args) => run(args),
+        Cmd::Vmentry(args) => vmentry(args),
     };
     match result {
         Ok(true) => std::process::exit(0),

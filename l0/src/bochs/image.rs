@@ -107,6 +107,7 @@ pub fn build(
     scenario: Scenario,
     image: &Image,
     payload: Option<&PayloadSpec>,
+    vmentry_case: Option<&nestbench_abi::vmentry::Case>,
 ) -> Result<RamImage, ImageError> {
     let mem = GuestMem::new(mem_size)?;
     x86_setup::write_boot_tables(&mem)?;
@@ -143,6 +144,9 @@ pub fn build(
         payload: payload_info,
     };
     mem.write(BOOT_INFO, boot_info.as_bytes())?;
+    if let Some(c) = vmentry_case {
+        mem.write(nestbench_abi::vmentry::CASE_GPA, c.as_bytes())?;
+    }
 
     let mut regions = vec![Region { gpa: 0, bytes: mem.read_vec(0, LOW_REGION_END)? }];
     let l1_start = match image {
@@ -187,8 +191,8 @@ mod tests {
     #[test]
     fn raw_image_regions_hold_the_boot_tables_boot_info_and_code() {
         let code = vec![0xEB, 0xFE];
-        let img =
-            build(32 << 20, Scenario::Probe, &Image::Raw { gpa: L1_IMAGE_BASE, bytes: code.clone() }, None).unwrap();
+        let img = build(32 << 20, Scenario::Probe, &Image::Raw { gpa: L1_IMAGE_BASE, bytes: code.clone() }, None, None)
+            .unwrap();
         assert_eq!(img.entry, L1_IMAGE_BASE);
         assert_eq!(img.regions.len(), 2, "the low tables and the code");
         // Guest memory as Bochs will see it: the images' bytes, zero elsewhere.
@@ -216,7 +220,7 @@ mod tests {
 
     #[test]
     fn raw_images_below_the_l1_area_are_refused() {
-        let r = build(32 << 20, Scenario::Probe, &Image::Raw { gpa: 0x1000, bytes: vec![0x90] }, None);
+        let r = build(32 << 20, Scenario::Probe, &Image::Raw { gpa: 0x1000, bytes: vec![0x90] }, None, None);
         assert!(matches!(r, Err(ImageError::Raw { .. })));
     }
 }

@@ -42,6 +42,8 @@ pub struct BochsConfig {
     pub scenario: Scenario,
     /// The L2 payload L1 should run.
     pub payload: Option<PayloadSpec>,
+    /// A VM-entry case for [`Scenario::Vmentry`], written at its fixed address.
+    pub vmentry_case: Option<nestbench_abi::vmentry::Case>,
     /// The Bochs executable.
     pub bochs: PathBuf,
     /// The VGA BIOS image.
@@ -58,6 +60,7 @@ impl Default for BochsConfig {
             timeout: Duration::from_secs(60),
             scenario: Scenario::Probe,
             payload: None,
+            vmentry_case: None,
             bochs: DEFAULT_BOCHS.into(),
             vgabios: DEFAULT_VGABIOS.into(),
             keep_dir: false,
@@ -178,7 +181,8 @@ pub fn stderr_messages(stderr: &str) -> Vec<String> {
 pub fn run(config: &BochsConfig, image: &Image, mut on_event: impl FnMut(Event)) -> Result<RunReport, BochsError> {
     let model = preflight(config)?;
     let netns = netns_options()?;
-    let ram = image::build(config.mem_size, config.scenario, image, config.payload.as_ref())?;
+    let ram =
+        image::build(config.mem_size, config.scenario, image, config.payload.as_ref(), config.vmentry_case.as_ref())?;
     let rom = rom::build(ram.entry)?;
     let dir = RunDir::create(config.keep_dir)?;
     let mut ram_images = Vec::new();

@@ -286,7 +286,20 @@ impl SoftVmx {
         if !launch && !launched {
             return self.vmfail(l1, &l1_regs, mem, Some(VmInstructionError::VmresumeNonLaunched));
         }
-        match entry_checks::check(&v, &self.caps, MAXPHYADDR) {
+        let link = v.read(Field64::VmcsLinkPointer.encoding());
+        let link_word = || {
+            let mut w = [0u8; 4];
+            mem.read(link, &mut w).ok().map(|()| u32::from_le_bytes(w))
+        };
+        let shadowing =
+            v.read(Field32::SecondaryProcBasedVmExecControl.encoding()) as u32 & controls::proc2::VMCS_SHADOWING != 0;
+        let checked = entry_checks::check(&v, &self.caps, MAXPHYADDR).and_then(|()| {
+            if link == u64::MAX {
+                return Ok(());
+            }
+            entry_checks::link_target(link, link_word(), self.caps.vmx_basic().revision_id(), shadowing, cur)
+        });
+        match checked {
             Ok(()) => {}
             Err(EntryFailure::Control { .. }) => {
                 return self.vmfail(l1, &l1_regs, mem, Some(VmInstructionError::EntryInvalidControls));
@@ -337,6 +350,25 @@ impl SoftVmx {
         let l2_sregs = transitions::guest_sregs(&v, &base_sregs, l1_sregs.efer);
         l2.vcpu.set_regs(&l2_regs)?;
         l2.vcpu.set_sregs(&l2_sregs)?;
+        // SDM 27.4: the VM-entry MSR-load area, after the guest state; a failing entry is a
+        // VM-entry failure (27.8) with reason 34 and the entry's number as qualification.
+        let msr_count = v.read(Field32::VmEntryMsrLoadCount.encoding()) as u32;
+        if msr_count > 0 {
+            if let Err((n, why)) =
+                super::msr_load::load(&l2.vcpu, mem, v.read(Field64::VmEntryMsrLoadAddr.encoding()), msr_count)
+            {
+                let reason = RawExitReason::vm_entry_failure(ExitReason::EntryFailureMsrLoading).map_or(0, |r| r.raw());
+                *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
+                tracing::debug!("VM-entry MSR load failed at entry {n}: {why}");
+                transitions::write_exit_info(
+                    &v,
+                    &ExitInfo { reason, qualification: u64::from(n), ..ExitInfo::default() },
+                );
+                self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
+                self.stamps.delivered(host_tsc());
+                return Ok(EntryOutcome::Resume);
+            }
+        }
         // L1's edits of L2's page tables since the last exit (l2vm::L2Vm::resync_tables), then
         // what KVM's own walk needs must be there before L2 runs (docs/kvm-exits.md rows 8, 9).
         if let Err(e) = l2.resync_tables().and_then(|_| l2.premap(&l2_sregs, l2_regs.rip, l2_regs.rsp)) {

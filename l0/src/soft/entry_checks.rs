@@ -513,7 +513,22 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
                 format!("the {count}-entry area at {addr:#x} ends at {last:#x}, beyond MAXPHYADDR {}", self.maxphyaddr),
             ));
         }
-        self.unsupported(count_field.name(), format!("{count} MSR-area entries: L0 loads and stores no MSR lists"));
+        // The entries of the VM-entry MSR-load area are checked and loaded after the guest
+        // state (SDM 27.4, `super::msr_load`); the VM-exit areas are not honoured.
+        if count_field != Field32::VmEntryMsrLoadCount {
+            self.unsupported(
+                count_field.name(),
+                format!("{count} MSR-area entries: L0 stores and loads no MSR lists at VM exit"),
+            );
+        } else if count > super::msr_load::MAX_ENTRIES {
+            self.unsupported(
+                count_field.name(),
+                format!(
+                    "{count} entries: L0 loads at most {} (IA32_VMX_MISC[27:25] recommends 512)",
+                    super::msr_load::MAX_ENTRIES
+                ),
+            );
+        }
         Ok(())
     }
 
@@ -1340,19 +1355,37 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
             if !within_phys(link, self.maxphyaddr) {
                 return Err(link_failure(field, format!("{link:#x} is beyond MAXPHYADDR {}", self.maxphyaddr)));
             }
-            // "The 4 bytes located in memory referenced by the value of the field (as a
-            // physical address) must satisfy the following: Bits 30:0 must contain the
-            // processor's VMCS revision identifier (see Section 25.2). Bit 31 must contain the
-            // setting of the 'VMCS shadowing' VM-execution control." "If the processor is not
-            // in SMM or the 'entry to SMM' VM-entry control is 1, the field must not contain
-            // the current VMCS pointer." These need memory and the current-VMCS pointer, which
-            // this function does not have: refused as unsupported (module doc).
-            self.unsupported(
-                field,
-                format!("VMCS link pointer {link:#x}: L0 does not verify or use a linked VMCS (no VMCS shadowing)"),
-            );
+            // The checks on the memory it references and on the current-VMCS pointer need
+            // L1's memory: `link_target`, right after these checks.
         }
         Ok(())
+    }
+}
+
+/// The rest of 27.3.1.5's VMCS-link-pointer checks, for a pointer that is not all ones and
+/// passed [`check`]: "The 4 bytes located in memory referenced by the value of the field (as
+/// a physical address) must satisfy the following: Bits 30:0 must contain the processor's
+/// VMCS revision identifier (see Section 25.2). Bit 31 must contain the setting of the 'VMCS
+/// shadowing' VM-execution control." and "If the processor is not in SMM or the 'entry to
+/// SMM' VM-entry control is 1, the field must not contain the current VMCS pointer."
+/// `word` is the 4 bytes (`None`: the address is outside L1's memory, which reads as no
+/// VMCS). A linked VMCS that passes is not used: L0 offers no VMCS shadowing to L1's guests.
+pub fn link_target(
+    link: u64,
+    word: Option<u32>,
+    revision: u32,
+    shadowing: bool,
+    current: u64,
+) -> Result<(), EntryFailure> {
+    let field = Field64::VmcsLinkPointer.name();
+    if link == current {
+        return Err(link_failure(field, format!("{link:#x} is the current VMCS")));
+    }
+    let want = revision & 0x7FFF_FFFF | u32::from(shadowing) << 31;
+    match word {
+        Some(w) if w == want => Ok(()),
+        Some(w) => Err(link_failure(field, format!("the VMCS at {link:#x} has revision word {w:#x}, not {want:#x}"))),
+        None => Err(link_failure(field, format!("{link:#x} is outside L1's memory"))),
     }
 }
 
@@ -1638,7 +1671,8 @@ mod tests {
         let m = baseline()
             .with(Field32::VmEntryMsrLoadCount.encoding(), 1)
             .with(Field64::VmEntryMsrLoadAddr.encoding(), 0x50_0000);
-        unsupported(&m, "vm_entry_msr_load_count");
+        assert_eq!(check(&m, &Caps::soft(), MAXPHYADDR), Ok(()), "entry MSR loads are honoured (msr_load)");
+        unsupported(&m.clone().with(Field32::VmEntryMsrLoadCount.encoding(), 513), "vm_entry_msr_load_count");
         let m = m.with(Field64::VmEntryMsrLoadAddr.encoding(), 0x50_0008);
         control_fails(&m, "vm_entry_msr_load_addr");
         let m = baseline()
@@ -1811,9 +1845,20 @@ mod tests {
         let link = |v: u64| baseline().with(Field64::VmcsLinkPointer.encoding(), v);
         guest_fails(&link(0x50_0010), "vmcs_link_pointer", entry_failure::INVALID_VMCS_LINK_POINTER);
         guest_fails(&link(1 << MAXPHYADDR), "vmcs_link_pointer", entry_failure::INVALID_VMCS_LINK_POINTER);
-        // Aligned and within MAXPHYADDR (0 included): valid as far as this function can see.
-        unsupported(&link(0), "vmcs_link_pointer");
-        unsupported(&link(0x50_0000), "vmcs_link_pointer");
+        // Aligned and within MAXPHYADDR (0 included): valid as far as `check` can see; the
+        // memory it points to is `link_target`'s.
+        assert_eq!(check(&link(0x50_0000), &Caps::soft(), MAXPHYADDR), Ok(()));
+        let rev = Caps::soft().vmx_basic().revision_id();
+        assert_eq!(link_target(0x50_0000, Some(rev), rev, false, 0x60_0000), Ok(()));
+        let q = |r: Result<(), EntryFailure>| match r {
+            Err(EntryFailure::GuestState { qualification, .. }) => qualification,
+            other => panic!("{other:?}"),
+        };
+        let bad = entry_failure::INVALID_VMCS_LINK_POINTER;
+        assert_eq!(q(link_target(0x50_0000, Some(rev ^ 1), rev, false, 0x60_0000)), bad, "wrong revision");
+        assert_eq!(q(link_target(0x50_0000, Some(rev), rev, true, 0x60_0000)), bad, "bit 31 must match shadowing");
+        assert_eq!(q(link_target(0x60_0000, Some(rev), rev, false, 0x60_0000)), bad, "the current VMCS");
+        assert_eq!(q(link_target(0x50_0000, None, rev, false, 0x60_0000)), bad, "outside memory");
     }
 
     #[test]
@@ -1846,9 +1891,9 @@ mod tests {
     #[test]
     fn an_architectural_failure_wins_over_an_earlier_unsupported_setting() {
         let m = baseline()
-            .with(Field32::VmEntryMsrLoadCount.encoding(), 1)
-            .with(Field64::VmEntryMsrLoadAddr.encoding(), 0x50_0000);
-        unsupported(&m, "vm_entry_msr_load_count");
+            .with(Field32::VmExitMsrLoadCount.encoding(), 1)
+            .with(Field64::VmExitMsrLoadAddr.encoding(), 0x50_0000);
+        unsupported(&m, "vm_exit_msr_load_count");
         let cr4 = m.get(FieldNatural::HostCr4.encoding()) & !CR4_PAE;
         host_fails(&m.clone().with(FieldNatural::HostCr4.encoding(), cr4), "host_cr4");
         guest_fails(&m.with(FieldNatural::GuestRflags.encoding(), 0), "guest_rflags", 0);

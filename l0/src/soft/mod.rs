@@ -7,6 +7,7 @@ pub mod ept_fault;
 pub mod io_decode;
 pub mod l2vm;
 pub mod msr;
+pub mod msr_load;
 pub mod timer;
 pub mod transitions;
 pub mod vmcs12;

@@ -1,0 +1,161 @@
+//! A VM-entry conformance case as L0 hands it to L1 ([`crate::boot::Scenario::Vmentry`]):
+//! VMCS writes on top of L1's valid baseline VMCS for a 64-bit L2 with EPT, optional
+//! VM-entry MSR-load entries, capabilities the case needs, and the VMX instructions to
+//! execute (docs/vmentry.md). L0 writes it at [`CASE_GPA`]; L1 checks the magic and every
+//! count before using it.
+
+/// Where L0 places the case in L1 memory (below L1's image, inside L0's low area).
+pub const CASE_GPA: u64 = 0x7000;
+/// "NBCASE01" as a little-endian u64.
+pub const CASE_MAGIC: u64 = u64::from_le_bytes(*b"NBCASE01");
+/// Most VMCS writes in a case.
+pub const MAX_WRITES: usize = 16;
+/// Most instructions in a case.
+pub const MAX_STEPS: usize = 4;
+/// Most VM-entry MSR-load entries.
+pub const MAX_MSR_LOADS: usize = 4;
+
+abi_enum! {
+    /// How a write changes the baseline value of its field.
+    pub enum WriteOp: u32 {
+        /// The field becomes `value`.
+        Set = 0,
+        /// The field's baseline value OR `value`.
+        Or = 1,
+        /// The field's baseline value AND NOT `value`.
+        AndNot = 2,
+    }
+}
+
+abi_enum! {
+    /// A VMX instruction of a case.
+    pub enum Step: u32 {
+        /// VMLAUNCH of the case's VMCS.
+        VmLaunch = 0,
+        /// VMRESUME of the case's VMCS.
+        VmResume = 1,
+        /// VMCLEAR of the case's VMCS.
+        VmClear = 2,
+        /// VMPTRLD of the case's VMCS (making it current again).
+        VmPtrLd = 3,
+        /// VMPTRLD of the case's VMCS address + 8 (not 4 KiB-aligned: VMfailValid 9).
+        VmPtrLdUnaligned = 4,
+        /// VMPTRLD of the VMXON region (VMfailValid 10).
+        VmPtrLdVmxon = 5,
+        /// VMPTRLD of a region whose revision identifier is not the processor's (VMfailValid 11).
+        VmPtrLdBadRevision = 6,
+    }
+}
+
+/// Capabilities a case may need ([`Case::needs`]); L1 checks them against the capability
+/// MSRs and reports [`crate::report::VerdictKind::Skipped`] with the missing bits.
+pub mod need {
+    /// "unrestricted guest" may be 1 (IA32_VMX_PROCBASED_CTLS2 bit 39).
+    pub const UNRESTRICTED_GUEST: u32 = 1 << 0;
+    /// "VMCS shadowing" may be 1 (bit 46).
+    pub const VMCS_SHADOWING: u32 = 1 << 1;
+    /// "activate VMX-preemption timer" may be 1 (IA32_VMX_PINBASED_CTLS bit 38).
+    pub const PREEMPTION_TIMER: u32 = 1 << 2;
+    /// Every bit this ABI defines.
+    pub const ALL: u32 = UNRESTRICTED_GUEST | VMCS_SHADOWING | PREEMPTION_TIMER;
+}
+
+/// One VMCS write.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaseWrite {
+    /// The field's encoding (SDM Appendix B).
+    pub encoding: u32,
+    /// A [`WriteOp`].
+    pub op: u32,
+    /// The operand.
+    pub value: u64,
+}
+const _: () = assert!(size_of::<CaseWrite>() == 16);
+
+/// One VM-entry MSR-load entry (SDM 25.8.2, Table 25-15: index, reserved, data).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MsrLoad {
+    /// The MSR index.
+    pub index: u32,
+    /// Reserved (the entry's bits 63:32), normally 0.
+    pub reserved: u32,
+    /// The value.
+    pub value: u64,
+}
+const _: () = assert!(size_of::<MsrLoad>() == 16);
+
+/// The case.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Case {
+    /// [`CASE_MAGIC`].
+    pub magic: u64,
+    /// Writes used, at most [`MAX_WRITES`].
+    pub n_writes: u32,
+    /// Steps used, 1 to [`MAX_STEPS`].
+    pub n_steps: u32,
+    /// MSR-load entries used, at most [`MAX_MSR_LOADS`]; when non-zero L1 puts them on a page
+    /// of its own and sets the VM-entry MSR-load count and address before the writes.
+    pub n_msr_loads: u32,
+    /// [`need`] bits.
+    pub needs: u32,
+    /// The writes, applied in order after the baseline.
+    pub writes: [CaseWrite; MAX_WRITES],
+    /// The instructions ([`Step`] values), executed in order until one fails or the last one
+    /// has its verdict.
+    pub steps: [u32; MAX_STEPS],
+    /// The MSR-load entries.
+    pub msr_loads: [MsrLoad; MAX_MSR_LOADS],
+}
+const _: () = assert!(size_of::<Case>() == 24 + 16 * MAX_WRITES + 4 * MAX_STEPS + 16 * MAX_MSR_LOADS);
+const _: () = assert!(CASE_GPA + size_of::<Case>() as u64 <= 0x8000, "inside L0's low area");
+impl crate::Pod for Case {}
+
+impl Case {
+    /// Whether the counts are in range and every step and op is defined (L1 checks this
+    /// before using the case; L0 builds only such cases).
+    #[must_use]
+    pub fn well_formed(&self) -> bool {
+        self.magic == CASE_MAGIC
+            && self.n_writes as usize <= MAX_WRITES
+            && (1..=MAX_STEPS).contains(&(self.n_steps as usize))
+            && self.n_msr_loads as usize <= MAX_MSR_LOADS
+            && self.needs & !need::ALL == 0
+            && self.steps[..self.n_steps as usize].iter().all(|s| Step::from_raw(*s).is_some())
+            && self.writes[..self.n_writes as usize].iter().all(|w| WriteOp::from_raw(w.op).is_some())
+    }
+}
+
+/// Apply `op` with `value` to the baseline value `base`.
+#[must_use]
+pub const fn apply(op: WriteOp, base: u64, value: u64) -> u64 {
+    match op {
+        WriteOp::Set => value,
+        WriteOp::Or => base | value,
+        WriteOp::AndNot => base & !value,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ops_and_well_formedness() {
+        assert_eq!(apply(WriteOp::Set, 0xF0, 3), 3);
+        assert_eq!(apply(WriteOp::Or, 0xF0, 3), 0xF3);
+        assert_eq!(apply(WriteOp::AndNot, 0xF3, 3), 0xF0);
+        let mut c = Case { magic: CASE_MAGIC, n_steps: 1, ..Case::default() };
+        assert!(c.well_formed());
+        c.steps[0] = 99;
+        assert!(!c.well_formed());
+        c.steps[0] = 0;
+        c.n_steps = 0;
+        assert!(!c.well_formed(), "at least one instruction");
+        c.n_steps = 1;
+        c.n_writes = 17;
+        assert!(!c.well_formed());
+    }
+}

@@ -1,0 +1,182 @@
+//! VM-entry conformance cases (`nestbench vmentry`, docs/vmentry.md): L1's valid baseline
+//! VMCS for a 64-bit L2 with EPT (the must-fail scenarios' set-up), the case's writes on top
+//! of it in order, then its VMX instructions; the verdict is what the CPU (or L0) gave.
+//! Each case runs in its own boot, so a case that hangs or kills the guest cannot touch the
+//! next one.
+
+use nestbench_abi::boot::Scenario;
+use nestbench_abi::controls::{pin, proc2};
+use nestbench_abi::payload::L2_IMAGE_BASE;
+use nestbench_abi::report::{Verdict, VerdictKind};
+use nestbench_abi::vmcs::{self, Field32, Field64};
+use nestbench_abi::vmentry::{CASE_GPA, Case, Step, WriteOp, apply, need};
+
+use crate::ept_builder::FrameMemory;
+use crate::exits::{HW, Mode, SOFT};
+use crate::global::Global;
+use crate::l2::L1Frames;
+use crate::runner::{self, HostTables, RunError};
+use crate::scenarios::{STATE, TINY_L2, enter_and_judge, send, verdict_of};
+use crate::vmx::caps::VmxCaps;
+use crate::vmx::entry::{self, GuestRegs};
+use crate::vmx::{BackendKind, Vmcs, VmxBackend};
+
+/// What the steps need after the set-up.
+struct Steps {
+    case: Case,
+    next: usize,
+    vmcs: u64,
+    vmxon: u64,
+    bad_revision: u64,
+}
+
+static STEPS: Global<Option<Steps>> = Global::new(None);
+
+/// The [`need`] bits `caps` lacks.
+#[must_use]
+pub fn missing_needs(needs: u32, caps: &VmxCaps) -> u32 {
+    let has = |bit: u32, ok: bool| if needs & bit != 0 && !ok { bit } else { 0 };
+    has(need::UNRESTRICTED_GUEST, caps.proc2.may_be_one & proc2::UNRESTRICTED_GUEST != 0)
+        | has(need::VMCS_SHADOWING, caps.proc2.may_be_one & proc2::VMCS_SHADOWING != 0)
+        | has(need::PREEMPTION_TIMER, caps.pin.may_be_one & pin::PREEMPTION_TIMER != 0)
+}
+
+/// Run the case L0 placed at [`CASE_GPA`] (or, `baseline_only`, print the baseline VMCS).
+/// Never returns.
+pub fn run(host: HostTables, baseline_only: bool) -> ! {
+    let kind = runner::detect();
+    entry::set_soft(kind == BackendKind::Soft);
+    *STATE.get() = (Scenario::Vmentry, false);
+    let e = match kind {
+        BackendKind::Soft => run_on(SOFT.get(), kind, host, baseline_only),
+        BackendKind::Hardware => run_on(HW.get(), kind, host, baseline_only),
+    };
+    runner::fail(e)
+}
+
+fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baseline_only: bool) -> RunError {
+    // SAFETY: CASE_GPA is identity-mapped L1 memory that L0 wrote before the boot; the read
+    // copies plain integers, and the case is checked before use.
+    let case = unsafe { core::ptr::read_volatile(CASE_GPA as *const Case) };
+    if !baseline_only && !case.well_formed() {
+        return RunError::Refused("the VM-entry case at CASE_GPA is malformed (magic, counts, steps or ops)");
+    }
+    let mut mem = L1Frames::new();
+    let ready = match runner::enter_vmx(b, kind, &mut mem) {
+        Ok(r) => r,
+        Err(e) => return e,
+    };
+    let mut page = [0u8; 4096];
+    page[..TINY_L2.len()].copy_from_slice(&TINY_L2);
+    let (_, space, writes) = match runner::prepare(&ready.caps, &mut mem, &page, L2_IMAGE_BASE, 0, host) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if let Err((w, e)) = writes.apply(b) {
+        return RunError::VmcsWrite(w, e);
+    }
+    if baseline_only {
+        for f in vmcs::ALL {
+            match b.vmread(f.encoding) {
+                Ok(v) => crate::println!("vmcs {:#06x} {v:#x} {}", f.encoding, f.name),
+                Err(e) => crate::println!("vmcs {:#06x} unreadable {} ({e})", f.encoding, f.name),
+            }
+        }
+        crate::hypercall::exit(0);
+    }
+    let missing = missing_needs(case.needs, &ready.caps);
+    if missing != 0 {
+        send(Verdict { kind: VerdictKind::Skipped as u32, error: missing, ..Verdict::default() });
+    }
+    let out = || RunError::Setup(crate::l2::SetupError::OutOfFrames);
+    if case.n_msr_loads > 0 {
+        // SDM 25.8.2: the VM-entry MSR-load area, 16 bytes per entry.
+        let Some(area) = mem.alloc_zeroed_page() else { return out() };
+        for (i, m) in case.msr_loads[..case.n_msr_loads as usize].iter().enumerate() {
+            let at = area + 16 * i as u64;
+            mem.write_u64(at, u64::from(m.index) | u64::from(m.reserved) << 32);
+            mem.write_u64(at + 8, m.value);
+        }
+        let set = b
+            .write32(Field32::VmEntryMsrLoadCount, case.n_msr_loads)
+            .and_then(|()| b.write64(Field64::VmEntryMsrLoadAddr, area));
+        if let Err(e) = set {
+            verdict_of(Err(e));
+        }
+    }
+    for w in &case.writes[..case.n_writes as usize] {
+        let op = WriteOp::from_raw(w.op).expect("checked by well_formed");
+        let base = b.vmread(w.encoding).unwrap_or(0);
+        if let Err(e) = b.vmwrite(w.encoding, apply(op, base, w.value)) {
+            crate::println!("l1: VMWRITE of field {:#x} failed: {e}", w.encoding);
+            verdict_of(Err(e));
+        }
+    }
+    // A region with the wrong revision identifier, for VmPtrLdBadRevision (SDM 31.3 VMPTRLD).
+    let Some(bad_revision) = mem.alloc_zeroed_page() else { return out() };
+    mem.write_u64(bad_revision, u64::from(ready.caps.basic.revision_id() ^ 1));
+    runner::arm_exits(Mode::Scenario, &space, b.accesses(), false);
+    *STEPS.get() = Some(Steps { case, next: 0, vmcs: ready.vmcs, vmxon: ready.vmxon, bad_revision });
+    next_step(b, &GuestRegs::default())
+}
+
+/// Execute the remaining steps; the last one's result (or the first failure) is the verdict.
+fn next_step<B: VmxBackend>(b: &mut B, regs: &GuestRegs) -> ! {
+    let s = STEPS.get().as_mut().expect("set before the first step");
+    loop {
+        let i = s.next;
+        s.next += 1;
+        let last = s.next >= s.case.n_steps as usize;
+        let step = Step::from_raw(s.case.steps[i]).expect("checked by well_formed");
+        let r = match step {
+            Step::VmLaunch => enter_and_judge(b, regs, false),
+            Step::VmResume => enter_and_judge(b, regs, true),
+            Step::VmClear => b.vmclear(s.vmcs),
+            Step::VmPtrLd => b.vmptrld(s.vmcs),
+            Step::VmPtrLdUnaligned => b.vmptrld(s.vmcs + 8),
+            Step::VmPtrLdVmxon => b.vmptrld(s.vmxon),
+            Step::VmPtrLdBadRevision => b.vmptrld(s.bad_revision),
+        };
+        if r.is_err() || last {
+            verdict_of(r);
+        }
+    }
+}
+
+/// A VM exit while a case runs: an entry failure ends the case; after a successful entry
+/// the next step runs, or the first exit's reason is the verdict.
+pub fn on_exit<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, reason: u32) -> ! {
+    if reason & 1 << 31 != 0 {
+        let q = b.read_nat(nestbench_abi::vmcs::FieldNatural::ExitQualification).unwrap_or(u64::MAX);
+        send(Verdict {
+            kind: VerdictKind::EntryFailure as u32,
+            exit_reason: reason,
+            qualification: q,
+            ..Verdict::default()
+        })
+    }
+    let more = STEPS.get().as_ref().is_some_and(|s| s.next < s.case.n_steps as usize);
+    if more {
+        next_step(b, regs);
+    }
+    send(Verdict { kind: VerdictKind::Entered as u32, exit_reason: reason, ..Verdict::default() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::vmx::caps::fixtures;
+
+    #[test]
+    fn needs_are_checked_against_the_capability_msrs() {
+        let caps = VmxCaps::read(fixtures::kvm_nested_skylake);
+        assert_eq!(missing_needs(need::ALL, &caps) & need::PREEMPTION_TIMER, 0);
+        let mut none = caps;
+        none.proc2.may_be_one = 0;
+        assert_eq!(
+            missing_needs(need::UNRESTRICTED_GUEST | need::VMCS_SHADOWING, &none),
+            need::UNRESTRICTED_GUEST | need::VMCS_SHADOWING
+        );
+        assert_eq!(missing_needs(0, &none), 0);
+    }
+}

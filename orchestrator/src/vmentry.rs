@@ -1,0 +1,268 @@
+//! `nestbench vmentry`: run VM-entry conformance cases (docs/vmentry.md) on one engine, one
+//! `nestbench-l0` child per case (a case that hangs or kills the guest costs only itself),
+//! and report each verdict as the engine gave it; with `--compare`, per-case agreement
+//! between two engines.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::l0_child::{self, ChildRun, Interruption};
+
+/// What one case produced on one engine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Outcome {
+    /// `entered`, `fail_invalid`, `fail_valid`, `entry_failure`, `succeeded`, `skipped`, or
+    /// what went wrong: `engine_unsupported`, `hung`, `guest_crashed`, `malformed_case`,
+    /// `l0_error`.
+    pub kind: String,
+    /// VM-instruction error (fail_valid), or the missing need bits (skipped).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<u64>,
+    /// Exit reason (entered, entry_failure), bit 31 included.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exit_reason: Option<u64>,
+    /// Exit qualification (entry_failure).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub qualification: Option<u64>,
+    /// Why, for the kinds that are not verdicts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl Outcome {
+    fn other(kind: &str, detail: String) -> Self {
+        Self { kind: kind.into(), error: None, exit_reason: None, qualification: None, detail: Some(detail) }
+    }
+
+    /// Whether it is an architectural verdict (as opposed to a failure to get one).
+    #[must_use]
+    pub fn is_verdict(&self) -> bool {
+        ["entered", "fail_invalid", "fail_valid", "entry_failure", "succeeded", "skipped"].contains(&self.kind.as_str())
+    }
+
+    /// One line: `fail_valid(7)`, `entry_failure(0x80000021, q=0x0)`, `entered(30)`.
+    #[must_use]
+    pub fn short(&self) -> String {
+        match self.kind.as_str() {
+            "fail_valid" => format!("fail_valid({})", self.error.unwrap_or(0)),
+            "skipped" => format!("skipped (needs {:#x})", self.error.unwrap_or(0)),
+            "entry_failure" => {
+                format!("entry_failure({:#x}, q={:#x})", self.exit_reason.unwrap_or(0), self.qualification.unwrap_or(0))
+            }
+            "entered" => format!("entered({})", self.exit_reason.unwrap_or(0) & 0xFFFF),
+            k if self.is_verdict() => k.to_owned(),
+            k => format!("{k}: {}", self.detail.as_deref().unwrap_or("")),
+        }
+    }
+}
+
+/// Turn a finished child into an outcome.
+#[must_use]
+pub fn classify(child: &ChildRun) -> Outcome {
+    if let Some(v) = child.event("verdict") {
+        return Outcome {
+            kind: v["kind"].as_str().unwrap_or("invalid").into(),
+            error: v["error"].as_u64(),
+            exit_reason: v["exit_reason"].as_u64(),
+            qualification: v["qualification"].as_u64(),
+            detail: None,
+        };
+    }
+    if child.interrupted == Some(Interruption::Timeout) {
+        return Outcome::other("hung", "no verdict before the deadline; nestbench-l0 was killed".into());
+    }
+    if let Some(e) = child.event("error") {
+        let m = e["message"].as_str().unwrap_or("").to_owned();
+        let kind = if m.contains("not a VM-entry case") || m.contains("writes[") || m.contains("steps") {
+            "malformed_case"
+        } else {
+            "l0_error"
+        };
+        return Outcome::other(kind, m);
+    }
+    let outcome = child.event("end").map(|e| e["report"]["outcome"].clone()).unwrap_or(Value::Null);
+    match outcome["kind"].as_str() {
+        Some("engine_unsupported") => Outcome::other(
+            "engine_unsupported",
+            format!("{}: {}", outcome["what"].as_str().unwrap_or("?"), outcome["why"].as_str().unwrap_or("")),
+        ),
+        Some("timeout") => Outcome::other("hung", crate::boot::describe_outcome(&outcome)),
+        Some(_) => Outcome::other("guest_crashed", crate::boot::describe_outcome(&outcome)),
+        None => Outcome::other(
+            "guest_crashed",
+            format!("nestbench-l0 ended without a verdict (exit code {:?})", child.exit_code),
+        ),
+    }
+}
+
+/// The Bochs log lines that name the failing check (`VMENTER FAIL: ...`, `VMFAIL: ...`).
+#[must_use]
+pub fn bochs_checks(child: &ChildRun) -> Vec<String> {
+    let lines = child.event("end").map(|e| e["report"]["bochs"]["log_lines"].clone()).unwrap_or(Value::Null);
+    lines
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .filter(|l| l.contains("VMENTER FAIL") || l.contains("VMFAIL") || l.contains("VMEXIT: "))
+                .map(|l| l.split_once("] ").map_or(l, |(_, t)| t).to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// One case's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    /// The file.
+    pub file: String,
+    /// Its name, family and SDM reference (when it parsed).
+    pub name: Option<String>,
+    /// Its check family.
+    pub family: Option<String>,
+    /// Its SDM reference.
+    pub sdm: Option<String>,
+    /// What the engine did.
+    pub outcome: Outcome,
+    /// What the case says the SDM expects, if it says.
+    pub expect: Option<Value>,
+    /// On Bochs: the log lines naming the failing check.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bochs_checks: Vec<String>,
+}
+
+/// The case files of `dir`, sorted.
+pub fn case_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// How to run the children.
+#[derive(Clone, Debug)]
+pub struct CaseRunner {
+    /// nestbench-l0.
+    pub l0: PathBuf,
+    /// `soft`, `bochs`, `kvm`.
+    pub engine: String,
+    /// Bochs' CPU model.
+    pub cpu_model: String,
+    /// The guest's budget per case.
+    pub timeout_ms: u64,
+}
+
+impl CaseRunner {
+    fn args(&self, extra: &[String]) -> Vec<String> {
+        let mut a = vec!["vmentry".to_owned(), "--engine".into(), self.engine.clone()];
+        a.extend(["--timeout-ms".into(), self.timeout_ms.to_string(), "--cpu-model".into(), self.cpu_model.clone()]);
+        a.extend_from_slice(extra);
+        a
+    }
+
+    fn deadline(&self) -> Duration {
+        Duration::from_millis(self.timeout_ms) + Duration::from_secs(10)
+    }
+
+    /// Run one case file.
+    pub async fn run(&self, file: &Path) -> CaseResult {
+        let shown = file.display().to_string();
+        let doc = std::fs::read_to_string(file)
+            .map_err(|e| format!("{shown}: {e}"))
+            .and_then(|t| l0::vmentry::parse(&shown, &t).map_err(|e| e.to_string()));
+        let mut r = CaseResult {
+            file: shown.clone(),
+            name: None,
+            family: None,
+            sdm: None,
+            outcome: Outcome::other("malformed_case", String::new()),
+            expect: None,
+            bochs_checks: Vec::new(),
+        };
+        let doc = match doc {
+            Ok(d) => d,
+            Err(e) => {
+                r.outcome = Outcome::other("malformed_case", e);
+                return r;
+            }
+        };
+        r.name = Some(doc.name.clone());
+        r.family = Some(doc.family.clone());
+        r.sdm = Some(doc.sdm.clone());
+        r.expect = doc.expect.as_ref().and_then(|e| serde_json::to_value(e).ok());
+        match l0_child::run_l0(&self.l0, &self.args(&["--case".into(), shown]), self.deadline(), |_| {}).await {
+            Ok(child) => {
+                r.outcome = classify(&child);
+                r.bochs_checks = bochs_checks(&child);
+            }
+            Err(e) => r.outcome = Outcome::other("l0_error", e.to_string()),
+        }
+        r
+    }
+
+    /// The baseline VMCS as (encoding, value or why not, name).
+    pub async fn baseline(&self) -> Result<Vec<(String, String, String)>, String> {
+        let child = l0_child::run_l0(&self.l0, &self.args(&["--baseline".into()]), self.deadline(), |_| {})
+            .await
+            .map_err(|e| e.to_string())?;
+        let rows: Vec<(String, String, String)> = child
+            .events
+            .iter()
+            .filter(|e| e["event"] == "console")
+            .filter_map(|e| {
+                let t = e["text"].as_str()?.strip_prefix("vmcs ")?;
+                let mut it = t.splitn(3, ' ');
+                Some((it.next()?.to_owned(), it.next()?.to_owned(), it.next().unwrap_or("").to_owned()))
+            })
+            .collect();
+        if rows.is_empty() {
+            return Err(format!("no baseline from the {} engine: {}", self.engine, classify(&child).short()));
+        }
+        Ok(rows)
+    }
+}
+
+/// Verdict counts per kind.
+#[must_use]
+pub fn counts(results: &[CaseResult]) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for r in results {
+        *m.entry(r.outcome.kind.clone()).or_insert(0) += 1;
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn child(events: Vec<Value>, interrupted: Option<Interruption>) -> ChildRun {
+        ChildRun { events, interrupted, ..ChildRun::default() }
+    }
+
+    #[test]
+    fn outcomes_from_what_the_child_said() {
+        let v = classify(&child(vec![serde_json::json!({"event": "verdict", "kind": "fail_valid", "error": 7})], None));
+        assert_eq!(v.short(), "fail_valid(7)");
+        let v = classify(&child(
+            vec![
+                serde_json::json!({"event": "verdict", "kind": "entry_failure", "exit_reason": 0x8000_0021u64, "qualification": 4}),
+            ],
+            None,
+        ));
+        assert_eq!(v.short(), "entry_failure(0x80000021, q=0x4)");
+        assert_eq!(classify(&child(vec![], Some(Interruption::Timeout))).kind, "hung");
+        let unsupported = serde_json::json!({"event": "end", "report": {"outcome": {"kind": "engine_unsupported", "what": "vm_entry_msr_load_count", "why": "no"}}});
+        let u = classify(&child(vec![unsupported], None));
+        assert_eq!((u.kind.as_str(), u.detail.as_deref()), ("engine_unsupported", Some("vm_entry_msr_load_count: no")));
+        let crash = serde_json::json!({"event": "end", "report": {"outcome": {"kind": "triple_fault"}}});
+        assert_eq!(classify(&child(vec![crash], None)).kind, "guest_crashed");
+    }
+}
