@@ -21,17 +21,18 @@
 //!   L2 without exiting to userspace);
 //! * a non-zero exception bitmap, or a page-fault error-code mask/match that makes some #PF
 //!   exit (KVM does not surface L2's exceptions to L0);
-//! * a non-zero VM-exit MSR-store, VM-exit MSR-load or VM-entry MSR-load count, once its
-//!   address passes the 27.2.1 checks;
+//! * a non-zero VM-exit MSR-store or VM-exit MSR-load count, once its address passes the
+//!   27.2.1 checks, and more than 512 VM-entry MSR-load entries (fewer are checked and
+//!   loaded, SDM 27.4: `super::msr_load`);
 //! * event injection (a valid VM-entry interruption-information field), once the field passes
 //!   the 27.2.1.3 checks;
 //! * a guest that is not IA-32e mode ("IA-32e mode guest" = 0);
 //! * a non-zero IA32_DEBUGCTL with "load debug controls" (LBR/BTF are not loaded into VM2);
 //! * a non-zero pending-debug-exceptions field (no way to make VM2 deliver them);
-//! * a VMCS link pointer other than FFFFFFFF_FFFFFFFFH that passes the alignment and width
-//!   checks: the remaining checks need the memory it points to (revision identifier, shadow
-//!   bit) and the current-VMCS pointer, which this pure function does not have, and without
-//!   VMCS shadowing the pointer is of no use to L1.
+//!
+//! A VMCS link pointer other than FFFFFFFF_FFFFFFFFH gets the alignment and width checks
+//! here and the checks on the memory it references and the current-VMCS pointer in
+//! [`link_target`]; a valid one is accepted and unused (no VMCS shadowing for L1's guests).
 //!
 //! Activity states other than active are *not* in that list: IA32_VMX_MISC advertises none,
 //! so the SDM makes them invalid (guest-state failure), not unsupported.
