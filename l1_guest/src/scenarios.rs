@@ -66,15 +66,24 @@ pub fn run(scenario: Scenario, host: HostTables) -> ! {
     runner::fail(e)
 }
 
-fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, scenario: Scenario, host: HostTables) -> RunError {
-    let mut mem = L1Frames::new();
-    let ready = match runner::enter_vmx(b, kind, &mut mem) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
+/// The valid baseline the scenarios and the VM-entry cases perturb: VMX operation, a
+/// current VMCS, and the VMCS writes for [`TINY_L2`] at CPL 0 (not applied yet).
+pub(crate) fn baseline<B: VmxBackend>(
+    b: &mut B,
+    kind: BackendKind,
+    host: HostTables,
+    mem: &mut L1Frames,
+) -> Result<(runner::Ready, crate::l2::L2Space, crate::vmx::setup::Writes), RunError> {
+    let ready = runner::enter_vmx(b, kind, mem)?;
     let mut page = [0u8; 4096];
     page[..TINY_L2.len()].copy_from_slice(&TINY_L2);
-    let (_, space, mut writes) = match runner::prepare(&ready.caps, &mut mem, &page, L2_IMAGE_BASE, 0, host) {
+    let (_, space, writes) = runner::prepare(&ready.caps, mem, &page, L2_IMAGE_BASE, 0, host)?;
+    Ok((ready, space, writes))
+}
+
+fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, scenario: Scenario, host: HostTables) -> RunError {
+    let mut mem = L1Frames::new();
+    let (ready, space, mut writes) = match baseline(b, kind, host, &mut mem) {
         Ok(p) => p,
         Err(e) => return e,
     };

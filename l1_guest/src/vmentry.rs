@@ -6,7 +6,6 @@
 
 use nestbench_abi::boot::Scenario;
 use nestbench_abi::controls::{pin, proc2};
-use nestbench_abi::payload::L2_IMAGE_BASE;
 use nestbench_abi::report::{Verdict, VerdictKind};
 use nestbench_abi::vmcs::{self, Field32, Field64};
 use nestbench_abi::vmentry::{CASE_GPA, Case, Step, WriteOp, apply, need};
@@ -16,7 +15,7 @@ use crate::exits::{HW, Mode, SOFT};
 use crate::global::Global;
 use crate::l2::L1Frames;
 use crate::runner::{self, HostTables, RunError};
-use crate::scenarios::{STATE, TINY_L2, enter_and_judge, send, verdict_of};
+use crate::scenarios::{STATE, enter_and_judge, send, verdict_of};
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::entry::{self, GuestRegs};
 use crate::vmx::{BackendKind, Vmcs, VmxBackend};
@@ -62,13 +61,7 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baselin
         return RunError::Refused("the VM-entry case at CASE_GPA is malformed (magic, counts, steps or ops)");
     }
     let mut mem = L1Frames::new();
-    let ready = match runner::enter_vmx(b, kind, &mut mem) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let mut page = [0u8; 4096];
-    page[..TINY_L2.len()].copy_from_slice(&TINY_L2);
-    let (_, space, writes) = match runner::prepare(&ready.caps, &mut mem, &page, L2_IMAGE_BASE, 0, host) {
+    let (ready, space, writes) = match crate::scenarios::baseline(b, kind, host, &mut mem) {
         Ok(p) => p,
         Err(e) => return e,
     };

@@ -133,7 +133,7 @@ fn a_killed_l0_child_leaves_a_complete_file_marked_partial() {
     let dir = scratch("killed");
     let file = dir.join("storm.jsonl");
     let partial = dir.join("storm.jsonl.partial");
-    let mut orch = Command::new(env!("CARGO_BIN_EXE_nestbench"))
+    let orch = Command::new(env!("CARGO_BIN_EXE_nestbench"))
         .args(["run", "--payload", "outl", "--iterations", "10000000", "--trace", file.to_str().unwrap(), "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
