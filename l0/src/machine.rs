@@ -602,7 +602,13 @@ impl VcpuThread {
         if let Err(e) = tracer.drain(&self.mem, &mut soft.stamps, at_end) {
             let _ = self.tx.send(Event::TraceError { message: e.to_string() });
         }
-        if let Some(batch) = tracer.take_batch(at_end) {
+        let l0 = crate::trace::L0Counters {
+            l1_vm_kvm_exits: self.exits.values().sum(),
+            l2_vm_kvm_exits: soft.stats.l2_kvm_exits,
+            l0_only_exits: soft.stats.l0_only_exits,
+            reflected_exits: soft.stats.reflected_total,
+        };
+        if let Some(batch) = tracer.take_batch(at_end, l0) {
             let _ = self.tx.send(Event::Trace(batch));
         }
     }

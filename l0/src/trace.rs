@@ -201,6 +201,22 @@ pub struct TraceBatch {
     pub records: Vec<TraceRecord>,
     /// L1's drop count so far.
     pub dropped_total: u64,
+    /// L0's own level when the batch was cut, cumulative since the run began.
+    pub l0: L0Counters,
+}
+
+/// L0's counters carried by every batch (cumulative), so a consumer sees exit rates per
+/// level as the run goes: KVM exits of L1's VM and of VM2, L0-only exits, reflected exits.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct L0Counters {
+    /// KVM_RUN returns of L1's VM.
+    pub l1_vm_kvm_exits: u64,
+    /// KVM_RUN returns of VM2 (L2).
+    pub l2_vm_kvm_exits: u64,
+    /// L2 exits L0 handled alone.
+    pub l0_only_exits: u64,
+    /// L2 exits reflected to L1.
+    pub reflected_exits: u64,
 }
 
 impl TraceBatch {
@@ -221,17 +237,18 @@ impl TraceBatch {
     }
 }
 
-/// On the stream: `{"event": "trace", "first_seq", "count", "dropped_total", "records"}`
+/// On the stream: `{"event": "trace", "first_seq", "count", "dropped_total", "l0", "records"}`
 /// with `records` the records' bytes in standard base64 (docs/event-stream.md "Traces"):
 /// JSON framing for one line per batch, binary records inside it.
 impl Serialize for TraceBatch {
     fn serialize<S: serde::Serializer>(&self, ser: S) -> Result<S::Ok, S::Error> {
         use base64::Engine as _;
         use serde::ser::SerializeStruct;
-        let mut st = ser.serialize_struct("TraceBatch", 4)?;
+        let mut st = ser.serialize_struct("TraceBatch", 5)?;
         st.serialize_field("first_seq", &self.records.first().map_or(0, |r| r.seq))?;
         st.serialize_field("count", &self.records.len())?;
         st.serialize_field("dropped_total", &self.dropped_total)?;
+        st.serialize_field("l0", &self.l0)?;
         st.serialize_field("records", &base64::engine::general_purpose::STANDARD.encode(self.to_bytes()))?;
         st.end()
     }
@@ -376,15 +393,15 @@ impl Tracer {
     }
 
     /// The pending records as a batch, if there are enough, or they waited long enough, or
-    /// `force` (the end of the run).
-    pub fn take_batch(&mut self, force: bool) -> Option<TraceBatch> {
+    /// `force` (the end of the run), with L0's counters as they are now.
+    pub fn take_batch(&mut self, force: bool, l0: L0Counters) -> Option<TraceBatch> {
         let due = self.batch.len() >= BATCH_RECORDS || self.last_flush.elapsed() >= BATCH_INTERVAL;
         if self.batch.is_empty() || !(due || force) {
             return None;
         }
         self.last_flush = Instant::now();
         self.stats.batches += 1;
-        Some(TraceBatch { records: std::mem::take(&mut self.batch), dropped_total: self.stats.dropped })
+        Some(TraceBatch { records: std::mem::take(&mut self.batch), dropped_total: self.stats.dropped, l0 })
     }
 }
 
@@ -450,7 +467,7 @@ mod tests {
         use base64::Engine as _;
         let records: Vec<TraceRecord> =
             (1..=3).map(|seq| TraceRecord { seq, reason: 30, ..TraceRecord::default() }).collect();
-        let b = TraceBatch { records: records.clone(), dropped_total: 7 };
+        let b = TraceBatch { records: records.clone(), dropped_total: 7, l0: L0Counters::default() };
         let v = serde_json::to_value(crate::events::Event::Trace(b)).unwrap();
         assert_eq!(
             (v["event"].as_str(), v["first_seq"].as_u64(), v["count"].as_u64()),
@@ -497,7 +514,7 @@ mod tests {
         t.drain(&mem, &mut s, false).unwrap();
         // Record 2 waits for its resume.
         assert_eq!(t.stats.records, 1);
-        let b = t.take_batch(true).unwrap();
+        let b = t.take_batch(true, L0Counters::default()).unwrap();
         assert_eq!(b.records.len(), 1);
         let r = b.records[0];
         assert_eq!(
@@ -505,7 +522,7 @@ mod tests {
             (1, 100, 200, 3, 0, 150)
         );
         t.drain(&mem, &mut s, true).unwrap();
-        let r = t.take_batch(true).unwrap().records[0];
+        let r = t.take_batch(true, L0Counters::default()).unwrap().records[0];
         assert_eq!((r.seq, r.exit_tsc, r.entry_tsc, r.l0_only_exits), (2, 300, 0, 1));
         assert_eq!(mem.read_u64(RING + offset::TAIL).unwrap(), 2);
     }

@@ -38,7 +38,14 @@ fn stream(records: u64) -> String {
             })
             .collect();
         seq += n;
-        out.push_str(&serde_json::to_string(&Event::Trace(TraceBatch { records: batch, dropped_total: 0 })).unwrap());
+        out.push_str(
+            &serde_json::to_string(&Event::Trace(TraceBatch {
+                records: batch,
+                dropped_total: 0,
+                l0: Default::default(),
+            }))
+            .unwrap(),
+        );
         out.push('\n');
     }
     out

@@ -22,8 +22,24 @@ pub const LINE_PREFIX: &str = r#"{"event":"trace","#;
 pub struct Batch {
     /// L1's drop count when it was drained.
     pub dropped_total: u64,
+    /// L0's cumulative counters when it was cut.
+    pub l0: L0Counters,
     /// The records.
     pub records: Vec<TraceRecord>,
+}
+
+/// L0's level, cumulative since the run began (`l0` of a batch line).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct L0Counters {
+    /// KVM exits of L1's VM.
+    pub l1_vm_kvm_exits: u64,
+    /// KVM exits of L2's VM.
+    pub l2_vm_kvm_exits: u64,
+    /// L2 exits L0 handled alone.
+    pub l0_only_exits: u64,
+    /// L2 exits reflected to L1.
+    pub reflected_exits: u64,
 }
 
 /// A trace line that does not decode.
@@ -49,6 +65,8 @@ pub enum DecodeError {
 struct Line<'a> {
     count: usize,
     dropped_total: u64,
+    #[serde(default)]
+    l0: L0Counters,
     #[serde(borrow)]
     records: &'a str,
 }
@@ -63,7 +81,7 @@ pub fn decode_line(line: &str) -> Result<Batch, DecodeError> {
         return Err(DecodeError::Length { count: l.count, bytes: bytes.len() });
     }
     let records = bytes.chunks_exact(size).map(|c| TraceRecord::from_bytes(c).expect("record-sized chunk")).collect();
-    Ok(Batch { dropped_total: l.dropped_total, records })
+    Ok(Batch { dropped_total: l.dropped_total, l0: l.l0, records })
 }
 
 /// The SDM name of a (full) exit reason, or its number.
@@ -117,6 +135,8 @@ pub struct Aggregate {
     pub by_reason: BTreeMap<u32, ReasonFigures>,
     /// Exits per [`RATE_BUCKET_MS`] bucket since the first record (needs `tsc_khz`).
     pub rate: Vec<u64>,
+    /// L0's counters from the latest batch.
+    pub l0: L0Counters,
 }
 
 /// The most rate buckets kept (an hour at 100 ms).
@@ -126,6 +146,7 @@ impl Aggregate {
     /// Add a batch.
     pub fn add(&mut self, b: &Batch) {
         self.dropped = self.dropped.max(b.dropped_total);
+        self.l0 = b.l0;
         for r in &b.records {
             if r.seq <= self.last_seq {
                 self.out_of_order += 1;
@@ -190,6 +211,7 @@ impl Aggregate {
             "out_of_order": self.out_of_order,
             "tsc_khz": self.tsc_khz,
             "by_reason": reasons,
+            "l0": self.l0,
             "rate_bucket_ms": RATE_BUCKET_MS,
             "exits_per_bucket": self.rate,
         })
@@ -285,10 +307,14 @@ mod tests {
     #[test]
     fn lines_from_l0_decode_to_the_same_records() {
         let records = vec![rec(1, 30, 100), rec(2, 12, 200)];
-        let ev = l0::events::Event::Trace(l0::trace::TraceBatch { records: records.clone(), dropped_total: 3 });
+        let l0c =
+            l0::trace::L0Counters { l1_vm_kvm_exits: 9, l2_vm_kvm_exits: 8, l0_only_exits: 1, reflected_exits: 7 };
+        let ev =
+            l0::events::Event::Trace(l0::trace::TraceBatch { records: records.clone(), dropped_total: 3, l0: l0c });
         let line = serde_json::to_string(&ev).unwrap();
         assert!(line.starts_with(LINE_PREFIX), "{line}");
-        assert_eq!(decode_line(&line), Ok(Batch { dropped_total: 3, records }));
+        let l0 = L0Counters { l1_vm_kvm_exits: 9, l2_vm_kvm_exits: 8, l0_only_exits: 1, reflected_exits: 7 };
+        assert_eq!(decode_line(&line), Ok(Batch { dropped_total: 3, l0, records }));
         assert!(matches!(
             decode_line(r#"{"event":"trace","count":1,"dropped_total":0,"records":"AAAA"}"#),
             Err(DecodeError::Length { .. })
@@ -303,9 +329,14 @@ mod tests {
     #[test]
     fn aggregate_counts_gaps_reasons_and_rate() {
         let mut a = Aggregate { tsc_khz: 1000, ..Aggregate::default() };
-        a.add(&Batch { dropped_total: 0, records: vec![rec(1, 30, 0), rec(2, 30, 50_000)] });
-        a.add(&Batch { dropped_total: 2, records: vec![rec(5, 12, 150_000), rec(5, 12, 150_001)] });
+        a.add(&Batch { dropped_total: 0, l0: L0Counters::default(), records: vec![rec(1, 30, 0), rec(2, 30, 50_000)] });
+        a.add(&Batch {
+            dropped_total: 2,
+            l0: L0Counters { reflected_exits: 4, ..L0Counters::default() },
+            records: vec![rec(5, 12, 150_000), rec(5, 12, 150_001)],
+        });
         assert_eq!((a.records, a.gaps, a.dropped, a.out_of_order), (3, 2, 2, 1));
+        assert_eq!(a.l0.reflected_exits, 4, "the latest batch's counters");
         assert_eq!(a.by_reason[&30].count, 2);
         assert_eq!(a.by_reason[&30].round_trip_cycles, 100);
         assert_eq!(a.rate, [2, 1], "100 ms buckets at 1 MHz: 100,000 cycles each");

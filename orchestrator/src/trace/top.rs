@@ -15,6 +15,7 @@ pub struct Top {
     interval: Duration,
     last: Instant,
     last_counts: BTreeMap<u32, u64>,
+    last_l0: super::L0Counters,
     title: String,
 }
 
@@ -22,7 +23,13 @@ impl Top {
     /// A view titled `title`, refreshed every `interval`.
     #[must_use]
     pub fn new(title: String, interval: Duration) -> Self {
-        Self { interval, last: Instant::now(), last_counts: BTreeMap::new(), title }
+        Self {
+            interval,
+            last: Instant::now(),
+            last_counts: BTreeMap::new(),
+            last_l0: super::L0Counters::default(),
+            title,
+        }
     }
 
     /// The table if an interval has passed since the last one (`force`: now).
@@ -31,11 +38,34 @@ impl Top {
         if !force && secs < self.interval.as_secs_f64() {
             return None;
         }
-        let out = render(&self.title, agg, &self.last_counts, secs);
+        let mut out = render(&self.title, agg, &self.last_counts, secs);
+        out.push_str(&render_l0(&agg.l0, &self.last_l0, secs));
+        self.last_l0 = agg.l0;
         self.last = Instant::now();
         self.last_counts = agg.by_reason.iter().map(|(r, f)| (*r, f.count)).collect();
         Some(out)
     }
+}
+
+/// L0's level: KVM exits of both VMs, L0-only and reflected exits, as totals and rates since
+/// the last refresh, and KVM exits per reflected exit.
+#[must_use]
+pub fn render_l0(now: &super::L0Counters, prev: &super::L0Counters, secs: f64) -> String {
+    let rate = |a: u64, b: u64| if secs > 0.0 { a.saturating_sub(b) as f64 / secs } else { 0.0 };
+    let per = if now.reflected_exits > 0 {
+        format!("{:.2}", (now.l1_vm_kvm_exits + now.l2_vm_kvm_exits) as f64 / now.reflected_exits as f64)
+    } else {
+        "-".into()
+    };
+    format!(
+        "L0: KVM exits L1 VM {} ({:.1}/s), L2 VM {} ({:.1}/s); L0-only {}; reflected {}; KVM exits per reflected exit {per}\n",
+        now.l1_vm_kvm_exits,
+        rate(now.l1_vm_kvm_exits, prev.l1_vm_kvm_exits),
+        now.l2_vm_kvm_exits,
+        rate(now.l2_vm_kvm_exits, prev.l2_vm_kvm_exits),
+        now.l0_only_exits,
+        now.reflected_exits,
+    )
 }
 
 /// The table: one row per exit reason, busiest first. `prev` holds the counts at the last
@@ -96,6 +126,19 @@ mod tests {
     use nestbench_abi::trace::TraceRecord;
 
     #[test]
+    fn l0_line_has_rates_and_multiplication() {
+        let now = crate::trace::L0Counters {
+            l1_vm_kvm_exits: 30,
+            l2_vm_kvm_exits: 20,
+            l0_only_exits: 2,
+            reflected_exits: 25,
+        };
+        let prev = crate::trace::L0Counters { l1_vm_kvm_exits: 10, ..now };
+        let l = render_l0(&now, &prev, 2.0);
+        assert!(l.contains("L1 VM 30 (10.0/s)") && l.contains("per reflected exit 2.00"), "{l}");
+    }
+
+    #[test]
     fn rows_show_rates_since_the_last_refresh_busiest_first() {
         let mut agg = Aggregate { tsc_khz: 1000, ..Aggregate::default() };
         let rec = |seq, reason| TraceRecord {
@@ -107,7 +150,11 @@ mod tests {
             l1_traps: 1,
             ..TraceRecord::default()
         };
-        agg.add(&Batch { dropped_total: 0, records: vec![rec(1, 12), rec(2, 30), rec(3, 30), rec(4, 30)] });
+        agg.add(&Batch {
+            dropped_total: 0,
+            l0: crate::trace::L0Counters::default(),
+            records: vec![rec(1, 12), rec(2, 30), rec(3, 30), rec(4, 30)],
+        });
         let prev = BTreeMap::from([(30u32, 1u64)]);
         let t = render("top", &agg, &prev, 2.0);
         let lines: Vec<&str> = t.lines().collect();

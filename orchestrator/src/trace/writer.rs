@@ -225,7 +225,7 @@ mod tests {
             l1_traps: 1,
             ..TraceRecord::default()
         };
-        Batch { dropped_total: 0, records: vec![r(1, 1000), r(2, 2000)] }
+        Batch { dropped_total: 0, l0: crate::trace::L0Counters::default(), records: vec![r(1, 1000), r(2, 2000)] }
     }
 
     #[test]
