@@ -133,6 +133,15 @@ pub struct PayloadSpec {
     pub arg: u64,
 }
 
+impl PayloadSpec {
+    /// The built payload `m` (its image from [`crate::images::payload_elf`]) with exactly
+    /// `iterations` and `arg` (callers clamp with `Manifest::iterations` where they want it).
+    #[must_use]
+    pub fn of(m: &l2_payloads::Manifest, iterations: u64, arg: u64) -> Self {
+        Self { name: m.name.into(), elf: crate::images::payload_elf(m.name), cpl: m.cpl, iterations, arg }
+    }
+}
+
 impl Default for MachineConfig {
     fn default() -> Self {
         Self {
@@ -226,13 +235,9 @@ impl Machine {
         let mem = vm.mem.clone();
         let thread = std::thread::Builder::new()
             .name("l0-vcpu0".into())
-            .spawn(move || VcpuThread::new(vcpu, mem, config, tx).run())
+            .spawn(move || VcpuThread::new(vcpu, mem, config, nested_msrs, tx).run())
             .expect("spawning the vCPU thread");
-        let mut reflected = 0;
         for ev in rx {
-            if let Event::PayloadRun(p) = &ev {
-                reflected = p.exits.values().sum();
-            }
             on_event(ev);
         }
         let (mut report, vcpu_stats) =
@@ -245,12 +250,6 @@ impl Machine {
             (Some(vm), Some(vcpu)) => Some(KvmStats { vm, vcpu }),
             _ => None,
         };
-        if let (Some(k), Some(msrs)) = (report.kvm_engine.as_mut(), nested_msrs) {
-            let counters = report.kvm_stats.as_ref().map(|s| s.vcpu.counters.clone()).unwrap_or_default();
-            let userspace = (k.attribution.userspace_exits_l1, k.attribution.userspace_exits_l2);
-            k.attribution = crate::kvm_engine::attribution::attribute(&counters, reflected, userspace);
-            k.vmx_msrs = msrs;
-        }
         Ok(report)
     }
 }
@@ -345,12 +344,22 @@ struct VcpuThread {
     soft: Option<(SoftVmx, kvm_ioctls::Kvm)>,
     /// The exit trace's drain side, when tracing was asked for.
     tracer: Option<Tracer>,
+    /// The kvm engine: the VMX capability MSRs passed to L1.
+    nested_msrs: Option<Vec<(u32, u64)>>,
     /// The kvm engine: KVM_RUN returns from L1 and from L2 (guest mode).
     userspace_exits: (u64, u64),
+    /// L2 exits L1 handled, from its payload report.
+    l1_handled_exits: u64,
 }
 
 impl VcpuThread {
-    fn new(vcpu: Vcpu, mem: GuestMem, config: MachineConfig, tx: mpsc::Sender<Event>) -> Self {
+    fn new(
+        vcpu: Vcpu,
+        mem: GuestMem,
+        config: MachineConfig,
+        nested_msrs: Option<Vec<(u32, u64)>>,
+        tx: mpsc::Sender<Event>,
+    ) -> Self {
         let tracer = config.trace.filter(|_| config.soft.is_some()).map(Tracer::new);
         Self {
             vcpu,
@@ -361,7 +370,9 @@ impl VcpuThread {
             hypercalls: BTreeMap::new(),
             soft: None,
             tracer,
+            nested_msrs,
             userspace_exits: (0, 0),
+            l1_handled_exits: 0,
         }
     }
 
@@ -405,11 +416,11 @@ impl VcpuThread {
         let wall_ns = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
         drop(watchdog);
         self.drain_trace(true);
-        let kvm_engine = capture.map(|c| self.kvm_engine_section(c));
         let vcpu_delta = match (stats_fd, before) {
             (Some(s), Some(b)) => s.snapshot().ok().map(|a| stats::delta(&b, &a)),
             _ => None,
         };
+        let kvm_engine = capture.map(|c| self.kvm_engine_section(c, vcpu_delta.as_ref().map(|d| &d.counters)));
         let report = RunReport {
             outcome,
             kvm_exits_total: self.exits.values().sum(),
@@ -569,12 +580,13 @@ impl VcpuThread {
         Ok(flow)
     }
 
-    /// The kvm engine's section: module parameters, the userspace exits by level, and the
-    /// tracepoint counts of this vCPU thread (the statistics-based attribution and the MSRs
-    /// are filled in by `Machine::run`).
+    /// The kvm engine's section: module parameters, the VMX MSRs L1 got, the attribution
+    /// from the vCPU's KVM statistics `counters` and the userspace exits by level, and the
+    /// tracepoint counts of this vCPU thread.
     fn kvm_engine_section(
-        &self,
+        &mut self,
         capture: Result<crate::kvm_engine::tracefs::Capture, String>,
+        counters: Option<&BTreeMap<String, u64>>,
     ) -> crate::events::KvmEngineSection {
         // SAFETY: gettid has no preconditions.
         let tid = u32::try_from(unsafe { libc::gettid() }).ok();
@@ -585,12 +597,12 @@ impl VcpuThread {
         };
         crate::events::KvmEngineSection {
             kvm_intel_params: crate::host::module_params("kvm_intel").unwrap_or_default(),
-            vmx_msrs: Vec::new(),
-            attribution: crate::kvm_engine::attribution::KvmAttribution {
-                userspace_exits_l1: self.userspace_exits.0,
-                userspace_exits_l2: self.userspace_exits.1,
-                ..Default::default()
-            },
+            vmx_msrs: self.nested_msrs.take().unwrap_or_default(),
+            attribution: crate::kvm_engine::attribution::attribute(
+                counters.unwrap_or(&BTreeMap::new()),
+                self.l1_handled_exits,
+                self.userspace_exits,
+            ),
             tracepoints,
             tracepoints_unavailable,
         }
@@ -602,8 +614,9 @@ impl VcpuThread {
         if let Err(e) = tracer.drain(&self.mem, &mut soft.stamps, at_end) {
             let _ = self.tx.send(Event::TraceError { message: e.to_string() });
         }
-        let l0 = crate::trace::L0Counters {
-            l1_vm_kvm_exits: self.exits.values().sum(),
+        let exits = &self.exits;
+        let l0 = || crate::trace::L0Counters {
+            l1_vm_kvm_exits: exits.values().sum(),
             l2_vm_kvm_exits: soft.stats.l2_kvm_exits,
             l0_only_exits: soft.stats.l0_only_exits,
             reflected_exits: soft.stats.reflected_total,
@@ -660,6 +673,9 @@ impl VcpuThread {
         }
         let bytes = self.mem.read_vec(gpa, len).map_err(|e| (Status::BadAddress, e.to_string()))?;
         let ev = Event::from_report(kind, &bytes).map_err(|e| (Status::BadArgument, e.to_string()))?;
+        if let Event::PayloadRun(p) = &ev {
+            self.l1_handled_exits = p.exits.values().sum();
+        }
         self.emit(ev);
         Ok(())
     }

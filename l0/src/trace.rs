@@ -393,15 +393,16 @@ impl Tracer {
     }
 
     /// The pending records as a batch, if there are enough, or they waited long enough, or
-    /// `force` (the end of the run), with L0's counters as they are now.
-    pub fn take_batch(&mut self, force: bool, l0: L0Counters) -> Option<TraceBatch> {
+    /// `force` (the end of the run), with L0's counters as they are now (`l0` is asked only
+    /// when a batch is cut, not at every drain).
+    pub fn take_batch(&mut self, force: bool, l0: impl FnOnce() -> L0Counters) -> Option<TraceBatch> {
         let due = self.batch.len() >= BATCH_RECORDS || self.last_flush.elapsed() >= BATCH_INTERVAL;
         if self.batch.is_empty() || !(due || force) {
             return None;
         }
         self.last_flush = Instant::now();
         self.stats.batches += 1;
-        Some(TraceBatch { records: std::mem::take(&mut self.batch), dropped_total: self.stats.dropped, l0 })
+        Some(TraceBatch { records: std::mem::take(&mut self.batch), dropped_total: self.stats.dropped, l0: l0() })
     }
 }
 
@@ -514,7 +515,7 @@ mod tests {
         t.drain(&mem, &mut s, false).unwrap();
         // Record 2 waits for its resume.
         assert_eq!(t.stats.records, 1);
-        let b = t.take_batch(true, L0Counters::default()).unwrap();
+        let b = t.take_batch(true, L0Counters::default).unwrap();
         assert_eq!(b.records.len(), 1);
         let r = b.records[0];
         assert_eq!(
@@ -522,7 +523,7 @@ mod tests {
             (1, 100, 200, 3, 0, 150)
         );
         t.drain(&mem, &mut s, true).unwrap();
-        let r = t.take_batch(true, L0Counters::default()).unwrap().records[0];
+        let r = t.take_batch(true, L0Counters::default).unwrap().records[0];
         assert_eq!((r.seq, r.exit_tsc, r.entry_tsc, r.l0_only_exits), (2, 300, 0, 1));
         assert_eq!(mem.read_u64(RING + offset::TAIL).unwrap(), 2);
     }
