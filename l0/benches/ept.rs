@@ -54,13 +54,7 @@ fn nested(name: &str, iterations: u64) -> Nested {
     let config = MachineConfig {
         timeout: Duration::from_secs(600),
         soft: Some(SoftConfig { vmcs_shadowing: true }),
-        payload: Some(PayloadSpec {
-            name: name.into(),
-            elf: l0::images::payload_elf(name),
-            cpl: m.cpl,
-            iterations,
-            arg: 0,
-        }),
+        payload: Some(PayloadSpec::of(m, iterations, 0)),
         ..MachineConfig::default()
     };
     let mut got = (0.0, 0);

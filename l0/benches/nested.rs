@@ -23,13 +23,7 @@ fn nested(name: &str, iterations: u64, shadowing: bool) -> Nested {
     let config = MachineConfig {
         timeout: Duration::from_secs(300),
         soft: Some(SoftConfig { vmcs_shadowing: shadowing }),
-        payload: Some(PayloadSpec {
-            name: name.into(),
-            elf: l0::images::payload_elf(name),
-            cpl: m.cpl,
-            iterations,
-            arg: 0,
-        }),
+        payload: Some(PayloadSpec::of(m, iterations, 0)),
         ..MachineConfig::default()
     };
     let mut mean = 0.0;

@@ -28,13 +28,7 @@ fn outl(iterations: u64, traced: bool) -> Run {
     let config = MachineConfig {
         timeout: Duration::from_secs(600),
         soft: Some(SoftConfig { vmcs_shadowing: true }),
-        payload: Some(PayloadSpec {
-            name: "outl".into(),
-            elf: l0::images::payload_elf("outl"),
-            cpl: m.cpl,
-            iterations,
-            arg: 0,
-        }),
+        payload: Some(PayloadSpec::of(m, iterations, 0)),
         trace: traced.then(TraceConfig::default),
         ..MachineConfig::default()
     };

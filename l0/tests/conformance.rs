@@ -31,13 +31,7 @@ macro_rules! need_bochs {
 
 fn spec(name: &str, iterations: u64) -> PayloadSpec {
     let m = l2_payloads::find(name).unwrap();
-    PayloadSpec {
-        name: name.into(),
-        elf: l0::images::payload_elf(name),
-        cpl: m.cpl,
-        iterations: m.iterations(iterations),
-        arg: 0,
-    }
+    PayloadSpec::of(m, m.iterations(iterations), 0)
 }
 
 fn payload_of(events: &[Event], report: &RunReport, what: &str) -> PayloadRun {

@@ -42,13 +42,7 @@ fn run_nested_config(
     let config = MachineConfig {
         timeout: Duration::from_secs(60),
         soft: Some(soft),
-        payload: Some(PayloadSpec {
-            name: m.name.into(),
-            elf: l0::images::payload_elf(m.name),
-            cpl: m.cpl,
-            iterations: m.iterations(iterations),
-            arg,
-        }),
+        payload: Some(PayloadSpec::of(m, m.iterations(iterations), arg)),
         memslot_limit,
         ..MachineConfig::default()
     };

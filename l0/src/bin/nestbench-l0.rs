@@ -279,13 +279,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         let config = BochsConfig {
             model: args.cpu_model,
             timeout,
-            payload: Some(l0::machine::PayloadSpec {
-                name: manifest.name.to_owned(),
-                elf,
-                cpl: manifest.cpl,
-                iterations,
-                arg: 0,
-            }),
+            payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
             keep_dir: args.keep_bochs_dir,
             ..BochsConfig::default()
         };
@@ -329,13 +323,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         timeout,
         soft: (!kvm_engine).then_some(l0::machine::SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On }),
         kvm_nested: kvm_engine,
-        payload: Some(l0::machine::PayloadSpec {
-            name: manifest.name.to_owned(),
-            elf,
-            cpl: manifest.cpl,
-            iterations,
-            arg: 0,
-        }),
+        payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
         memslot_limit: args.memslot_limit.map(|n| n as usize),
         trace: args.trace.then(|| TraceConfig {
             capacity: args.trace_capacity.unwrap_or(nestbench_abi::trace::L1_RING_CAPACITY),
