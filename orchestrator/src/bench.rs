@@ -841,45 +841,39 @@ async fn bochs_generations(
     quiet: bool,
 ) -> Vec<results::BochsModelRow> {
     let mut rows = Vec::new();
+    let t0 = Instant::now();
     for model in BOCHS_GENERATIONS {
-        let lacks = l0::bochs::config::cpu_model(model).map(|m| m.lacks()).unwrap_or_default();
+        let lacks: Vec<String> = l0::bochs::config::cpu_model(model)
+            .map(|m| m.lacks())
+            .unwrap_or_default()
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+        let on_model = Runner { cpu_model: model.into(), ..runner.clone() };
         for payload in payloads {
             if stop.load(Ordering::SeqCst) {
                 return rows;
             }
             let n = BOCHS_GENERATION_ITERATIONS;
-            let mut args: Vec<String> = ["run", "--engine", "bochs", "--cpu-model", model, "--payload", payload]
-                .iter()
-                .map(|s| (*s).to_owned())
-                .collect();
-            args.extend(["--iterations".into(), n.to_string(), "--timeout-ms".into(), runner.timeout_ms.to_string()]);
-            let deadline = Duration::from_millis(runner.timeout_ms) + Duration::from_secs(10);
-            let row = match l0_child::run_l0(&runner.l0, &args, deadline, |_| {}).await {
-                Ok(child) => {
-                    let doc = crate::run::bochs_json(&child, payload, n);
-                    let err = failure(&child, &doc);
-                    results::BochsModelRow {
-                        model: model.into(),
-                        lacks: lacks.iter().map(|s| (*s).to_owned()).collect(),
-                        payload: (*payload).into(),
-                        iterations: n,
-                        instructions_per_iteration: err
-                            .is_none()
-                            .then(|| doc["instructions_per_iteration"]["mean"].as_f64())
-                            .flatten(),
-                        exits: map_u64(&doc["exits"]).values().sum::<u64>().into(),
-                        error: err,
-                    }
-                }
-                Err(e) => results::BochsModelRow {
-                    model: model.into(),
-                    lacks: lacks.iter().map(|s| (*s).to_owned()).collect(),
-                    payload: (*payload).into(),
-                    iterations: n,
-                    instructions_per_iteration: None,
-                    exits: None,
-                    error: Some(e.to_string()),
-                },
+            let c = Planned {
+                engine: "bochs",
+                payload: (*payload).into(),
+                shadowing: None,
+                fixed_iterations: None,
+                pinned_iterations: None,
+            };
+            let (instructions_per_iteration, exits, error) = match run_child(&on_model, &c, n, t0).await {
+                Ok((one, _)) => (Some(one.rep.mean), Some(one.rep.exits), None),
+                Err(e) => (None, None, Some(e)),
+            };
+            let row = results::BochsModelRow {
+                model: model.into(),
+                lacks: lacks.clone(),
+                payload: (*payload).into(),
+                iterations: n,
+                instructions_per_iteration,
+                exits,
+                error,
             };
             if !quiet {
                 eprintln!(
