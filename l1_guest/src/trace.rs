@@ -107,12 +107,6 @@ impl Producer {
         self.on = capacity != 0;
     }
 
-    /// Whether tracing is on.
-    #[must_use]
-    pub const fn is_on(&self) -> bool {
-        self.on
-    }
-
     /// A handler starts.
     #[inline(always)]
     pub fn begin(&mut self) {
