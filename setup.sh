@@ -36,6 +36,47 @@ if ! command -v bochs >/dev/null || [ ! -e /usr/share/bochs/BIOS-bochs-latest ] 
 fi
 command -v unshare >/dev/null || say "unshare (util-linux) is missing: the bochs engine needs it to isolate Bochs' VNC listener"
 
+# Emulated hosts (--host bochs[:MODEL]): Debian's cloud kernels, whose KVM offers nested VMX
+# inside Bochs, booted from an isolinux ISO with a busybox initramfs. Packages, then the
+# kernels of orchestrator/kernels.list into the kernel cache. NESTBENCH_SKIP_KERNELS=1 skips
+# this part (the emulated-host tests then skip, saying so).
+if [ "${NESTBENCH_SKIP_KERNELS:-0}" != 1 ]; then
+  need=()
+  [ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && file -L /bin/busybox 2>/dev/null | grep -q 'statically linked' || need+=(busybox-static)
+  [ -e /usr/lib/ISOLINUX/isolinux.bin ] || need+=(isolinux)
+  [ -e /usr/lib/syslinux/modules/bios/ldlinux.c32 ] || need+=(syslinux-common)
+  command -v xorriso >/dev/null || need+=(xorriso)
+  command -v xz >/dev/null || need+=(xz-utils)
+  command -v strip >/dev/null || need+=(binutils)
+  command -v file >/dev/null || need+=(file)
+  if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+      say "installing ${need[*]} (Debian packages, for the emulated hosts)"
+      apt-get update -qq >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    else
+      say "missing ${need[*]} and not root with apt-get: the emulated hosts (--host bochs) will not run"
+    fi
+  fi
+  cache=${NESTBENCH_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/nestbench}
+  mkdir -p "$cache/kernels"
+  while read -r alias pkg; do
+    case $alias in ''|'#'*) continue;; esac
+    dir=$cache/kernels/$alias
+    if [ -f "$dir/.package" ] && [ "$(cat "$dir/.package")" = "$pkg" ]; then continue; fi
+    say "fetching kernel $alias ($pkg) into $dir"
+    tmp=$(mktemp -d "$cache/kernels/.fetch-XXXXXX")
+    if ( cd "$tmp" && apt-get download -qq "$pkg" >/dev/null 2>&1 ) \
+        || { apt-get update -qq >/dev/null && ( cd "$tmp" && apt-get download -qq "$pkg" ); }; then
+      mkdir "$tmp/root" && dpkg-deb -x "$tmp"/*.deb "$tmp/root" && echo "$pkg" > "$tmp/root/.package"
+      rm -rf "$dir" && mv "$tmp/root" "$dir"
+    else
+      say "could not fetch $pkg: kernel $alias is not available (the tests that need it skip, saying so)"
+    fi
+    rm -rf "$tmp"
+  done < "$(dirname "$0")/orchestrator/kernels.list"
+fi
+
 if [ ! -e /dev/kvm ]; then
   echo "setup: /dev/kvm does not exist: nestbench needs KVM (load kvm_intel/kvm_amd, or run on a host with KVM)" >&2
   exit 1

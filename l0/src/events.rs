@@ -569,8 +569,9 @@ pub struct KvmEngineSection {
     /// kvm_intel's `nested`, `ept`, `enable_shadow_vmcs` (and the rest of its parameters),
     /// so a result says which Turtles ablation it is.
     pub kvm_intel_params: BTreeMap<String, String>,
-    /// The VMX capability MSRs passed to L1 (index, value).
-    pub vmx_msrs: Vec<(u32, u64)>,
+    /// The VMX capability MSRs as L1's vCPU reports them after the pass-through, each
+    /// saying whether L0 wrote it or KVM derived it.
+    pub vmx_msrs: Vec<crate::kvm_engine::caps::KvmVmxMsr>,
     /// From KVM's statistics and the exits L0 saw.
     pub attribution: crate::kvm_engine::attribution::KvmAttribution,
     /// From KVM's tracepoints, where tracefs could be used.

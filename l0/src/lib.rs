@@ -12,9 +12,12 @@
 //! * [`images`]: where the built guest images are.
 //! * [`host`]: host facts for `nestbench doctor`.
 //! * [`bochs`]: the `bochs` engine's runner (L1 on Bochs' emulated VMX, no KVM).
+//! * [`emulated`]: the agent inside an emulated host (upstream KVM in Bochs or QEMU) and
+//!   the framing of its serial line.
 #![deny(missing_docs)]
 
 pub mod bochs;
+pub mod emulated;
 pub mod events;
 pub mod host;
 pub mod images;

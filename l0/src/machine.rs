@@ -17,6 +17,7 @@ use nestbench_abi::report::ExceptionReport;
 use nestbench_abi::{ABI_VERSION, Pod};
 
 use crate::events::{Event, Gprs, KvmStats, Outcome, RunReport};
+use crate::kvm_engine::caps::KvmVmxMsr;
 use crate::loader::{self, LoadError};
 use crate::memory::GuestMem;
 use crate::paging;
@@ -167,7 +168,7 @@ pub struct Machine {
     vcpu: Vcpu,
     config: MachineConfig,
     /// The kvm engine's VMX MSRs, when it runs.
-    nested_msrs: Option<Vec<(u32, u64)>>,
+    nested_msrs: Option<Vec<KvmVmxMsr>>,
 }
 
 impl Machine {
@@ -254,9 +255,10 @@ impl Machine {
     }
 }
 
-/// The kvm engine: check that KVM offers VMX and set its VMX capability MSRs on L1's vCPU
-/// (its CPUID already carries KVM's VMX bit: `x86_setup::guest_cpuid`).
-fn pass_vmx_through(vm: &Vm, vcpu: &Vcpu) -> Result<Vec<(u32, u64)>, MachineError> {
+/// The kvm engine: check that KVM offers VMX, write the VMX capability MSRs KVM lets a host
+/// restore on L1's vCPU (its CPUID already carries KVM's VMX bit: `x86_setup::guest_cpuid`),
+/// and read back every one of them as L1 will see it.
+fn pass_vmx_through(vm: &Vm, vcpu: &Vcpu) -> Result<Vec<KvmVmxMsr>, MachineError> {
     use crate::kvm_engine::caps;
     let supported = vm
         .kvm
@@ -264,21 +266,42 @@ fn pass_vmx_through(vm: &Vm, vcpu: &Vcpu) -> Result<Vec<(u32, u64)>, MachineErro
         .map_err(|e| caps::NoNestedVmx(format!("KVM_GET_SUPPORTED_CPUID failed: {e}")))?;
     let feature_msrs = caps::read_vmx_feature_msrs(&vm.kvm)?;
     let plan = caps::plan(supported.as_slice(), &feature_msrs)?;
-    let entries: Vec<kvm_bindings::kvm_msr_entry> = plan
-        .vmx_msrs
-        .iter()
-        .map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() })
-        .collect();
+    let writes = plan.writes();
+    let entries: Vec<kvm_bindings::kvm_msr_entry> =
+        writes.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
     let msrs = kvm_bindings::Msrs::from_entries(&entries).map_err(|e| MachineError::Setup(format!("{e:?}")))?;
     let n = vcpu.fd().set_msrs(&msrs).map_err(|e| MachineError::Setup(format!("KVM_SET_MSRS (VMX MSRs): {e}")))?;
     if n != entries.len() {
         return Err(MachineError::Setup(format!(
-            "KVM refused VMX capability MSR {:#x} for L1's vCPU (KVM_SET_MSRS set {n} of {})",
+            "KVM refused VMX capability MSR {:#x} = {:#x} for L1's vCPU (KVM_SET_MSRS set {n} of {}: {})",
             entries[n].index,
-            entries.len()
+            entries[n].data,
+            entries.len(),
+            writes.iter().map(|(i, _)| format!("{i:#x}")).collect::<Vec<_>>().join(" ")
         )));
     }
-    Ok(plan.vmx_msrs)
+    let reads: Vec<kvm_bindings::kvm_msr_entry> =
+        plan.vmx_msrs.iter().map(|&(index, _)| kvm_bindings::kvm_msr_entry { index, ..Default::default() }).collect();
+    let mut back = kvm_bindings::Msrs::from_entries(&reads).map_err(|e| MachineError::Setup(format!("{e:?}")))?;
+    let n = vcpu.fd().get_msrs(&mut back).map_err(|e| MachineError::Setup(format!("KVM_GET_MSRS (VMX MSRs): {e}")))?;
+    if n != reads.len() {
+        return Err(MachineError::Setup(format!(
+            "KVM listed VMX capability MSR {:#x} as a feature MSR but L1's vCPU does not report it (KVM_GET_MSRS read {n} of {})",
+            reads[n].index,
+            reads.len()
+        )));
+    }
+    Ok(plan
+        .vmx_msrs
+        .iter()
+        .zip(back.as_slice())
+        .map(|(&(index, system), seen)| KvmVmxMsr {
+            index,
+            value: seen.data,
+            written: caps::kvm_restores(index),
+            system_value: (system != seen.data).then_some(system),
+        })
+        .collect())
 }
 
 /// Stage `p`'s image in L1 memory and describe it for the boot info (the soft engine and
@@ -345,7 +368,7 @@ struct VcpuThread {
     /// The exit trace's drain side, when tracing was asked for.
     tracer: Option<Tracer>,
     /// The kvm engine: the VMX capability MSRs passed to L1.
-    nested_msrs: Option<Vec<(u32, u64)>>,
+    nested_msrs: Option<Vec<KvmVmxMsr>>,
     /// The kvm engine: KVM_RUN returns from L1 and from L2 (guest mode).
     userspace_exits: (u64, u64),
     /// L2 exits L1 handled, from its payload report.
@@ -357,7 +380,7 @@ impl VcpuThread {
         vcpu: Vcpu,
         mem: GuestMem,
         config: MachineConfig,
-        nested_msrs: Option<Vec<(u32, u64)>>,
+        nested_msrs: Option<Vec<KvmVmxMsr>>,
         tx: mpsc::Sender<Event>,
     ) -> Self {
         let tracer = config.trace.filter(|_| config.soft.is_some()).map(Tracer::new);

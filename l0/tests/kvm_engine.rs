@@ -69,6 +69,11 @@ fn vmx_passes_through_to_l1_and_l1_can_build_its_controls_from_it() {
     shuffled.push((0x10, 1)); // not a VMX MSR: not passed
     let plan = caps::plan(&cpuid, &shuffled).unwrap();
     assert_eq!(plan.vmx_msrs, msrs, "every VMX capability MSR, in index order, nothing else");
+    // Upstream KVM derives the non-TRUE controls and CR0/CR4_FIXED1 and refuses a host write
+    // of them (vmx_set_vmx_msr(), arch/x86/kvm/vmx/nested.c): they are read back, not written.
+    let written: Vec<u32> = plan.writes().iter().map(|(i, _)| *i).collect();
+    assert_eq!(written, [0x480, 0x485, 0x486, 0x488, 0x48A, 0x48B, 0x48C, 0x48D, 0x48E, 0x48F, 0x490, 0x491]);
+    assert_eq!(plan.writes()[0], msrs[0], "IA32_VMX_BASIC first, with its value");
     let leaf = |f: u32| plan.cpuid.iter().find(|e| e.function == f).copied();
     assert_ne!(leaf(1).unwrap().ecx & hv::CPUID1_ECX_VMX, 0, "CPUID.1:ECX.VMX for L1");
     let sig = leaf(hv::LEAF_SIGNATURE).unwrap();

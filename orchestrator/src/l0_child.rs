@@ -68,6 +68,29 @@ pub enum Incoming<'a> {
 }
 
 impl ChildRun {
+    /// Take one line of the event stream: a trace batch is decoded and handed over (not
+    /// kept), an event is handed over and kept, anything else is kept in `malformed` with
+    /// the reason. The same for a local child and for a run inside an emulated host.
+    pub fn take_line(&mut self, l: &str, on_event: &mut impl FnMut(Incoming<'_>)) {
+        if l.starts_with(crate::trace::LINE_PREFIX) {
+            match crate::trace::decode_line(l) {
+                Ok(b) => {
+                    self.trace_batches += 1;
+                    on_event(Incoming::Trace(b));
+                }
+                Err(e) => self.malformed.push(format!("{e}: {}", l.chars().take(200).collect::<String>())),
+            }
+            return;
+        }
+        match serde_json::from_str::<Value>(l) {
+            Ok(v) => {
+                on_event(Incoming::Event(&v));
+                self.events.push(v);
+            }
+            Err(_) => self.malformed.push(l.to_owned()),
+        }
+    }
+
     /// The first event of type `kind`.
     #[must_use]
     pub fn event(&self, kind: &str) -> Option<&Value> {
@@ -126,20 +149,7 @@ pub async fn run_l0(
     loop {
         tokio::select! {
             line = lines.next_line() => match line.map_err(ChildError::Read)? {
-                Some(l) if l.starts_with(crate::trace::LINE_PREFIX) => match crate::trace::decode_line(&l) {
-                    Ok(b) => {
-                        run.trace_batches += 1;
-                        on_event(Incoming::Trace(b));
-                    }
-                    Err(e) => run.malformed.push(format!("{e}: {}", l.chars().take(200).collect::<String>())),
-                },
-                Some(l) => match serde_json::from_str::<Value>(&l) {
-                    Ok(v) => {
-                        on_event(Incoming::Event(&v));
-                        run.events.push(v);
-                    }
-                    Err(_) => run.malformed.push(l),
-                },
+                Some(l) => run.take_line(&l, &mut on_event),
                 None => break,
             },
             () = &mut sleep => {

@@ -8,6 +8,7 @@ pub mod compare;
 pub mod dashboard;
 pub mod doctor;
 pub mod export;
+pub mod hosts;
 pub mod l0_child;
 pub mod report;
 pub mod results;

@@ -1,6 +1,6 @@
 //! `nestbench`: the orchestrator's command line.
 
-use orchestrator::{bench, boot, compare, doctor, export, l0_child, report, results, run, trace, vmentry};
+use orchestrator::{bench, boot, compare, doctor, export, hosts, l0_child, report, results, run, trace, vmentry};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -169,6 +169,77 @@ struct RunArgs {
     cpu_model: String,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    host: HostArgs,
+}
+
+/// Where l0 runs (docs/emulated-hosts.md).
+#[derive(clap::Args, Clone)]
+struct HostArgs {
+    /// `local` (this machine's /dev/kvm), or `bochs[:CPU_MODEL]`: an upstream kernel with
+    /// `kvm_intel nested=1` booted in Bochs (default model corei7_skylake_x).
+    #[arg(long, default_value = "local", value_name = "HOST")]
+    host: String,
+    /// The emulated host's kernel: `6.1` or `6.12` (fetched by ./setup.sh), a linux-image
+    /// .deb, an unpacked kernel tree, or a bzImage (with --kernel-modules) [default: 6.1].
+    #[arg(long, value_name = "KERNEL")]
+    kernel: Option<String>,
+    /// The modules of a bzImage given to --kernel: its lib/modules/<release> directory or
+    /// a tree that has one (make modules_install INSTALL_MOD_PATH=DIR).
+    #[arg(long, value_name = "DIR", requires = "kernel")]
+    kernel_modules: Option<PathBuf>,
+    /// A kvm_intel parameter for the emulated host, e.g. `enable_shadow_vmcs=0` or `ept=0`
+    /// (repeatable; `nested=1` is always set first).
+    #[arg(long = "kvm-param", value_name = "NAME=VALUE")]
+    kvm_params: Vec<String>,
+    /// Keep the emulated machine's files (ISO, bochsrc, console, stream, Bochs log).
+    #[arg(long)]
+    keep_host_dir: bool,
+}
+
+impl HostArgs {
+    /// The host, checked, and how to set it up when it is an emulated one.
+    fn resolve(&self) -> anyhow::Result<(hosts::HostSpec, hosts::EmulatedOptions)> {
+        let spec = hosts::HostSpec::parse(&self.host)?;
+        if spec == hosts::HostSpec::Local
+            && (self.kernel.is_some() || !self.kvm_params.is_empty() || self.keep_host_dir)
+        {
+            anyhow::bail!("--kernel, --kvm-param and --keep-host-dir apply to an emulated host (--host bochs[:MODEL])");
+        }
+        for p in &self.kvm_params {
+            let ok = p.split_once('=').is_some_and(|(k, v)| {
+                !k.is_empty()
+                    && !v.is_empty()
+                    && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                    && !v.contains(char::is_whitespace)
+            });
+            anyhow::ensure!(ok, "--kvm-param {p:?}: expected NAME=VALUE, e.g. enable_shadow_vmcs=0");
+        }
+        let opts = hosts::EmulatedOptions {
+            kernel: self.kernel.clone(),
+            kernel_modules: self.kernel_modules.clone(),
+            kvm_params: self.kvm_params.clone(),
+            keep_dir: self.keep_host_dir,
+            ..hosts::EmulatedOptions::default()
+        };
+        Ok((spec, opts))
+    }
+}
+
+/// Run `invocations` on a host under a runtime of our own, handing what arrives to `on`.
+fn on_host(
+    host: &hosts::HostSpec,
+    opts: &hosts::EmulatedOptions,
+    l0: &std::path::Path,
+    invocations: &[hosts::Invocation],
+    on: impl FnMut(usize, l0_child::Incoming<'_>),
+) -> anyhow::Result<hosts::Session> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    Ok(rt.block_on(hosts::run_all(host, opts, l0, invocations, on))?)
 }
 
 #[derive(clap::Args)]
@@ -411,15 +482,24 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
         ]);
     }
     args.extend(a.trace.l0_flags(false));
+    let (host, host_opts) = a.host.resolve()?;
+    if host != hosts::HostSpec::Local && a.trace.trace.is_some() {
+        anyhow::bail!(
+            "--trace is not available with --host {}: the emulated host's serial line carries about 10 KB/s, \
+             far less than a trace stream",
+            host.name()
+        );
+    }
     let header = serde_json::json!({
         "engine": "soft", "payload": m.name, "iterations": iterations,
         "vmcs_shadowing": a.vmcs_shadowing == OnOff::On,
     });
     let mut sink = trace::Sink::new(trace_writer(&a.trace, header)?);
-    let deadline = Duration::from_millis(a.timeout_ms) + Duration::from_secs(10);
-    let child = supervise_with(&l0, &args, deadline, |i| {
+    let inv = hosts::Invocation { args, deadline: Duration::from_millis(a.timeout_ms), files: Vec::new() };
+    let session = on_host(&host, &host_opts, &l0, std::slice::from_ref(&inv), |_, i| {
         sink.on(i);
     })?;
+    let child = session.runs.into_iter().next().unwrap_or_default();
     let traced = a.trace.trace.is_some().then(|| sink.finish(&child));
     let mut j = if a.engine == Engine::Bochs {
         run::bochs_json(&child, m.name, iterations)
@@ -430,6 +510,9 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     } else {
         run::nested_json(&child, m.name, iterations, a.vmcs_shadowing == OnOff::On)
     };
+    if host != hosts::HostSpec::Local {
+        j["host"] = serde_json::json!({ "name": host.name(), "boot": session.boot, "facts": session.host });
+    }
     let mut trace_ok = true;
     if let Some((end, path, agg)) = &traced {
         trace_ok = end["complete"] == true && path.is_some();

@@ -35,6 +35,20 @@ enum Cmd {
     /// Run one VM-entry conformance case (docs/vmentry.md) and report L1's verdict, or print
     /// the baseline VMCS the cases perturb.
     Vmentry(VmentryArgs),
+    /// Inside an emulated host (started by the orchestrator's `--host`): load the KVM
+    /// modules of the plan, report the host, run each planned invocation and frame what it
+    /// prints onto a serial line (docs/emulated-hosts.md).
+    Agent(AgentArgs),
+}
+
+#[derive(clap::Args)]
+struct AgentArgs {
+    /// The plan (JSON, `l0::emulated::Plan`).
+    #[arg(long, default_value = l0::emulated::PLAN_PATH)]
+    plan: PathBuf,
+    /// The serial line that carries the frames and nothing else.
+    #[arg(long, default_value = "/dev/ttyS1")]
+    line: String,
 }
 
 #[derive(clap::Args)]
@@ -415,6 +429,7 @@ fn main() {
         Cmd::Boot(args) => boot(args),
         Cmd::Run(args) => run(args),
         Cmd::Vmentry(args) => vmentry(args),
+        Cmd::Agent(args) => l0::emulated::agent::run(&args.plan, &args.line).map(|()| true).map_err(Into::into),
     };
     match result {
         Ok(true) => std::process::exit(0),

@@ -1,16 +1,23 @@
 //! What L0 gives L1 on the kvm engine: KVM's supported CPUID with VMX (nestbench's
 //! hypervisor leaves instead of KVM's paravirtual ones, no soft-VMX feature, so L1 picks its
 //! hardware backend), and the VMX capability MSRs KVM reports as feature MSRs on /dev/kvm
-//! (KVM_GET_MSR_FEATURE_INDEX_LIST, KVM_GET_MSRS on the system fd), set on L1's vCPU as
-//! they are, the way QEMU passes them through. IA32_FEATURE_CONTROL is left to L1 (SDM
-//! 24.7: L1 locks it with VMXON enabled when the firmware, here nobody, left it unlocked).
+//! (KVM_GET_MSR_FEATURE_INDEX_LIST, KVM_GET_MSRS on the system fd), set on L1's vCPU the
+//! way QEMU passes them through: only those KVM lets a host restore. IA32_FEATURE_CONTROL
+//! is left to L1 (SDM 24.7: L1 locks it with VMXON enabled when the firmware, here nobody,
+//! left it unlocked).
+//!
+//! Upstream KVM (`vmx_set_vmx_msr()` in arch/x86/kvm/vmx/nested.c) refuses a host write of
+//! the non-TRUE control MSRs 0x481-0x484 ("generated from the true MSRs") and of
+//! CR0_FIXED1/CR4_FIXED1 ("generated based on the vCPU's CPUID"), with -EINVAL, as it does
+//! for any VMX MSR it has no restore path for. It derives those itself; what L1 then sees is
+//! read back from the vCPU ([`KvmVmxMsr`] says which came from where).
 //!
 //! [`plan`] is pure, so the pass-through is tested with recorded fixtures on hosts without
 //! nested VMX.
 
 use kvm_bindings::kvm_cpuid_entry2;
 use nestbench_abi::cpuid as hv;
-use nestbench_abi::vmx::msr::{IA32_VMX_BASIC, IA32_VMX_VMFUNC};
+use nestbench_abi::vmx::msr::{self as vmx_msr, IA32_VMX_BASIC, IA32_VMX_VMFUNC};
 
 /// Why the kvm engine cannot run here.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -22,8 +29,58 @@ pub struct NoNestedVmx(pub String);
 pub struct NestedPlan {
     /// L1's CPUID.
     pub cpuid: Vec<kvm_cpuid_entry2>,
-    /// The VMX capability MSRs (index, value) to set on L1's vCPU, IA32_VMX_BASIC first.
+    /// The VMX capability MSRs (index, value) KVM reports on /dev/kvm, in index order,
+    /// IA32_VMX_BASIC first.
     pub vmx_msrs: Vec<(u32, u64)>,
+}
+
+impl NestedPlan {
+    /// The MSRs to write on L1's vCPU, in index order (IA32_VMX_BASIC first: KVM checks the
+    /// others against nothing it derives from it, but a restore of BASIC must not follow a
+    /// write that depends on it): the ones KVM lets a host restore.
+    #[must_use]
+    pub fn writes(&self) -> Vec<(u32, u64)> {
+        self.vmx_msrs.iter().copied().filter(|&(i, _)| kvm_restores(i)).collect()
+    }
+}
+
+/// Whether upstream KVM accepts a host-initiated write of VMX capability MSR `index`
+/// (`vmx_set_vmx_msr()`, arch/x86/kvm/vmx/nested.c: BASIC, the TRUE controls,
+/// PROCBASED_CTLS2, MISC, CR0/CR4_FIXED0, EPT_VPID_CAP, VMCS_ENUM and VMFUNC have restore
+/// paths; the non-TRUE controls and CR0/CR4_FIXED1 are derived and refused with -EINVAL, and
+/// so is every index without a case, such as PROCBASED_CTLS3 on kernels before its restore
+/// path was added).
+#[must_use]
+pub const fn kvm_restores(index: u32) -> bool {
+    matches!(
+        index,
+        vmx_msr::IA32_VMX_BASIC
+            | vmx_msr::IA32_VMX_TRUE_PINBASED_CTLS
+            | vmx_msr::IA32_VMX_TRUE_PROCBASED_CTLS
+            | vmx_msr::IA32_VMX_TRUE_EXIT_CTLS
+            | vmx_msr::IA32_VMX_TRUE_ENTRY_CTLS
+            | vmx_msr::IA32_VMX_PROCBASED_CTLS2
+            | vmx_msr::IA32_VMX_MISC
+            | vmx_msr::IA32_VMX_CR0_FIXED0
+            | vmx_msr::IA32_VMX_CR4_FIXED0
+            | vmx_msr::IA32_VMX_EPT_VPID_CAP
+            | vmx_msr::IA32_VMX_VMCS_ENUM
+            | vmx_msr::IA32_VMX_VMFUNC
+    )
+}
+
+/// One VMX capability MSR as L1 sees it on the kvm engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct KvmVmxMsr {
+    /// The MSR index.
+    pub index: u32,
+    /// What L1's vCPU reports after the pass-through (KVM_GET_MSRS on the vCPU).
+    pub value: u64,
+    /// Whether L0 wrote it (KVM restores it) or KVM derived it.
+    pub written: bool,
+    /// What /dev/kvm reported (KVM_GET_MSRS on the system fd), where it differs from `value`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_value: Option<u64>,
 }
 
 /// CPUID.8000_0001:ECX.SVM.

@@ -1,0 +1,349 @@
+//! The emulated Intel host: Bochs (a VMX CPU model) boots an upstream kernel whose
+//! `kvm_intel nested=1` offers nested VMX; `nestbench-l0 agent` runs the plan inside and
+//! frames what each run prints onto COM2, which carries nothing else (the console is COM1).
+//!
+//! Supervision: COM2 and the console are files Bochs appends to; they are read as they
+//! grow. A kernel panic on the console, a boot that does not report in time, a run that
+//! outlives its budget, Ctrl-C or Bochs ending before the plan is done stop the machine
+//! (its whole process group) and come back as [`HostError::Stopped`] with what the finished
+//! runs said, marked partial, and the machine's files kept for a look.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use l0::emulated::PlannedRun;
+use l0::emulated::frame::{self, AgentFailure, Kind, RunExit};
+
+use super::machine::{self, Carried};
+use super::{EmulatedOptions, HostError, Invocation, Session, kernel};
+use crate::l0_child::{ChildRun, Incoming, Interruption};
+
+/// The default wall-clock budget of a boot, until the host has reported (measured: ~15 s).
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
+
+/// How an emulated host's boot and session went.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct BootFigures {
+    /// `bochs:<model>`.
+    pub host: String,
+    /// The kernel release inside.
+    pub kernel_release: String,
+    /// Its version string.
+    pub kernel_version: String,
+    /// Where it came from (`6.1`, or a path).
+    pub kernel_spec: String,
+    /// kvm_intel's parameters as given.
+    pub kvm_intel_params: String,
+    /// The kernel command line.
+    pub cmdline: String,
+    /// Wall seconds to build the boot medium.
+    pub stage_s: f64,
+    /// Wall seconds from Bochs' start to the host's report (modules loaded, /dev/kvm up).
+    pub boot_to_ready_s: Option<f64>,
+    /// Wall seconds of the whole session.
+    pub session_s: f64,
+    /// Frames lost on the line (gaps in their sequence).
+    pub frames_lost: u64,
+    /// Frames that arrived garbled.
+    pub frames_garbled: u64,
+    /// Lines on the line that were not frames.
+    pub noise_lines: u64,
+    /// Bochs' exit status.
+    pub bochs_exit: Option<i32>,
+    /// The machine's directory, when kept.
+    pub dir: Option<String>,
+}
+
+/// A file Bochs appends to, read as it grows, line by line.
+struct Tail {
+    file: Option<std::fs::File>,
+    path: PathBuf,
+    pending: Vec<u8>,
+    /// The last lines (for messages).
+    last: std::collections::VecDeque<String>,
+}
+
+impl Tail {
+    fn new(path: PathBuf) -> Self {
+        Self { file: None, path, pending: Vec::new(), last: std::collections::VecDeque::new() }
+    }
+
+    /// New complete lines since the last call.
+    fn lines(&mut self) -> Vec<String> {
+        if self.file.is_none() {
+            self.file = std::fs::File::open(&self.path).ok();
+        }
+        let Some(f) = self.file.as_mut() else { return Vec::new() };
+        let mut buf = Vec::new();
+        let _ = f.read_to_end(&mut buf);
+        let _ = f.seek(SeekFrom::Current(0));
+        self.pending.extend_from_slice(&buf);
+        let mut out = Vec::new();
+        while let Some(at) = self.pending.iter().position(|&b| b == b'\n') {
+            let l: Vec<u8> = self.pending.drain(..=at).collect();
+            let s = String::from_utf8_lossy(&l).trim_end_matches(['\n', '\r']).to_owned();
+            self.last.push_back(s.clone());
+            if self.last.len() > 40 {
+                self.last.pop_front();
+            }
+            out.push(s);
+        }
+        out
+    }
+
+    fn tail(&self) -> String {
+        let mut v: Vec<&str> = self.last.iter().map(String::as_str).collect();
+        let rest = String::from_utf8_lossy(&self.pending);
+        if !rest.trim().is_empty() {
+            v.push(&rest);
+        }
+        v.join("\n")
+    }
+}
+
+fn kill_group(pid: Option<u32>) {
+    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else { return };
+    // SAFETY: kill(2) of the process group Bochs leads (process_group(0): pgid = its pid);
+    // failure (already gone) is harmless.
+    unsafe {
+        libc::kill(-pid, libc::SIGKILL);
+    }
+}
+
+/// Run `invocations` in one boot of Bochs `model`.
+pub async fn run_all(
+    model: &'static str,
+    opts: &EmulatedOptions,
+    l0: &Path,
+    invocations: &[Invocation],
+    mut on: impl FnMut(usize, Incoming<'_>),
+) -> Result<Session, HostError> {
+    let host = format!("bochs:{model}");
+    let bochs = l0::host::which("bochs")
+        .ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?;
+    for (what, p) in [
+        ("the Bochs BIOS (Debian package bochsbios)", "/usr/share/bochs/BIOS-bochs-latest"),
+        ("the VGA BIOS (Debian package vgabios)", "/usr/share/vgabios/vgabios.bin"),
+    ] {
+        if !Path::new(p).is_file() {
+            return Err(HostError::Missing { what, path: p.into() });
+        }
+    }
+    let netns = l0::bochs::run::netns_options().map_err(|e| HostError::Tool { tool: "unshare", why: e.to_string() })?;
+    let kernel =
+        kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
+    if kernel.modules.kvm_intel.is_none() {
+        return Err(HostError::Kernel(kernel::KernelError::NoKvmModule {
+            release: kernel.release.clone(),
+            dir: kernel.modules.kvm.clone(),
+            module: "kvm_intel",
+        }));
+    }
+    let params =
+        std::iter::once("nested=1".to_owned()).chain(opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
+    let started = Instant::now();
+    let dir =
+        l0::bochs::config::RunDir::create(true).map_err(|e| HostError::Tool { tool: "mkdir", why: e.to_string() })?;
+    let work = dir.path().to_owned();
+    let mut carried = Vec::new();
+    let mut plan = Vec::new();
+    for (i, inv) in invocations.iter().enumerate() {
+        let mut args = inv.args.clone();
+        for (n, (here, inside)) in inv.files.iter().enumerate() {
+            let guest = format!(
+                "/nestbench/files/{i}-{n}-{}",
+                here.file_name().map(|f| f.to_string_lossy()).unwrap_or_default()
+            );
+            let bytes = std::fs::read(here).map_err(|source| HostError::Io { path: here.clone(), source })?;
+            carried.push(Carried { guest: guest.clone(), bytes, mode: 0o644 });
+            args.iter_mut().filter(|a| a.as_str() == inside).for_each(|a| a.clone_from(&guest));
+        }
+        // The guest's own budget plus margin, in emulated time; the agent enforces it.
+        let deadline_ms = u64::try_from(inv.deadline.as_millis()).unwrap_or(u64::MAX).saturating_add(10_000);
+        plan.push(PlannedRun { args, deadline_ms });
+    }
+    let initrd = machine::initramfs(&kernel, &params, l0, plan, &carried, &work)?;
+    let cmdline = machine::cmdline(&opts.cmdline);
+    let iso = machine::iso(&kernel, &initrd, &cmdline, &work)?;
+    let (console_path, stream_path, log_path) = (work.join("console.log"), work.join("stream"), work.join("bochs.log"));
+    for p in [&console_path, &stream_path] {
+        std::fs::write(p, b"").map_err(|source| HostError::Io { path: p.clone(), source })?;
+    }
+    let rc = work.join("bochsrc");
+    std::fs::write(&rc, machine::bochsrc(model, &iso, &console_path, &stream_path, &log_path))
+        .map_err(|source| HostError::Io { path: rc.clone(), source })?;
+    let script = work.join("debugger.rc");
+    std::fs::write(&script, "c\nquit\n").map_err(|source| HostError::Io { path: script.clone(), source })?;
+
+    let mut figures = BootFigures {
+        host: host.clone(),
+        kernel_release: kernel.release.clone(),
+        kernel_version: kernel.version.clone(),
+        kernel_spec: kernel.spec.clone(),
+        kvm_intel_params: params.clone(),
+        cmdline,
+        stage_s: started.elapsed().as_secs_f64(),
+        ..BootFigures::default()
+    };
+    let boot_start = Instant::now();
+    let mut child = tokio::process::Command::new("unshare")
+        .args(netns)
+        .arg(&bochs)
+        .args(["-q", "-f"])
+        .arg(&rc)
+        .arg("-rc")
+        .arg(&script)
+        .current_dir(&work)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| HostError::Tool { tool: "bochs", why: format!("starting {}: {e}", bochs.display()) })?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take().expect("piped");
+    let stderr_task = tokio::spawn(async move {
+        let mut s = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut stderr, &mut s).await;
+        String::from_utf8_lossy(&s).into_owned()
+    });
+
+    let mut session = Session { runs: vec![ChildRun::default(); invocations.len()], ..Session::default() };
+    let mut reader = frame::Reader::default();
+    let (mut stream, mut console) = (Tail::new(stream_path), Tail::new(console_path));
+    let boot_timeout = opts.boot_timeout.unwrap_or(BOOT_TIMEOUT);
+    let mut current: Option<(usize, Instant)> = None;
+    let mut done = false;
+    let mut failure: Option<AgentFailure> = None;
+    let mut stop: Option<String> = None;
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    let exit_status = loop {
+        let exited = tokio::select! {
+            s = child.wait() => Some(s.ok()),
+            _ = &mut ctrl_c => {
+                stop = Some("was stopped by Ctrl-C".into());
+                if let Some((i, _)) = current { session.runs[i].interrupted = Some(Interruption::Interrupted); }
+                None
+            }
+            _ = tick.tick() => None,
+        };
+        for l in stream.lines() {
+            let Some(f) = reader.line(&l) else { continue };
+            let idx = (f.run as usize).checked_sub(1).filter(|&i| i < session.runs.len());
+            match (f.kind, idx) {
+                (Kind::Host, _) => {
+                    figures.boot_to_ready_s = Some(boot_start.elapsed().as_secs_f64());
+                    session.host = serde_json::from_str(&f.payload).ok();
+                }
+                (Kind::Fail, _) => {
+                    failure = serde_json::from_str(&f.payload)
+                        .ok()
+                        .or(Some(AgentFailure { message: f.payload.clone(), dmesg: String::new() }))
+                }
+                (Kind::Bye, _) => done = true,
+                (Kind::Start, Some(i)) => current = Some((i, Instant::now())),
+                (Kind::Out, Some(i)) => session.runs[i].take_line(&f.payload, &mut |e| on(i, e)),
+                (Kind::Err, Some(i)) => {
+                    session.runs[i].stderr.push_str(&f.payload);
+                    session.runs[i].stderr.push('\n');
+                }
+                (Kind::Exit, Some(i)) => {
+                    let x: RunExit = serde_json::from_str(&f.payload).unwrap_or_default();
+                    session.runs[i].exit_code = x.code;
+                    if x.timed_out {
+                        session.runs[i].interrupted = Some(Interruption::Timeout);
+                    }
+                    current = None;
+                }
+                (_, None) => {}
+            }
+        }
+        for l in console.lines() {
+            if l.contains("Kernel panic") && stop.is_none() {
+                stop = Some(format!("panicked: {}", l.trim()));
+            }
+        }
+        if stop.is_none() {
+            if figures.boot_to_ready_s.is_none() && failure.is_none() && boot_start.elapsed() > boot_timeout {
+                stop = Some(format!("did not report within {} s of starting (hung in boot?)", boot_timeout.as_secs()));
+            } else if let Some((i, since)) = current {
+                // Emulated time runs at ~2/3 of wall time on a 2-core host: allow 4x + a minute.
+                let budget = invocations[i].deadline * 4 + Duration::from_secs(60);
+                if since.elapsed() > budget {
+                    stop = Some(format!("hung: run {} did not end within {} s of wall time", i + 1, budget.as_secs()));
+                    session.runs[i].interrupted = Some(Interruption::Timeout);
+                }
+            }
+        }
+        if let Some(s) = exited {
+            break s;
+        }
+        if stop.is_some() {
+            kill_group(pid);
+            break child.wait().await.ok();
+        }
+    };
+    // What arrived just before the end.
+    for l in stream.lines() {
+        if let Some(f) = reader.line(&l) {
+            if let (Kind::Out, Some(i)) = (f.kind, (f.run as usize).checked_sub(1).filter(|&i| i < session.runs.len()))
+            {
+                session.runs[i].take_line(&f.payload, &mut |e| on(i, e));
+            } else if f.kind == Kind::Bye {
+                done = true;
+            }
+        }
+    }
+    kill_group(pid);
+    let bochs_stderr =
+        tokio::time::timeout(Duration::from_secs(2), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
+    figures.session_s = started.elapsed().as_secs_f64();
+    figures.bochs_exit = exit_status.and_then(|s| s.code());
+    figures.frames_lost = reader.lost;
+    figures.frames_garbled = reader.garbled_count;
+    figures.noise_lines = reader.noise;
+    if !reader.clean() {
+        for r in &mut session.runs {
+            r.malformed.push(format!(
+                "the serial line lost {} and garbled {} frames in this session: {}",
+                reader.lost,
+                reader.garbled_count,
+                reader.garbled.join("; ")
+            ));
+        }
+    }
+    if let Some(f) = failure {
+        return Err(HostError::Agent { message: f.message, dmesg: f.dmesg });
+    }
+    let ok = done && stop.is_none();
+    // The directory is kept (RunDir::create(true)) unless the session went well and the
+    // user did not ask for it.
+    if ok && !opts.keep_dir {
+        let _ = std::fs::remove_dir_all(dir.path());
+    } else {
+        figures.dir = Some(work.display().to_string());
+    }
+    session.boot = Some(figures);
+    if ok {
+        return Ok(session);
+    }
+    for r in &mut session.runs {
+        if r.exit_code.is_none() && r.interrupted.is_none() {
+            r.interrupted = Some(Interruption::Interrupted);
+        }
+    }
+    let why = stop.unwrap_or_else(|| {
+        let msgs = l0::bochs::run::stderr_messages(&bochs_stderr);
+        format!(
+            "ended (Bochs exit status {:?}) before it finished the plan{}",
+            exit_status.and_then(|s| s.code()),
+            if msgs.is_empty() { String::new() } else { format!(": {}", msgs.join("; ")) }
+        )
+    });
+    Err(HostError::Stopped { host, why, console: console.tail(), dir: Some(work), partial: Box::new(session) })
+}

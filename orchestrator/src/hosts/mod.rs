@@ -1,0 +1,187 @@
+//! Where l0 runs: this machine (`local`), or an emulated host, an upstream Linux KVM that
+//! Bochs boots with `kvm_intel nested=1` (`bochs[:CPU_MODEL]`), so that what nestbench
+//! claims for "a KVM host" is shown on upstream KVM code (docs/emulated-hosts.md).
+//!
+//! Whatever the host, a run is the same l0 invocation and gives the same [`ChildRun`]: the
+//! transport is the only thing that differs (a child's stdout; the frames of a serial line).
+
+pub mod cpio;
+pub mod emulated_intel;
+pub mod kernel;
+pub mod machine;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::l0_child::{self, ChildRun, Incoming};
+
+/// Errors of preparing or running a host; each names what was wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// A bad `--host`.
+    #[error("--host {0:?}: expected local, bochs or bochs:CPU_MODEL")]
+    BadSpec(String),
+    /// A Bochs CPU model that cannot host KVM's nested VMX.
+    #[error("--host {spec}: {why}")]
+    BadModel {
+        /// What was asked for.
+        spec: String,
+        /// Why not.
+        why: String,
+    },
+    /// The kernel could not be used.
+    #[error(transparent)]
+    Kernel(#[from] kernel::KernelError),
+    /// A tool or file the emulated host needs is missing.
+    #[error("the emulated host needs {what}: {path} is missing (./setup.sh installs it)")]
+    Missing {
+        /// What it is.
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A tool failed.
+    #[error("{tool}: {why}")]
+    Tool {
+        /// The tool.
+        tool: &'static str,
+        /// Why.
+        why: String,
+    },
+    /// Reading or writing a file failed.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Running l0 locally failed.
+    #[error(transparent)]
+    Child(#[from] l0_child::ChildError),
+    /// The emulated host booted but could not be prepared (a module refused to load, ...).
+    #[error("the emulated host could not be prepared: {message}\n--- its kernel log (dmesg) ---\n{dmesg}")]
+    Agent {
+        /// What failed.
+        message: String,
+        /// The kernel log's tail.
+        dmesg: String,
+    },
+    /// The emulated machine stopped before it finished the plan.
+    #[error("the emulated host {host} {why}{}\n--- its console (last lines) ---\n{console}", kept_dir(dir.as_deref()))]
+    Stopped {
+        /// Which host.
+        host: String,
+        /// What happened ("panicked", "hung", ...).
+        why: String,
+        /// The console's tail.
+        console: String,
+        /// Its kept run directory.
+        dir: Option<PathBuf>,
+        /// What the runs that did finish said (they are kept, marked as partial).
+        partial: Box<Session>,
+    },
+}
+
+fn kept_dir(d: Option<&Path>) -> String {
+    d.map(|d| format!(" (its files are kept in {})", d.display())).unwrap_or_default()
+}
+
+/// Where l0 runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostSpec {
+    /// This machine's /dev/kvm.
+    Local,
+    /// Bochs with this CPU model, booting an upstream kernel with `kvm_intel nested=1`.
+    Bochs {
+        /// The Bochs CPU model.
+        model: &'static str,
+    },
+}
+
+impl HostSpec {
+    /// Parse `local`, `bochs` or `bochs:CPU_MODEL`.
+    pub fn parse(s: &str) -> Result<Self, HostError> {
+        match s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b))) {
+            ("local", None) => Ok(Self::Local),
+            ("bochs", model) => {
+                let name = model.unwrap_or(l0::bochs::DEFAULT_MODEL);
+                let m = l0::bochs::config::cpu_model(name)
+                    .map_err(|e| HostError::BadModel { spec: s.to_owned(), why: e.to_string() })?;
+                Ok(Self::Bochs { model: m.name })
+            }
+            _ => Err(HostError::BadSpec(s.to_owned())),
+        }
+    }
+
+    /// Its name in results (`local`, `bochs:corei7_skylake_x`).
+    #[must_use]
+    pub fn name(&self) -> String {
+        match self {
+            Self::Local => "local".into(),
+            Self::Bochs { model } => format!("bochs:{model}"),
+        }
+    }
+}
+
+/// How to set up an emulated host.
+#[derive(Clone, Debug, Default)]
+pub struct EmulatedOptions {
+    /// The kernel (`6.1`, `6.12`, a .deb, a tree or a bzImage).
+    pub kernel: Option<String>,
+    /// A bzImage's modules directory.
+    pub kernel_modules: Option<PathBuf>,
+    /// kvm_intel parameters (`nested=1` is always given first; these override).
+    pub kvm_params: Vec<String>,
+    /// Extra kernel command-line words.
+    pub cmdline: String,
+    /// Keep the machine's files (ISO, bochsrc, console, stream, Bochs log).
+    pub keep_dir: bool,
+    /// Wall-clock budget of the boot, until the host has reported.
+    pub boot_timeout: Option<Duration>,
+}
+
+/// One l0 invocation.
+#[derive(Clone, Debug)]
+pub struct Invocation {
+    /// `nestbench-l0`'s arguments.
+    pub args: Vec<String>,
+    /// The guest's budget (l0's own `--timeout-ms`); the host adds its margin.
+    pub deadline: Duration,
+    /// Files the arguments name, as (path here, path inside an emulated host); the
+    /// arguments use the inside path there.
+    pub files: Vec<(PathBuf, String)>,
+}
+
+/// What one session on a host gave: one [`ChildRun`] per invocation, in order.
+#[derive(Clone, Debug, Default)]
+pub struct Session {
+    /// The runs.
+    pub runs: Vec<ChildRun>,
+    /// The emulated host's own facts (`l0::host::HostFacts` as JSON), from inside it.
+    pub host: Option<serde_json::Value>,
+    /// How its boot went.
+    pub boot: Option<emulated_intel::BootFigures>,
+}
+
+/// Run `invocations` on `host`, in order (one boot for all of them on an emulated host),
+/// handing each event to `on(index, event)` as it arrives.
+pub async fn run_all(
+    host: &HostSpec,
+    opts: &EmulatedOptions,
+    l0: &Path,
+    invocations: &[Invocation],
+    mut on: impl FnMut(usize, Incoming<'_>),
+) -> Result<Session, HostError> {
+    match host {
+        HostSpec::Local => {
+            let mut s = Session::default();
+            for (i, inv) in invocations.iter().enumerate() {
+                s.runs
+                    .push(l0_child::run_l0(l0, &inv.args, inv.deadline + Duration::from_secs(10), |e| on(i, e)).await?);
+            }
+            Ok(s)
+        }
+        HostSpec::Bochs { model } => emulated_intel::run_all(model, opts, l0, invocations, on).await,
+    }
+}
