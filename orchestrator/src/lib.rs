@@ -7,6 +7,7 @@ pub mod boot;
 pub mod compare;
 pub mod dashboard;
 pub mod doctor;
+pub mod exact;
 pub mod export;
 pub mod hosts;
 pub mod l0_child;

@@ -1,6 +1,6 @@
 //! `nestbench`: the orchestrator's command line.
 
-use orchestrator::{bench, boot, compare, doctor, export, hosts, l0_child, report, results, run, trace, vmentry};
+use orchestrator::{bench, boot, compare, doctor, exact, export, hosts, l0_child, report, results, run, trace, vmentry};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -67,6 +67,10 @@ enum Cmd {
         #[arg(long)]
         history: Option<PathBuf>,
     },
+    /// Exact figures of the kvm engine on an emulated host, per reflected L2 exit in steady
+    /// state (N and 2N iterations in one boot): instructions per nested round trip, KVM
+    /// exits, nested_run, L0-handled exits and L1's exits by reason.
+    Exact(ExactArgs),
     /// Print a run in a form other tools ingest.
     Export {
         /// The run directory or its summary.json.
@@ -75,6 +79,27 @@ enum Cmd {
         #[arg(long, value_enum)]
         format: ExportFormat,
     },
+}
+
+#[derive(clap::Args)]
+struct ExactArgs {
+    #[command(flatten)]
+    host: HostArgs,
+    /// Payloads [default: outl, hlt, cpuid, rdmsr, ept_touch].
+    #[arg(long, value_delimiter = ',')]
+    payloads: Option<Vec<String>>,
+    /// N: each payload runs with N and 2N iterations.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    iterations: u64,
+    /// Each run's time budget in (emulated) milliseconds.
+    #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    timeout_ms: u64,
+    /// The nestbench-l0 binary [default: $NESTBENCH_L0, else next to this executable].
+    #[arg(long)]
+    l0: Option<PathBuf>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -667,6 +692,67 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
     Ok(i32::from(failed > 0))
 }
 
+fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
+    let (host, opts) = a.host.resolve()?;
+    anyhow::ensure!(
+        host != hosts::HostSpec::Local,
+        "exact figures need an emulated host (--host bochs[:MODEL]), where the TSC counts instructions and every run is the same"
+    );
+    let names: Vec<String> =
+        a.payloads.clone().unwrap_or_else(|| exact::DEFAULT_PAYLOADS.iter().map(|s| (*s).to_owned()).collect());
+    let mut payloads = Vec::new();
+    for n in &names {
+        let m = l2_payloads::find(n).ok_or_else(|| {
+            let known: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
+            anyhow::anyhow!("unknown payload {n:?}; known payloads: {}", known.join(", "))
+        })?;
+        payloads.push(m);
+    }
+    let l0 = l0_child::locate_l0(a.l0.as_deref())?;
+    let mut invocations = Vec::new();
+    for m in &payloads {
+        for n in [a.iterations, 2 * a.iterations] {
+            let args = ["run", "--engine", "kvm", "--payload", m.name, "--iterations", &n.to_string(), "--timeout-ms", &a.timeout_ms.to_string()];
+            invocations.push(hosts::Invocation {
+                args: args.iter().map(|s| (*s).to_owned()).collect(),
+                deadline: Duration::from_millis(a.timeout_ms),
+                files: Vec::new(),
+            });
+        }
+    }
+    eprintln!("nestbench exact: {} runs on {} in one boot ...", invocations.len(), host.name());
+    let session = on_host(&host, &opts, &l0, &invocations, |_, _| {})?;
+    let rows: Vec<exact::ExactRow> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, m)| {
+            let j = |k: usize| run::kvm_json(&session.runs[2 * i + k], m.name, a.iterations << k);
+            exact::steady_state(m.name, a.iterations, &j(0), &j(1))
+        })
+        .collect();
+    let boot = session.boot.clone().unwrap_or_default();
+    if a.json {
+        let doc = serde_json::json!({ "host": host.name(), "boot": boot, "facts": session.host, "rows": rows });
+        println!("{}", serde_json::to_string_pretty(&doc)?);
+    } else {
+        let title = format!(
+            "KVM nested VMX, exact: {} kernel {}, kvm_intel {}, per reflected exit in steady state ({} vs {} iterations)",
+            host.name(),
+            boot.kernel_release,
+            boot.kvm_intel_params,
+            a.iterations,
+            2 * a.iterations
+        );
+        print!("{}", exact::render(&title, &rows));
+        eprintln!(
+            "boot to ready {:.1} s, session {:.1} s wall",
+            boot.boot_to_ready_s.unwrap_or(f64::NAN),
+            boot.session_s
+        );
+    }
+    Ok(i32::from(rows.iter().any(|r| r.error.is_some())))
+}
+
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
     let cfg = bench::BenchConfig {
         quick: a.quick,
@@ -733,6 +819,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Top(a) => top(a)?,
         Cmd::Vmentry(a) => vmentry_cmd(a)?,
         Cmd::Bench(a) => bench_cmd(a)?,
+        Cmd::Exact(a) => exact_cmd(a)?,
         Cmd::Compare { base, new, json, history } => {
             let b = results::load(&base)?;
             let n = results::load(&new)?;

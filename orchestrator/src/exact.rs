@@ -1,0 +1,183 @@
+//! Exact figures of the kvm engine on an emulated host, per reflected L2 exit, in steady
+//! state: each payload runs with N and with 2N iterations in the same boot, and every figure
+//! is the difference divided by N, so that boot, L1's set-up and the first exit's cold costs
+//! cancel. On Bochs the TSC ticks once per instruction, so the payload's cycle total is the
+//! instructions KVM's nested code, L1 and L2 execute together (shared/EMULATED-HOSTS.md);
+//! with `clock: sync=none` and the deterministic command line, every count here is the same
+//! on every boot of the same kernel and model.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use serde_json::Value;
+
+/// The payloads of the exact table by default: one exit kind each.
+pub const DEFAULT_PAYLOADS: [&str; 5] = ["outl", "hlt", "cpuid", "rdmsr", "ept_touch"];
+
+/// One payload's steady-state figures.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ExactRow {
+    /// The payload.
+    pub payload: String,
+    /// N (the runs had N and 2N iterations).
+    pub n: u64,
+    /// Reflected L2 exits between the two runs (`kvm_nested_vmexit_inject`); N when every
+    /// iteration's exit reached L1.
+    pub reflected: u64,
+    /// Instructions per nested round trip (L2 exit, KVM, L1's handler, back into L2): the
+    /// payload's TSC total, which counts instructions on Bochs.
+    pub instructions_per_round_trip: f64,
+    /// The cheapest single round trip of the 2N run (the steadier A/B figure: it excludes
+    /// the emulated host's own timer interrupts).
+    pub min_round_trip: Option<u64>,
+    /// KVM exits (L0's `exits` statistic) per reflected exit.
+    pub kvm_exits_per_reflected: f64,
+    /// `nested_run` (VM entries into L2 by L1) per reflected exit.
+    pub nested_runs_per_reflected: f64,
+    /// L2 exits that KVM handled itself (`kvm_nested_vmexit` not injected) per reflected
+    /// exit.
+    pub l0_handled_per_reflected: f64,
+    /// L1's own exits to L0 per reflected exit, by the kernel's exit-reason name
+    /// (`VMREAD`, `VMWRITE`, `VMRESUME`, ...), from `kvm_exit` of L1's vCPU.
+    pub l1_exits_per_reflected: BTreeMap<String, f64>,
+    /// Why there is no row, when a run failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+fn u(v: &Value) -> u64 {
+    v.as_u64().unwrap_or(0)
+}
+
+/// The payload's TSC total over its timed loop (its mean times its iterations; the mean is
+/// that total divided by the iterations, so this is exact).
+fn total_cycles(j: &Value) -> u64 {
+    (j["latency_cycles"]["mean"].as_f64().unwrap_or(0.0) * u(&j["iterations"]) as f64).round() as u64
+}
+
+/// The figures from the `run --json` documents of the N and 2N runs (`run::kvm_json`).
+#[must_use]
+pub fn steady_state(payload: &str, n: u64, small: &Value, large: &Value) -> ExactRow {
+    let failed = [small, large].into_iter().find_map(|j| {
+        let ok = j["complete"] == true && j["payload_status"] == 0 && j["payload_failures"] == 0;
+        (!ok).then(|| {
+            j["error"].as_str().map_or_else(|| format!("the {} run did not complete: {}", j["iterations"], j["outcome"]), str::to_owned)
+        })
+    });
+    if let Some(error) = failed {
+        return ExactRow { payload: payload.to_owned(), n, error: Some(error), ..ExactRow::default() };
+    }
+    if small["tracepoints"].is_null() || large["tracepoints"].is_null() {
+        let why = large["tracepoints_unavailable"].as_str().unwrap_or("no tracepoint counts");
+        return ExactRow { payload: payload.to_owned(), n, error: Some(format!("KVM's tracepoints: {why}")), ..ExactRow::default() };
+    }
+    let d = |f: &dyn Fn(&Value) -> u64| f(large).saturating_sub(f(small));
+    let per = |x: u64| x as f64 / n as f64;
+    let reflected = d(&|j| u(&j["tracepoints"]["nested_vmexit_inject"]));
+    let l0_handled = d(&|j| u(&j["tracepoints"]["nested_vmexit"]).saturating_sub(u(&j["tracepoints"]["nested_vmexit_inject"])));
+    let reasons = |j: &Value| -> BTreeMap<String, u64> {
+        j["tracepoints"]["l1_exits_by_reason"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), u(v))).collect())
+            .unwrap_or_default()
+    };
+    let (rs, rl) = (reasons(small), reasons(large));
+    let l1_exits_per_reflected = rl
+        .keys()
+        .chain(rs.keys())
+        .map(|k| (k.clone(), per(rl.get(k).copied().unwrap_or(0).saturating_sub(rs.get(k).copied().unwrap_or(0)))))
+        .filter(|(_, v)| *v != 0.0)
+        .collect();
+    let per_reflected = |x: u64| if reflected == 0 { 0.0 } else { x as f64 / reflected as f64 };
+    ExactRow {
+        payload: payload.to_owned(),
+        n,
+        reflected,
+        instructions_per_round_trip: per(d(&total_cycles)),
+        min_round_trip: large["latency_cycles"]["min"].as_u64(),
+        kvm_exits_per_reflected: per_reflected(d(&|j| u(&j["attribution"]["kvm_exits"]))),
+        nested_runs_per_reflected: per_reflected(d(&|j| u(&j["attribution"]["nested_runs"]))),
+        l0_handled_per_reflected: per_reflected(l0_handled),
+        l1_exits_per_reflected,
+        error: None,
+    }
+}
+
+/// The rows as a text table (one line per payload; L1 exits by reason after it).
+#[must_use]
+pub fn render(title: &str, rows: &[ExactRow]) -> String {
+    use std::fmt::Write;
+    let mut s = format!("{title}\n");
+    let _ = writeln!(
+        s,
+        "  {:<12} {:>6} {:>10} {:>14} {:>10} {:>12} {:>12} {:>10}",
+        "payload", "N", "reflected", "insns/exit", "min", "KVM exits", "nested_run", "L0-only"
+    );
+    for r in rows {
+        if let Some(e) = &r.error {
+            let _ = writeln!(s, "  {:<12} FAILED: {e}", r.payload);
+            continue;
+        }
+        let _ = writeln!(
+            s,
+            "  {:<12} {:>6} {:>10} {:>14.1} {:>10} {:>12.2} {:>12.2} {:>10.2}",
+            r.payload,
+            r.n,
+            r.reflected,
+            r.instructions_per_round_trip,
+            r.min_round_trip.map_or("-".into(), |m| m.to_string()),
+            r.kvm_exits_per_reflected,
+            r.nested_runs_per_reflected,
+            r.l0_handled_per_reflected
+        );
+        let l1: Vec<String> = r.l1_exits_per_reflected.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
+        let _ = writeln!(s, "  {:<12} L1 exits per reflected exit: {}", "", if l1.is_empty() { "none".into() } else { l1.join(", ") });
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(iterations: u64, mean: f64, kvm_exits: u64, inject: u64, vmexit: u64, vmread: u64) -> Value {
+        json!({
+            "complete": true, "payload_status": 0, "payload_failures": 0, "iterations": iterations,
+            "latency_cycles": {"mean": mean, "min": 17000},
+            "attribution": {"kvm_exits": kvm_exits, "nested_runs": inject},
+            "tracepoints": {"nested_vmexit_inject": inject, "nested_vmexit": vmexit,
+                            "l1_exits_by_reason": {"VMREAD": vmread, "VMRESUME": inject, "CPUID": 9}},
+        })
+    }
+
+    #[test]
+    fn set_up_cancels_and_figures_are_per_reflected_exit() {
+        // 50 vs 100 iterations: 2 KVM exits, 4 VMREADs and 1 L0-handled exit per iteration
+        // on top of a set-up that is the same in both runs.
+        let small = doc(50, 18_000.0, 200 + 100, 51, 59, 10 + 200);
+        let large = doc(100, 17_600.0, 200 + 200, 101, 59 + 100, 10 + 400);
+        let r = steady_state("outl", 50, &small, &large);
+        assert_eq!(r.error, None);
+        assert_eq!(r.reflected, 50);
+        assert_eq!(r.instructions_per_round_trip, (1_760_000.0 - 900_000.0) / 50.0);
+        assert_eq!(r.kvm_exits_per_reflected, 2.0);
+        assert_eq!(r.l0_handled_per_reflected, 1.0);
+        assert_eq!(r.l1_exits_per_reflected, BTreeMap::from([("VMREAD".into(), 4.0), ("VMRESUME".into(), 1.0)]));
+        assert!(render("t", &[r]).contains("VMREAD 4.00, VMRESUME 1.00"));
+    }
+
+    #[test]
+    fn a_failed_run_or_missing_tracepoints_give_no_figures() {
+        let mut bad = doc(50, 1.0, 1, 1, 1, 1);
+        bad["complete"] = json!(false);
+        bad["error"] = json!("KVM refused");
+        let r = steady_state("hlt", 50, &bad, &doc(100, 1.0, 1, 1, 1, 1));
+        assert_eq!(r.error.as_deref(), Some("KVM refused"));
+        let mut no_tp = doc(100, 1.0, 1, 1, 1, 1);
+        no_tp["tracepoints"] = Value::Null;
+        no_tp["tracepoints_unavailable"] = json!("tracefs is not mounted");
+        assert!(steady_state("hlt", 50, &doc(50, 1.0, 1, 1, 1, 1), &no_tp).error.unwrap().contains("tracefs is not mounted"));
+        assert!(render("t", &[steady_state("hlt", 50, &bad, &bad)]).contains("hlt          FAILED: KVM refused"));
+    }
+}
