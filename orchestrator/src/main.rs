@@ -217,6 +217,13 @@ struct HostArgs {
     /// (repeatable; `nested=1` is always set first).
     #[arg(long = "kvm-param", value_name = "NAME=VALUE")]
     kvm_params: Vec<String>,
+    /// Extra words for the emulated host's kernel command line (e.g.
+    /// `transparent_hugepage=never`).
+    #[arg(long, value_name = "WORDS", default_value = "")]
+    kernel_cmdline: String,
+    /// Wall-clock seconds the emulated host may take to boot and report.
+    #[arg(long, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    boot_timeout_s: Option<u64>,
     /// Keep the emulated machine's files (ISO, bochsrc, console, stream, Bochs log).
     #[arg(long)]
     keep_host_dir: bool,
@@ -227,9 +234,16 @@ impl HostArgs {
     fn resolve(&self) -> anyhow::Result<(hosts::HostSpec, hosts::EmulatedOptions)> {
         let spec = hosts::HostSpec::parse(&self.host)?;
         if spec == hosts::HostSpec::Local
-            && (self.kernel.is_some() || !self.kvm_params.is_empty() || self.keep_host_dir)
+            && (self.kernel.is_some()
+                || !self.kvm_params.is_empty()
+                || self.keep_host_dir
+                || !self.kernel_cmdline.is_empty()
+                || self.boot_timeout_s.is_some())
         {
-            anyhow::bail!("--kernel, --kvm-param and --keep-host-dir apply to an emulated host (--host bochs[:MODEL])");
+            anyhow::bail!(
+                "--kernel, --kvm-param, --kernel-cmdline, --boot-timeout-s and --keep-host-dir apply to an emulated host \
+                 (--host bochs[:MODEL])"
+            );
         }
         for p in &self.kvm_params {
             let ok = p.split_once('=').is_some_and(|(k, v)| {
@@ -244,8 +258,9 @@ impl HostArgs {
             kernel: self.kernel.clone(),
             kernel_modules: self.kernel_modules.clone(),
             kvm_params: self.kvm_params.clone(),
+            cmdline: self.kernel_cmdline.clone(),
             keep_dir: self.keep_host_dir,
-            ..hosts::EmulatedOptions::default()
+            boot_timeout: self.boot_timeout_s.map(Duration::from_secs),
         };
         Ok((spec, opts))
     }
@@ -330,6 +345,8 @@ struct VmentryArgs {
     /// Each case's time budget in milliseconds.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=600_000))]
     timeout_ms: u64,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 #[derive(clap::Args)]
@@ -662,9 +679,11 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
         "no *.json case files in {}",
         a.cases.as_deref().unwrap_or(std::path::Path::new("")).display()
     );
-    let mut results = Vec::new();
-    for f in &files {
-        let r = rt.block_on(runner.run(f));
+    let (host, host_opts) = a.host.resolve()?;
+    if host != hosts::HostSpec::Local {
+        eprintln!("nestbench vmentry: {} cases on {} in one boot ...", files.len(), host.name());
+    }
+    let print = |r: &vmentry::CaseResult| {
         if !a.json {
             println!(
                 "{:<44} {:<20} {}",
@@ -676,8 +695,8 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
                 println!("{:<44} {:<20}   bochs: {c}", "", "");
             }
         }
-        results.push(r);
-    }
+    };
+    let results = rt.block_on(runner.run_all(&host, &host_opts, &files, print))?;
     let counts = vmentry::counts(&results);
     let failed = results.iter().filter(|r| !r.outcome.is_verdict() && r.outcome.kind != "engine_unsupported").count();
     if a.json {

@@ -146,6 +146,7 @@ pub fn kvm_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
         "exits": payload_run["exits"],
         "exit_records": payload_run["exit_records"],
         "kvm_intel_params": k["kvm_intel_params"],
+        "vmx_msrs": k["vmx_msrs"],
         "attribution": k["attribution"],
         "tracepoints": tp,
         "tracepoints_unavailable": k["tracepoints_unavailable"],
@@ -237,6 +238,17 @@ pub fn render(j: &Value) -> String {
             String::new()
         }
     );
+    let h = &j["host"]["boot"];
+    if let Some(name) = h["host"].as_str() {
+        let _ = writeln!(
+            s,
+            "  host           {name}, kernel {}, kvm_intel {}; boot to ready {:.1} s, session {:.1} s wall",
+            h["kernel_release"].as_str().unwrap_or("?"),
+            h["kvm_intel_params"].as_str().unwrap_or("?"),
+            h["boot_to_ready_s"].as_f64().unwrap_or(f64::NAN),
+            h["session_s"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
     let _ = writeln!(
         s,
         "  latency        mean {} cycles, min {}, max {}, p50 < {}, p99 < {} (log2 buckets)",

@@ -10,6 +10,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::hosts::{EmulatedOptions, HostError, HostSpec, Invocation};
 use crate::l0_child::{self, ChildRun, Interruption};
 
 /// What one case produced on one engine.
@@ -135,6 +136,14 @@ pub struct CaseResult {
     pub bochs_checks: Vec<String>,
 }
 
+impl CaseResult {
+    /// Take the verdict from what the case's child said.
+    fn take(&mut self, child: &ChildRun) {
+        self.outcome = classify(child);
+        self.bochs_checks = bochs_checks(child);
+    }
+}
+
 /// The case files of `dir`, sorted.
 pub fn case_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -171,14 +180,62 @@ impl CaseRunner {
         Duration::from_millis(self.timeout_ms) + Duration::from_secs(10)
     }
 
-    /// Run one case file.
-    pub async fn run(&self, file: &Path) -> CaseResult {
+    /// Run case files on `host`, in order: one child per case locally, one boot for all of
+    /// them on an emulated host. `each` sees every result as it is known (locally, as each
+    /// case ends; on an emulated host, after the session).
+    pub async fn run_all(
+        &self,
+        host: &HostSpec,
+        host_opts: &EmulatedOptions,
+        files: &[PathBuf],
+        mut each: impl FnMut(&CaseResult),
+    ) -> Result<Vec<CaseResult>, HostError> {
+        let mut results: Vec<CaseResult> = files.iter().map(|f| self.parse(f)).collect();
+        let runnable: Vec<usize> = (0..results.len()).filter(|&i| results[i].name.is_some()).collect();
+        let invocation = |shown: String| {
+            Invocation {
+                args: self.args(&["--case".into(), shown.clone()]),
+                deadline: Duration::from_millis(self.timeout_ms),
+                files: vec![(PathBuf::from(&shown), shown)],
+            }
+        };
+        if *host == HostSpec::Local {
+            for i in 0..results.len() {
+                if runnable.contains(&i) {
+                    let inv = invocation(results[i].file.clone());
+                    match l0_child::run_l0(&self.l0, &inv.args, self.deadline(), |_| {}).await {
+                        Ok(child) => results[i].take(&child),
+                        Err(e) => results[i].outcome = Outcome::other("l0_error", e.to_string()),
+                    }
+                }
+                each(&results[i]);
+            }
+            return Ok(results);
+        }
+        let invocations: Vec<Invocation> = runnable.iter().map(|&i| invocation(results[i].file.clone())).collect();
+        let runs = match crate::hosts::run_all(host, host_opts, &self.l0, &invocations, |_, _| {}).await {
+            Ok(s) => s.runs,
+            Err(HostError::Stopped { partial, why, .. }) => {
+                eprintln!("nestbench vmentry: the emulated host {why}; the cases it did not finish have no verdict");
+                partial.runs
+            }
+            Err(e) => return Err(e),
+        };
+        for (&i, child) in runnable.iter().zip(&runs) {
+            results[i].take(child);
+        }
+        results.iter().for_each(&mut each);
+        Ok(results)
+    }
+
+    /// A case file, parsed (its outcome `malformed_case` when it does not parse).
+    fn parse(&self, file: &Path) -> CaseResult {
         let shown = file.display().to_string();
         let doc = std::fs::read_to_string(file)
             .map_err(|e| format!("{shown}: {e}"))
             .and_then(|t| l0::vmentry::parse(&shown, &t).map_err(|e| e.to_string()));
         let mut r = CaseResult {
-            file: shown.clone(),
+            file: shown,
             name: None,
             family: None,
             sdm: None,
@@ -186,23 +243,14 @@ impl CaseRunner {
             expect: None,
             bochs_checks: Vec::new(),
         };
-        let doc = match doc {
-            Ok(d) => d,
-            Err(e) => {
-                r.outcome = Outcome::other("malformed_case", e);
-                return r;
+        match doc {
+            Ok(doc) => {
+                r.name = Some(doc.name.clone());
+                r.family = Some(doc.family.clone());
+                r.sdm = Some(doc.sdm.clone());
+                r.expect = doc.expect.as_ref().and_then(|e| serde_json::to_value(e).ok());
             }
-        };
-        r.name = Some(doc.name.clone());
-        r.family = Some(doc.family.clone());
-        r.sdm = Some(doc.sdm.clone());
-        r.expect = doc.expect.as_ref().and_then(|e| serde_json::to_value(e).ok());
-        match l0_child::run_l0(&self.l0, &self.args(&["--case".into(), shown]), self.deadline(), |_| {}).await {
-            Ok(child) => {
-                r.outcome = classify(&child);
-                r.bochs_checks = bochs_checks(&child);
-            }
-            Err(e) => r.outcome = Outcome::other("l0_error", e.to_string()),
+            Err(e) => r.outcome = Outcome::other("malformed_case", e),
         }
         r
     }

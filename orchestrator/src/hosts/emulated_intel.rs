@@ -112,6 +112,36 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
+/// Check that an emulated Intel host can boot here with `opts`' kernel: Bochs and its BIOS
+/// files, what the boot medium is built from, and a kernel with kvm_intel. Returns Bochs and
+/// the kernel.
+pub fn preflight(opts: &EmulatedOptions) -> Result<(PathBuf, kernel::Kernel), HostError> {
+    let bochs = l0::host::which("bochs").ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?;
+    for (what, p) in [
+        ("the Bochs BIOS (Debian package bochsbios)", "/usr/share/bochs/BIOS-bochs-latest"),
+        ("the VGA BIOS (Debian package vgabios)", "/usr/share/vgabios/vgabios.bin"),
+        ("busybox (Debian package busybox-static)", "/bin/busybox"),
+        ("isolinux (Debian package isolinux)", machine::ISOLINUX_BIN),
+        ("ldlinux.c32 (Debian package syslinux-common)", machine::LDLINUX_C32),
+    ] {
+        if !Path::new(p).is_file() {
+            return Err(HostError::Missing { what, path: p.into() });
+        }
+    }
+    if l0::host::which("xorriso").is_none() {
+        return Err(HostError::Missing { what: "xorriso (Debian package xorriso)", path: "xorriso".into() });
+    }
+    let kernel = kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
+    if kernel.modules.kvm_intel.is_none() {
+        return Err(HostError::Kernel(kernel::KernelError::NoKvmModule {
+            release: kernel.release.clone(),
+            dir: kernel.modules.kvm.clone(),
+            module: "kvm_intel",
+        }));
+    }
+    Ok((bochs, kernel))
+}
+
 /// Run `invocations` in one boot of Bochs `model`.
 pub async fn run_all(
     model: &'static str,
@@ -121,26 +151,8 @@ pub async fn run_all(
     mut on: impl FnMut(usize, Incoming<'_>),
 ) -> Result<Session, HostError> {
     let host = format!("bochs:{model}");
-    let bochs = l0::host::which("bochs")
-        .ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?;
-    for (what, p) in [
-        ("the Bochs BIOS (Debian package bochsbios)", "/usr/share/bochs/BIOS-bochs-latest"),
-        ("the VGA BIOS (Debian package vgabios)", "/usr/share/vgabios/vgabios.bin"),
-    ] {
-        if !Path::new(p).is_file() {
-            return Err(HostError::Missing { what, path: p.into() });
-        }
-    }
+    let (bochs, kernel) = preflight(opts)?;
     let netns = l0::bochs::run::netns_options().map_err(|e| HostError::Tool { tool: "unshare", why: e.to_string() })?;
-    let kernel =
-        kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
-    if kernel.modules.kvm_intel.is_none() {
-        return Err(HostError::Kernel(kernel::KernelError::NoKvmModule {
-            release: kernel.release.clone(),
-            dir: kernel.modules.kvm.clone(),
-            module: "kvm_intel",
-        }));
-    }
     let params =
         std::iter::once("nested=1".to_owned()).chain(opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
     let started = Instant::now();

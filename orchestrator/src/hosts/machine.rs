@@ -178,8 +178,8 @@ pub fn initramfs(
 }
 
 /// isolinux's files (Debian packages isolinux and syslinux-common).
-const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
-const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
+pub const ISOLINUX_BIN: &str = "/usr/lib/ISOLINUX/isolinux.bin";
+pub const LDLINUX_C32: &str = "/usr/lib/syslinux/modules/bios/ldlinux.c32";
 
 /// Build the boot ISO in `work`: isolinux boots `kernel` with `initrd` and `cmdline`.
 pub fn iso(kernel: &Kernel, initrd: &[u8], cmdline: &str, work: &Path) -> Result<PathBuf, HostError> {
