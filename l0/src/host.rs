@@ -9,7 +9,7 @@ use std::time::Duration;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Cap;
 use nestbench_abi::cpuid as hv;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::machine::{Image, Machine, MachineConfig};
 use crate::x86_setup::Cpl;
@@ -18,7 +18,7 @@ use crate::x86_setup::Cpl;
 pub const KVM_MODULES: [&str; 4] = ["kvm", "kvm_intel", "kvm_amd", "kvm_pvm"];
 
 /// What the host's KVM offers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KvmFacts {
     /// The device path.
     pub path: PathBuf,
@@ -44,7 +44,7 @@ pub struct KvmFacts {
 }
 
 /// The result of the CPL 0 emulation probe.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Cpl0Probe {
     /// Instructions the probe guest executed at CPL 0.
     pub guest_instructions: u64,
@@ -57,7 +57,7 @@ pub struct Cpl0Probe {
 }
 
 /// Everything `doctor` reports about the host.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HostFacts {
     /// /proc/cpuinfo "model name".
     pub cpu_model: String,
@@ -84,7 +84,7 @@ pub struct HostFacts {
 }
 
 /// An external program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Tool {
     /// Where it is, if found on PATH.
     pub path: Option<PathBuf>,

@@ -717,6 +717,107 @@ pub struct BenchConfig {
     pub kvm: PathBuf,
     /// No per-configuration lines.
     pub quiet: bool,
+    /// Emulated hosts to measure the kvm engine on (exact figures, one boot each).
+    pub emulated: Vec<EmulatedTarget>,
+}
+
+/// One emulated host configuration of a bench.
+#[derive(Clone, Debug)]
+pub struct EmulatedTarget {
+    /// The host.
+    pub host: crate::hosts::HostSpec,
+    /// Its kernel and parameters.
+    pub opts: crate::hosts::EmulatedOptions,
+}
+
+impl EmulatedTarget {
+    /// Parse `bochs[:MODEL]@KERNEL` (KERNEL defaults to 6.1).
+    pub fn parse(s: &str) -> anyhow::Result<Self> {
+        let (host, kernel) = s.split_once('@').unwrap_or((s, crate::hosts::kernel::DEFAULT_KERNEL));
+        let spec = crate::hosts::HostSpec::parse(host)?;
+        anyhow::ensure!(spec != crate::hosts::HostSpec::Local, "--emulated-hosts {s:?}: local is not an emulated host");
+        Ok(Self { host: spec, opts: crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() } })
+    }
+
+    /// `bochs:<model>@<kernel>`.
+    #[must_use]
+    pub fn name(&self) -> String {
+        format!("{}@{}", self.host.name(), self.opts.kernel.as_deref().unwrap_or(crate::hosts::kernel::DEFAULT_KERNEL))
+    }
+}
+
+/// The emulated hosts a bench measures by default: Skylake-X (VMCS shadowing) and Ivy
+/// Bridge (none), each with every kernel of kernels.list; `--quick`: Skylake-X with 6.1.
+#[must_use]
+pub fn default_emulated(quick: bool) -> Vec<EmulatedTarget> {
+    let kernels = crate::doctor::kernel_aliases();
+    let mut v = Vec::new();
+    for model in crate::doctor::LISTED_MODELS {
+        for k in &kernels {
+            if quick && (model != crate::doctor::LISTED_MODELS[0] || *k != crate::hosts::kernel::DEFAULT_KERNEL) {
+                continue;
+            }
+            v.extend(EmulatedTarget::parse(&format!("bochs:{model}@{k}")));
+        }
+    }
+    v
+}
+
+/// N of the exact figures (the runs have N and 2N iterations).
+pub const EXACT_ITERATIONS: u64 = 100;
+
+/// Measure the kvm engine on each emulated host (one boot each); a host that cannot boot here
+/// is skipped with the reason.
+async fn emulated_hosts(
+    cfg: &BenchConfig,
+    payloads: &[&str],
+    stop: &AtomicBool,
+    skipped: &mut Vec<results::Skipped>,
+) -> Vec<results::EmulatedHostRun> {
+    let mut out = Vec::new();
+    for t in &cfg.emulated {
+        if stop.load(Ordering::SeqCst) {
+            break;
+        }
+        if let Err(e) = crate::hosts::emulated_intel::preflight(&t.opts) {
+            skipped.push(results::Skipped { engine: "kvm".into(), payload: None, reason: format!("emulated host {}: {e}", t.name()) });
+            continue;
+        }
+        if !cfg.quiet {
+            eprintln!("emulated host {}: {} runs in one boot ...", t.name(), 2 * payloads.len());
+        }
+        let timeout = Duration::from_millis(cfg.runner.timeout_ms.max(60_000));
+        let kernel = t.opts.kernel.clone().unwrap_or_default();
+        let params = std::iter::once("nested=1".to_owned()).chain(t.opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
+        let run = match crate::exact::measure(&t.host, &t.opts, &cfg.runner.l0, payloads, EXACT_ITERATIONS, timeout).await {
+            Ok((session, rows)) => results::EmulatedHostRun {
+                host: t.host.name(),
+                kernel,
+                kernel_release: session.boot.as_ref().map(|b| b.kernel_release.clone()),
+                kvm_intel_params: params,
+                boot: session.boot,
+                rows,
+                error: None,
+            },
+            Err(e) => results::EmulatedHostRun {
+                host: t.host.name(),
+                kernel,
+                kernel_release: None,
+                kvm_intel_params: params,
+                boot: None,
+                rows: Vec::new(),
+                error: Some(e.to_string()),
+            },
+        };
+        if !cfg.quiet {
+            match &run.error {
+                Some(e) => eprintln!("emulated host {}: FAILED: {e}", t.name()),
+                None => eprint!("{}", crate::exact::render(&format!("emulated host {}", t.name()), &run.rows)),
+            }
+        }
+        out.push(run);
+    }
+    out
 }
 
 /// What a bench produced.
@@ -816,6 +917,7 @@ pub fn summary(
         skipped: plan.skipped.clone(),
         baseline: None,
         bochs_models: Vec::new(),
+        emulated_hosts: Vec::new(),
     }
 }
 
@@ -989,12 +1091,26 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         } else {
             Vec::new()
         };
+        let exact_payloads: Vec<&str> =
+            crate::exact::DEFAULT_PAYLOADS.iter().copied().filter(|p| payloads.iter().any(|m| m.name == *p)).collect();
+        let mut skipped = Vec::new();
+        let emulated = if exact_payloads.is_empty() {
+            Vec::new()
+        } else {
+            emulated_hosts(cfg, &exact_payloads, &stop, &mut skipped).await
+        };
         watcher.abort();
-        (e, models)
+        (e, models, emulated, skipped)
     });
-    let (executed, bochs_models) = executed;
+    let (executed, bochs_models, emulated, emulated_skipped) = executed;
     let mut s = summary(&info, &plan, &profile, executed, started, &run_id);
     s.bochs_models = bochs_models;
+    s.skipped.extend(emulated_skipped);
+    s.failures.extend(emulated.iter().filter_map(|e| e.error.as_ref().map(|why| format!("emulated host {} ({}): {why}", e.host, e.kernel))));
+    s.failures.extend(emulated.iter().flat_map(|e| {
+        e.rows.iter().filter_map(move |r| r.error.as_ref().map(|why| format!("kvm/{} on {} ({}): {why}", r.payload, e.host, e.kernel)))
+    }));
+    s.emulated_hosts = emulated;
     finish(s, &cfg.out, &cfg.baseline, base.as_ref())
 }
 

@@ -274,6 +274,65 @@ fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Ve
     }
 }
 
+/// The kvm engine's exact figures on emulated hosts, matched on host, kernel release,
+/// kvm_intel parameters and payload: they are deterministic (the same on every boot), so
+/// any change is a verdict; a row that worked in BASE and failed in NEW is a regression.
+fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
+    for b in &base.emulated_hosts {
+        for br in b.rows.iter().filter(|r| r.error.is_none()) {
+            let id = format!("kvm/{}/{}", br.payload, b.key());
+            let verdict = |metric: &str, x: Value, y: Value, verdict: Kind, why: String| Verdict {
+                id: id.clone(),
+                metric: metric.into(),
+                kind: "count",
+                base: x,
+                new: y,
+                delta_pct: None,
+                verdict,
+                why,
+            };
+            let Some(n) = new.emulated_hosts.iter().find(|n| n.key() == b.key()) else {
+                out.push(verdict("configuration", Value::Null, Value::Null, Kind::Incomparable, "host not in the new run".into()));
+                continue;
+            };
+            let nr = n.rows.iter().find(|r| r.payload == br.payload && r.n == br.n);
+            let Some(nr) = nr.filter(|r| r.error.is_none()) else {
+                let why = nr.and_then(|r| r.error.clone()).or_else(|| n.error.clone()).unwrap_or_else(|| "missing in the new run".into());
+                out.push(verdict("configuration", json!("ok"), json!("failed"), Kind::Regression, format!("worked in the base run, not in the new one: {why}")));
+                continue;
+            };
+            let mut metrics = vec![
+                ("instructions_per_round_trip", br.instructions_per_round_trip, nr.instructions_per_round_trip),
+                ("min_round_trip", br.min_round_trip.unwrap_or(0) as f64, nr.min_round_trip.unwrap_or(0) as f64),
+                ("kvm_exits_per_reflected", br.kvm_exits_per_reflected, nr.kvm_exits_per_reflected),
+                ("nested_runs_per_reflected", br.nested_runs_per_reflected, nr.nested_runs_per_reflected),
+                ("l0_handled_per_reflected", br.l0_handled_per_reflected, nr.l0_handled_per_reflected),
+            ];
+            let mut reasons: Vec<&String> = br.l1_exits_per_reflected.keys().chain(nr.l1_exits_per_reflected.keys()).collect();
+            reasons.sort();
+            reasons.dedup();
+            let l1: Vec<(String, f64, f64)> = reasons
+                .iter()
+                .map(|k| {
+                    let g = |r: &crate::exact::ExactRow| r.l1_exits_per_reflected.get(*k).copied().unwrap_or(0.0);
+                    (format!("l1_exits_per_reflected.{k}"), g(br), g(nr))
+                })
+                .collect();
+            metrics.extend(l1.iter().map(|(k, x, y)| (k.as_str(), *x, *y)));
+            for (metric, x, y) in metrics {
+                let (kind, why) = match y.partial_cmp(&x) {
+                    Some(std::cmp::Ordering::Greater) => (Kind::Regression, format!("exact count: {:+}", y - x)),
+                    Some(std::cmp::Ordering::Less) => (Kind::Improvement, format!("exact count: {:+}", y - x)),
+                    _ => (Kind::Unchanged, "exact count: equal".into()),
+                };
+                let mut v = verdict(metric, json!(x), json!(y), kind, why);
+                v.delta_pct = (x > 0.0).then(|| (y / x - 1.0) * 100.0);
+                out.push(v);
+            }
+        }
+    }
+}
+
 /// Compare `new` against `base`; `history` (oldest first) sets the latency noise threshold.
 #[must_use]
 pub fn compare(base: &Summary, new: &Summary, history: &[Summary]) -> Comparison {
@@ -309,6 +368,7 @@ pub fn compare(base: &Summary, new: &Summary, history: &[Summary]) -> Comparison
             why: "not in the base run".into(),
         });
     }
+    emulated_verdicts(base, new, &mut verdicts);
     Comparison {
         compare_version: COMPARE_VERSION,
         base: base.run_id.clone(),
@@ -387,6 +447,52 @@ pub(crate) mod tests {
             rep.mean *= k;
         }
         r.latency = crate::results::latency(&r.repetitions, Some(1e6 / 2_596_000.0));
+    }
+
+    fn emulated(instructions: f64, error: Option<&str>) -> crate::results::EmulatedHostRun {
+        crate::results::EmulatedHostRun {
+            host: "bochs:corei7_skylake_x".into(),
+            kernel: "6.1".into(),
+            kernel_release: Some("6.1.0-57-cloud-amd64".into()),
+            kvm_intel_params: "nested=1".into(),
+            boot: None,
+            rows: vec![crate::exact::ExactRow {
+                payload: "outl".into(),
+                n: 100,
+                reflected: 100,
+                instructions_per_round_trip: instructions,
+                min_round_trip: Some(16_942),
+                kvm_exits_per_reflected: 2.0,
+                nested_runs_per_reflected: 1.0,
+                l0_handled_per_reflected: 0.0,
+                l1_exits_per_reflected: [("VMRESUME".to_owned(), 1.0)].into(),
+                error: error.map(Into::into),
+            }],
+            error: None,
+        }
+    }
+
+    #[test]
+    fn emulated_host_figures_are_exact_and_a_row_that_stops_working_is_a_regression() {
+        let mut base = fixture();
+        base.emulated_hosts = vec![emulated(17_622.8, None)];
+        let same = compare(&base, &base, &[]);
+        assert_eq!(same.regressions(), 0, "{}", render(&same));
+        let v = same.verdicts.iter().find(|v| v.metric == "l1_exits_per_reflected.VMRESUME").unwrap();
+        assert_eq!((v.id.as_str(), v.verdict), ("kvm/outl/bochs:corei7_skylake_x/6.1.0-57-cloud-amd64/nested=1", Kind::Unchanged));
+        let mut new = base.clone();
+        new.emulated_hosts = vec![emulated(17_623.8, None)];
+        let c = compare(&base, &new, &[]);
+        assert_eq!(c.regressions(), 1, "{}", render(&c));
+        assert!(c.verdicts.iter().any(|v| v.metric == "instructions_per_round_trip" && v.why == "exact count: +1"));
+        new.emulated_hosts = vec![emulated(0.0, Some("KVM refused"))];
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.metric == "configuration").unwrap();
+        assert_eq!(v.verdict, Kind::Regression);
+        assert!(v.why.contains("KVM refused"), "{}", v.why);
+        new.emulated_hosts.clear();
+        let c = compare(&base, &new, &[]);
+        assert_eq!(c.regressions(), 0, "a host the new run did not measure is not comparable, not a regression");
     }
 
     #[test]

@@ -27,10 +27,63 @@ pub struct EngineStatus {
 pub struct Doctor {
     /// [`DOCTOR_VERSION`].
     pub doctor_version: u32,
-    /// Host facts.
+    /// Which host this is (`local`, `bochs:<model>`).
+    pub host_name: String,
+    /// Host facts (from inside the emulated machine for an emulated host).
     pub host: HostFacts,
     /// Engine verdicts, in the order soft, kvm, bochs.
     pub engines: Vec<EngineStatus>,
+    /// The emulated hosts this machine can boot, and why not the others (only for
+    /// `local`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub emulated_hosts: Vec<HostStatus>,
+    /// How the emulated host booted (only for an emulated host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<crate::hosts::emulated_intel::BootFigures>,
+}
+
+/// Whether an emulated host can boot here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct HostStatus {
+    /// `--host` value.
+    pub host: String,
+    /// `--kernel` value.
+    pub kernel: String,
+    /// Whether it can boot here.
+    pub can_run: bool,
+    /// Why (not).
+    pub reason: String,
+}
+
+/// The CPU models doctor lists: the two of CI (with and without VMCS shadowing).
+pub const LISTED_MODELS: [&str; 2] = ["corei7_skylake_x", "corei7_ivy_bridge_3770k"];
+
+/// The kernel aliases of `kernels.list` (compiled in, so an installed binary knows them).
+#[must_use]
+pub fn kernel_aliases() -> Vec<&'static str> {
+    include_str!("../kernels.list")
+        .lines()
+        .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect()
+}
+
+/// The emulated hosts: each listed model with each cached kernel, checked without booting.
+#[must_use]
+pub fn emulated_hosts() -> Vec<HostStatus> {
+    let mut v = Vec::new();
+    for kernel in kernel_aliases() {
+        let opts = crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() };
+        let check = crate::hosts::emulated_intel::preflight(&opts);
+        for model in LISTED_MODELS {
+            let (can_run, reason) = match &check {
+                Ok((_, k)) => (true, format!("Bochs boots Debian's {} with kvm_intel nested=1 (kvm engine on upstream KVM)", k.release)),
+                Err(e) => (false, e.to_string()),
+            };
+            v.push(HostStatus { host: format!("bochs:{model}"), kernel: kernel.to_owned(), can_run, reason });
+        }
+    }
+    v
 }
 
 fn param<'a>(h: &'a HostFacts, module: &str, name: &str) -> Option<&'a str> {
@@ -125,10 +178,37 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
     vec![soft, kvm_engine, bochs]
 }
 
-/// Build the report.
+/// Build the report of this machine (with the emulated hosts it can boot).
 #[must_use]
 pub fn doctor(host: HostFacts) -> Doctor {
-    Doctor { doctor_version: DOCTOR_VERSION, engines: engines(&host), host }
+    Doctor {
+        doctor_version: DOCTOR_VERSION,
+        host_name: "local".into(),
+        engines: engines(&host),
+        host,
+        emulated_hosts: emulated_hosts(),
+        boot: None,
+    }
+}
+
+/// The report of an emulated host, from the facts its agent gathered inside it. The soft
+/// engine is marked as it stands there: its exit normalisation follows kvm_pvm's semantics
+/// (RIP past an OUT), and upstream KVM leaves RIP at the OUT, so it refuses L2's first I/O
+/// exit on such a host (docs/kvm-exits.md).
+#[must_use]
+pub fn doctor_emulated(name: String, host: HostFacts, boot: Option<crate::hosts::emulated_intel::BootFigures>) -> Doctor {
+    let mut engines = engines(&host);
+    if let Some(soft) = engines.iter_mut().find(|e| e.engine == "soft") {
+        soft.can_run = false;
+        soft.reason = "upstream KVM leaves RIP at an OUT until the next KVM_RUN, and the soft engine's exit \
+                       normalisation knows only kvm_pvm's semantics (RIP past it): it refuses L2's first I/O exit here"
+            .into();
+    }
+    if let Some(b) = engines.iter_mut().find(|e| e.engine == "bochs") {
+        b.can_run = false;
+        b.reason = "not inside an emulated host (Bochs runs on the machine that boots it)".into();
+    }
+    Doctor { doctor_version: DOCTOR_VERSION, host_name: name, engines, host, emulated_hosts: Vec::new(), boot }
 }
 
 /// The report as text for a terminal.
@@ -196,9 +276,32 @@ pub fn render(d: &Doctor) -> String {
             }
         );
     }
-    let _ = writeln!(s, "\nengines");
+    if let Some(b) = &d.boot {
+        let _ = writeln!(
+            s,
+            "  emulated   {} with kernel {} (kvm_intel {}), boot to ready {:.1} s wall",
+            b.host,
+            b.kernel_release,
+            b.kvm_intel_params,
+            b.boot_to_ready_s.unwrap_or(f64::NAN)
+        );
+    }
+    let _ = writeln!(s, "\nengines{}", if d.host_name == "local" { String::new() } else { format!(" on {}", d.host_name) });
     for e in &d.engines {
         let _ = writeln!(s, "  {:<6} {:<8} {}", e.engine, if e.can_run { "can run" } else { "cannot" }, e.reason);
+    }
+    if !d.emulated_hosts.is_empty() {
+        let _ = writeln!(s, "\nemulated hosts (--host, --kernel)");
+        for h in &d.emulated_hosts {
+            let _ = writeln!(
+                s,
+                "  {:<32} {:<5} {:<8} {}",
+                h.host,
+                h.kernel,
+                if h.can_run { "can run" } else { "cannot" },
+                h.reason
+            );
+        }
     }
     s
 }

@@ -8,14 +8,14 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The payloads of the exact table by default: one exit kind each.
 pub const DEFAULT_PAYLOADS: [&str; 5] = ["outl", "hlt", "cpuid", "rdmsr", "ept_touch"];
 
 /// One payload's steady-state figures.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExactRow {
     /// The payload.
     pub payload: String,
@@ -41,7 +41,6 @@ pub struct ExactRow {
     /// (`VMREAD`, `VMWRITE`, `VMRESUME`, ...), from `kvm_exit` of L1's vCPU.
     pub l1_exits_per_reflected: BTreeMap<String, f64>,
     /// Why there is no row, when a run failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 
@@ -101,6 +100,37 @@ pub fn steady_state(payload: &str, n: u64, small: &Value, large: &Value) -> Exac
         l1_exits_per_reflected,
         error: None,
     }
+}
+
+/// Measure `payloads` on an emulated `host` in one boot: each with `n` and `2n` iterations
+/// of the kvm engine, each run's guest budget `timeout`.
+pub async fn measure(
+    host: &crate::hosts::HostSpec,
+    opts: &crate::hosts::EmulatedOptions,
+    l0: &std::path::Path,
+    payloads: &[&str],
+    n: u64,
+    timeout: std::time::Duration,
+) -> Result<(crate::hosts::Session, Vec<ExactRow>), crate::hosts::HostError> {
+    let mut invocations = Vec::new();
+    for p in payloads {
+        for iterations in [n, 2 * n] {
+            let args = ["run", "--engine", "kvm", "--payload", p, "--iterations", &iterations.to_string()];
+            let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+            args.extend(["--timeout-ms".to_owned(), timeout.as_millis().to_string()]);
+            invocations.push(crate::hosts::Invocation { args, deadline: timeout, files: Vec::new() });
+        }
+    }
+    let session = crate::hosts::run_all(host, opts, l0, &invocations, |_, _| {}).await?;
+    let rows = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let j = |k: usize| crate::run::kvm_json(&session.runs[2 * i + k], p, n << k);
+            steady_state(p, n, &j(0), &j(1))
+        })
+        .collect();
+    Ok((session, rows))
 }
 
 /// The rows as a text table (one line per payload; L1 exits by reason after it).

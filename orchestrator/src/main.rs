@@ -30,6 +30,12 @@ enum Cmd {
         /// The KVM device.
         #[arg(long, default_value = "/dev/kvm")]
         kvm: PathBuf,
+        #[command(flatten)]
+        host: HostArgs,
+        /// The nestbench-l0 binary an emulated host runs [default: $NESTBENCH_L0, else next
+        /// to this executable].
+        #[arg(long)]
+        l0: Option<PathBuf>,
     },
     /// Boot L1 through nestbench-l0 and print what L1 reported plus the KVM statistics deltas.
     Boot(BootArgs),
@@ -145,6 +151,12 @@ struct BenchArgs {
     /// Bochs' CPU model.
     #[arg(long, default_value = "corei7_skylake_x")]
     cpu_model: String,
+    /// Emulated hosts to measure the kvm engine on, exactly (`bochs[:MODEL]@KERNEL`, comma
+    /// separated), or `none` [default: Skylake-X and Ivy Bridge with each kernel of
+    /// orchestrator/kernels.list; with --quick, Skylake-X with 6.1; those that cannot boot
+    /// here are skipped with the reason].
+    #[arg(long, value_delimiter = ',', value_name = "HOST@KERNEL")]
+    emulated_hosts: Option<Vec<String>>,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -728,27 +740,11 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
         payloads.push(m);
     }
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
-    let mut invocations = Vec::new();
-    for m in &payloads {
-        for n in [a.iterations, 2 * a.iterations] {
-            let args = ["run", "--engine", "kvm", "--payload", m.name, "--iterations", &n.to_string(), "--timeout-ms", &a.timeout_ms.to_string()];
-            invocations.push(hosts::Invocation {
-                args: args.iter().map(|s| (*s).to_owned()).collect(),
-                deadline: Duration::from_millis(a.timeout_ms),
-                files: Vec::new(),
-            });
-        }
-    }
-    eprintln!("nestbench exact: {} runs on {} in one boot ...", invocations.len(), host.name());
-    let session = on_host(&host, &opts, &l0, &invocations, |_, _| {})?;
-    let rows: Vec<exact::ExactRow> = payloads
-        .iter()
-        .enumerate()
-        .map(|(i, m)| {
-            let j = |k: usize| run::kvm_json(&session.runs[2 * i + k], m.name, a.iterations << k);
-            exact::steady_state(m.name, a.iterations, &j(0), &j(1))
-        })
-        .collect();
+    let names: Vec<&str> = payloads.iter().map(|m| m.name).collect();
+    eprintln!("nestbench exact: {} runs on {} in one boot ...", 2 * names.len(), host.name());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let (session, rows) =
+        rt.block_on(exact::measure(&host, &opts, &l0, &names, a.iterations, Duration::from_millis(a.timeout_ms)))?;
     let boot = session.boot.clone().unwrap_or_default();
     if a.json {
         let doc = serde_json::json!({ "host": host.name(), "boot": boot, "facts": session.host, "rows": rows });
@@ -786,6 +782,11 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
         },
         kvm: a.kvm,
         quiet: a.json,
+        emulated: match &a.emulated_hosts {
+            None => bench::default_emulated(a.quick),
+            Some(v) if v.iter().any(|s| s == "none") => Vec::new(),
+            Some(v) => v.iter().map(|s| bench::EmulatedTarget::parse(s)).collect::<anyhow::Result<_>>()?,
+        },
     };
     let o = bench::bench(&cfg)?;
     if a.json {
@@ -823,9 +824,19 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
     let code = match Cli::parse().cmd {
-        Cmd::Doctor { json, kvm } => {
-            // Blocking work (it boots a probe guest on its own vCPU thread); no runtime needed.
-            let d = doctor::doctor(l0::host::gather(&kvm));
+        Cmd::Doctor { json, kvm, host, l0 } => {
+            let (spec, opts) = host.resolve()?;
+            let d = if spec == hosts::HostSpec::Local {
+                // Blocking work (it boots a probe guest on its own vCPU thread); no runtime.
+                doctor::doctor(l0::host::gather(&kvm))
+            } else {
+                let l0 = l0_child::locate_l0(l0.as_deref())?;
+                let session = on_host(&spec, &opts, &l0, &[], |_, _| {})?;
+                let facts = session.host.context("the emulated host booted but sent no host report")?;
+                let facts: l0::host::HostFacts =
+                    serde_json::from_value(facts).context("reading the emulated host's report")?;
+                doctor::doctor_emulated(spec.name(), facts, session.boot)
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&d)?);
             } else {

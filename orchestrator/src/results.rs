@@ -69,6 +69,37 @@ pub struct Summary {
     /// run per model and payload, exact counts, no repetitions needed.
     #[serde(default)]
     pub bochs_models: Vec<BochsModelRow>,
+    /// The kvm engine on emulated hosts (upstream KVM in Bochs): exact steady-state figures
+    /// per reflected exit, per CPU model and kernel (`nestbench exact`).
+    #[serde(default)]
+    pub emulated_hosts: Vec<EmulatedHostRun>,
+}
+
+/// One emulated host configuration of a bench: one boot, N and 2N iterations per payload.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct EmulatedHostRun {
+    /// `bochs:<model>`.
+    pub host: String,
+    /// `--kernel` (`6.1`, `6.12`).
+    pub kernel: String,
+    /// The kernel release inside (null when it did not boot).
+    pub kernel_release: Option<String>,
+    /// kvm_intel's parameters as given.
+    pub kvm_intel_params: String,
+    /// How the boot went (wall times, frames).
+    pub boot: Option<crate::hosts::emulated_intel::BootFigures>,
+    /// One row per payload.
+    pub rows: Vec<crate::exact::ExactRow>,
+    /// Why there are no rows, when the host did not boot or stopped.
+    pub error: Option<String>,
+}
+
+impl EmulatedHostRun {
+    /// What rows are matched on across runs: host, kernel release and parameters.
+    #[must_use]
+    pub fn key(&self) -> String {
+        format!("{}/{}/{}", self.host, self.kernel_release.as_deref().unwrap_or(&self.kernel), self.kvm_intel_params)
+    }
 }
 
 /// One payload on one Bochs CPU model.
@@ -721,6 +752,29 @@ mod tests {
                 instructions_per_iteration: None,
                 exits: None,
                 error: Some("e".into()),
+            },
+        ];
+        s.emulated_hosts = vec![
+            EmulatedHostRun {
+                host: "bochs:corei7_skylake_x".into(),
+                kernel: "6.1".into(),
+                kernel_release: Some("6.1.0-57-cloud-amd64".into()),
+                kvm_intel_params: "nested=1".into(),
+                boot: Some(crate::hosts::emulated_intel::BootFigures::default()),
+                rows: vec![
+                    crate::exact::ExactRow { payload: "outl".into(), n: 100, min_round_trip: Some(1), ..Default::default() },
+                    crate::exact::ExactRow { payload: "hlt".into(), n: 100, error: Some("e".into()), ..Default::default() },
+                ],
+                error: None,
+            },
+            EmulatedHostRun {
+                host: "bochs:corei7_ivy_bridge_3770k".into(),
+                kernel: "6.12".into(),
+                kernel_release: None,
+                kvm_intel_params: "nested=1".into(),
+                boot: None,
+                rows: vec![],
+                error: Some("did not boot".into()),
             },
         ];
         s.results[0].errors = vec!["e".into()];

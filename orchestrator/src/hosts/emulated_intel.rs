@@ -24,7 +24,7 @@ use crate::l0_child::{ChildRun, Incoming, Interruption};
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
 /// How an emulated host's boot and session went.
-#[derive(Clone, Debug, Default, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct BootFigures {
     /// `bochs:<model>`.
     pub host: String,

@@ -321,7 +321,7 @@ mod tests {
         let mut b = vec![0u8; 0x1000];
         b[0x202..0x206].copy_from_slice(b"HdrS");
         b[0x20E..0x210].copy_from_slice(&0x300u16.to_le_bytes());
-        b[0x500..0x51C].copy_from_slice(b"6.1.0-57-cloud-amd64 (debia");
+        b[0x500..0x51B].copy_from_slice(b"6.1.0-57-cloud-amd64 (debia");
         assert_eq!(bzimage_version(&b).as_deref(), Some("6.1.0-57-cloud-amd64 (debia"));
         assert_eq!(bzimage_version(b"\x7fELF not a kernel"), None);
         assert_eq!(bzimage_version(&[0u8; 0x1000]), None);

@@ -1,0 +1,213 @@
+//! The kvm engine on upstream KVM: Debian's cloud kernels with `kvm_intel nested=1`, booted
+//! in Bochs by `--host bochs[:MODEL]`, through the real binaries. Each test boots a real
+//! emulated host; where one cannot boot here (no Bochs, no cached kernel: ./setup.sh fetches
+//! them), the test says why and skips, loudly.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use orchestrator::hosts::{EmulatedOptions, emulated_intel};
+use serde_json::Value;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+fn nestbench(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_nestbench")).args(args).output().expect("nestbench runs");
+    (out.status.code(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+/// Whether an emulated Intel host with `kernel` can boot here; if not, say why.
+fn emulated_host(kernel: &str) -> bool {
+    let opts = EmulatedOptions { kernel: Some(kernel.into()), ..EmulatedOptions::default() };
+    match emulated_intel::preflight(&opts) {
+        Ok(_) => true,
+        Err(e) => {
+            eprintln!("SKIP: no emulated Intel host with kernel {kernel} here: {e}");
+            false
+        }
+    }
+}
+
+fn json(args: &[&str]) -> Value {
+    let (code, out, err) = nestbench(args);
+    assert_eq!(code, Some(0), "nestbench {args:?}\n{out}\n{err}");
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}"))
+}
+
+/// Every leaf of `v`, by path, except what is wall-clock time on this machine.
+fn leaves(v: &Value, path: String, out: &mut Vec<(String, Value)>) {
+    match v {
+        Value::Object(o) => o.iter().for_each(|(k, x)| leaves(x, format!("{path}.{k}"), out)),
+        Value::Array(a) => a.iter().enumerate().for_each(|(i, x)| leaves(x, format!("{path}[{i}]"), out)),
+        _ if path.starts_with(".host.boot.") && path.ends_with("_s") => {}
+        _ => out.push((path, v.clone())),
+    }
+}
+
+#[test]
+fn the_kvm_engine_reflects_every_exit_on_upstream_kvm_and_two_boots_agree_exactly() {
+    if !emulated_host("6.1") {
+        return;
+    }
+    let args = ["run", "--host", "bochs:corei7_skylake_x", "--engine", "kvm", "--payload", "outl", "--iterations", "50", "--json"];
+    let a = json(&args);
+    assert_eq!(a["exits"], serde_json::json!({"I/O instruction": 50}), "{a}");
+    assert_eq!(a["attribution"]["reflected_exits"], 50);
+    assert!(a["attribution"]["nested_runs"].as_u64().unwrap() >= 50, "{}", a["attribution"]);
+    assert_eq!(a["tracepoints"]["reflected_by_reason"]["IO_INSTRUCTION"].as_u64().map(|n| n >= 50), Some(true));
+    assert_eq!(a["kvm_intel_params"]["nested"], "Y");
+    let boot = &a["host"]["boot"];
+    assert!(boot["kernel_release"].as_str().unwrap().starts_with("6.1.0-"), "{boot}");
+    assert_eq!(boot["frames_lost"], 0);
+    assert_eq!(boot["frames_garbled"], 0);
+    assert_eq!(a["host"]["facts"]["kvm"]["offers_vmx"], true);
+    // The pass-through: KVM derives the non-TRUE controls and CR0/CR4_FIXED1 itself and
+    // refuses a host write of them (vmx_set_vmx_msr()); L0 wrote the rest, and reports what
+    // L1's vCPU shows for all of them.
+    let msrs = a["vmx_msrs"].as_array().unwrap();
+    let written = |i: u64| msrs.iter().find(|m| m["index"] == i).map(|m| m["written"].clone());
+    for derived in [0x481, 0x482, 0x483, 0x484, 0x487, 0x489] {
+        assert_eq!(written(derived), Some(Value::Bool(false)), "{derived:#x}: {msrs:?}");
+    }
+    for restored in [0x480, 0x485, 0x48B, 0x48C, 0x48D, 0x490] {
+        assert_eq!(written(restored), Some(Value::Bool(true)), "{restored:#x}: {msrs:?}");
+    }
+    // A second boot gives the same counts and the same cycle (= instruction) figures.
+    let b = json(&args);
+    let (mut la, mut lb) = (Vec::new(), Vec::new());
+    leaves(&a, String::new(), &mut la);
+    leaves(&b, String::new(), &mut lb);
+    let differ: Vec<_> = la.iter().zip(&lb).filter(|(x, y)| x != y).collect();
+    assert_eq!(la.len(), lb.len());
+    assert!(differ.is_empty(), "two boots differ: {differ:?}");
+    assert!(la.iter().any(|(p, _)| p == ".latency_cycles.mean"), "cycle figures were compared too");
+}
+
+fn exact(host: &str, extra: &[&str]) -> Value {
+    let mut args = vec!["exact", "--host", host, "--payloads", "outl", "--iterations", "50", "--json"];
+    args.extend_from_slice(extra);
+    let doc = json(&args);
+    let row = doc["rows"][0].clone();
+    assert_eq!(row["error"], Value::Null, "{row}");
+    assert_eq!(row["reflected"], 50, "{row}");
+    row
+}
+
+#[test]
+fn shadow_vmcs_removes_l1_vmread_and_vmwrite_exits_on_real_kvm_code() {
+    if !emulated_host("6.1") {
+        return;
+    }
+    // Skylake-X: KVM shadows L1's VMCS, so L1's VMREAD/VMWRITE in its exit handler do not
+    // exit; per reflected exit only the L2 exit and L1's VMRESUME reach KVM.
+    let sky = exact("bochs:corei7_skylake_x", &[]);
+    let l1 = sky["l1_exits_per_reflected"].as_object().unwrap();
+    assert_eq!(l1.get("VMREAD"), None, "{sky}");
+    assert_eq!(l1.get("VMWRITE"), None, "{sky}");
+    assert_eq!(l1.get("VMRESUME").and_then(Value::as_f64), Some(1.0), "{sky}");
+    assert_eq!(sky["kvm_exits_per_reflected"], 2.0, "{sky}");
+    // Ivy Bridge has no VMCS shadowing (kvm_intel enable_shadow_vmcs=N): they all exit.
+    let ivy = exact("bochs:corei7_ivy_bridge_3770k", &[]);
+    let l1 = ivy["l1_exits_per_reflected"].as_object().unwrap();
+    assert!(l1.get("VMREAD").and_then(Value::as_f64).unwrap_or(0.0) > 0.0, "{ivy}");
+    assert!(l1.get("VMWRITE").and_then(Value::as_f64).unwrap_or(0.0) > 0.0, "{ivy}");
+    // Skylake-X with shadowing turned off in KVM takes the same L1 exits as Ivy Bridge.
+    let off = exact("bochs:corei7_skylake_x", &["--kvm-param", "enable_shadow_vmcs=0"]);
+    assert_eq!(off["l1_exits_per_reflected"], ivy["l1_exits_per_reflected"], "{off}\n{ivy}");
+    assert_eq!(off["kvm_exits_per_reflected"], ivy["kvm_exits_per_reflected"]);
+}
+
+#[test]
+fn every_vm_entry_case_gets_its_sdm_verdict_from_kvm_nvmx() {
+    if !emulated_host("6.1") {
+        return;
+    }
+    let dir = repo().join("vmentry/cases");
+    let doc = json(&["vmentry", "--host", "bochs:corei7_skylake_x", "--engine", "kvm", "--cases", dir.to_str().unwrap(), "--json"]);
+    let cases = doc["cases"].as_array().unwrap();
+    assert_eq!(cases.len(), std::fs::read_dir(&dir).unwrap().count());
+    for c in cases {
+        let (o, e) = (&c["outcome"], &c["expect"]);
+        let num = |v: &Value| v.as_u64().or_else(|| v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()));
+        let ok = o["kind"] == e["kind"]
+            && (e["error"].is_null() || o["error"] == e["error"])
+            && (e["exit_reason"].is_null() || o["exit_reason"].as_u64() == num(&e["exit_reason"]))
+            && (e["qualification"].is_null() || o["qualification"].as_u64() == num(&e["qualification"]));
+        assert!(ok, "{}: KVM nVMX gave {o}, the case expects {e}", c["file"]);
+    }
+}
+
+#[test]
+fn the_kvm_engine_runs_on_kernel_6_12_too() {
+    if !emulated_host("6.12") {
+        return;
+    }
+    let a = json(&["run", "--host", "bochs", "--kernel", "6.12", "--engine", "kvm", "--payload", "hlt", "--iterations", "20", "--json"]);
+    assert_eq!(a["exits"], serde_json::json!({"HLT": 20}), "{a}");
+    assert_eq!(a["attribution"]["reflected_exits"], 20);
+    assert!(a["host"]["boot"]["kernel_release"].as_str().unwrap().starts_with("6.12."), "{}", a["host"]);
+}
+
+/// No Bochs process of the kept machine directory named in `err` is alive.
+fn nothing_left_running(err: &str) {
+    let dir = err.split("its files are kept in ").nth(1).and_then(|s| s.split(')').next()).unwrap_or_else(|| panic!("no kept directory in: {err}"));
+    assert!(Path::new(dir).join("console.log").exists(), "{dir}");
+    let left = Command::new("pgrep").args(["-f", dir]).output().unwrap();
+    assert!(left.stdout.is_empty(), "processes left behind: {}", String::from_utf8_lossy(&left.stdout));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn a_module_that_refuses_to_load_is_named_with_its_kernel_log() {
+    if !emulated_host("6.1") {
+        return;
+    }
+    let (code, out, err) = nestbench(&["run", "--host", "bochs", "--kvm-param", "ept=bogus", "--engine", "kvm", "--payload", "outl"]);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(err.contains("loading module kvm_intel"), "{err}");
+    assert!(err.contains("ept=bogus"), "{err}");
+    assert!(err.contains("invalid for parameter"), "the kernel's own words from dmesg: {err}");
+}
+
+#[test]
+fn a_kernel_panic_and_a_hung_boot_stop_the_machine_and_say_so() {
+    if !emulated_host("6.1") {
+        return;
+    }
+    let (code, _, err) = nestbench(&[
+        "run", "--host", "bochs", "--kernel-cmdline", "rdinit=/nonexistent root=/dev/nonexistent", "--engine", "kvm", "--payload", "outl",
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("panicked: ") && err.contains("Kernel panic"), "{err}");
+    nothing_left_running(&err);
+    let (code, _, err) = nestbench(&["run", "--host", "bochs", "--boot-timeout-s", "1", "--engine", "kvm", "--payload", "outl"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("did not report within 1 s"), "{err}");
+    nothing_left_running(&err);
+}
+
+#[test]
+fn bad_hosts_and_kernels_are_named_before_anything_boots() {
+    let tmp = std::env::temp_dir().join(format!("nestbench-not-a-kernel-{}", std::process::id()));
+    std::fs::write(&tmp, "hello").unwrap();
+    for (args, want) in [
+        (vec!["--host", "bochs", "--kernel", "/nonexistent/bzImage"], "--kernel /nonexistent/bzImage: no such file or directory"),
+        (vec!["--host", "bochs", "--kernel", tmp.to_str().unwrap(), "--kernel-modules", "/tmp"], "is not a Linux bzImage"),
+        (vec!["--host", "bochs:ryzen"], "ryzen has no VMX"),
+        (vec!["--host", "qemu-ish"], "expected local, bochs or bochs:CPU_MODEL"),
+        (vec!["--host", "bochs", "--kvm-param", "nested"], "expected NAME=VALUE"),
+        (vec!["--kvm-param", "ept=0"], "apply to an emulated host"),
+        (vec!["--host", "bochs", "--kernel", "9.99"], "kernel 9.99 is not in the kernel cache"),
+    ] {
+        let mut a = vec!["run", "--engine", "kvm", "--payload", "outl"];
+        a.extend(args);
+        let start = std::time::Instant::now();
+        let (code, _, err) = nestbench(&a);
+        assert_ne!(code, Some(0), "{a:?}");
+        assert!(err.contains(want), "{a:?}: {err}");
+        assert!(start.elapsed().as_secs() < 10, "refused before booting anything: {a:?}");
+    }
+    let _ = std::fs::remove_file(tmp);
+}
