@@ -108,6 +108,10 @@ pub struct MachineConfig {
     /// The kvm engine: pass KVM's VMX through to L1, which runs L2 on the host kernel's
     /// nested VMX (`soft` must be `None`).
     pub kvm_nested: bool,
+    /// The kvm engine: record KVM's nested tracepoints (L1 exits by reason, reflected vs
+    /// L0-handled exits). They add KVM instructions to every exit, so exact instruction
+    /// figures come from runs without them.
+    pub kvm_tracepoints: bool,
     /// A VM-entry case for [`Scenario::Vmentry`], written at its fixed address.
     pub vmentry_case: Option<nestbench_abi::vmentry::Case>,
 }
@@ -156,6 +160,7 @@ impl Default for MachineConfig {
             memslot_limit: None,
             trace: None,
             kvm_nested: false,
+            kvm_tracepoints: true,
             vmentry_case: None,
         }
     }
@@ -415,7 +420,13 @@ impl VcpuThread {
         }
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
         let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());
-        let capture = self.config.kvm_nested.then(start_capture);
+        let capture = self.config.kvm_nested.then(|| {
+            if self.config.kvm_tracepoints {
+                start_capture()
+            } else {
+                Err("not recorded (--kvm-tracepoints off: tracepoints add KVM instructions to every exit)".into())
+            }
+        });
         let watchdog = Watchdog::arm(kicker, self.config.timeout);
         let start = Instant::now();
         let outcome = loop {

@@ -304,6 +304,11 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
             let mut metrics = vec![
                 ("instructions_per_round_trip", br.instructions_per_round_trip, nr.instructions_per_round_trip),
                 ("min_round_trip", br.min_round_trip.unwrap_or(0) as f64, nr.min_round_trip.unwrap_or(0) as f64),
+                (
+                    "tracepoint_instructions_per_round_trip",
+                    br.tracepoint_instructions_per_round_trip,
+                    nr.tracepoint_instructions_per_round_trip,
+                ),
                 ("kvm_exits_per_reflected", br.kvm_exits_per_reflected, nr.kvm_exits_per_reflected),
                 ("nested_runs_per_reflected", br.nested_runs_per_reflected, nr.nested_runs_per_reflected),
                 ("l0_handled_per_reflected", br.l0_handled_per_reflected, nr.l0_handled_per_reflected),
@@ -462,6 +467,7 @@ pub(crate) mod tests {
                 reflected: 100,
                 instructions_per_round_trip: instructions,
                 min_round_trip: Some(16_942),
+                tracepoint_instructions_per_round_trip: 3_000.0,
                 kvm_exits_per_reflected: 2.0,
                 nested_runs_per_reflected: 1.0,
                 l0_handled_per_reflected: 0.0,

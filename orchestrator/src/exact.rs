@@ -30,6 +30,9 @@ pub struct ExactRow {
     /// The cheapest single round trip of the 2N run (the steadier A/B figure: it excludes
     /// the emulated host's own timer interrupts).
     pub min_round_trip: Option<u64>,
+    /// What recording KVM's nested tracepoints adds per round trip (instructions).
+    #[serde(default)]
+    pub tracepoint_instructions_per_round_trip: f64,
     /// KVM exits (L0's `exits` statistic) per reflected exit.
     pub kvm_exits_per_reflected: f64,
     /// `nested_run` (VM entries into L2 by L1) per reflected exit.
@@ -54,10 +57,12 @@ fn total_cycles(j: &Value) -> u64 {
     (j["latency_cycles"]["mean"].as_f64().unwrap_or(0.0) * u(&j["iterations"]) as f64).round() as u64
 }
 
-/// The figures from the `run --json` documents of the N and 2N runs (`run::kvm_json`).
+/// The figures from the `run --json` documents (`run::kvm_json`) of the N and 2N runs,
+/// `plain` without KVM's tracepoints and `traced` with them: instructions and KVM's
+/// statistics from the plain pair, exits by level and reason from the traced pair.
 #[must_use]
-pub fn steady_state(payload: &str, n: u64, small: &Value, large: &Value) -> ExactRow {
-    let failed = [small, large].into_iter().find_map(|j| {
+pub fn steady_state(payload: &str, n: u64, plain: [&Value; 2], traced: [&Value; 2]) -> ExactRow {
+    let failed = plain.iter().chain(traced.iter()).find_map(|j| {
         let ok = j["complete"] == true && j["payload_status"] == 0 && j["payload_failures"] == 0;
         (!ok).then(|| {
             j["error"].as_str().map_or_else(|| format!("the {} run did not complete: {}", j["iterations"], j["outcome"]), str::to_owned)
@@ -66,21 +71,22 @@ pub fn steady_state(payload: &str, n: u64, small: &Value, large: &Value) -> Exac
     if let Some(error) = failed {
         return ExactRow { payload: payload.to_owned(), n, error: Some(error), ..ExactRow::default() };
     }
-    if small["tracepoints"].is_null() || large["tracepoints"].is_null() {
-        let why = large["tracepoints_unavailable"].as_str().unwrap_or("no tracepoint counts");
+    if let Some(j) = traced.iter().find(|j| j["tracepoints"].is_null()) {
+        let why = j["tracepoints_unavailable"].as_str().unwrap_or("no tracepoint counts");
         return ExactRow { payload: payload.to_owned(), n, error: Some(format!("KVM's tracepoints: {why}")), ..ExactRow::default() };
     }
-    let d = |f: &dyn Fn(&Value) -> u64| f(large).saturating_sub(f(small));
+    let delta = |pair: [&Value; 2], f: &dyn Fn(&Value) -> u64| f(pair[1]).saturating_sub(f(pair[0]));
     let per = |x: u64| x as f64 / n as f64;
-    let reflected = d(&|j| u(&j["tracepoints"]["nested_vmexit_inject"]));
-    let l0_handled = d(&|j| u(&j["tracepoints"]["nested_vmexit"]).saturating_sub(u(&j["tracepoints"]["nested_vmexit_inject"])));
+    let tp = |j: &Value, k: &str| u(&j["tracepoints"][k]);
+    let reflected = delta(traced, &|j| tp(j, "nested_vmexit_inject"));
+    let l0_handled = delta(traced, &|j| tp(j, "nested_vmexit").saturating_sub(tp(j, "nested_vmexit_inject")));
     let reasons = |j: &Value| -> BTreeMap<String, u64> {
         j["tracepoints"]["l1_exits_by_reason"]
             .as_object()
             .map(|o| o.iter().map(|(k, v)| (k.clone(), u(v))).collect())
             .unwrap_or_default()
     };
-    let (rs, rl) = (reasons(small), reasons(large));
+    let (rs, rl) = (reasons(traced[0]), reasons(traced[1]));
     let l1_exits_per_reflected = rl
         .keys()
         .chain(rs.keys())
@@ -88,14 +94,16 @@ pub fn steady_state(payload: &str, n: u64, small: &Value, large: &Value) -> Exac
         .filter(|(_, v)| *v != 0.0)
         .collect();
     let per_reflected = |x: u64| if reflected == 0 { 0.0 } else { x as f64 / reflected as f64 };
+    let instructions = per(delta(plain, &total_cycles));
     ExactRow {
         payload: payload.to_owned(),
         n,
         reflected,
-        instructions_per_round_trip: per(d(&total_cycles)),
-        min_round_trip: large["latency_cycles"]["min"].as_u64(),
-        kvm_exits_per_reflected: per_reflected(d(&|j| u(&j["attribution"]["kvm_exits"]))),
-        nested_runs_per_reflected: per_reflected(d(&|j| u(&j["attribution"]["nested_runs"]))),
+        instructions_per_round_trip: instructions,
+        min_round_trip: plain[1]["latency_cycles"]["min"].as_u64(),
+        tracepoint_instructions_per_round_trip: per(delta(traced, &total_cycles)) - instructions,
+        kvm_exits_per_reflected: per_reflected(delta(plain, &|j| u(&j["attribution"]["kvm_exits"]))),
+        nested_runs_per_reflected: per_reflected(delta(plain, &|j| u(&j["attribution"]["nested_runs"]))),
         l0_handled_per_reflected: per_reflected(l0_handled),
         l1_exits_per_reflected,
         error: None,
@@ -103,7 +111,8 @@ pub fn steady_state(payload: &str, n: u64, small: &Value, large: &Value) -> Exac
 }
 
 /// Measure `payloads` on an emulated `host` in one boot: each with `n` and `2n` iterations
-/// of the kvm engine, each run's guest budget `timeout`.
+/// of the kvm engine without KVM's tracepoints (the instruction figures) and with them (the
+/// exits by reason and level), each run's guest budget `timeout`.
 pub async fn measure(
     host: &crate::hosts::HostSpec,
     opts: &crate::hosts::EmulatedOptions,
@@ -114,11 +123,14 @@ pub async fn measure(
 ) -> Result<(crate::hosts::Session, Vec<ExactRow>), crate::hosts::HostError> {
     let mut invocations = Vec::new();
     for p in payloads {
-        for iterations in [n, 2 * n] {
-            let args = ["run", "--engine", "kvm", "--payload", p, "--iterations", &iterations.to_string()];
-            let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-            args.extend(["--timeout-ms".to_owned(), timeout.as_millis().to_string()]);
-            invocations.push(crate::hosts::Invocation { args, deadline: timeout, files: Vec::new() });
+        for tracepoints in ["off", "on"] {
+            for iterations in [n, 2 * n] {
+                let args = ["run", "--engine", "kvm", "--payload", p, "--iterations", &iterations.to_string()];
+                let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
+                args.extend(["--kvm-tracepoints".to_owned(), tracepoints.to_owned()]);
+                args.extend(["--timeout-ms".to_owned(), timeout.as_millis().to_string()]);
+                invocations.push(crate::hosts::Invocation { args, deadline: timeout, files: Vec::new() });
+            }
         }
     }
     let session = crate::hosts::run_all(host, opts, l0, &invocations, |_, _| {}).await?;
@@ -126,8 +138,8 @@ pub async fn measure(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let j = |k: usize| crate::run::kvm_json(&session.runs[2 * i + k], p, n << k);
-            steady_state(p, n, &j(0), &j(1))
+            let j = |k: usize| crate::run::kvm_json(&session.runs[4 * i + k], p, n << (k % 2));
+            steady_state(p, n, [&j(0), &j(1)], [&j(2), &j(3)])
         })
         .collect();
     Ok((session, rows))
@@ -140,8 +152,8 @@ pub fn render(title: &str, rows: &[ExactRow]) -> String {
     let mut s = format!("{title}\n");
     let _ = writeln!(
         s,
-        "  {:<12} {:>6} {:>10} {:>14} {:>10} {:>12} {:>12} {:>10}",
-        "payload", "N", "reflected", "insns/exit", "min", "KVM exits", "nested_run", "L0-only"
+        "  {:<12} {:>6} {:>10} {:>14} {:>10} {:>10} {:>12} {:>12} {:>10}",
+        "payload", "N", "reflected", "insns/exit", "min", "+tracing", "KVM exits", "nested_run", "L0-only"
     );
     for r in rows {
         if let Some(e) = &r.error {
@@ -150,12 +162,13 @@ pub fn render(title: &str, rows: &[ExactRow]) -> String {
         }
         let _ = writeln!(
             s,
-            "  {:<12} {:>6} {:>10} {:>14.1} {:>10} {:>12.2} {:>12.2} {:>10.2}",
+            "  {:<12} {:>6} {:>10} {:>14.1} {:>10} {:>10.1} {:>12.2} {:>12.2} {:>10.2}",
             r.payload,
             r.n,
             r.reflected,
             r.instructions_per_round_trip,
             r.min_round_trip.map_or("-".into(), |m| m.to_string()),
+            r.tracepoint_instructions_per_round_trip,
             r.kvm_exits_per_reflected,
             r.nested_runs_per_reflected,
             r.l0_handled_per_reflected
@@ -187,7 +200,12 @@ mod tests {
         // on top of a set-up that is the same in both runs.
         let small = doc(50, 18_000.0, 200 + 100, 51, 59, 10 + 200);
         let large = doc(100, 17_600.0, 200 + 200, 101, 59 + 100, 10 + 400);
-        let r = steady_state("outl", 50, &small, &large);
+        let r = steady_state("outl", 50, [&small, &large], [&small, &large]);
+        assert_eq!(r.tracepoint_instructions_per_round_trip, 0.0);
+        let traced_large = doc(100, 18_600.0, 200 + 200, 101, 59 + 100, 10 + 400);
+        let t = steady_state("outl", 50, [&small, &large], [&small, &traced_large]);
+        assert_eq!(t.tracepoint_instructions_per_round_trip, (1_860_000.0 - 1_760_000.0) / 50.0);
+        assert_eq!(t.instructions_per_round_trip, r.instructions_per_round_trip, "instructions come from the plain pair");
         assert_eq!(r.error, None);
         assert_eq!(r.reflected, 50);
         assert_eq!(r.instructions_per_round_trip, (1_760_000.0 - 900_000.0) / 50.0);
@@ -202,12 +220,14 @@ mod tests {
         let mut bad = doc(50, 1.0, 1, 1, 1, 1);
         bad["complete"] = json!(false);
         bad["error"] = json!("KVM refused");
-        let r = steady_state("hlt", 50, &bad, &doc(100, 1.0, 1, 1, 1, 1));
+        let good = doc(100, 1.0, 1, 1, 1, 1);
+        let r = steady_state("hlt", 50, [&bad, &good], [&good, &good]);
         assert_eq!(r.error.as_deref(), Some("KVM refused"));
         let mut no_tp = doc(100, 1.0, 1, 1, 1, 1);
         no_tp["tracepoints"] = Value::Null;
         no_tp["tracepoints_unavailable"] = json!("tracefs is not mounted");
-        assert!(steady_state("hlt", 50, &doc(50, 1.0, 1, 1, 1, 1), &no_tp).error.unwrap().contains("tracefs is not mounted"));
-        assert!(render("t", &[steady_state("hlt", 50, &bad, &bad)]).contains("hlt          FAILED: KVM refused"));
+        let small = doc(50, 1.0, 1, 1, 1, 1);
+        assert!(steady_state("hlt", 50, [&small, &good], [&small, &no_tp]).error.unwrap().contains("tracefs is not mounted"));
+        assert!(render("t", &[steady_state("hlt", 50, [&bad, &bad], [&bad, &bad])]).contains("hlt          FAILED: KVM refused"));
     }
 }

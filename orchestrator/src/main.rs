@@ -417,6 +417,8 @@ struct BootArgs {
     /// What L1 does after booting.
     #[arg(long, value_enum, default_value_t = Scenario::Probe)]
     scenario: Scenario,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 /// Run `nestbench-l0 args` to completion under a tokio runtime of our own (KVM_RUN happens
@@ -476,10 +478,34 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
     if let Some(l1) = &a.l1 {
         args.extend(["--l1".to_owned(), l1.display().to_string()]);
     }
-    let run = supervise(&l0, &args, Duration::from_millis(a.timeout_ms) + Duration::from_secs(5))?;
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&boot::to_json(&run))?);
+    let (host, host_opts) = a.host.resolve()?;
+    let (run, session_host) = if host == hosts::HostSpec::Local {
+        (supervise(&l0, &args, Duration::from_millis(a.timeout_ms) + Duration::from_secs(5))?, None)
     } else {
+        if a.l1.is_some() || a.kvm != std::path::Path::new("/dev/kvm") {
+            anyhow::bail!("--l1 and --kvm name files of this machine; with --host {} l0 uses the emulated host's", host.name());
+        }
+        let inv = hosts::Invocation { args, deadline: Duration::from_millis(a.timeout_ms), files: Vec::new() };
+        let s = on_host(&host, &host_opts, &l0, std::slice::from_ref(&inv), |_, _| {})?;
+        let boot = serde_json::json!({ "name": host.name(), "boot": s.boot, "facts": s.host });
+        (s.runs.into_iter().next().unwrap_or_default(), Some(boot))
+    };
+    if a.json {
+        let mut j = boot::to_json(&run);
+        if let Some(h) = session_host {
+            j["host"] = h;
+        }
+        println!("{}", serde_json::to_string_pretty(&j)?);
+    } else {
+        if let Some(h) = &session_host {
+            let b = &h["boot"];
+            println!(
+                "host           {}, kernel {}, kvm_intel {}",
+                h["name"].as_str().unwrap_or("?"),
+                b["kernel_release"].as_str().unwrap_or("?"),
+                b["kvm_intel_params"].as_str().unwrap_or("?")
+            );
+        }
         print!("{}", boot::render(&run));
     }
     let ok = run.complete()

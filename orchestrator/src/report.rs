@@ -423,29 +423,30 @@ pub fn emulated_hosts_markdown(runs: &[crate::results::EmulatedHostRun]) -> Stri
          the difference over N. On Bochs the TSC counts instructions, so a round trip is the instructions KVM's \
          nested code, L1 and L2 execute together; the counts are the same on every boot.\n"
     );
-    let _ = writeln!(m, "| host | kernel | kvm_intel | payload | instructions per round trip | min | KVM exits | nested_run | L0-handled | L1 exits by reason |");
-    let _ = writeln!(m, "|---|---|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(m, "| host | kernel | kvm_intel | payload | instructions per round trip | min | + tracepoints | KVM exits | nested_run | L0-handled | L1 exits by reason |");
+    let _ = writeln!(m, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for e in runs {
         let kernel = e.kernel_release.as_deref().unwrap_or(&e.kernel);
         if let Some(err) = &e.error {
             let first = err.lines().next().unwrap_or_default();
-            let _ = writeln!(m, "| {} | {kernel} | {} | all | FAILED: {first} | | | | | |", e.host, e.kvm_intel_params);
+            let _ = writeln!(m, "| {} | {kernel} | {} | all | FAILED: {first} | | | | | | |", e.host, e.kvm_intel_params);
             continue;
         }
         for r in &e.rows {
             if let Some(err) = &r.error {
-                let _ = writeln!(m, "| {} | {kernel} | {} | {} | FAILED: {err} | | | | | |", e.host, e.kvm_intel_params, r.payload);
+                let _ = writeln!(m, "| {} | {kernel} | {} | {} | FAILED: {err} | | | | | | |", e.host, e.kvm_intel_params, r.payload);
                 continue;
             }
             let l1: Vec<String> = r.l1_exits_per_reflected.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
             let _ = writeln!(
                 m,
-                "| {} | {kernel} | {} | {} | {:.1} | {} | {:.2} | {:.2} | {:.2} | {} |",
+                "| {} | {kernel} | {} | {} | {:.1} | {} | {:.1} | {:.2} | {:.2} | {:.2} | {} |",
                 e.host,
                 e.kvm_intel_params,
                 r.payload,
                 r.instructions_per_round_trip,
                 r.min_round_trip.map_or("-".into(), |v| v.to_string()),
+                r.tracepoint_instructions_per_round_trip,
                 r.kvm_exits_per_reflected,
                 r.nested_runs_per_reflected,
                 r.l0_handled_per_reflected,

@@ -128,6 +128,10 @@ struct RunArgs {
     /// Drain the ring only at the end of the run (so it overflows: tests of drop counting).
     #[arg(long, requires = "trace")]
     trace_drain_at_end: bool,
+    /// The kvm engine: record KVM's nested tracepoints where tracefs is mounted (they add
+    /// KVM instructions to every exit; `off` for instruction figures).
+    #[arg(long, value_enum, default_value_t = OnOff::On)]
+    kvm_tracepoints: OnOff,
     /// Run the payload directly in a VM of L0 (no L1): the single-level twin.
     #[arg(long, conflicts_with = "engine")]
     single_level: bool,
@@ -337,6 +341,7 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         timeout,
         soft: (!kvm_engine).then_some(l0::machine::SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On }),
         kvm_nested: kvm_engine,
+        kvm_tracepoints: args.kvm_tracepoints == OnOff::On,
         payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
         memslot_limit: args.memslot_limit.map(|n| n as usize),
         trace: args.trace.then(|| TraceConfig {
