@@ -736,7 +736,10 @@ impl EmulatedTarget {
         let (host, kernel) = s.split_once('@').unwrap_or((s, crate::hosts::kernel::DEFAULT_KERNEL));
         let spec = crate::hosts::HostSpec::parse(host)?;
         anyhow::ensure!(spec != crate::hosts::HostSpec::Local, "--emulated-hosts {s:?}: local is not an emulated host");
-        Ok(Self { host: spec, opts: crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() } })
+        Ok(Self {
+            host: spec,
+            opts: crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() },
+        })
     }
 
     /// `bochs:<model>@<kernel>`.
@@ -780,35 +783,47 @@ async fn emulated_hosts(
             break;
         }
         if let Err(e) = crate::hosts::emulated_intel::preflight(&t.opts) {
-            skipped.push(results::Skipped { engine: "kvm".into(), payload: None, reason: format!("emulated host {}: {e}", t.name()) });
+            skipped.push(results::Skipped {
+                engine: "kvm".into(),
+                payload: None,
+                reason: format!("emulated host {}: {e}", t.name()),
+            });
             continue;
         }
         if !cfg.quiet {
-            eprintln!("emulated host {}: {} runs in one boot ...", t.name(), 2 * payloads.len());
+            eprintln!(
+                "emulated host {}: {} runs in one boot ...",
+                t.name(),
+                crate::exact::RUNS_PER_PAYLOAD * payloads.len()
+            );
         }
         let timeout = Duration::from_millis(cfg.runner.timeout_ms.max(60_000));
         let kernel = t.opts.kernel.clone().unwrap_or_default();
-        let params = std::iter::once("nested=1".to_owned()).chain(t.opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
-        let run = match crate::exact::measure(&t.host, &t.opts, &cfg.runner.l0, payloads, EXACT_ITERATIONS, timeout).await {
-            Ok((session, rows)) => results::EmulatedHostRun {
-                host: t.host.name(),
-                kernel,
-                kernel_release: session.boot.as_ref().map(|b| b.kernel_release.clone()),
-                kvm_intel_params: params,
-                boot: session.boot,
-                rows,
-                error: None,
-            },
-            Err(e) => results::EmulatedHostRun {
-                host: t.host.name(),
-                kernel,
-                kernel_release: None,
-                kvm_intel_params: params,
-                boot: None,
-                rows: Vec::new(),
-                error: Some(e.to_string()),
-            },
-        };
+        let params = std::iter::once("nested=1".to_owned())
+            .chain(t.opts.kvm_params.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        let run =
+            match crate::exact::measure(&t.host, &t.opts, &cfg.runner.l0, payloads, EXACT_ITERATIONS, timeout).await {
+                Ok((session, rows)) => results::EmulatedHostRun {
+                    host: t.host.name(),
+                    kernel,
+                    kernel_release: session.boot.as_ref().map(|b| b.kernel_release.clone()),
+                    kvm_intel_params: params,
+                    boot: session.boot,
+                    rows,
+                    error: None,
+                },
+                Err(e) => results::EmulatedHostRun {
+                    host: t.host.name(),
+                    kernel,
+                    kernel_release: None,
+                    kvm_intel_params: params,
+                    boot: None,
+                    rows: Vec::new(),
+                    error: Some(e.to_string()),
+                },
+            };
         if !cfg.quiet {
             match &run.error {
                 Some(e) => eprintln!("emulated host {}: FAILED: {e}", t.name()),
@@ -1106,9 +1121,15 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
     let mut s = summary(&info, &plan, &profile, executed, started, &run_id);
     s.bochs_models = bochs_models;
     s.skipped.extend(emulated_skipped);
-    s.failures.extend(emulated.iter().filter_map(|e| e.error.as_ref().map(|why| format!("emulated host {} ({}): {why}", e.host, e.kernel))));
+    s.failures.extend(
+        emulated
+            .iter()
+            .filter_map(|e| e.error.as_ref().map(|why| format!("emulated host {} ({}): {why}", e.host, e.kernel))),
+    );
     s.failures.extend(emulated.iter().flat_map(|e| {
-        e.rows.iter().filter_map(move |r| r.error.as_ref().map(|why| format!("kvm/{} on {} ({}): {why}", r.payload, e.host, e.kernel)))
+        e.rows.iter().filter_map(move |r| {
+            r.error.as_ref().map(|why| format!("kvm/{} on {} ({}): {why}", r.payload, e.host, e.kernel))
+        })
     }));
     s.emulated_hosts = emulated;
     finish(s, &cfg.out, &cfg.baseline, base.as_ref())

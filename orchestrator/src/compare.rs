@@ -292,13 +292,28 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
                 why,
             };
             let Some(n) = new.emulated_hosts.iter().find(|n| n.key() == b.key()) else {
-                out.push(verdict("configuration", Value::Null, Value::Null, Kind::Incomparable, "host not in the new run".into()));
+                out.push(verdict(
+                    "configuration",
+                    Value::Null,
+                    Value::Null,
+                    Kind::Incomparable,
+                    "host not in the new run".into(),
+                ));
                 continue;
             };
             let nr = n.rows.iter().find(|r| r.payload == br.payload && r.n == br.n);
             let Some(nr) = nr.filter(|r| r.error.is_none()) else {
-                let why = nr.and_then(|r| r.error.clone()).or_else(|| n.error.clone()).unwrap_or_else(|| "missing in the new run".into());
-                out.push(verdict("configuration", json!("ok"), json!("failed"), Kind::Regression, format!("worked in the base run, not in the new one: {why}")));
+                let why = nr
+                    .and_then(|r| r.error.clone())
+                    .or_else(|| n.error.clone())
+                    .unwrap_or_else(|| "missing in the new run".into());
+                out.push(verdict(
+                    "configuration",
+                    json!("ok"),
+                    json!("failed"),
+                    Kind::Regression,
+                    format!("worked in the base run, not in the new one: {why}"),
+                ));
                 continue;
             };
             let mut metrics = vec![
@@ -313,7 +328,8 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
                 ("nested_runs_per_reflected", br.nested_runs_per_reflected, nr.nested_runs_per_reflected),
                 ("l0_handled_per_reflected", br.l0_handled_per_reflected, nr.l0_handled_per_reflected),
             ];
-            let mut reasons: Vec<&String> = br.l1_exits_per_reflected.keys().chain(nr.l1_exits_per_reflected.keys()).collect();
+            let mut reasons: Vec<&String> =
+                br.l1_exits_per_reflected.keys().chain(nr.l1_exits_per_reflected.keys()).collect();
             reasons.sort();
             reasons.dedup();
             let l1: Vec<(String, f64, f64)> = reasons
@@ -485,7 +501,10 @@ pub(crate) mod tests {
         let same = compare(&base, &base, &[]);
         assert_eq!(same.regressions(), 0, "{}", render(&same));
         let v = same.verdicts.iter().find(|v| v.metric == "l1_exits_per_reflected.VMRESUME").unwrap();
-        assert_eq!((v.id.as_str(), v.verdict), ("kvm/outl/bochs:corei7_skylake_x/6.1.0-57-cloud-amd64/nested=1", Kind::Unchanged));
+        assert_eq!(
+            (v.id.as_str(), v.verdict),
+            ("kvm/outl/bochs:corei7_skylake_x/6.1.0-57-cloud-amd64/nested=1", Kind::Unchanged)
+        );
         let mut new = base.clone();
         new.emulated_hosts = vec![emulated(17_623.8, None)];
         let c = compare(&base, &new, &[]);

@@ -77,7 +77,10 @@ pub fn emulated_hosts() -> Vec<HostStatus> {
         let check = crate::hosts::emulated_intel::preflight(&opts);
         for model in LISTED_MODELS {
             let (can_run, reason) = match &check {
-                Ok((_, k)) => (true, format!("Bochs boots Debian's {} with kvm_intel nested=1 (kvm engine on upstream KVM)", k.release)),
+                Ok((_, k)) => (
+                    true,
+                    format!("Bochs boots Debian's {} with kvm_intel nested=1 (kvm engine on upstream KVM)", k.release),
+                ),
                 Err(e) => (false, e.to_string()),
             };
             v.push(HostStatus { host: format!("bochs:{model}"), kernel: kernel.to_owned(), can_run, reason });
@@ -196,7 +199,11 @@ pub fn doctor(host: HostFacts) -> Doctor {
 /// (RIP past an OUT), and upstream KVM leaves RIP at the OUT, so it refuses L2's first I/O
 /// exit on such a host (docs/kvm-exits.md).
 #[must_use]
-pub fn doctor_emulated(name: String, host: HostFacts, boot: Option<crate::hosts::emulated_intel::BootFigures>) -> Doctor {
+pub fn doctor_emulated(
+    name: String,
+    host: HostFacts,
+    boot: Option<crate::hosts::emulated_intel::BootFigures>,
+) -> Doctor {
     let mut engines = engines(&host);
     if let Some(soft) = engines.iter_mut().find(|e| e.engine == "soft") {
         soft.can_run = false;
@@ -286,7 +293,8 @@ pub fn render(d: &Doctor) -> String {
             b.boot_to_ready_s.unwrap_or(f64::NAN)
         );
     }
-    let _ = writeln!(s, "\nengines{}", if d.host_name == "local" { String::new() } else { format!(" on {}", d.host_name) });
+    let _ =
+        writeln!(s, "\nengines{}", if d.host_name == "local" { String::new() } else { format!(" on {}", d.host_name) });
     for e in &d.engines {
         let _ = writeln!(s, "  {:<6} {:<8} {}", e.engine, if e.can_run { "can run" } else { "cannot" }, e.reason);
     }

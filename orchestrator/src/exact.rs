@@ -11,6 +11,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+/// Runs per payload: N and 2N iterations, without and with KVM's tracepoints.
+pub const RUNS_PER_PAYLOAD: usize = 4;
+
 /// The payloads of the exact table by default: one exit kind each.
 pub const DEFAULT_PAYLOADS: [&str; 5] = ["outl", "hlt", "cpuid", "rdmsr", "ept_touch"];
 
@@ -65,7 +68,10 @@ pub fn steady_state(payload: &str, n: u64, plain: [&Value; 2], traced: [&Value; 
     let failed = plain.iter().chain(traced.iter()).find_map(|j| {
         let ok = j["complete"] == true && j["payload_status"] == 0 && j["payload_failures"] == 0;
         (!ok).then(|| {
-            j["error"].as_str().map_or_else(|| format!("the {} run did not complete: {}", j["iterations"], j["outcome"]), str::to_owned)
+            j["error"].as_str().map_or_else(
+                || format!("the {} run did not complete: {}", j["iterations"], j["outcome"]),
+                str::to_owned,
+            )
         })
     });
     if let Some(error) = failed {
@@ -73,7 +79,12 @@ pub fn steady_state(payload: &str, n: u64, plain: [&Value; 2], traced: [&Value; 
     }
     if let Some(j) = traced.iter().find(|j| j["tracepoints"].is_null()) {
         let why = j["tracepoints_unavailable"].as_str().unwrap_or("no tracepoint counts");
-        return ExactRow { payload: payload.to_owned(), n, error: Some(format!("KVM's tracepoints: {why}")), ..ExactRow::default() };
+        return ExactRow {
+            payload: payload.to_owned(),
+            n,
+            error: Some(format!("KVM's tracepoints: {why}")),
+            ..ExactRow::default()
+        };
     }
     let delta = |pair: [&Value; 2], f: &dyn Fn(&Value) -> u64| f(pair[1]).saturating_sub(f(pair[0]));
     let per = |x: u64| x as f64 / n as f64;
@@ -138,7 +149,7 @@ pub async fn measure(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let j = |k: usize| crate::run::kvm_json(&session.runs[4 * i + k], p, n << (k % 2));
+            let j = |k: usize| crate::run::kvm_json(&session.runs[RUNS_PER_PAYLOAD * i + k], p, n << (k % 2));
             steady_state(p, n, [&j(0), &j(1)], [&j(2), &j(3)])
         })
         .collect();
@@ -174,7 +185,12 @@ pub fn render(title: &str, rows: &[ExactRow]) -> String {
             r.l0_handled_per_reflected
         );
         let l1: Vec<String> = r.l1_exits_per_reflected.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-        let _ = writeln!(s, "  {:<12} L1 exits per reflected exit: {}", "", if l1.is_empty() { "none".into() } else { l1.join(", ") });
+        let _ = writeln!(
+            s,
+            "  {:<12} L1 exits per reflected exit: {}",
+            "",
+            if l1.is_empty() { "none".into() } else { l1.join(", ") }
+        );
     }
     s
 }
@@ -205,7 +221,10 @@ mod tests {
         let traced_large = doc(100, 18_600.0, 200 + 200, 101, 59 + 100, 10 + 400);
         let t = steady_state("outl", 50, [&small, &large], [&small, &traced_large]);
         assert_eq!(t.tracepoint_instructions_per_round_trip, (1_860_000.0 - 1_760_000.0) / 50.0);
-        assert_eq!(t.instructions_per_round_trip, r.instructions_per_round_trip, "instructions come from the plain pair");
+        assert_eq!(
+            t.instructions_per_round_trip, r.instructions_per_round_trip,
+            "instructions come from the plain pair"
+        );
         assert_eq!(r.error, None);
         assert_eq!(r.reflected, 50);
         assert_eq!(r.instructions_per_round_trip, (1_760_000.0 - 900_000.0) / 50.0);
@@ -227,7 +246,15 @@ mod tests {
         no_tp["tracepoints"] = Value::Null;
         no_tp["tracepoints_unavailable"] = json!("tracefs is not mounted");
         let small = doc(50, 1.0, 1, 1, 1, 1);
-        assert!(steady_state("hlt", 50, [&small, &good], [&small, &no_tp]).error.unwrap().contains("tracefs is not mounted"));
-        assert!(render("t", &[steady_state("hlt", 50, [&bad, &bad], [&bad, &bad])]).contains("hlt          FAILED: KVM refused"));
+        assert!(
+            steady_state("hlt", 50, [&small, &good], [&small, &no_tp])
+                .error
+                .unwrap()
+                .contains("tracefs is not mounted")
+        );
+        assert!(
+            render("t", &[steady_state("hlt", 50, [&bad, &bad], [&bad, &bad])])
+                .contains("hlt          FAILED: KVM refused")
+        );
     }
 }

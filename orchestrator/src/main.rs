@@ -1,6 +1,8 @@
 //! `nestbench`: the orchestrator's command line.
 
-use orchestrator::{bench, boot, compare, doctor, exact, export, hosts, l0_child, report, results, run, trace, vmentry};
+use orchestrator::{
+    bench, boot, compare, doctor, exact, export, hosts, l0_child, report, results, run, trace, vmentry,
+};
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -286,11 +288,7 @@ fn on_host(
     invocations: &[hosts::Invocation],
     on: impl FnMut(usize, l0_child::Incoming<'_>),
 ) -> anyhow::Result<hosts::Session> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = runtime()?;
     Ok(rt.block_on(hosts::run_all(host, opts, l0, invocations, on))?)
 }
 
@@ -421,14 +419,19 @@ struct BootArgs {
     host: HostArgs,
 }
 
-/// Run `nestbench-l0 args` to completion under a tokio runtime of our own (KVM_RUN happens
-/// in the child, never on a runtime thread), killing it after `deadline`.
-fn supervise(l0: &std::path::Path, args: &[String], deadline: Duration) -> anyhow::Result<l0_child::ChildRun> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
+/// A tokio runtime of our own (KVM_RUN happens in the children, never on its threads).
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the tokio runtime")?;
+        .context("starting the tokio runtime")
+}
+
+/// Run `nestbench-l0 args` to completion under a tokio runtime of our own (KVM_RUN happens
+/// in the child, never on a runtime thread), killing it after `deadline`.
+fn supervise(l0: &std::path::Path, args: &[String], deadline: Duration) -> anyhow::Result<l0_child::ChildRun> {
+    let rt = runtime()?;
     Ok(rt.block_on(l0_child::run_l0(l0, args, deadline, |_| {}))?)
 }
 
@@ -439,11 +442,7 @@ fn supervise_with(
     deadline: Duration,
     on: impl FnMut(l0_child::Incoming<'_>),
 ) -> anyhow::Result<l0_child::ChildRun> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let rt = runtime()?;
     Ok(rt.block_on(l0_child::run_l0(l0, args, deadline, on))?)
 }
 
@@ -483,7 +482,10 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
         (supervise(&l0, &args, Duration::from_millis(a.timeout_ms) + Duration::from_secs(5))?, None)
     } else {
         if a.l1.is_some() || a.kvm != std::path::Path::new("/dev/kvm") {
-            anyhow::bail!("--l1 and --kvm name files of this machine; with --host {} l0 uses the emulated host's", host.name());
+            anyhow::bail!(
+                "--l1 and --kvm name files of this machine; with --host {} l0 uses the emulated host's",
+                host.name()
+            );
         }
         let inv = hosts::Invocation { args, deadline: Duration::from_millis(a.timeout_ms), files: Vec::new() };
         let s = on_host(&host, &host_opts, &l0, std::slice::from_ref(&inv), |_, _| {})?;
@@ -690,7 +692,7 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
         cpu_model: a.cpu_model.clone(),
         timeout_ms: a.timeout_ms,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = runtime()?;
     if a.baseline {
         let rows = rt.block_on(runner.baseline()).map_err(anyhow::Error::msg)?;
         if a.json {
@@ -767,8 +769,8 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
     }
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
     let names: Vec<&str> = payloads.iter().map(|m| m.name).collect();
-    eprintln!("nestbench exact: {} runs on {} in one boot ...", 2 * names.len(), host.name());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    eprintln!("nestbench exact: {} runs on {} in one boot ...", exact::RUNS_PER_PAYLOAD * names.len(), host.name());
+    let rt = runtime()?;
     let (session, rows) =
         rt.block_on(exact::measure(&host, &opts, &l0, &names, a.iterations, Duration::from_millis(a.timeout_ms)))?;
     let boot = session.boot.clone().unwrap_or_default();

@@ -423,18 +423,26 @@ pub fn emulated_hosts_markdown(runs: &[crate::results::EmulatedHostRun]) -> Stri
          the difference over N. On Bochs the TSC counts instructions, so a round trip is the instructions KVM's \
          nested code, L1 and L2 execute together; the counts are the same on every boot.\n"
     );
-    let _ = writeln!(m, "| host | kernel | kvm_intel | payload | instructions per round trip | min | + tracepoints | KVM exits | nested_run | L0-handled | L1 exits by reason |");
+    let _ = writeln!(
+        m,
+        "| host | kernel | kvm_intel | payload | instructions per round trip | min | + tracepoints | KVM exits | nested_run | L0-handled | L1 exits by reason |"
+    );
     let _ = writeln!(m, "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|");
     for e in runs {
         let kernel = e.kernel_release.as_deref().unwrap_or(&e.kernel);
         if let Some(err) = &e.error {
             let first = err.lines().next().unwrap_or_default();
-            let _ = writeln!(m, "| {} | {kernel} | {} | all | FAILED: {first} | | | | | | |", e.host, e.kvm_intel_params);
+            let _ =
+                writeln!(m, "| {} | {kernel} | {} | all | FAILED: {first} | | | | | | |", e.host, e.kvm_intel_params);
             continue;
         }
         for r in &e.rows {
             if let Some(err) = &r.error {
-                let _ = writeln!(m, "| {} | {kernel} | {} | {} | FAILED: {err} | | | | | | |", e.host, e.kvm_intel_params, r.payload);
+                let _ = writeln!(
+                    m,
+                    "| {} | {kernel} | {} | {} | FAILED: {err} | | | | | | |",
+                    e.host, e.kvm_intel_params, r.payload
+                );
                 continue;
             }
             let l1: Vec<String> = r.l1_exits_per_reflected.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
@@ -454,11 +462,14 @@ pub fn emulated_hosts_markdown(runs: &[crate::results::EmulatedHostRun]) -> Stri
             );
         }
     }
-    let _ = writeln!(m, "\n| host | kernel | boot to ready (s wall) | session (s wall) | runs | per run (s wall) | frames lost / garbled |");
+    let _ = writeln!(
+        m,
+        "\n| host | kernel | boot to ready (s wall) | session (s wall) | runs | per run (s wall) | frames lost / garbled |"
+    );
     let _ = writeln!(m, "|---|---|---:|---:|---:|---:|---|");
     for e in runs {
         if let Some(b) = &e.boot {
-            let runs = 2 * e.rows.len();
+            let runs = crate::exact::RUNS_PER_PAYLOAD * e.rows.len();
             let ready = b.boot_to_ready_s.unwrap_or(f64::NAN);
             let per_run = if runs > 0 { (b.session_s - b.stage_s - ready) / runs as f64 } else { f64::NAN };
             let _ = writeln!(

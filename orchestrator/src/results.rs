@@ -762,8 +762,18 @@ mod tests {
                 kvm_intel_params: "nested=1".into(),
                 boot: Some(crate::hosts::emulated_intel::BootFigures::default()),
                 rows: vec![
-                    crate::exact::ExactRow { payload: "outl".into(), n: 100, min_round_trip: Some(1), ..Default::default() },
-                    crate::exact::ExactRow { payload: "hlt".into(), n: 100, error: Some("e".into()), ..Default::default() },
+                    crate::exact::ExactRow {
+                        payload: "outl".into(),
+                        n: 100,
+                        min_round_trip: Some(1),
+                        ..Default::default()
+                    },
+                    crate::exact::ExactRow {
+                        payload: "hlt".into(),
+                        n: 100,
+                        error: Some("e".into()),
+                        ..Default::default()
+                    },
                 ],
                 error: None,
             },

@@ -192,12 +192,10 @@ impl CaseRunner {
     ) -> Result<Vec<CaseResult>, HostError> {
         let mut results: Vec<CaseResult> = files.iter().map(|f| self.parse(f)).collect();
         let runnable: Vec<usize> = (0..results.len()).filter(|&i| results[i].name.is_some()).collect();
-        let invocation = |shown: String| {
-            Invocation {
-                args: self.args(&["--case".into(), shown.clone()]),
-                deadline: Duration::from_millis(self.timeout_ms),
-                files: vec![(PathBuf::from(&shown), shown)],
-            }
+        let invocation = |shown: String| Invocation {
+            args: self.args(&["--case".into(), shown.clone()]),
+            deadline: Duration::from_millis(self.timeout_ms),
+            files: vec![(PathBuf::from(&shown), shown)],
         };
         if *host == HostSpec::Local {
             for i in 0..results.len() {

@@ -51,7 +51,18 @@ fn the_kvm_engine_reflects_every_exit_on_upstream_kvm_and_two_boots_agree_exactl
     if !emulated_host("6.1") {
         return;
     }
-    let args = ["run", "--host", "bochs:corei7_skylake_x", "--engine", "kvm", "--payload", "outl", "--iterations", "50", "--json"];
+    let args = [
+        "run",
+        "--host",
+        "bochs:corei7_skylake_x",
+        "--engine",
+        "kvm",
+        "--payload",
+        "outl",
+        "--iterations",
+        "50",
+        "--json",
+    ];
     let a = json(&args);
     assert_eq!(a["exits"], serde_json::json!({"I/O instruction": 50}), "{a}");
     assert_eq!(a["attribution"]["reflected_exits"], 50);
@@ -125,12 +136,23 @@ fn every_vm_entry_case_gets_its_sdm_verdict_from_kvm_nvmx() {
         return;
     }
     let dir = repo().join("vmentry/cases");
-    let doc = json(&["vmentry", "--host", "bochs:corei7_skylake_x", "--engine", "kvm", "--cases", dir.to_str().unwrap(), "--json"]);
+    let doc = json(&[
+        "vmentry",
+        "--host",
+        "bochs:corei7_skylake_x",
+        "--engine",
+        "kvm",
+        "--cases",
+        dir.to_str().unwrap(),
+        "--json",
+    ]);
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), std::fs::read_dir(&dir).unwrap().count());
     for c in cases {
         let (o, e) = (&c["outcome"], &c["expect"]);
-        let num = |v: &Value| v.as_u64().or_else(|| v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()));
+        let num = |v: &Value| {
+            v.as_u64().or_else(|| v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()))
+        };
         let ok = o["kind"] == e["kind"]
             && (e["error"].is_null() || o["error"] == e["error"])
             && (e["exit_reason"].is_null() || o["exit_reason"].as_u64() == num(&e["exit_reason"]))
@@ -144,7 +166,20 @@ fn the_kvm_engine_runs_on_kernel_6_12_too() {
     if !emulated_host("6.12") {
         return;
     }
-    let a = json(&["run", "--host", "bochs", "--kernel", "6.12", "--engine", "kvm", "--payload", "hlt", "--iterations", "20", "--json"]);
+    let a = json(&[
+        "run",
+        "--host",
+        "bochs",
+        "--kernel",
+        "6.12",
+        "--engine",
+        "kvm",
+        "--payload",
+        "hlt",
+        "--iterations",
+        "20",
+        "--json",
+    ]);
     assert_eq!(a["exits"], serde_json::json!({"HLT": 20}), "{a}");
     assert_eq!(a["attribution"]["reflected_exits"], 20);
     assert!(a["host"]["boot"]["kernel_release"].as_str().unwrap().starts_with("6.12."), "{}", a["host"]);
@@ -152,7 +187,11 @@ fn the_kvm_engine_runs_on_kernel_6_12_too() {
 
 /// No Bochs process of the kept machine directory named in `err` is alive.
 fn nothing_left_running(err: &str) {
-    let dir = err.split("its files are kept in ").nth(1).and_then(|s| s.split(')').next()).unwrap_or_else(|| panic!("no kept directory in: {err}"));
+    let dir = err
+        .split("its files are kept in ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .unwrap_or_else(|| panic!("no kept directory in: {err}"));
     assert!(Path::new(dir).join("console.log").exists(), "{dir}");
     let left = Command::new("pgrep").args(["-f", dir]).output().unwrap();
     assert!(left.stdout.is_empty(), "processes left behind: {}", String::from_utf8_lossy(&left.stdout));
@@ -164,7 +203,8 @@ fn a_module_that_refuses_to_load_is_named_with_its_kernel_log() {
     if !emulated_host("6.1") {
         return;
     }
-    let (code, out, err) = nestbench(&["run", "--host", "bochs", "--kvm-param", "ept=bogus", "--engine", "kvm", "--payload", "outl"]);
+    let (code, out, err) =
+        nestbench(&["run", "--host", "bochs", "--kvm-param", "ept=bogus", "--engine", "kvm", "--payload", "outl"]);
     assert_ne!(code, Some(0), "{out}");
     assert!(err.contains("loading module kvm_intel"), "{err}");
     assert!(err.contains("ept=bogus"), "{err}");
@@ -177,12 +217,21 @@ fn a_kernel_panic_and_a_hung_boot_stop_the_machine_and_say_so() {
         return;
     }
     let (code, _, err) = nestbench(&[
-        "run", "--host", "bochs", "--kernel-cmdline", "rdinit=/nonexistent root=/dev/nonexistent", "--engine", "kvm", "--payload", "outl",
+        "run",
+        "--host",
+        "bochs",
+        "--kernel-cmdline",
+        "rdinit=/nonexistent root=/dev/nonexistent",
+        "--engine",
+        "kvm",
+        "--payload",
+        "outl",
     ]);
     assert_ne!(code, Some(0));
     assert!(err.contains("panicked: ") && err.contains("Kernel panic"), "{err}");
     nothing_left_running(&err);
-    let (code, _, err) = nestbench(&["run", "--host", "bochs", "--boot-timeout-s", "1", "--engine", "kvm", "--payload", "outl"]);
+    let (code, _, err) =
+        nestbench(&["run", "--host", "bochs", "--boot-timeout-s", "1", "--engine", "kvm", "--payload", "outl"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("did not report within 1 s"), "{err}");
     nothing_left_running(&err);
@@ -193,8 +242,14 @@ fn bad_hosts_and_kernels_are_named_before_anything_boots() {
     let tmp = std::env::temp_dir().join(format!("nestbench-not-a-kernel-{}", std::process::id()));
     std::fs::write(&tmp, "hello").unwrap();
     for (args, want) in [
-        (vec!["--host", "bochs", "--kernel", "/nonexistent/bzImage"], "--kernel /nonexistent/bzImage: no such file or directory"),
-        (vec!["--host", "bochs", "--kernel", tmp.to_str().unwrap(), "--kernel-modules", "/tmp"], "is not a Linux bzImage"),
+        (
+            vec!["--host", "bochs", "--kernel", "/nonexistent/bzImage"],
+            "--kernel /nonexistent/bzImage: no such file or directory",
+        ),
+        (
+            vec!["--host", "bochs", "--kernel", tmp.to_str().unwrap(), "--kernel-modules", "/tmp"],
+            "is not a Linux bzImage",
+        ),
         (vec!["--host", "bochs:ryzen"], "ryzen has no VMX"),
         (vec!["--host", "qemu-ish"], "expected local, bochs or bochs:CPU_MODEL"),
         (vec!["--host", "bochs", "--kvm-param", "nested"], "expected NAME=VALUE"),

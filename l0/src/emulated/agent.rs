@@ -94,9 +94,19 @@ pub fn run(plan_path: &Path, line_path: &str) -> Result<(), AgentError> {
     result
 }
 
+/// The kernel's uptime in seconds (/proc/uptime), 0 where unreadable.
+fn uptime_s() -> f64 {
+    std::fs::read_to_string("/proc/uptime").ok().and_then(|s| s.split_whitespace().next()?.parse().ok()).unwrap_or(0.0)
+}
+
 fn serve(plan: &Plan, line: &Line) -> Result<(), AgentError> {
+    let uptime_at_agent_s = uptime_s();
+    let mut module_load_ms = Vec::new();
     for m in &plan.modules {
-        if let Err(message) = load_module(m) {
+        let t = Instant::now();
+        let loaded = load_module(m);
+        module_load_ms.push((m.name.clone(), u64::try_from(t.elapsed().as_millis()).unwrap_or(u64::MAX)));
+        if let Err(message) = loaded {
             let f = AgentFailure { message, dmesg: dmesg_tail(40) };
             line.send(0, Kind::Fail, &serde_json::to_string(&f).unwrap_or_default())?;
             return line.send(0, Kind::Bye, "{\"runs\":0}");
@@ -109,8 +119,9 @@ fn serve(plan: &Plan, line: &Line) -> Result<(), AgentError> {
             return line.send(0, Kind::Bye, "{\"runs\":0}");
         }
     }
-    let facts = crate::host::gather(Path::new("/dev/kvm"));
-    line.send(0, Kind::Host, &serde_json::to_string(&facts).unwrap_or_default())?;
+    let report =
+        super::HostReport { facts: crate::host::gather(Path::new("/dev/kvm")), uptime_at_agent_s, module_load_ms };
+    line.send(0, Kind::Host, &serde_json::to_string(&report).unwrap_or_default())?;
     let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
     for (i, r) in plan.runs.iter().enumerate() {
         let run = u32::try_from(i + 1).unwrap_or(u32::MAX);

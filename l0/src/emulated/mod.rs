@@ -46,3 +46,14 @@ pub struct Plan {
     /// The runs, in order.
     pub runs: Vec<PlannedRun>,
 }
+
+/// What the agent reports about the emulated host before any run ([`frame::Kind::Host`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct HostReport {
+    /// The host's facts, as `nestbench doctor` gathers them on a local host.
+    pub facts: crate::host::HostFacts,
+    /// The kernel's uptime when the agent started (boot to init, in emulated seconds).
+    pub uptime_at_agent_s: f64,
+    /// Each module's load time in emulated milliseconds, in load order.
+    pub module_load_ms: Vec<(String, u64)>,
+}

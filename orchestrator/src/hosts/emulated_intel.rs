@@ -44,6 +44,12 @@ pub struct BootFigures {
     pub boot_to_ready_s: Option<f64>,
     /// Wall seconds of the whole session.
     pub session_s: f64,
+    /// Emulated seconds from the kernel's start to the agent's (the kernel's uptime then).
+    #[serde(default)]
+    pub emulated_boot_to_agent_s: Option<f64>,
+    /// Each KVM module's load time inside, in emulated milliseconds.
+    #[serde(default)]
+    pub module_load_ms: Vec<(String, u64)>,
     /// Frames lost on the line (gaps in their sequence).
     pub frames_lost: u64,
     /// Frames that arrived garbled.
@@ -116,7 +122,8 @@ fn kill_group(pid: Option<u32>) {
 /// files, what the boot medium is built from, and a kernel with kvm_intel. Returns Bochs and
 /// the kernel.
 pub fn preflight(opts: &EmulatedOptions) -> Result<(PathBuf, kernel::Kernel), HostError> {
-    let bochs = l0::host::which("bochs").ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?;
+    let bochs = l0::host::which("bochs")
+        .ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?;
     for (what, p) in [
         ("the Bochs BIOS (Debian package bochsbios)", "/usr/share/bochs/BIOS-bochs-latest"),
         ("the VGA BIOS (Debian package vgabios)", "/usr/share/vgabios/vgabios.bin"),
@@ -131,7 +138,8 @@ pub fn preflight(opts: &EmulatedOptions) -> Result<(PathBuf, kernel::Kernel), Ho
     if l0::host::which("xorriso").is_none() {
         return Err(HostError::Missing { what: "xorriso (Debian package xorriso)", path: "xorriso".into() });
     }
-    let kernel = kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
+    let kernel =
+        kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
     if kernel.modules.kvm_intel.is_none() {
         return Err(HostError::Kernel(kernel::KernelError::NoKvmModule {
             release: kernel.release.clone(),
@@ -250,7 +258,11 @@ pub async fn run_all(
             match (f.kind, idx) {
                 (Kind::Host, _) => {
                     figures.boot_to_ready_s = Some(boot_start.elapsed().as_secs_f64());
-                    session.host = serde_json::from_str(&f.payload).ok();
+                    if let Ok(r) = serde_json::from_str::<l0::emulated::HostReport>(&f.payload) {
+                        figures.emulated_boot_to_agent_s = Some(r.uptime_at_agent_s);
+                        figures.module_load_ms = r.module_load_ms;
+                        session.host = serde_json::to_value(&r.facts).ok();
+                    }
                 }
                 (Kind::Fail, _) => {
                     failure = serde_json::from_str(&f.payload)
