@@ -370,6 +370,7 @@ pub fn payloads(json: bool) -> String {
                 l2_payloads::Support::Runs => (true, None),
                 l2_payloads::Support::Unsupported { reason } => (false, Some(reason)),
             };
+            let wedge = crate::hosts::emulated_intel::KVM_ENGINE_WEDGES.iter().find(|(p, _)| *p == m.name);
             json!({
                 "name": m.name,
                 "description": m.description,
@@ -380,7 +381,10 @@ pub fn payloads(json: bool) -> String {
                     "soft": { "runs": soft, "reason": why },
                     "single_level": { "runs": true },
                     "bochs": { "runs": true },
-                    "kvm": { "runs": false, "reason": "the kvm engine is not built yet" },
+                    "kvm": match wedge {
+                        None => json!({ "runs": true, "reason": "where KVM offers nested VMX (kvm_intel nested=1; here: --host bochs)" }),
+                        Some((_, why)) => json!({ "runs": false, "reason": why }),
+                    },
                 },
             })
         })
@@ -406,7 +410,7 @@ pub fn payloads(json: bool) -> String {
                 "    {:<13} {}",
                 e,
                 if x["runs"] == true {
-                    "runs".to_owned()
+                    x["reason"].as_str().map_or_else(|| "runs".to_owned(), |r| format!("runs {r}"))
                 } else {
                     format!("skipped: {}", x["reason"].as_str().unwrap_or(""))
                 }

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use orchestrator::hosts::{EmulatedOptions, emulated_intel};
+use orchestrator::hosts::{EmulatedOptions, HostSpec, Invocation, emulated_intel, run_all};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -135,17 +135,15 @@ fn every_vm_entry_case_gets_its_sdm_verdict_from_kvm_nvmx() {
     if !emulated_host("6.1") {
         return;
     }
+    for model in ["corei7_skylake_x", "corei7_ivy_bridge_3770k"] {
+        vm_entry_cases_on(model);
+    }
+}
+
+fn vm_entry_cases_on(model: &str) {
     let dir = repo().join("vmentry/cases");
-    let doc = json(&[
-        "vmentry",
-        "--host",
-        "bochs:corei7_skylake_x",
-        "--engine",
-        "kvm",
-        "--cases",
-        dir.to_str().unwrap(),
-        "--json",
-    ]);
+    let host = format!("bochs:{model}");
+    let doc = json(&["vmentry", "--host", &host, "--engine", "kvm", "--cases", dir.to_str().unwrap(), "--json"]);
     let cases = doc["cases"].as_array().unwrap();
     assert_eq!(cases.len(), std::fs::read_dir(&dir).unwrap().count());
     for c in cases {
@@ -157,8 +155,84 @@ fn every_vm_entry_case_gets_its_sdm_verdict_from_kvm_nvmx() {
             && (e["error"].is_null() || o["error"] == e["error"])
             && (e["exit_reason"].is_null() || o["exit_reason"].as_u64() == num(&e["exit_reason"]))
             && (e["qualification"].is_null() || o["qualification"].as_u64() == num(&e["qualification"]));
-        assert!(ok, "{}: KVM nVMX gave {o}, the case expects {e}", c["file"]);
+        assert!(ok, "{}: KVM nVMX on {model} gave {o}, the case expects {e}", c["file"]);
     }
+}
+
+/// Every payload on the kvm engine in one boot of `model`: each completes with exactly the
+/// exits its manifest names, except the payloads in `known` (name, the reason), which must
+/// still fail: one that starts passing fails this test, so the list cannot go stale.
+fn every_payload_on(model: &str, known: &[(&str, &str)]) {
+    let l0 = Path::new(env!("CARGO_BIN_EXE_nestbench")).with_file_name("nestbench-l0");
+    let n = 25;
+    for (p, why) in emulated_intel::KVM_ENGINE_WEDGES {
+        eprintln!("SKIP: {p} on the kvm engine on {model}: {why}");
+    }
+    let payloads: Vec<&l2_payloads::Manifest> = l2_payloads::all()
+        .iter()
+        .filter(|m| emulated_intel::KVM_ENGINE_WEDGES.iter().all(|(p, _)| *p != m.name))
+        .collect();
+    let invocations: Vec<Invocation> = payloads
+        .iter()
+        .map(|m| Invocation {
+            args: [
+                "run",
+                "--engine",
+                "kvm",
+                "--payload",
+                m.name,
+                "--iterations",
+                &n.to_string(),
+                "--timeout-ms",
+                "60000",
+            ]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect(),
+            deadline: std::time::Duration::from_secs(60),
+            files: Vec::new(),
+        })
+        .collect();
+    let host = HostSpec::parse(&format!("bochs:{model}")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let session = rt.block_on(run_all(&host, &EmulatedOptions::default(), &l0, &invocations, |_, _| {})).unwrap();
+    let mut failed = Vec::new();
+    for (m, run) in payloads.iter().zip(&session.runs) {
+        let p = run.event("payload_run").cloned().unwrap_or(Value::Null);
+        let exits: std::collections::BTreeMap<String, u64> = p["exits"]
+            .as_object()
+            .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
+            .unwrap_or_default();
+        let want: std::collections::BTreeMap<String, u64> = m
+            .exits_per_iteration
+            .iter()
+            .map(|(r, _)| (r.name().to_owned(), m.expected_exits(*r, n)))
+            .filter(|(_, c)| *c > 0)
+            .collect();
+        let ok = run.exit_code == Some(0) && p["status"] == 0 && p["results"]["failures"] == 0 && exits == want;
+        let why = format!(
+            "exit code {:?}, status {}, exits {exits:?} (manifest {want:?}), {}",
+            run.exit_code,
+            p["status"],
+            run.stderr.trim()
+        );
+        match (ok, known.iter().find(|(k, _)| *k == m.name)) {
+            (true, None) => println!("{model}: {} ok: {exits:?}", m.name),
+            (false, Some((_, reason))) => println!("{model}: {} fails as documented ({reason}): {why}", m.name),
+            (true, Some(_)) => failed.push(format!("{} now passes: take it off the known list", m.name)),
+            (false, None) => failed.push(format!("{}: {why}", m.name)),
+        }
+    }
+    assert!(failed.is_empty(), "{model}:\n{}", failed.join("\n"));
+}
+
+#[test]
+fn every_payload_runs_on_kvm_nvmx_with_its_manifests_exits() {
+    if !emulated_host("6.1") {
+        return;
+    }
+    every_payload_on("corei7_skylake_x", &[]);
+    every_payload_on("corei7_ivy_bridge_3770k", &[]);
 }
 
 #[test]

@@ -20,6 +20,16 @@ use super::machine::{self, Carried};
 use super::{EmulatedOptions, HostError, Invocation, Session, kernel};
 use crate::l0_child::{ChildRun, Incoming, Interruption};
 
+/// Payloads that wedge an emulated host on the kvm engine, with what was seen: with L1's
+/// VMX-preemption timer armed for L2, KVM 6.1 nested on Bochs (Skylake-X) stops the whole
+/// emulated machine: its serial output stops mid-line and the agent's own deadline never
+/// fires. `nestbench payloads` says so, and the tests do not run them there.
+pub const KVM_ENGINE_WEDGES: [(&str, &str); 1] = [(
+    "preempt_timer",
+    "with L1's VMX-preemption timer armed for L2, KVM 6.1 nested on Bochs stops the whole emulated host \
+     (seen on Skylake-X: its serial output stops mid-line, the agent's own deadline never fires)",
+)];
+
 /// The default wall-clock budget of a boot, until the host has reported (measured: ~15 s).
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
 
@@ -50,6 +60,10 @@ pub struct BootFigures {
     /// Each KVM module's load time inside, in emulated milliseconds.
     #[serde(default)]
     pub module_load_ms: Vec<(String, u64)>,
+    /// Per module, the ftrace call sites written as the NOPs the kernel would write at load
+    /// (`hosts::ftrace_nop`: same module text, no ftrace function tracing of it).
+    #[serde(default)]
+    pub module_ftrace_sites_nopped: Vec<(String, usize)>,
     /// Frames lost on the line (gaps in their sequence).
     pub frames_lost: u64,
     /// Frames that arrived garbled.
@@ -184,9 +198,9 @@ pub async fn run_all(
         let deadline_ms = u64::try_from(inv.deadline.as_millis()).unwrap_or(u64::MAX).saturating_add(10_000);
         plan.push(PlannedRun { args, deadline_ms });
     }
-    let initrd = machine::initramfs(&kernel, &params, l0, plan, &carried, &work)?;
+    let staged = machine::initramfs(&kernel, &params, l0, plan, &carried, &work)?;
     let cmdline = machine::cmdline(&opts.cmdline);
-    let iso = machine::iso(&kernel, &initrd, &cmdline, &work)?;
+    let iso = machine::iso(&kernel, &staged.cpio, &cmdline, &work)?;
     let (console_path, stream_path, log_path) = (work.join("console.log"), work.join("stream"), work.join("bochs.log"));
     for p in [&console_path, &stream_path] {
         std::fs::write(p, b"").map_err(|source| HostError::Io { path: p.clone(), source })?;
@@ -205,6 +219,7 @@ pub async fn run_all(
         kvm_intel_params: params.clone(),
         cmdline,
         stage_s: started.elapsed().as_secs_f64(),
+        module_ftrace_sites_nopped: staged.ftrace_sites_nopped,
         ..BootFigures::default()
     };
     let boot_start = Instant::now();

@@ -7,6 +7,7 @@
 
 pub mod cpio;
 pub mod emulated_intel;
+pub mod ftrace_nop;
 pub mod kernel;
 pub mod machine;
 
