@@ -8,7 +8,7 @@
 //! (its whole process group) and come back as [`HostError::Stopped`] with what the finished
 //! runs said, marked partial, and the machine's files kept for a look.
 
-use std::io::{Read, Seek, SeekFrom};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -98,7 +98,6 @@ impl Tail {
         let Some(f) = self.file.as_mut() else { return Vec::new() };
         let mut buf = Vec::new();
         let _ = f.read_to_end(&mut buf);
-        let _ = f.seek(SeekFrom::Current(0));
         self.pending.extend_from_slice(&buf);
         let mut out = Vec::new();
         while let Some(at) = self.pending.iter().position(|&b| b == b'\n') {
@@ -327,17 +326,7 @@ pub async fn run_all(
             break child.wait().await.ok();
         }
     };
-    // What arrived just before the end.
-    for l in stream.lines() {
-        if let Some(f) = reader.line(&l) {
-            if let (Kind::Out, Some(i)) = (f.kind, (f.run as usize).checked_sub(1).filter(|&i| i < session.runs.len()))
-            {
-                session.runs[i].take_line(&f.payload, &mut |e| on(i, e));
-            } else if f.kind == Kind::Bye {
-                done = true;
-            }
-        }
-    }
+    // Every line Bochs wrote was read in the loop's last pass (it flushes each byte).
     kill_group(pid);
     let bochs_stderr =
         tokio::time::timeout(Duration::from_secs(2), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
