@@ -274,6 +274,10 @@ fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Ve
     }
 }
 
+/// Emulated-host figures that are means over the timed loop: exact only between sessions
+/// that booted the same medium (`BootFigures::boot_medium`).
+const MEAN_METRICS: [&str; 2] = ["instructions_per_round_trip", "tracepoint_instructions_per_round_trip"];
+
 /// The kvm engine's exact figures on emulated hosts, matched on host, kernel release,
 /// kvm_intel parameters and payload: they are deterministic (the same on every boot), so
 /// any change is a verdict; a row that worked in BASE and failed in NEW is a regression.
@@ -340,7 +344,16 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
                 })
                 .collect();
             metrics.extend(l1.iter().map(|(k, x, y)| (k.as_str(), *x, *y)));
+            let medium = |e: &crate::results::EmulatedHostRun| e.boot.as_ref().map(|b| b.boot_medium.clone());
+            let same_medium = medium(b).is_some() && medium(b) == medium(n);
             for (metric, x, y) in metrics {
+                if !same_medium && MEAN_METRICS.contains(&metric) {
+                    let why = "boot media differ (another l0 build or set of runs): the mean moves with where the \
+                               emulated host's timer interrupts land; min_round_trip and the exit counts are compared"
+                        .to_owned();
+                    out.push(verdict(metric, json!(x), json!(y), Kind::Incomparable, why));
+                    continue;
+                }
                 let (kind, why) = match y.partial_cmp(&x) {
                     Some(std::cmp::Ordering::Greater) => (Kind::Regression, format!("exact count: {:+}", y - x)),
                     Some(std::cmp::Ordering::Less) => (Kind::Improvement, format!("exact count: {:+}", y - x)),
@@ -476,7 +489,10 @@ pub(crate) mod tests {
             kernel: "6.1".into(),
             kernel_release: Some("6.1.0-57-cloud-amd64".into()),
             kvm_intel_params: "nested=1".into(),
-            boot: None,
+            boot: Some(crate::hosts::emulated_intel::BootFigures {
+                boot_medium: "0badcafe".into(),
+                ..Default::default()
+            }),
             rows: vec![crate::exact::ExactRow {
                 payload: "outl".into(),
                 n: 100,
@@ -510,6 +526,13 @@ pub(crate) mod tests {
         let c = compare(&base, &new, &[]);
         assert_eq!(c.regressions(), 1, "{}", render(&c));
         assert!(c.verdicts.iter().any(|v| v.metric == "instructions_per_round_trip" && v.why == "exact count: +1"));
+        // Another boot medium (another l0 build): the mean is not compared, the rest is.
+        new.emulated_hosts[0].boot.as_mut().unwrap().boot_medium = "feedf00d".into();
+        let c = compare(&base, &new, &[]);
+        assert_eq!(c.regressions(), 0, "{}", render(&c));
+        let v = c.verdicts.iter().find(|v| v.metric == "instructions_per_round_trip").unwrap();
+        assert_eq!(v.verdict, Kind::Incomparable, "{}", v.why);
+        assert!(c.verdicts.iter().any(|v| v.metric == "min_round_trip" && v.verdict == Kind::Unchanged));
         new.emulated_hosts = vec![emulated(0.0, Some("KVM refused"))];
         let c = compare(&base, &new, &[]);
         let v = c.verdicts.iter().find(|v| v.metric == "configuration").unwrap();

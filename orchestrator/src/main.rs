@@ -159,6 +159,10 @@ struct BenchArgs {
     /// here are skipped with the reason].
     #[arg(long, value_delimiter = ',', value_name = "HOST@KERNEL")]
     emulated_hosts: Option<Vec<String>>,
+    /// Bench one emulated host only (`--host bochs[:MODEL]`, with its --kernel and
+    /// --kvm-param): the kvm engine's exact table there, no local engines.
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
@@ -381,6 +385,8 @@ struct TopArgs {
     timeout_ms: u64,
     #[command(flatten)]
     trace: TraceArgs,
+    #[command(flatten)]
+    host: HostArgs,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -625,6 +631,15 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
 
 fn top(a: TopArgs) -> anyhow::Result<i32> {
     use std::io::IsTerminal;
+    let (host, _) = a.host.resolve()?;
+    if host != hosts::HostSpec::Local {
+        anyhow::bail!(
+            "top needs the soft engine's exit trace, live: an emulated host's serial line carries about 10 KB per \
+             emulated second, far less than a trace stream, and the soft engine does not run on upstream KVM yet \
+             (docs/emulated-hosts.md); use `nestbench exact --host {}` for its exits by reason",
+            host.name()
+        );
+    }
     let Some(m) = l2_payloads::find(&a.payload) else {
         let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
         anyhow::bail!("unknown payload {:?}; known payloads: {}", a.payload, names.join(", "));
@@ -797,11 +812,16 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
 }
 
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
+    let (host, host_opts) = a.host.resolve()?;
+    let one_host = (host != hosts::HostSpec::Local).then(|| bench::EmulatedTarget { host, opts: host_opts });
+    if one_host.is_some() && (a.emulated_hosts.is_some() || a.engines.is_some()) {
+        anyhow::bail!("--host benches one emulated host; it does not combine with --emulated-hosts or --engines");
+    }
     let cfg = bench::BenchConfig {
         quick: a.quick,
         out: a.out,
         baseline: a.baseline,
-        engines: a.engines,
+        engines: if one_host.is_some() { Some(Vec::new()) } else { a.engines },
         payloads: a.payloads,
         runner: bench::Runner {
             l0: l0_child::locate_l0(a.l0.as_deref())?,
@@ -811,6 +831,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
         kvm: a.kvm,
         quiet: a.json,
         emulated: match &a.emulated_hosts {
+            None if one_host.is_some() => one_host.into_iter().collect(),
             None => bench::default_emulated(a.quick),
             Some(v) if v.iter().any(|s| s == "none") => Vec::new(),
             Some(v) => v.iter().map(|s| bench::EmulatedTarget::parse(s)).collect::<anyhow::Result<_>>()?,
@@ -846,12 +867,22 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
     })
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let code = match Cli::parse().cmd {
+    // The error and its causes, without a backtrace (RUST_BACKTRACE is for nestbench's
+    // developers, not for a message about the user's input).
+    let code = main_code(Cli::parse()).unwrap_or_else(|e| {
+        eprintln!("Error: {e:#}");
+        1
+    });
+    std::process::exit(code);
+}
+
+fn main_code(cli: Cli) -> anyhow::Result<i32> {
+    let code = match cli.cmd {
         Cmd::Doctor { json, kvm, host, l0 } => {
             let (spec, opts) = host.resolve()?;
             let d = if spec == hosts::HostSpec::Local {
@@ -906,5 +937,5 @@ fn main() -> anyhow::Result<()> {
             0
         }
     };
-    std::process::exit(code);
+    Ok(code)
 }

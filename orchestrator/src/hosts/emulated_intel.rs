@@ -48,6 +48,13 @@ pub struct BootFigures {
     pub kvm_intel_params: String,
     /// The kernel command line.
     pub cmdline: String,
+    /// CRC-32 of what the machine boots (kernel, initramfs with l0, the images and the plan,
+    /// command line, CPU model): two sessions with the same value execute the same
+    /// instructions. Another l0 build or another set of runs shifts where the emulated host's
+    /// timer interrupts land, which moves the mean round trip by a few instructions (not the
+    /// cheapest one, nor any exit count).
+    #[serde(default)]
+    pub boot_medium: String,
     /// Wall seconds to build the boot medium.
     pub stage_s: f64,
     /// Wall seconds from Bochs' start to the host's report (modules loaded, /dev/kvm up).
@@ -200,6 +207,16 @@ pub async fn run_all(
     let staged = machine::initramfs(&kernel, &params, l0, plan, &carried, &work)?;
     let cmdline = machine::cmdline(&opts.cmdline);
     let iso = machine::iso(&kernel, &staged.cpio, &cmdline, &work)?;
+    let medium = {
+        let mut h = crc32fast::Hasher::new();
+        h.update(
+            &std::fs::read(&kernel.bzimage).map_err(|source| HostError::Io { path: kernel.bzimage.clone(), source })?,
+        );
+        h.update(&staged.cpio);
+        h.update(cmdline.as_bytes());
+        h.update(model.as_bytes());
+        format!("{:08x}", h.finalize())
+    };
     let (console_path, stream_path, log_path) = (work.join("console.log"), work.join("stream"), work.join("bochs.log"));
     for p in [&console_path, &stream_path] {
         std::fs::write(p, b"").map_err(|source| HostError::Io { path: p.clone(), source })?;
@@ -219,6 +236,7 @@ pub async fn run_all(
         cmdline,
         stage_s: started.elapsed().as_secs_f64(),
         module_ftrace_sites_nopped: staged.ftrace_sites_nopped,
+        boot_medium: medium,
         ..BootFigures::default()
     };
     let boot_start = Instant::now();
