@@ -79,6 +79,13 @@ pub struct HostFacts {
     /// Why the probe did not run or failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cpl0_probe_error: Option<String>,
+    /// What this host's KVM leaves behind at an OUT exit, measured by running one
+    /// (`soft::host_exits`); the soft engine normalises by it.
+    #[serde(default)]
+    pub exit_semantics: Option<crate::soft::host_exits::HostExits>,
+    /// Why the exit-semantics probe failed, when it did.
+    #[serde(default)]
+    pub exit_semantics_error: Option<String>,
     /// External tools.
     pub tools: BTreeMap<String, Tool>,
 }
@@ -260,6 +267,7 @@ pub fn gather(kvm_path: &Path) -> HostFacts {
     } else {
         (None, Some("KVM is not usable".into()))
     };
+    let exits = if kvm.usable { crate::soft::host_exits::probe(kvm_path) } else { Err("KVM is not usable".into()) };
     HostFacts {
         cpu_model: cpuinfo_field(&cpuinfo, "model name").unwrap_or_else(|| "unknown".into()),
         cpu_vendor: cpuinfo_field(&cpuinfo, "vendor_id").unwrap_or_else(|| "unknown".into()),
@@ -271,6 +279,8 @@ pub fn gather(kvm_path: &Path) -> HostFacts {
         kvm,
         cpl0,
         cpl0_probe_error,
+        exit_semantics: exits.as_ref().ok().copied(),
+        exit_semantics_error: exits.err(),
         tools: [
             (
                 "bochs".to_owned(),

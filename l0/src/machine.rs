@@ -416,6 +416,8 @@ impl VcpuThread {
             let kvm = crate::vm::open_kvm(&self.config.kvm_path)?;
             let mut soft = SoftVmx::new(cfg.vmcs_shadowing);
             soft.set_memslot_limit(self.config.memslot_limit);
+            let host = crate::soft::host_exits::probe(&self.config.kvm_path).map_err(MachineError::Setup)?;
+            soft.set_host_exits(host);
             self.soft = Some((soft, kvm));
         }
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();

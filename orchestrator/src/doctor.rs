@@ -102,14 +102,27 @@ fn yes(v: Option<&str>) -> bool {
 pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
     let kvm = &h.kvm;
     let soft = if kvm.usable {
-        EngineStatus {
-            engine: "soft",
-            can_run: true,
-            implemented: true,
-            reason: format!(
-                "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM",
-                kvm.path.display()
-            ),
+        match (&h.exit_semantics, &h.exit_semantics_error) {
+            (Some(x), _) => EngineStatus {
+                engine: "soft",
+                can_run: true,
+                implemented: true,
+                reason: format!(
+                    "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM \
+                     (this KVM exits with RIP {} an OUT, measured)",
+                    kvm.path.display(),
+                    if x.out_rip_past { "past" } else { "at" }
+                ),
+            },
+            (None, why) => EngineStatus {
+                engine: "soft",
+                can_run: false,
+                implemented: true,
+                reason: format!(
+                    "the soft engine normalises exits by what this KVM does, and probing that failed: {}",
+                    why.as_deref().unwrap_or("no probe")
+                ),
+            },
         }
     } else {
         EngineStatus {
@@ -194,10 +207,8 @@ pub fn doctor(host: HostFacts) -> Doctor {
     }
 }
 
-/// The report of an emulated host, from the facts its agent gathered inside it. The soft
-/// engine is marked as it stands there: its exit normalisation follows kvm_pvm's semantics
-/// (RIP past an OUT), and upstream KVM leaves RIP at the OUT, so it refuses L2's first I/O
-/// exit on such a host (docs/kvm-exits.md).
+/// The report of an emulated host, from the facts its agent gathered inside it (the soft
+/// engine's verdict follows the exit semantics measured there).
 #[must_use]
 pub fn doctor_emulated(
     name: String,
@@ -205,12 +216,6 @@ pub fn doctor_emulated(
     boot: Option<crate::hosts::emulated_intel::BootFigures>,
 ) -> Doctor {
     let mut engines = engines(&host);
-    if let Some(soft) = engines.iter_mut().find(|e| e.engine == "soft") {
-        soft.can_run = false;
-        soft.reason = "upstream KVM leaves RIP at an OUT until the next KVM_RUN, and the soft engine's exit \
-                       normalisation knows only kvm_pvm's semantics (RIP past it): it refuses L2's first I/O exit here"
-            .into();
-    }
     if let Some(b) = engines.iter_mut().find(|e| e.engine == "bochs") {
         b.can_run = false;
         b.reason = "not inside an emulated host (Bochs runs on the machine that boots it)".into();
@@ -337,6 +342,8 @@ mod tests {
             kvm,
             cpl0: None,
             cpl0_probe_error: None,
+            exit_semantics: Some(l0::soft::host_exits::HostExits::KVM_PVM),
+            exit_semantics_error: None,
             tools: bochs.map(|t| ("bochs".to_owned(), t)).into_iter().collect::<BTreeMap<_, _>>(),
         }
     }

@@ -573,8 +573,7 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     let (host, host_opts) = a.host.resolve()?;
     if host != hosts::HostSpec::Local && a.trace.trace.is_some() {
         anyhow::bail!(
-            "--trace is not available with --host {}: the emulated host's serial line carries about 10 KB/s, \
-             far less than a trace stream",
+            "--trace is not available with --host {}: nestbench does not carry trace batches out of an emulated host yet",
             host.name()
         );
     }
@@ -634,9 +633,8 @@ fn top(a: TopArgs) -> anyhow::Result<i32> {
     let (host, _) = a.host.resolve()?;
     if host != hosts::HostSpec::Local {
         anyhow::bail!(
-            "top needs the soft engine's exit trace, live: an emulated host's serial line carries about 10 KB per \
-             emulated second, far less than a trace stream, and the soft engine does not run on upstream KVM yet \
-             (docs/emulated-hosts.md); use `nestbench exact --host {}` for its exits by reason",
+            "top streams the soft engine's exit trace live, which nestbench does not carry out of an emulated host \
+             yet (docs/emulated-hosts.md); use `nestbench exact --host {}` for the kvm engine's exits by reason there",
             host.name()
         );
     }

@@ -370,7 +370,7 @@ pub fn payloads(json: bool) -> String {
                 l2_payloads::Support::Runs => (true, None),
                 l2_payloads::Support::Unsupported { reason } => (false, Some(reason)),
             };
-            let wedge = crate::hosts::emulated_intel::KVM_ENGINE_WEDGES.iter().find(|(p, _)| *p == m.name);
+            let wedge = crate::hosts::emulated_intel::EMULATED_HOST_WEDGES.iter().find(|(p, _)| *p == m.name);
             json!({
                 "name": m.name,
                 "description": m.description,
@@ -383,7 +383,7 @@ pub fn payloads(json: bool) -> String {
                     "bochs": { "runs": true },
                     "kvm": match wedge {
                         None => json!({ "runs": true, "reason": "where KVM offers nested VMX (kvm_intel nested=1; here: --host bochs)" }),
-                        Some((_, why)) => json!({ "runs": false, "reason": why }),
+                        Some((_, why)) => json!({ "runs": true, "reason": format!("where KVM offers nested VMX, but not on --host bochs: {why}") }),
                     },
                 },
             })

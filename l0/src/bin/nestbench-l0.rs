@@ -46,7 +46,8 @@ struct AgentArgs {
     /// The plan (JSON, `l0::emulated::Plan`).
     #[arg(long, default_value = l0::emulated::PLAN_PATH)]
     plan: PathBuf,
-    /// The serial line that carries the frames and nothing else.
+    /// Where the frames go, and nothing else: a serial line (`/dev/ttyS1`) or `e9`, the
+    /// emulator's debug port.
     #[arg(long, default_value = "/dev/ttyS1")]
     line: String,
 }

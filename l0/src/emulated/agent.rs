@@ -34,35 +34,80 @@ pub enum AgentError {
     },
 }
 
-/// The framed serial line, shared by the threads that read a run's stdout and stderr.
+/// Where frames go: a serial line (a tty, or any file), or an emulator's debug port.
+enum Sink {
+    /// A device or file.
+    File(std::fs::File),
+    /// An I/O port the emulator copies to its output byte by byte (Bochs' `port_e9_hack`,
+    /// QEMU's `-debugcon`): no UART, no interrupts, no baud rate.
+    Port(u16),
+}
+
+/// The debug port that `--line e9` names.
+pub const DEBUG_PORT: u16 = 0xE9;
+
+/// The framed line, shared by the threads that read a run's stdout and stderr.
 #[derive(Clone)]
 struct Line {
-    inner: Arc<Mutex<(std::fs::File, u64)>>,
+    inner: Arc<Mutex<(Sink, u64)>>,
     path: String,
 }
 
 impl Line {
     fn open(path: &str) -> Result<Self, AgentError> {
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(path)
-            .map_err(|source| AgentError::Line { path: path.to_owned(), source })?;
-        raw_115200(&f);
-        Ok(Self { inner: Arc::new(Mutex::new((f, 0))), path: path.to_owned() })
+        let err = |source| AgentError::Line { path: path.to_owned(), source };
+        let sink = if path == "e9" {
+            // SAFETY: ioperm(2) only changes this process's I/O permission bitmap.
+            if unsafe { libc::ioperm(u64::from(DEBUG_PORT), 1, 1) } != 0 {
+                return Err(err(std::io::Error::last_os_error()));
+            }
+            Sink::Port(DEBUG_PORT)
+        } else {
+            let f = std::fs::OpenOptions::new().write(true).open(path).map_err(err)?;
+            raw_115200(&f);
+            Sink::File(f)
+        };
+        Ok(Self { inner: Arc::new(Mutex::new((sink, 0))), path: path.to_owned() })
     }
 
     fn send(&self, run: u32, kind: Kind, payload: &str) -> Result<(), AgentError> {
         let mut g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let line = frame::encode(g.1, run, kind, payload);
         g.1 += 1;
-        g.0.write_all(line.as_bytes()).map_err(|source| AgentError::Line { path: self.path.clone(), source })
+        match &mut g.0 {
+            Sink::File(f) => {
+                f.write_all(line.as_bytes()).map_err(|source| AgentError::Line { path: self.path.clone(), source })
+            }
+            Sink::Port(port) => {
+                out_bytes(*port, line.as_bytes());
+                Ok(())
+            }
+        }
     }
 
     /// Wait until the UART has sent everything (the machine powers off right after).
     fn drain(&self) {
         let g = self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        // SAFETY: tcdrain on a file descriptor we own; an error (not a tty) is ignored.
-        unsafe { libc::tcdrain(g.0.as_raw_fd()) };
+        if let Sink::File(f) = &g.0 {
+            // SAFETY: tcdrain on a file descriptor we own; an error (not a tty) is ignored.
+            unsafe { libc::tcdrain(f.as_raw_fd()) };
+        }
+    }
+}
+
+/// `rep outsb` of `bytes` to `port` (granted by ioperm in [`Line::open`]).
+fn out_bytes(port: u16, bytes: &[u8]) {
+    // SAFETY: this process holds the I/O permission for `port` (ioperm), `rep outsb` reads
+    // exactly `bytes.len()` bytes from `bytes` (RSI, RCX; DF is clear as the ABI requires)
+    // and writes no memory.
+    unsafe {
+        std::arch::asm!(
+            "rep outsb",
+            in("dx") port,
+            inout("rsi") bytes.as_ptr() => _,
+            inout("rcx") bytes.len() => _,
+            options(nostack, preserves_flags, readonly)
+        );
     }
 }
 

@@ -70,6 +70,10 @@ pub struct SoftStats {
     pub l0_only_exits: u64,
     /// KVM_RUN returns of VM2.
     pub l2_kvm_exits: u64,
+    /// What this host's KVM does at an OUT exit (measured at start): RIP already past it
+    /// (kvm_pvm) or still at it with the completion pending (upstream KVM).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_rip_past: Option<bool>,
     /// Reflected exits that L1 resumed from (the ones the trap counts are per).
     pub reflected_resumed: u64,
     /// Exits of L1's VM between those reflected exits and the next VM entry, the entry's
@@ -147,6 +151,8 @@ pub struct SoftVmx {
     timer: PreemptionTimer,
     /// L0's stamps of the exits delivered to L1, for the exit trace ([`crate::trace`]).
     pub stamps: Stamps,
+    /// What this host's KVM leaves behind at an exit ([`super::host_exits`]).
+    host: super::host_exits::HostExits,
 }
 
 /// Fill the VMREAD and VMWRITE bitmaps in L1 memory (SDM 25.6.15: one bit per encoding
@@ -193,7 +199,14 @@ impl SoftVmx {
             pending_vmx_traps: 0,
             timer: PreemptionTimer::new(super::caps::PREEMPTION_TIMER_RATE),
             stamps: Stamps::default(),
+            host: super::host_exits::HostExits::KVM_PVM,
         }
+    }
+
+    /// Normalise exits by `host`'s semantics (measured: [`super::host_exits::probe`]).
+    pub fn set_host_exits(&mut self, host: super::host_exits::HostExits) {
+        self.host = host;
+        self.stats.out_rip_past = Some(host.out_rip_past);
     }
 
     /// Keep VM2 at most `n` memslots (the eviction path, [`L2Vm::set_memslot_limit`]);
@@ -536,7 +549,7 @@ impl SoftVmx {
                     self.stats.l0_only_exits += 1;
                     stamps.l0_only();
                 }
-                other => match normalise(l2, other) {
+                other => match normalise(l2, other, self.host) {
                     Ok(Reflect::L0Only) => {
                         self.stats.l0_only_exits += 1;
                         stamps.l0_only();
@@ -617,14 +630,14 @@ fn timer_exit(regs: kvm_regs) -> Reflect {
 
 /// Turn a KVM exit of VM2 into the VM exit hardware would report (docs/kvm-exits.md says
 /// what KVM leaves behind for each kind; docs/soft-engine.md what L1 must see).
-fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
+fn normalise(l2: &mut L2Vm, exit: Exit, host: super::host_exits::HostExits) -> Result<Reflect, SoftError> {
     let regs = l2.vcpu.regs()?;
     let cr3 = l2.vcpu.sregs()?.cr3;
     let unsupported = |what: &str, why: String| Ok(Reflect::Stop(EntryOutcome::Unsupported { what: what.into(), why }));
     match exit {
         Exit::IoOut { .. } | Exit::IoIn { .. } => {
             let read = |linear: u64, len: usize| l2.read_linear(cr3, linear, len);
-            let io = match io_decode::decode(&exit, &regs, &read) {
+            let io = match io_decode::decode(&exit, &regs, &read, host) {
                 Ok(io) => io,
                 Err(e) => {
                     return unsupported(
@@ -633,7 +646,10 @@ fn normalise(l2: &mut L2Vm, exit: Exit) -> Result<Reflect, SoftError> {
                     );
                 }
             };
-            if matches!(exit, Exit::IoIn { .. }) {
+            // IN and INS wait for their data; upstream's OUT waits for its RIP advance
+            // (`complete_fast_pio_out()`): nothing pending may survive into the next entry.
+            let out_pending = !io.retired_past && io.insn_info.is_none() && !host.out_rip_past;
+            if matches!(exit, Exit::IoIn { .. }) || out_pending {
                 flush_pending(l2, cr3, &io)?;
             }
             let presented = io.present(&regs);

@@ -3,11 +3,13 @@
 //! instruction length, 28.2.5 INS/OUTS instruction information, 28.2.1 guest-linear
 //! address), undoing what KVM already did.
 //!
-//! What KVM leaves behind on this host (docs/kvm-exits.md rows 1-3): OUT and OUTS without
+//! What KVM leaves behind on kvm_pvm (docs/kvm-exits.md rows 1-3): OUT and OUTS without
 //! REP are retired, RIP is *past* the instruction and OUTS has advanced RSI; IN, INS and REP
 //! INS have RIP *at* the instruction and nothing updated (a completion is pending, which the
 //! caller flushes); REP OUTS exits once per element with RIP *at* the instruction, RCX and RSI
-//! already counting that element. A KVM exit carries no instruction length and no
+//! already counting that element. Upstream KVM differs on OUT: RIP stays *at* it until the
+//! next KVM_RUN completes it; which one this host does is measured
+//! ([`super::host_exits`]), never assumed. A KVM exit carries no instruction length and no
 //! string/REP/encoding bits, so they come from decoding L2's bytes: forward at RIP where RIP
 //! is at the instruction, backward from RIP where it is past.
 //!
@@ -22,6 +24,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
 use kvm_bindings::kvm_regs;
 use nestbench_abi::vmx::{AddressSize, IoInstructionInfo, IoQualification, SegmentRegister};
 
+use super::host_exits::HostExits;
 use crate::vcpu::Exit;
 
 /// The longest x86 instruction.
@@ -174,10 +177,11 @@ struct Form {
 }
 
 impl Form {
-    /// Whether this host presents the form with RIP at the instruction (IN, INS, REP INS,
-    /// REP OUTS) rather than past it (OUT, OUTS without REP).
-    const fn rip_at(self) -> bool {
-        self.is_in || (self.string && self.rep)
+    /// Whether `host` presents the form with RIP at the instruction (IN, INS, REP INS,
+    /// REP OUTS everywhere; OUT on upstream KVM) rather than past it (OUT on kvm_pvm, OUTS
+    /// without REP).
+    const fn rip_at(self, host: HostExits) -> bool {
+        self.is_in || (self.string && self.rep) || (!self.string && !host.out_rip_past)
     }
 }
 
@@ -244,6 +248,7 @@ fn build(
     regs: &L2Regs,
     read: &dyn Fn(u64, usize) -> Vec<u8>,
     retired_past: bool,
+    host: HostExits,
 ) -> Result<IoExit, DecodeError> {
     let mismatch = |why: String| Err(DecodeError::Mismatch { candidate: candidate(insn), why });
     if f.is_in != exit.is_in {
@@ -259,8 +264,8 @@ fn build(
     if port != exit.port {
         return mismatch(format!("the exit is on port {:#x}, the instruction on {port:#x}", exit.port));
     }
-    if f.rip_at() == retired_past {
-        let (at, past) = if f.rip_at() { ("at", "past") } else { ("past", "at") };
+    if f.rip_at(host) == retired_past {
+        let (at, past) = if f.rip_at(host) { ("at", "past") } else { ("past", "at") };
         return mismatch(format!("this host exits with RIP {at} this form, RIP is {past} it"));
     }
     let qualification = IoQualification::new(f.size, f.is_in, f.string, f.rep, f.imm.is_some(), port)
@@ -348,13 +353,18 @@ fn build(
 
 /// Normalise an I/O exit: `exit` as KVM reported it, `regs` L2's registers at the exit,
 /// `read(linear, len)` up to `len` bytes of L2 at a linear address (short where they do
-/// not translate).
-pub fn decode_io(exit: &KvmIo<'_>, regs: &L2Regs, read: &dyn Fn(u64, usize) -> Vec<u8>) -> Result<IoExit, DecodeError> {
+/// not translate), `host` what this host's KVM leaves behind.
+pub fn decode_io(
+    exit: &KvmIo<'_>,
+    regs: &L2Regs,
+    read: &dyn Fn(u64, usize) -> Vec<u8>,
+    host: HostExits,
+) -> Result<IoExit, DecodeError> {
     let mut accepted: Vec<(Instruction, IoExit)> = Vec::new();
     let mut rejected: Option<DecodeError> = None;
     let mut consider = |insn: Instruction, past: bool| {
         let Some(f) = form(&insn) else { return };
-        match build(&insn, f, exit, regs, read, past) {
+        match build(&insn, f, exit, regs, read, past, host) {
             Ok(io) => accepted.push((insn, io)),
             Err(e) => {
                 rejected.get_or_insert(e);
@@ -362,12 +372,13 @@ pub fn decode_io(exit: &KvmIo<'_>, regs: &L2Regs, read: &dyn Fn(u64, usize) -> V
         }
     };
 
-    // Forward: IN, INS, REP INS, REP OUTS have RIP at the instruction.
+    // Forward: IN, INS, REP INS, REP OUTS (and OUT on upstream KVM) have RIP at the
+    // instruction.
     let at = read(regs.rip, MAX_INSN_LEN);
     if let Some(insn) = decode_at(&at, regs.rip) {
         consider(insn, false);
     }
-    // Backward: OUT and OUTS without REP have RIP past it. Every start RIP-1 .. RIP-15 whose
+    // Backward: OUTS without REP (and OUT on kvm_pvm) have RIP past it. Every start RIP-1 .. RIP-15 whose
     // decoding ends exactly at RIP is a candidate.
     if !exit.is_in {
         for k in 1..=MAX_INSN_LEN {
@@ -393,7 +404,12 @@ pub fn decode_io(exit: &KvmIo<'_>, regs: &L2Regs, read: &dyn Fn(u64, usize) -> V
 }
 
 /// [`decode_io`] for a [`crate::vcpu::Exit`] and KVM_GET_REGS.
-pub fn decode(exit: &Exit, regs: &kvm_regs, read: &dyn Fn(u64, usize) -> Vec<u8>) -> Result<IoExit, DecodeError> {
+pub fn decode(
+    exit: &Exit,
+    regs: &kvm_regs,
+    read: &dyn Fn(u64, usize) -> Vec<u8>,
+    host: HostExits,
+) -> Result<IoExit, DecodeError> {
     let io = match exit {
         Exit::IoOut { port, size, count, data } => {
             KvmIo { is_in: false, port: *port, size: *size, count: *count, data }
@@ -401,7 +417,7 @@ pub fn decode(exit: &Exit, regs: &kvm_regs, read: &dyn Fn(u64, usize) -> Vec<u8>
         Exit::IoIn { port, size, count } => KvmIo { is_in: true, port: *port, size: *size, count: *count, data: &[] },
         other => return Err(DecodeError::NotIo(format!("{other:?}"))),
     };
-    decode_io(&io, &L2Regs::from(regs), read)
+    decode_io(&io, &L2Regs::from(regs), read, host)
 }
 
 #[cfg(test)]
@@ -444,8 +460,8 @@ mod tests {
         }
     }
 
-    /// The registers and exit the host presents for `case` executed at `start` (docs/kvm-exits.md).
-    fn host_view(case: &IoCase, start: u64, df: bool) -> (L2Regs, bool, u32, Vec<u8>) {
+    /// The registers and exit `host` presents for `case` executed at `start` (docs/kvm-exits.md).
+    fn host_view(case: &IoCase, start: u64, df: bool, host: HostExits) -> (L2Regs, bool, u32, Vec<u8>) {
         let size = u64::from(case.size);
         let mut regs = L2Regs {
             rip: start,
@@ -458,9 +474,11 @@ mod tests {
         };
         let element = |at: u64| BUF_BYTES[(at - BUF) as usize..(at - BUF + size) as usize].to_vec();
         let (count, data) = match (case.is_in, case.string, case.rep) {
-            // Row 1: OUT retired, RIP past.
+            // Row 1: OUT retired, RIP past (kvm_pvm); upstream: RIP at, completion pending.
             (false, false, _) => {
-                regs.rip += case.bytes.len() as u64;
+                if host.out_rip_past {
+                    regs.rip += case.bytes.len() as u64;
+                }
                 (1, regs.rax.to_le_bytes()[..case.size as usize].to_vec())
             }
             // Row 2 / INS / 3b: RIP at, nothing updated; REP INS carries RCX elements.
@@ -484,26 +502,39 @@ mod tests {
     }
 
     fn run(mem: &Mem, regs: &L2Regs, is_in: bool, size: u8, count: u32, data: &[u8]) -> Result<IoExit, DecodeError> {
+        run_on(mem, regs, is_in, size, count, data, HostExits::KVM_PVM)
+    }
+
+    fn run_on(
+        mem: &Mem,
+        regs: &L2Regs,
+        is_in: bool,
+        size: u8,
+        count: u32,
+        data: &[u8],
+        host: HostExits,
+    ) -> Result<IoExit, DecodeError> {
         let exit = KvmIo { is_in, port: PAYLOAD_PORT, size, count, data };
-        decode_io(&exit, regs, &|a, n| mem.read(a, n))
+        decode_io(&exit, regs, &|a, n| mem.read(a, n), host)
     }
 
     #[test]
-    fn every_io_encoding_as_this_host_presents_it() {
-        for df in [false, true] {
+    fn every_io_encoding_as_each_host_presents_it() {
+        for (host, df) in [HostExits::KVM_PVM, HostExits::UPSTREAM].into_iter().flat_map(|h| [(h, false), (h, true)]) {
             for case in &IO_ENCODINGS {
                 let mem = Mem::new(&JUNK, case.bytes);
                 let start = mem.start(JUNK.len());
-                let (regs, is_in, count, data) = host_view(case, start, df);
-                let io = run(&mem, &regs, is_in, case.size, count, &data)
-                    .unwrap_or_else(|e| panic!("{:02x?} (DF {df}): {e}", case.bytes));
-                let what = format!("{:02x?} DF {df}", case.bytes);
+                let (regs, is_in, count, data) = host_view(case, start, df, host);
+                let io = run_on(&mem, &regs, is_in, case.size, count, &data, host)
+                    .unwrap_or_else(|e| panic!("{:02x?} (DF {df}, {host:?}): {e}", case.bytes));
+                let what = format!("{:02x?} DF {df} {host:?}", case.bytes);
                 assert_eq!(io.rip, start, "{what}: RIP at the instruction");
                 assert_eq!(io.insn_len as usize, case.bytes.len(), "{what}");
                 let q =
                     IoQualification::new(case.size, case.is_in, case.string, case.rep, case.immediate, PAYLOAD_PORT);
                 assert_eq!(Some(io.qualification), q, "{what}");
-                assert_eq!(io.retired_past, !(case.is_in || case.string && case.rep), "{what}");
+                let past = if case.string { !(case.is_in || case.rep) } else { !case.is_in && host.out_rip_past };
+                assert_eq!(io.retired_past, past, "{what}");
                 // Registers as before the instruction.
                 assert_eq!((io.rcx, io.rdi), (u64::from(IO_REP_COUNT), BUF + 4), "{what}");
                 assert_eq!(io.rsi, BUF + 4, "{what}");
@@ -538,14 +569,24 @@ mod tests {
 
     #[test]
     fn the_other_rip_position_is_refused() {
-        // A form shown with RIP where this host never puts it: OUT at, IN past.
-        for case in &IO_ENCODINGS {
+        // A form shown with RIP where the host never puts it (OUT at on kvm_pvm, OUT past on
+        // upstream, IN past on both): an engine that assumed the wrong host refuses the exit
+        // instead of presenting the wrong instruction.
+        for host in [HostExits::KVM_PVM, HostExits::UPSTREAM] {
+            for case in &IO_ENCODINGS {
+                the_other_rip_position_is_refused_on(case, host);
+            }
+        }
+    }
+
+    fn the_other_rip_position_is_refused_on(case: &IoCase, host: HostExits) {
+        {
             let mem = Mem::new(&JUNK, case.bytes);
             let start = mem.start(JUNK.len());
-            let (mut regs, is_in, count, data) = host_view(case, start, false);
-            let rip_at = case.is_in || (case.string && case.rep);
+            let (mut regs, is_in, count, data) = host_view(case, start, false, host);
+            let rip_at = case.is_in || (case.string && case.rep) || (!case.string && !host.out_rip_past);
             regs.rip = if rip_at { start + case.bytes.len() as u64 } else { start };
-            match run(&mem, &regs, is_in, case.size, count, &data) {
+            match run_on(&mem, &regs, is_in, case.size, count, &data, host) {
                 Err(_) => {}
                 // `F3 6E` with RIP past: the `6E` alone is an OUTSB that this host would present
                 // that way; the REP OUTSB reading is refused. What matters is that the
@@ -561,11 +602,17 @@ mod tests {
         let start = mem.start(JUNK.len());
         let regs = kvm_regs { rip: start + 1, rax: 0x41, rdx: 0xE0, rflags: 2, ..Default::default() };
         let exit = Exit::IoOut { port: 0xE0, size: 1, count: 1, data: vec![0x41] };
-        let io = decode(&exit, &regs, &|a, n| mem.read(a, n)).unwrap();
+        let io = decode(&exit, &regs, &|a, n| mem.read(a, n), HostExits::KVM_PVM).unwrap();
         assert_eq!((io.rip, io.insn_len, io.qualification.raw()), (start, 1, 0x00E0_0000));
         let exit = Exit::IoIn { port: 0xE0, size: 1, count: 1 };
-        assert!(matches!(decode(&exit, &regs, &|a, n| mem.read(a, n)), Err(DecodeError::NoIoInstruction { .. })));
-        assert!(matches!(decode(&Exit::Hlt, &regs, &|a, n| mem.read(a, n)), Err(DecodeError::NotIo(_))));
+        assert!(matches!(
+            decode(&exit, &regs, &|a, n| mem.read(a, n), HostExits::KVM_PVM),
+            Err(DecodeError::NoIoInstruction { .. })
+        ));
+        assert!(matches!(
+            decode(&Exit::Hlt, &regs, &|a, n| mem.read(a, n), HostExits::KVM_PVM),
+            Err(DecodeError::NotIo(_))
+        ));
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The emulated Intel host: Bochs (a VMX CPU model) boots an upstream kernel whose
 //! `kvm_intel nested=1` offers nested VMX; `nestbench-l0 agent` runs the plan inside and
-//! frames what each run prints onto COM2, which carries nothing else (the console is COM1).
+//! frames what each run prints onto the debug port 0xE9, which Bochs copies to its stdout and
+//! nothing else inside writes to (the console is COM1).
 //!
-//! Supervision: COM2 and the console are files Bochs appends to; they are read as they
-//! grow. A kernel panic on the console, a boot that does not report in time, a run that
+//! Supervision: Bochs' stdout is read line by line as it comes; the console is a file Bochs
+//! appends to, read as it grows. A kernel panic on the console, a boot that does not report in time, a run that
 //! outlives its budget, Ctrl-C or Bochs ending before the plan is done stop the machine
 //! (its whole process group) and come back as [`HostError::Stopped`] with what the finished
 //! runs said, marked partial, and the machine's files kept for a look.
@@ -20,14 +21,17 @@ use super::machine::{self, Carried};
 use super::{EmulatedOptions, HostError, Invocation, Session, kernel};
 use crate::l0_child::{ChildRun, Incoming, Interruption};
 
-/// Payloads that wedge an emulated host on the kvm engine, with what was seen: with L1's
-/// VMX-preemption timer armed for L2, KVM 6.1 nested on Bochs (Skylake-X) stops the whole
-/// emulated machine: its serial output stops mid-line and the agent's own deadline never
-/// fires. `nestbench payloads` says so, and the tests do not run them there.
-pub const KVM_ENGINE_WEDGES: [(&str, &str); 1] = [(
+/// Payloads that wedge an emulated host, on the kvm engine and on the soft engine alike,
+/// with what was seen: `preempt_timer`'s L2 runs a compute loop that only a timer ends (the
+/// VMX-preemption timer KVM emulates with a host hrtimer for the kvm engine, a host timer
+/// and a vCPU kick for the soft engine), and on Bochs-hosted KVM 6.1 (Skylake-X) that loop is
+/// never interrupted: the whole emulated machine stops, its output stops mid-line and the
+/// agent's own deadline never fires. Every other payload exits at least once per iteration.
+/// `nestbench payloads` says so, and the tests do not run them there.
+pub const EMULATED_HOST_WEDGES: [(&str, &str); 1] = [(
     "preempt_timer",
-    "with L1's VMX-preemption timer armed for L2, KVM 6.1 nested on Bochs stops the whole emulated host \
-     (seen on Skylake-X: its serial output stops mid-line, the agent's own deadline never fires)",
+    "its L2 loop only ends on a timer, and on Bochs-hosted KVM 6.1 nothing interrupts it: the whole emulated host \
+     stops (seen with the kvm and the soft engine on Skylake-X; its output stops, the agent's deadline never fires)",
 )];
 
 /// The default wall-clock budget of a boot, until the host has reported (measured: ~15 s).
@@ -217,12 +221,10 @@ pub async fn run_all(
         h.update(model.as_bytes());
         format!("{:08x}", h.finalize())
     };
-    let (console_path, stream_path, log_path) = (work.join("console.log"), work.join("stream"), work.join("bochs.log"));
-    for p in [&console_path, &stream_path] {
-        std::fs::write(p, b"").map_err(|source| HostError::Io { path: p.clone(), source })?;
-    }
+    let (console_path, log_path) = (work.join("console.log"), work.join("bochs.log"));
+    std::fs::write(&console_path, b"").map_err(|source| HostError::Io { path: console_path.clone(), source })?;
     let rc = work.join("bochsrc");
-    std::fs::write(&rc, machine::bochsrc(model, &iso, &console_path, &stream_path, &log_path))
+    std::fs::write(&rc, machine::bochsrc(model, &iso, &console_path, &log_path))
         .map_err(|source| HostError::Io { path: rc.clone(), source })?;
     let script = work.join("debugger.rc");
     std::fs::write(&script, "c\nquit\n").map_err(|source| HostError::Io { path: script.clone(), source })?;
@@ -249,13 +251,31 @@ pub async fn run_all(
         .arg(&script)
         .current_dir(&work)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| HostError::Tool { tool: "bochs", why: format!("starting {}: {e}", bochs.display()) })?;
     let pid = child.id();
+    // The frames arrive on Bochs' stdout (the debug port), with Bochs' own banner and
+    // debugger lines among them; a copy goes to `stream` in the machine's directory.
+    let (line_tx, mut line_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stdout = child.stdout.take().expect("piped");
+    let copy_path = work.join("stream");
+    let stdout_task = tokio::spawn(async move {
+        use tokio::io::AsyncBufReadExt;
+        let mut copy = std::fs::File::create(copy_path).ok();
+        let mut lines = tokio::io::BufReader::new(stdout).split(b'\n');
+        while let Ok(Some(l)) = lines.next_segment().await {
+            if let Some(f) = copy.as_mut() {
+                let _ = std::io::Write::write_all(f, &l).and_then(|()| std::io::Write::write_all(f, b"\n"));
+            }
+            if line_tx.send(String::from_utf8_lossy(&l).into_owned()).is_err() {
+                break;
+            }
+        }
+    });
     let mut stderr = child.stderr.take().expect("piped");
     let stderr_task = tokio::spawn(async move {
         let mut s = Vec::new();
@@ -265,7 +285,8 @@ pub async fn run_all(
 
     let mut session = Session { runs: vec![ChildRun::default(); invocations.len()], ..Session::default() };
     let mut reader = frame::Reader::default();
-    let (mut stream, mut console) = (Tail::new(stream_path), Tail::new(console_path));
+    let mut console = Tail::new(console_path);
+    let mut stream_open = true;
     let boot_timeout = opts.boot_timeout.unwrap_or(BOOT_TIMEOUT);
     let mut current: Option<(usize, Instant)> = None;
     let mut done = false;
@@ -275,8 +296,17 @@ pub async fn run_all(
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let exit_status = loop {
+        let mut arrived = Vec::new();
         let exited = tokio::select! {
-            s = child.wait() => Some(s.ok()),
+            // Bochs' exit counts once its stdout is read to the end (no frame left behind).
+            s = child.wait(), if !stream_open => Some(s.ok()),
+            l = line_rx.recv(), if stream_open => {
+                match l {
+                    Some(l) => arrived.push(l),
+                    None => stream_open = false,
+                }
+                None
+            }
             _ = &mut ctrl_c => {
                 stop = Some("was stopped by Ctrl-C".into());
                 if let Some((i, _)) = current { session.runs[i].interrupted = Some(Interruption::Interrupted); }
@@ -284,7 +314,10 @@ pub async fn run_all(
             }
             _ = tick.tick() => None,
         };
-        for l in stream.lines() {
+        while let Ok(l) = line_rx.try_recv() {
+            arrived.push(l);
+        }
+        for l in arrived {
             let Some(f) = reader.line(&l) else { continue };
             let idx = (f.run as usize).checked_sub(1).filter(|&i| i < session.runs.len());
             match (f.kind, idx) {
@@ -344,7 +377,7 @@ pub async fn run_all(
             break child.wait().await.ok();
         }
     };
-    // Every line Bochs wrote was read in the loop's last pass (it flushes each byte).
+    stdout_task.abort();
     kill_group(pid);
     let bochs_stderr =
         tokio::time::timeout(Duration::from_secs(2), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
