@@ -79,7 +79,10 @@ pub fn emulated_hosts() -> Vec<HostStatus> {
             let (can_run, reason) = match &check {
                 Ok((_, k)) => (
                     true,
-                    format!("Bochs boots Debian's {} with kvm_intel nested=1 (kvm engine on upstream KVM)", k.release),
+                    format!(
+                        "Bochs boots Debian's {} with kvm_intel nested=1 (the kvm and soft engines on upstream KVM)",
+                        k.release
+                    ),
                 ),
                 Err(e) => (false, e.to_string()),
             };
