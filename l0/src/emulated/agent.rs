@@ -1,6 +1,6 @@
 //! `nestbench-l0 agent`: the emulated host's side. Loads the KVM modules of the [`Plan`],
 //! reports the host, runs each planned l0 invocation as a child of its own and frames what
-//! it prints onto the serial line.
+//! it prints onto its line: the emulator's debug port (`--line e9`) or a serial line.
 
 use std::ffi::CString;
 use std::io::{BufRead, BufReader, Write};
@@ -24,7 +24,7 @@ pub enum AgentError {
         /// Why it could not be used.
         message: String,
     },
-    /// The serial line could not be opened or written.
+    /// The line could not be opened or written.
     #[error("the stream line {path}: {source}")]
     Line {
         /// Its device.

@@ -1,4 +1,4 @@
-//! The framing of the stream an emulated host sends back over its serial line.
+//! The framing of the stream an emulated host sends back over its line (debug port or serial).
 //!
 //! One frame per line: `\x1eNB1 <seq> <run> <kind> <crc32> <payload>\n`, where `seq` counts
 //! every frame from 0, `run` is the index of the planned l0 invocation (0 for frames about

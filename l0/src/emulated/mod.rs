@@ -5,7 +5,7 @@
 //! emulated machine's initramfs; the machine's init runs `nestbench-l0 agent`, which loads
 //! the KVM modules with the parameters asked for, reports the host ([`frame::Kind::Host`]),
 //! runs each planned invocation of itself and streams what each prints as [`frame`]s over
-//! a serial line that carries nothing else.
+//! a line that carries nothing else (the emulator's debug port, or a serial line).
 
 pub mod agent;
 pub mod frame;
