@@ -106,6 +106,8 @@ proptest! {
             let off = a.wrapping_sub(base) as usize;
             bytes.get(off..).map(|b| b.iter().copied().take(n).collect()).unwrap_or_default()
         };
-        let _ = io_decode::decode(&exit, &regs, &read);
+        for host in [l0::soft::host_exits::HostExits::KVM_PVM, l0::soft::host_exits::HostExits::UPSTREAM] {
+            let _ = io_decode::decode(&exit, &regs, &read, host);
+        }
     }
 }
