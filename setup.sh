@@ -36,8 +36,9 @@ if ! command -v bochs >/dev/null || [ ! -e /usr/share/bochs/BIOS-bochs-latest ] 
 fi
 command -v unshare >/dev/null || say "unshare (util-linux) is missing: the bochs engine needs it to isolate Bochs' VNC listener"
 
-# Emulated hosts (--host bochs[:MODEL]): Debian's cloud kernels, whose KVM offers nested VMX
-# inside Bochs, booted from an isolinux ISO with a busybox initramfs. Packages, then the
+# Emulated hosts (--host bochs[:MODEL], --host qemu): Debian's cloud kernels, whose KVM offers
+# nested VMX inside Bochs (booted from an isolinux ISO) and nested SVM inside QEMU TCG, with a
+# busybox initramfs. Packages, then the
 # kernels of orchestrator/kernels.list into the kernel cache. NESTBENCH_SKIP_KERNELS=1 skips
 # this part (the emulated-host tests then skip, saying so).
 if [ "${NESTBENCH_SKIP_KERNELS:-0}" != 1 ]; then
@@ -49,6 +50,7 @@ if [ "${NESTBENCH_SKIP_KERNELS:-0}" != 1 ]; then
   command -v xz >/dev/null || need+=(xz-utils)
   command -v strip >/dev/null || need+=(binutils)
   command -v file >/dev/null || need+=(file)
+  command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
   if [ ${#need[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
       say "installing ${need[*]} (Debian packages, for the emulated hosts)"

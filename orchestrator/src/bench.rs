@@ -782,7 +782,8 @@ async fn emulated_hosts(
         if stop.load(Ordering::SeqCst) {
             break;
         }
-        if let Err(e) = crate::hosts::emulated_intel::preflight(&t.opts) {
+        let Some(emulator) = t.host.emulator() else { continue };
+        if let Err(e) = crate::hosts::emulated_intel::preflight(emulator, &t.opts) {
             skipped.push(results::Skipped {
                 engine: "kvm".into(),
                 payload: None,

@@ -68,25 +68,35 @@ pub fn kernel_aliases() -> Vec<&'static str> {
         .collect()
 }
 
-/// The emulated hosts: each listed model with each cached kernel, checked without booting.
+/// The emulated hosts: each listed Bochs model and QEMU with each cached kernel, checked
+/// without booting.
 #[must_use]
 pub fn emulated_hosts() -> Vec<HostStatus> {
+    use crate::hosts::emulated_intel::{Emulator, preflight};
     let mut v = Vec::new();
     for kernel in kernel_aliases() {
         let opts = crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() };
-        let check = crate::hosts::emulated_intel::preflight(&opts);
-        for model in LISTED_MODELS {
-            let (can_run, reason) = match &check {
+        let emulators = LISTED_MODELS.iter().map(|m| Emulator::Bochs(m)).chain(std::iter::once(Emulator::Qemu));
+        for e in emulators {
+            let (module, params) = e.vendor_module();
+            let (can_run, reason) = match preflight(e, &opts) {
                 Ok((_, k)) => (
                     true,
-                    format!(
-                        "Bochs boots Debian's {} with kvm_intel nested=1 (the kvm and soft engines on upstream KVM)",
-                        k.release
-                    ),
+                    match e {
+                        Emulator::Bochs(_) => format!(
+                            "Bochs boots Debian's {} with {module} {params} (the kvm and soft engines on upstream KVM)",
+                            k.release
+                        ),
+                        Emulator::Qemu => format!(
+                            "QEMU TCG boots Debian's {} with {module} {params} (the soft engine on upstream KVM; the kvm \
+                         engine needs nestbench's SVM path, not built yet)",
+                            k.release
+                        ),
+                    },
                 ),
                 Err(e) => (false, e.to_string()),
             };
-            v.push(HostStatus { host: format!("bochs:{model}"), kernel: kernel.to_owned(), can_run, reason });
+            v.push(HostStatus { host: e.name(), kernel: kernel.to_owned(), can_run, reason });
         }
     }
     v
@@ -294,10 +304,11 @@ pub fn render(d: &Doctor) -> String {
     if let Some(b) = &d.boot {
         let _ = writeln!(
             s,
-            "  emulated   {} with kernel {} (kvm_intel {}), boot to ready {:.1} s wall",
+            "  emulated   {} with kernel {} ({} {}), boot to ready {:.1} s wall",
             b.host,
             b.kernel_release,
-            b.kvm_intel_params,
+            b.kvm_module,
+            b.kvm_module_params,
             b.boot_to_ready_s.unwrap_or(f64::NAN)
         );
     }

@@ -508,10 +508,11 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
         if let Some(h) = &session_host {
             let b = &h["boot"];
             println!(
-                "host           {}, kernel {}, kvm_intel {}",
+                "host           {}, kernel {}, {} {}",
                 h["name"].as_str().unwrap_or("?"),
                 b["kernel_release"].as_str().unwrap_or("?"),
-                b["kvm_intel_params"].as_str().unwrap_or("?")
+                b["kvm_module"].as_str().unwrap_or("?"),
+                b["kvm_module_params"].as_str().unwrap_or("?")
             );
         }
         print!("{}", boot::render(&run));
@@ -795,7 +796,7 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
             "KVM nested VMX, exact: {} kernel {}, kvm_intel {}, per reflected exit in steady state ({} vs {} iterations)",
             host.name(),
             boot.kernel_release,
-            boot.kvm_intel_params,
+            boot.kvm_module_params,
             a.iterations,
             2 * a.iterations
         );

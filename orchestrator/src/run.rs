@@ -242,9 +242,10 @@ pub fn render(j: &Value) -> String {
     if let Some(name) = h["host"].as_str() {
         let _ = writeln!(
             s,
-            "  host           {name}, kernel {}, kvm_intel {}; boot to ready {:.1} s, session {:.1} s wall",
+            "  host           {name}, kernel {}, {} {}; boot to ready {:.1} s, session {:.1} s wall",
             h["kernel_release"].as_str().unwrap_or("?"),
-            h["kvm_intel_params"].as_str().unwrap_or("?"),
+            h["kvm_module"].as_str().unwrap_or("?"),
+            h["kvm_module_params"].as_str().unwrap_or("?"),
             h["boot_to_ready_s"].as_f64().unwrap_or(f64::NAN),
             h["session_s"].as_f64().unwrap_or(f64::NAN)
         );
@@ -370,7 +371,7 @@ pub fn payloads(json: bool) -> String {
                 l2_payloads::Support::Runs => (true, None),
                 l2_payloads::Support::Unsupported { reason } => (false, Some(reason)),
             };
-            let wedge = crate::hosts::emulated_intel::EMULATED_HOST_WEDGES.iter().find(|(p, _)| *p == m.name);
+            let wedge = crate::hosts::emulated_intel::BOCHS_HOST_WEDGES.iter().find(|(p, _)| *p == m.name);
             json!({
                 "name": m.name,
                 "description": m.description,

@@ -21,17 +21,18 @@ use super::machine::{self, Carried};
 use super::{EmulatedOptions, HostError, Invocation, Session, kernel};
 use crate::l0_child::{ChildRun, Incoming, Interruption};
 
-/// Payloads that wedge an emulated host, on the kvm engine and on the soft engine alike,
-/// with what was seen: `preempt_timer`'s L2 runs a compute loop that only a timer ends (the
+/// Payloads that wedge a Bochs-hosted emulated host, on the kvm engine and on the soft engine
+/// alike (QEMU-hosted KVM runs them), with what was seen: `preempt_timer`'s L2 runs a compute loop that only a timer ends (the
 /// VMX-preemption timer KVM emulates with a host hrtimer for the kvm engine, a host timer
 /// and a vCPU kick for the soft engine), and on Bochs-hosted KVM 6.1 (Skylake-X) that loop is
 /// never interrupted: the whole emulated machine stops, its output stops mid-line and the
 /// agent's own deadline never fires. Every other payload exits at least once per iteration.
 /// `nestbench payloads` says so, and the tests do not run them there.
-pub const EMULATED_HOST_WEDGES: [(&str, &str); 1] = [(
+pub const BOCHS_HOST_WEDGES: [(&str, &str); 1] = [(
     "preempt_timer",
     "its L2 loop only ends on a timer, and on Bochs-hosted KVM 6.1 nothing interrupts it: the whole emulated host \
-     stops (seen with the kvm and the soft engine on Skylake-X; its output stops, the agent's deadline never fires)",
+     stops (seen with the kvm and the soft engine on Skylake-X; its output stops, the agent's deadline never fires; \
+     QEMU-hosted KVM runs it)",
 )];
 
 /// The default wall-clock budget of a boot, until the host has reported (measured: ~15 s).
@@ -48,8 +49,10 @@ pub struct BootFigures {
     pub kernel_version: String,
     /// Where it came from (`6.1`, or a path).
     pub kernel_spec: String,
-    /// kvm_intel's parameters as given.
-    pub kvm_intel_params: String,
+    /// The vendor KVM module (`kvm_intel`, `kvm_amd`).
+    pub kvm_module: String,
+    /// Its parameters as given.
+    pub kvm_module_params: String,
     /// The kernel command line.
     pub cmdline: String,
     /// CRC-32 of what the machine boots (kernel, initramfs with l0, the images and the plan,
@@ -81,8 +84,8 @@ pub struct BootFigures {
     pub frames_garbled: u64,
     /// Lines on the line that were not frames.
     pub noise_lines: u64,
-    /// Bochs' exit status.
-    pub bochs_exit: Option<i32>,
+    /// The emulator's exit status.
+    pub emulator_exit: Option<i32>,
     /// The machine's directory, when kept.
     pub dir: Option<String>,
 }
@@ -142,51 +145,95 @@ fn kill_group(pid: Option<u32>) {
     }
 }
 
-/// Check that an emulated Intel host can boot here with `opts`' kernel: Bochs and its BIOS
-/// files, what the boot medium is built from, and a kernel with kvm_intel. Returns Bochs and
-/// the kernel.
-pub fn preflight(opts: &EmulatedOptions) -> Result<(PathBuf, kernel::Kernel), HostError> {
-    let bochs = l0::host::which("bochs")
-        .ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?;
-    for (what, p) in [
-        ("the Bochs BIOS (Debian package bochsbios)", "/usr/share/bochs/BIOS-bochs-latest"),
-        ("the VGA BIOS (Debian package vgabios)", "/usr/share/vgabios/vgabios.bin"),
-        ("busybox (Debian package busybox-static)", "/bin/busybox"),
-        ("isolinux (Debian package isolinux)", machine::ISOLINUX_BIN),
-        ("ldlinux.c32 (Debian package syslinux-common)", machine::LDLINUX_C32),
-    ] {
+/// What emulates the host machine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Emulator {
+    /// Bochs with this Intel CPU model (VMX): upstream `kvm_intel nested=1`.
+    Bochs(&'static str),
+    /// QEMU TCG `-cpu max` (AMD SVM with NPT): upstream `kvm_amd nested=1 npt=1`.
+    Qemu,
+}
+
+impl Emulator {
+    /// The `--host` name.
+    #[must_use]
+    pub fn name(self) -> String {
+        match self {
+            Self::Bochs(model) => format!("bochs:{model}"),
+            Self::Qemu => "qemu".into(),
+        }
+    }
+
+    /// The vendor KVM module and the parameters it always gets.
+    #[must_use]
+    pub const fn vendor_module(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Bochs(_) => ("kvm_intel", "nested=1"),
+            Self::Qemu => ("kvm_amd", "nested=1 npt=1"),
+        }
+    }
+}
+
+/// Check that an emulated host can boot here with `opts`' kernel: the emulator (Bochs and
+/// its BIOS files, or QEMU), what the boot medium is built from, and a kernel with the
+/// vendor KVM module. Returns the emulator's binary and the kernel.
+pub fn preflight(emulator: Emulator, opts: &EmulatedOptions) -> Result<(PathBuf, kernel::Kernel), HostError> {
+    let mut needed: Vec<(&'static str, &str)> = vec![("busybox (Debian package busybox-static)", "/bin/busybox")];
+    let binary = match emulator {
+        Emulator::Bochs(_) => {
+            needed.extend([
+                ("the Bochs BIOS (Debian package bochsbios)", "/usr/share/bochs/BIOS-bochs-latest"),
+                ("the VGA BIOS (Debian package vgabios)", "/usr/share/vgabios/vgabios.bin"),
+                ("isolinux (Debian package isolinux)", machine::ISOLINUX_BIN),
+                ("ldlinux.c32 (Debian package syslinux-common)", machine::LDLINUX_C32),
+            ]);
+            if l0::host::which("xorriso").is_none() {
+                return Err(HostError::Missing { what: "xorriso (Debian package xorriso)", path: "xorriso".into() });
+            }
+            l0::host::which("bochs")
+                .ok_or(HostError::Missing { what: "Bochs (Debian package bochs)", path: "bochs".into() })?
+        }
+        Emulator::Qemu => l0::host::which("qemu-system-x86_64").ok_or(HostError::Missing {
+            what: "QEMU (Debian package qemu-system-x86)",
+            path: "qemu-system-x86_64".into(),
+        })?,
+    };
+    for (what, p) in needed {
         if !Path::new(p).is_file() {
             return Err(HostError::Missing { what, path: p.into() });
         }
     }
-    if l0::host::which("xorriso").is_none() {
-        return Err(HostError::Missing { what: "xorriso (Debian package xorriso)", path: "xorriso".into() });
-    }
     let kernel =
         kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
-    if kernel.modules.kvm_intel.is_none() {
+    let (module, _) = emulator.vendor_module();
+    let has = match emulator {
+        Emulator::Bochs(_) => kernel.modules.kvm_intel.is_some(),
+        Emulator::Qemu => kernel.modules.kvm_amd.is_some(),
+    };
+    if !has {
         return Err(HostError::Kernel(kernel::KernelError::NoKvmModule {
             release: kernel.release.clone(),
             dir: kernel.modules.kvm.clone(),
-            module: "kvm_intel",
+            module,
         }));
     }
-    Ok((bochs, kernel))
+    Ok((binary, kernel))
 }
 
-/// Run `invocations` in one boot of Bochs `model`.
+/// Run `invocations` in one boot of `emulator`.
 pub async fn run_all(
-    model: &'static str,
+    emulator: Emulator,
     opts: &EmulatedOptions,
     l0: &Path,
     invocations: &[Invocation],
     mut on: impl FnMut(usize, Incoming<'_>),
 ) -> Result<Session, HostError> {
-    let host = format!("bochs:{model}");
-    let (bochs, kernel) = preflight(opts)?;
+    let host = emulator.name();
+    let (binary, kernel) = preflight(emulator, opts)?;
     let netns = l0::bochs::run::netns_options().map_err(|e| HostError::Tool { tool: "unshare", why: e.to_string() })?;
+    let (module, base_params) = emulator.vendor_module();
     let params =
-        std::iter::once("nested=1".to_owned()).chain(opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
+        std::iter::once(base_params.to_owned()).chain(opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
     let started = Instant::now();
     let dir =
         l0::bochs::config::RunDir::create(true).map_err(|e| HostError::Tool { tool: "mkdir", why: e.to_string() })?;
@@ -208,9 +255,8 @@ pub async fn run_all(
         let deadline_ms = u64::try_from(inv.deadline.as_millis()).unwrap_or(u64::MAX).saturating_add(10_000);
         plan.push(PlannedRun { args, deadline_ms });
     }
-    let staged = machine::initramfs(&kernel, &params, l0, plan, &carried, &work)?;
-    let cmdline = machine::cmdline(&opts.cmdline);
-    let iso = machine::iso(&kernel, &staged.cpio, &cmdline, &work)?;
+    let staged = machine::initramfs(&kernel, module, &params, l0, plan, &carried, &work)?;
+    let cmdline = machine::cmdline(emulator, &opts.cmdline);
     let medium = {
         let mut h = crc32fast::Hasher::new();
         h.update(
@@ -218,23 +264,37 @@ pub async fn run_all(
         );
         h.update(&staged.cpio);
         h.update(cmdline.as_bytes());
-        h.update(model.as_bytes());
+        h.update(host.as_bytes());
         format!("{:08x}", h.finalize())
     };
-    let (console_path, log_path) = (work.join("console.log"), work.join("bochs.log"));
+    let console_path = work.join("console.log");
     std::fs::write(&console_path, b"").map_err(|source| HostError::Io { path: console_path.clone(), source })?;
-    let rc = work.join("bochsrc");
-    std::fs::write(&rc, machine::bochsrc(model, &iso, &console_path, &log_path))
-        .map_err(|source| HostError::Io { path: rc.clone(), source })?;
-    let script = work.join("debugger.rc");
-    std::fs::write(&script, "c\nquit\n").map_err(|source| HostError::Io { path: script.clone(), source })?;
+    let mut command = tokio::process::Command::new("unshare");
+    command.args(netns).arg(&binary);
+    match emulator {
+        Emulator::Bochs(model) => {
+            let iso = machine::iso(&kernel, &staged.cpio, &cmdline, &work)?;
+            let rc = work.join("bochsrc");
+            std::fs::write(&rc, machine::bochsrc(model, &iso, &console_path, &work.join("bochs.log")))
+                .map_err(|source| HostError::Io { path: rc.clone(), source })?;
+            let script = work.join("debugger.rc");
+            std::fs::write(&script, "c\nquit\n").map_err(|source| HostError::Io { path: script.clone(), source })?;
+            command.args(["-q", "-f"]).arg(&rc).arg("-rc").arg(&script);
+        }
+        Emulator::Qemu => {
+            let initrd = work.join("initrd");
+            std::fs::write(&initrd, &staged.cpio).map_err(|source| HostError::Io { path: initrd.clone(), source })?;
+            command.args(machine::qemu_args(&kernel.bzimage, &initrd, &cmdline, &console_path));
+        }
+    }
 
     let mut figures = BootFigures {
         host: host.clone(),
         kernel_release: kernel.release.clone(),
         kernel_version: kernel.version.clone(),
         kernel_spec: kernel.spec.clone(),
-        kvm_intel_params: params.clone(),
+        kvm_module: module.to_owned(),
+        kvm_module_params: params.clone(),
         cmdline,
         stage_s: started.elapsed().as_secs_f64(),
         module_ftrace_sites_nopped: staged.ftrace_sites_nopped,
@@ -242,13 +302,7 @@ pub async fn run_all(
         ..BootFigures::default()
     };
     let boot_start = Instant::now();
-    let mut child = tokio::process::Command::new("unshare")
-        .args(netns)
-        .arg(&bochs)
-        .args(["-q", "-f"])
-        .arg(&rc)
-        .arg("-rc")
-        .arg(&script)
+    let mut child = command
         .current_dir(&work)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -256,7 +310,7 @@ pub async fn run_all(
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| HostError::Tool { tool: "bochs", why: format!("starting {}: {e}", bochs.display()) })?;
+        .map_err(|e| HostError::Tool { tool: "emulator", why: format!("starting {}: {e}", binary.display()) })?;
     let pid = child.id();
     // The frames arrive on Bochs' stdout (the debug port), with Bochs' own banner and
     // debugger lines among them; a copy goes to `stream` in the machine's directory.
@@ -382,7 +436,7 @@ pub async fn run_all(
     let bochs_stderr =
         tokio::time::timeout(Duration::from_secs(2), stderr_task).await.ok().and_then(Result::ok).unwrap_or_default();
     figures.session_s = started.elapsed().as_secs_f64();
-    figures.bochs_exit = exit_status.and_then(|s| s.code());
+    figures.emulator_exit = exit_status.and_then(|s| s.code());
     figures.frames_lost = reader.lost;
     figures.frames_garbled = reader.garbled_count;
     figures.noise_lines = reader.noise;
@@ -419,7 +473,7 @@ pub async fn run_all(
     let why = stop.unwrap_or_else(|| {
         let msgs = l0::bochs::run::stderr_messages(&bochs_stderr);
         format!(
-            "ended (Bochs exit status {:?}) before it finished the plan{}",
+            "ended (emulator exit status {:?}) before it finished the plan{}",
             exit_status.and_then(|s| s.code()),
             if msgs.is_empty() { String::new() } else { format!(": {}", msgs.join("; ")) }
         )

@@ -32,26 +32,47 @@ pub const SKIPPED_INITCALLS: &str = "jent_mod_init,trace_eval_init,bpf_tcp_ca_kf
                                      load_system_certificate_list,init_user_buckets,init_msg_buckets,init_blk_tracer,\
                                      init_kprobe_trace";
 
-/// The kernel command line: the serial console on COM1 (the stream has COM2 to itself),
-/// the TSC as Bochs counts it, no randomness that Bochs takes from the host (so two boots
-/// are the same instructions), [`SKIPPED_INITCALLS`], and a kernel panic that halts rather
-/// than reboots into the BIOS again (the supervisor sees "Kernel panic" on the console and
-/// stops the machine).
+/// The kernel command line: the serial console on COM1 (the stream has the debug port),
+/// [`SKIPPED_INITCALLS`], and a kernel panic that halts rather than reboots into the BIOS
+/// again (the supervisor sees "Kernel panic" on the console and stops the machine). On Bochs
+/// also the TSC as Bochs counts it and no randomness that Bochs takes from the host, so two
+/// boots are the same instructions; QEMU TCG keeps real time, and its TSC is the host's.
 #[must_use]
-pub fn cmdline(extra: &str) -> String {
+pub fn cmdline(emulator: super::emulated_intel::Emulator, extra: &str) -> String {
     let mut s = format!(
-        "console=ttyS0,115200 rdinit=/init mitigations=off tsc=reliable tsc_early_khz={} lpj={} no_timer_check \
-         nokaslr noreplace-smp audit=0 selinux=0 apparmor=0 pcie_aspm=off nowatchdog nmi_watchdog=0 \
-         cryptomgr.notests loglevel=4 norandmaps clearcpuid=rdrand,rdseed random.trust_cpu=off panic=0 \
-         initcall_blacklist={SKIPPED_INITCALLS}",
-        IPS / 1000,
-        IPS / HZ
+        "console=ttyS0,115200 rdinit=/init mitigations=off tsc=reliable no_timer_check nokaslr noreplace-smp \
+         audit=0 selinux=0 apparmor=0 pcie_aspm=off nowatchdog nmi_watchdog=0 cryptomgr.notests loglevel=4 \
+         panic=0 initcall_blacklist={SKIPPED_INITCALLS}"
     );
+    if let super::emulated_intel::Emulator::Bochs(_) = emulator {
+        s.push_str(&format!(
+            " tsc_early_khz={} lpj={} norandmaps clearcpuid=rdrand,rdseed random.trust_cpu=off",
+            IPS / 1000,
+            IPS / HZ
+        ));
+    }
     if !extra.trim().is_empty() {
         s.push(' ');
         s.push_str(extra.trim());
     }
     s
+}
+
+/// QEMU's arguments for an emulated AMD host (shared/EMULATED-HOSTS.md): TCG `-cpu max`
+/// (SVM with NPT), the default `pc` machine (microvm hangs), 1 GiB, the kernel and initramfs
+/// loaded directly, COM1 = the console file, the debug port 0xE9 = the frame stream on stdout.
+#[must_use]
+pub fn qemu_args(bzimage: &Path, initrd: &Path, cmdline: &str, console: &Path) -> Vec<String> {
+    let mut v: Vec<String> =
+        ["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024", "-nodefaults", "-display", "none"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect();
+    v.extend(["-no-reboot".into(), "-monitor".into(), "none".into()]);
+    v.extend(["-kernel".into(), bzimage.display().to_string(), "-initrd".into(), initrd.display().to_string()]);
+    v.extend(["-append".into(), cmdline.to_owned()]);
+    v.extend(["-serial".into(), format!("file:{}", console.display()), "-debugcon".into(), "stdio".into()]);
+    v
 }
 
 /// The init of the emulated machine: mount what l0 needs (tracefs for KVM's tracepoints),
@@ -80,17 +101,19 @@ pub struct Carried {
     pub mode: u32,
 }
 
-/// The load order of the KVM modules and the parameters each gets.
+/// The load order of the KVM modules and the parameters each gets: irqbypass, kvm, then the
+/// vendor module (`kvm_intel` or `kvm_amd`) with `vendor_params`.
 #[must_use]
-pub fn module_plan(kernel: &Kernel, vendor_params: &str) -> Vec<(String, PathBuf, String)> {
+pub fn module_plan(kernel: &Kernel, vendor: &str, vendor_params: &str) -> Vec<(String, PathBuf, String)> {
     let m = &kernel.modules;
     let mut v = Vec::new();
     if let Some(p) = &m.irqbypass {
         v.push(("irqbypass".to_owned(), p.clone(), String::new()));
     }
     v.push(("kvm".to_owned(), m.kvm.clone(), String::new()));
-    if let Some(p) = &m.kvm_intel {
-        v.push(("kvm_intel".to_owned(), p.clone(), vendor_params.to_owned()));
+    let vendor_ko = if vendor == "kvm_amd" { &m.kvm_amd } else { &m.kvm_intel };
+    if let Some(p) = vendor_ko {
+        v.push((vendor.to_owned(), p.clone(), vendor_params.to_owned()));
     }
     v
 }
@@ -143,6 +166,7 @@ pub struct Staged {
 /// images, `carried` files and the plan.
 pub fn initramfs(
     kernel: &Kernel,
+    vendor: &str,
     vendor_params: &str,
     l0: &Path,
     plan_runs: Vec<l0::emulated::PlannedRun>,
@@ -164,7 +188,7 @@ pub fn initramfs(
     c.file("/init", 0o755, INIT.as_bytes());
     let mut modules = Vec::new();
     let mut nopped = Vec::new();
-    for (name, path, params) in module_plan(kernel, vendor_params) {
+    for (name, path, params) in module_plan(kernel, vendor, vendor_params) {
         let guest = format!("/nestbench/modules/{name}.ko");
         let ko = kernel::module_bytes(&path)?;
         let ko = match super::ftrace_nop::nop_ftrace_sites(&ko) {
@@ -300,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_command_line_matches_bochs_clock_and_keeps_boots_deterministic() {
-        let c = cmdline("");
+        let c = cmdline(super::super::emulated_intel::Emulator::Bochs("corei7_skylake_x"), "");
         for want in [
             "console=ttyS0,115200",
             "tsc_early_khz=100000",
@@ -314,7 +338,12 @@ mod tests {
         }
         assert!(c.contains(" initcall_blacklist=jent_mod_init,trace_eval_init,"), "{c}");
         assert!(!c.contains(", "), "one word: {c}");
-        assert!(cmdline(" transparent_hugepage=never ").ends_with(",init_kprobe_trace transparent_hugepage=never"));
+        assert!(
+            cmdline(super::super::emulated_intel::Emulator::Bochs("x"), " transparent_hugepage=never ")
+                .ends_with(" random.trust_cpu=off transparent_hugepage=never")
+        );
+        let q = cmdline(super::super::emulated_intel::Emulator::Qemu, "");
+        assert!(!q.contains("tsc_early_khz") && !q.contains("lpj="), "QEMU keeps real time: {q}");
     }
 
     #[test]

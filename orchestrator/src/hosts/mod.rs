@@ -20,7 +20,7 @@ use crate::l0_child::{self, ChildRun, Incoming};
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
     /// A bad `--host`.
-    #[error("--host {0:?}: expected local, bochs or bochs:CPU_MODEL")]
+    #[error("--host {0:?}: expected local, bochs, bochs:CPU_MODEL or qemu")]
     BadSpec(String),
     /// A Bochs CPU model that cannot host KVM's nested VMX.
     #[error("--host {spec}: {why}")]
@@ -98,6 +98,8 @@ pub enum HostSpec {
         /// The Bochs CPU model.
         model: &'static str,
     },
+    /// QEMU TCG `-cpu max`, booting an upstream kernel with `kvm_amd nested=1 npt=1`.
+    Qemu,
 }
 
 impl HostSpec {
@@ -105,6 +107,7 @@ impl HostSpec {
     pub fn parse(s: &str) -> Result<Self, HostError> {
         match s.split_once(':').map_or((s, None), |(a, b)| (a, Some(b))) {
             ("local", None) => Ok(Self::Local),
+            ("qemu", None) => Ok(Self::Qemu),
             ("bochs", model) => {
                 let name = model.unwrap_or(l0::bochs::DEFAULT_MODEL);
                 let m = l0::bochs::config::cpu_model(name)
@@ -121,6 +124,17 @@ impl HostSpec {
         match self {
             Self::Local => "local".into(),
             Self::Bochs { model } => format!("bochs:{model}"),
+            Self::Qemu => "qemu".into(),
+        }
+    }
+
+    /// Its emulator, for an emulated host.
+    #[must_use]
+    pub fn emulator(&self) -> Option<emulated_intel::Emulator> {
+        match self {
+            Self::Local => None,
+            Self::Bochs { model } => Some(emulated_intel::Emulator::Bochs(model)),
+            Self::Qemu => Some(emulated_intel::Emulator::Qemu),
         }
     }
 }
@@ -183,6 +197,9 @@ pub async fn run_all(
             }
             Ok(s)
         }
-        HostSpec::Bochs { model } => emulated_intel::run_all(model, opts, l0, invocations, on).await,
+        HostSpec::Bochs { model } => {
+            emulated_intel::run_all(emulated_intel::Emulator::Bochs(model), opts, l0, invocations, on).await
+        }
+        HostSpec::Qemu => emulated_intel::run_all(emulated_intel::Emulator::Qemu, opts, l0, invocations, on).await,
     }
 }
