@@ -783,7 +783,7 @@ async fn emulated_hosts(
             break;
         }
         let Some(emulator) = t.host.emulator() else { continue };
-        if let Err(e) = crate::hosts::emulated_intel::preflight(emulator, &t.opts) {
+        if let Err(e) = crate::hosts::emulated::preflight(emulator, &t.opts) {
             skipped.push(results::Skipped {
                 engine: "kvm".into(),
                 payload: None,

@@ -489,10 +489,7 @@ pub(crate) mod tests {
             kernel: "6.1".into(),
             kernel_release: Some("6.1.0-57-cloud-amd64".into()),
             kvm_intel_params: "nested=1".into(),
-            boot: Some(crate::hosts::emulated_intel::BootFigures {
-                boot_medium: "0badcafe".into(),
-                ..Default::default()
-            }),
+            boot: Some(crate::hosts::emulated::BootFigures { boot_medium: "0badcafe".into(), ..Default::default() }),
             rows: vec![crate::exact::ExactRow {
                 payload: "outl".into(),
                 n: 100,

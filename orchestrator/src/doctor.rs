@@ -39,7 +39,7 @@ pub struct Doctor {
     pub emulated_hosts: Vec<HostStatus>,
     /// How the emulated host booted (only for an emulated host).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub boot: Option<crate::hosts::emulated_intel::BootFigures>,
+    pub boot: Option<crate::hosts::emulated::BootFigures>,
 }
 
 /// Whether an emulated host can boot here.
@@ -72,7 +72,7 @@ pub fn kernel_aliases() -> Vec<&'static str> {
 /// without booting.
 #[must_use]
 pub fn emulated_hosts() -> Vec<HostStatus> {
-    use crate::hosts::emulated_intel::{Emulator, preflight};
+    use crate::hosts::emulated::{Emulator, preflight};
     let mut v = Vec::new();
     for kernel in kernel_aliases() {
         let opts = crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() };
@@ -223,11 +223,7 @@ pub fn doctor(host: HostFacts) -> Doctor {
 /// The report of an emulated host, from the facts its agent gathered inside it (the soft
 /// engine's verdict follows the exit semantics measured there).
 #[must_use]
-pub fn doctor_emulated(
-    name: String,
-    host: HostFacts,
-    boot: Option<crate::hosts::emulated_intel::BootFigures>,
-) -> Doctor {
+pub fn doctor_emulated(name: String, host: HostFacts, boot: Option<crate::hosts::emulated::BootFigures>) -> Doctor {
     let mut engines = engines(&host);
     if let Some(b) = engines.iter_mut().find(|e| e.engine == "bochs") {
         b.can_run = false;

@@ -87,7 +87,7 @@ pub struct EmulatedHostRun {
     /// kvm_intel's parameters as given.
     pub kvm_intel_params: String,
     /// How the boot went (wall times, frames).
-    pub boot: Option<crate::hosts::emulated_intel::BootFigures>,
+    pub boot: Option<crate::hosts::emulated::BootFigures>,
     /// One row per payload.
     pub rows: Vec<crate::exact::ExactRow>,
     /// Why there are no rows, when the host did not boot or stopped.
@@ -760,7 +760,7 @@ mod tests {
                 kernel: "6.1".into(),
                 kernel_release: Some("6.1.0-57-cloud-amd64".into()),
                 kvm_intel_params: "nested=1".into(),
-                boot: Some(crate::hosts::emulated_intel::BootFigures::default()),
+                boot: Some(crate::hosts::emulated::BootFigures::default()),
                 rows: vec![
                     crate::exact::ExactRow {
                         payload: "outl".into(),

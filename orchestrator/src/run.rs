@@ -371,7 +371,7 @@ pub fn payloads(json: bool) -> String {
                 l2_payloads::Support::Runs => (true, None),
                 l2_payloads::Support::Unsupported { reason } => (false, Some(reason)),
             };
-            let wedge = crate::hosts::emulated_intel::BOCHS_HOST_WEDGES.iter().find(|(p, _)| *p == m.name);
+            let wedge = crate::hosts::emulated::BOCHS_HOST_WEDGES.iter().find(|(p, _)| *p == m.name);
             json!({
                 "name": m.name,
                 "description": m.description,

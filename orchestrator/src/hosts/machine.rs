@@ -38,13 +38,13 @@ pub const SKIPPED_INITCALLS: &str = "jent_mod_init,trace_eval_init,bpf_tcp_ca_kf
 /// also the TSC as Bochs counts it and no randomness that Bochs takes from the host, so two
 /// boots are the same instructions; QEMU TCG keeps real time, and its TSC is the host's.
 #[must_use]
-pub fn cmdline(emulator: super::emulated_intel::Emulator, extra: &str) -> String {
+pub fn cmdline(emulator: super::emulated::Emulator, extra: &str) -> String {
     let mut s = format!(
         "console=ttyS0,115200 rdinit=/init mitigations=off tsc=reliable no_timer_check nokaslr noreplace-smp \
          audit=0 selinux=0 apparmor=0 pcie_aspm=off nowatchdog nmi_watchdog=0 cryptomgr.notests loglevel=4 \
          panic=0 initcall_blacklist={SKIPPED_INITCALLS}"
     );
-    if let super::emulated_intel::Emulator::Bochs(_) = emulator {
+    if let super::emulated::Emulator::Bochs(_) = emulator {
         s.push_str(&format!(
             " tsc_early_khz={} lpj={} norandmaps clearcpuid=rdrand,rdseed random.trust_cpu=off",
             IPS / 1000,
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn the_command_line_matches_bochs_clock_and_keeps_boots_deterministic() {
-        let c = cmdline(super::super::emulated_intel::Emulator::Bochs("corei7_skylake_x"), "");
+        let c = cmdline(super::super::emulated::Emulator::Bochs("corei7_skylake_x"), "");
         for want in [
             "console=ttyS0,115200",
             "tsc_early_khz=100000",
@@ -339,10 +339,10 @@ mod tests {
         assert!(c.contains(" initcall_blacklist=jent_mod_init,trace_eval_init,"), "{c}");
         assert!(!c.contains(", "), "one word: {c}");
         assert!(
-            cmdline(super::super::emulated_intel::Emulator::Bochs("x"), " transparent_hugepage=never ")
+            cmdline(super::super::emulated::Emulator::Bochs("x"), " transparent_hugepage=never ")
                 .ends_with(" random.trust_cpu=off transparent_hugepage=never")
         );
-        let q = cmdline(super::super::emulated_intel::Emulator::Qemu, "");
+        let q = cmdline(super::super::emulated::Emulator::Qemu, "");
         assert!(!q.contains("tsc_early_khz") && !q.contains("lpj="), "QEMU keeps real time: {q}");
     }
 

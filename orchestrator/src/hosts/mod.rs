@@ -1,12 +1,13 @@
 //! Where l0 runs: this machine (`local`), or an emulated host, an upstream Linux KVM that
-//! Bochs boots with `kvm_intel nested=1` (`bochs[:CPU_MODEL]`), so that what nestbench
-//! claims for "a KVM host" is shown on upstream KVM code (docs/emulated-hosts.md).
+//! Bochs boots with `kvm_intel nested=1` (`bochs[:CPU_MODEL]`) or QEMU with `kvm_amd
+//! nested=1` (`qemu`), so that what nestbench claims for "a KVM host" is shown on upstream
+//! KVM code (docs/emulated-hosts.md).
 //!
 //! Whatever the host, a run is the same l0 invocation and gives the same [`ChildRun`]: the
 //! transport is the only thing that differs (a child's stdout; the frames of a serial line).
 
 pub mod cpio;
-pub mod emulated_intel;
+pub mod emulated;
 pub mod ftrace_nop;
 pub mod kernel;
 pub mod machine;
@@ -130,11 +131,11 @@ impl HostSpec {
 
     /// Its emulator, for an emulated host.
     #[must_use]
-    pub fn emulator(&self) -> Option<emulated_intel::Emulator> {
+    pub fn emulator(&self) -> Option<emulated::Emulator> {
         match self {
             Self::Local => None,
-            Self::Bochs { model } => Some(emulated_intel::Emulator::Bochs(model)),
-            Self::Qemu => Some(emulated_intel::Emulator::Qemu),
+            Self::Bochs { model } => Some(emulated::Emulator::Bochs(model)),
+            Self::Qemu => Some(emulated::Emulator::Qemu),
         }
     }
 }
@@ -176,7 +177,7 @@ pub struct Session {
     /// The emulated host's own facts (`l0::host::HostFacts` as JSON), from inside it.
     pub host: Option<serde_json::Value>,
     /// How its boot went.
-    pub boot: Option<emulated_intel::BootFigures>,
+    pub boot: Option<emulated::BootFigures>,
 }
 
 /// Run `invocations` on `host`, in order (one boot for all of them on an emulated host),
@@ -198,8 +199,8 @@ pub async fn run_all(
             Ok(s)
         }
         HostSpec::Bochs { model } => {
-            emulated_intel::run_all(emulated_intel::Emulator::Bochs(model), opts, l0, invocations, on).await
+            emulated::run_all(emulated::Emulator::Bochs(model), opts, l0, invocations, on).await
         }
-        HostSpec::Qemu => emulated_intel::run_all(emulated_intel::Emulator::Qemu, opts, l0, invocations, on).await,
+        HostSpec::Qemu => emulated::run_all(emulated::Emulator::Qemu, opts, l0, invocations, on).await,
     }
 }

@@ -1,13 +1,14 @@
-//! The emulated Intel host: Bochs (a VMX CPU model) boots an upstream kernel whose
-//! `kvm_intel nested=1` offers nested VMX; `nestbench-l0 agent` runs the plan inside and
-//! frames what each run prints onto the debug port 0xE9, which Bochs copies to its stdout and
-//! nothing else inside writes to (the console is COM1).
+//! Emulated hosts: an emulator boots an upstream kernel whose KVM offers nested
+//! virtualization (Bochs with a VMX CPU model: `kvm_intel nested=1`; QEMU TCG `-cpu max`:
+//! `kvm_amd nested=1 npt=1`); `nestbench-l0 agent` runs the plan inside and frames what each
+//! run prints onto the debug port 0xE9, which the emulator copies to its stdout and nothing
+//! else inside writes to (the console is COM1).
 //!
-//! Supervision: Bochs' stdout is read line by line as it comes; the console is a file Bochs
-//! appends to, read as it grows. A kernel panic on the console, a boot that does not report in time, a run that
-//! outlives its budget, Ctrl-C or Bochs ending before the plan is done stop the machine
-//! (its whole process group) and come back as [`HostError::Stopped`] with what the finished
-//! runs said, marked partial, and the machine's files kept for a look.
+//! Supervision: the emulator's stdout is read line by line as it comes; the console is a file
+//! it appends to, read as it grows. A kernel panic on the console, a boot that does not report
+//! in time, a run that outlives its budget, Ctrl-C or the emulator ending before the plan is
+//! done stop the machine (its whole process group) and come back as [`HostError::Stopped`]
+//! with what the finished runs said, marked partial, and the machine's files kept for a look.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

@@ -1,12 +1,13 @@
-//! The kvm engine on upstream KVM: Debian's cloud kernels with `kvm_intel nested=1`, booted
-//! in Bochs by `--host bochs[:MODEL]`, through the real binaries. Each test boots a real
+//! The kvm and soft engines on upstream KVM: Debian's cloud kernels with `kvm_intel
+//! nested=1` booted in Bochs (`--host bochs[:MODEL]`) and with `kvm_amd nested=1` in QEMU
+//! (`--host qemu`), through the real binaries. Each test boots a real
 //! emulated host; where one cannot boot here (no Bochs, no cached kernel: ./setup.sh fetches
 //! them), the test says why and skips, loudly.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use orchestrator::hosts::{EmulatedOptions, HostSpec, Invocation, emulated_intel, run_all};
+use orchestrator::hosts::{EmulatedOptions, HostSpec, Invocation, emulated, run_all};
 use serde_json::Value;
 
 fn repo() -> PathBuf {
@@ -20,13 +21,13 @@ fn nestbench(args: &[&str]) -> (Option<i32>, String, String) {
 
 /// Whether an emulated Intel host with `kernel` can boot here; if not, say why.
 fn emulated_host(kernel: &str) -> bool {
-    emulated_host_on(emulated_intel::Emulator::Bochs("corei7_skylake_x"), kernel)
+    emulated_host_on(emulated::Emulator::Bochs("corei7_skylake_x"), kernel)
 }
 
 /// Whether `emulator` can boot `kernel` here; if not, say why.
-fn emulated_host_on(emulator: emulated_intel::Emulator, kernel: &str) -> bool {
+fn emulated_host_on(emulator: emulated::Emulator, kernel: &str) -> bool {
     let opts = EmulatedOptions { kernel: Some(kernel.into()), ..EmulatedOptions::default() };
-    match emulated_intel::preflight(emulator, &opts) {
+    match emulated::preflight(emulator, &opts) {
         Ok(_) => true,
         Err(e) => {
             eprintln!("SKIP: no emulated host {} with kernel {kernel} here: {e}", emulator.name());
@@ -179,14 +180,12 @@ fn every_payload_on_host(host: &str, kernel: &str, engine: &str, known: &[(&str,
     let payloads: Vec<&l2_payloads::Manifest> = l2_payloads::all()
         .iter()
         .filter(|m| engine == "kvm" || m.soft_engine == l2_payloads::Support::Runs)
-        .filter(|m| {
-            match emulated_intel::BOCHS_HOST_WEDGES.iter().find(|(p, _)| *p == m.name && host.starts_with("bochs")) {
-                Some((p, why)) => {
-                    eprintln!("SKIP: {p} on the {engine} engine on {model}: {why}");
-                    false
-                }
-                None => true,
+        .filter(|m| match emulated::BOCHS_HOST_WEDGES.iter().find(|(p, _)| *p == m.name && host.starts_with("bochs")) {
+            Some((p, why)) => {
+                eprintln!("SKIP: {p} on the {engine} engine on {model}: {why}");
+                false
             }
+            None => true,
         })
         .collect();
     let invocations: Vec<Invocation> = payloads
@@ -275,7 +274,7 @@ fn the_soft_engine_runs_its_payloads_on_upstream_kvm() {
 #[test]
 fn the_soft_engine_runs_its_payloads_on_amd_upstream_kvm_61_and_612() {
     for kernel in ["6.1", "6.12"] {
-        if emulated_host_on(emulated_intel::Emulator::Qemu, kernel) {
+        if emulated_host_on(emulated::Emulator::Qemu, kernel) {
             every_payload_on_host("qemu", kernel, "soft", &SOFT_ON_UPSTREAM_KNOWN);
         }
     }
@@ -371,7 +370,7 @@ fn bad_hosts_and_kernels_are_named_before_anything_boots() {
             "is not a Linux bzImage",
         ),
         (vec!["--host", "bochs:ryzen"], "ryzen has no VMX"),
-        (vec!["--host", "qemu-ish"], "expected local, bochs or bochs:CPU_MODEL"),
+        (vec!["--host", "qemu-ish"], "expected local, bochs, bochs:CPU_MODEL or qemu"),
         (vec!["--host", "bochs", "--kvm-param", "nested"], "expected NAME=VALUE"),
         (vec!["--kvm-param", "ept=0"], "apply to an emulated host"),
         (vec!["--host", "bochs", "--kernel", "9.99"], "kernel 9.99 is not in the kernel cache"),
