@@ -812,7 +812,7 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
 
 fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
     let (host, host_opts) = a.host.resolve()?;
-    let one_host = (host != hosts::HostSpec::Local).then(|| bench::EmulatedTarget { host, opts: host_opts });
+    let one_host = (host != hosts::HostSpec::Local).then_some(bench::EmulatedTarget { host, opts: host_opts });
     if one_host.is_some() && (a.emulated_hosts.is_some() || a.engines.is_some()) {
         anyhow::bail!("--host benches one emulated host; it does not combine with --emulated-hosts or --engines");
     }

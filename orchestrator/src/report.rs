@@ -368,49 +368,6 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
     m
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn numbers_read_well() {
-        assert_eq!(num(Some(1_234_567.4)), "1,234,567");
-        assert_eq!(num(Some(999.0)), "999");
-        assert_eq!(num(Some(1.5)), "1.50");
-        assert_eq!(num(None), "-");
-    }
-
-    #[test]
-    fn the_report_of_the_fixture_has_every_table() {
-        let s = crate::compare::tests::fixture();
-        let md = markdown(&s, None);
-        for needle in [
-            "# nestbench bench",
-            "## Nested vs single-level (soft engine)",
-            "| outl |",
-            "## Latency per configuration",
-            "outl nested, shadowing off",
-            "## Exits per reason and level",
-            "I/O instruction",
-            "TSC",
-        ] {
-            assert!(md.contains(needle), "{needle} missing:\n{md}");
-        }
-        assert!(!md.contains("PARTIAL"));
-        // Every table row has as many cells as its header.
-        for table in md.split("\n\n").filter(|b| b.starts_with('|')) {
-            let cells: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
-            assert!(cells.iter().all(|&c| c == cells[0]), "ragged table:\n{table}");
-        }
-        let mut p = s.clone();
-        p.partial = true;
-        p.partial_reasons = vec!["soft/outl/shadowing-on: nestbench-l0 was killed by a signal".into()];
-        assert!(markdown(&p, None).contains("**PARTIAL RUN.**"));
-        let c = crate::compare::compare(&s, &s, &[]);
-        assert!(markdown(&s, Some(&c)).contains("## Against the baseline"));
-    }
-}
-
 /// "KVM nested VMX, exact": per emulated host (CPU model x kernel) and payload, the
 /// steady-state figures per reflected exit, then how each host booted.
 #[must_use]
@@ -481,4 +438,47 @@ pub fn emulated_hosts_markdown(runs: &[crate::results::EmulatedHostRun]) -> Stri
     }
     let _ = writeln!(m);
     m
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_read_well() {
+        assert_eq!(num(Some(1_234_567.4)), "1,234,567");
+        assert_eq!(num(Some(999.0)), "999");
+        assert_eq!(num(Some(1.5)), "1.50");
+        assert_eq!(num(None), "-");
+    }
+
+    #[test]
+    fn the_report_of_the_fixture_has_every_table() {
+        let s = crate::compare::tests::fixture();
+        let md = markdown(&s, None);
+        for needle in [
+            "# nestbench bench",
+            "## Nested vs single-level (soft engine)",
+            "| outl |",
+            "## Latency per configuration",
+            "outl nested, shadowing off",
+            "## Exits per reason and level",
+            "I/O instruction",
+            "TSC",
+        ] {
+            assert!(md.contains(needle), "{needle} missing:\n{md}");
+        }
+        assert!(!md.contains("PARTIAL"));
+        // Every table row has as many cells as its header.
+        for table in md.split("\n\n").filter(|b| b.starts_with('|')) {
+            let cells: Vec<usize> = table.lines().map(|l| l.matches('|').count()).collect();
+            assert!(cells.iter().all(|&c| c == cells[0]), "ragged table:\n{table}");
+        }
+        let mut p = s.clone();
+        p.partial = true;
+        p.partial_reasons = vec!["soft/outl/shadowing-on: nestbench-l0 was killed by a signal".into()];
+        assert!(markdown(&p, None).contains("**PARTIAL RUN.**"));
+        let c = crate::compare::compare(&s, &s, &[]);
+        assert!(markdown(&s, Some(&c)).contains("## Against the baseline"));
+    }
 }

@@ -198,15 +198,15 @@ impl CaseRunner {
             files: vec![(PathBuf::from(&shown), shown)],
         };
         if *host == HostSpec::Local {
-            for i in 0..results.len() {
-                if runnable.contains(&i) {
-                    let inv = invocation(results[i].file.clone());
+            for r in &mut results {
+                if r.name.is_some() {
+                    let inv = invocation(r.file.clone());
                     match l0_child::run_l0(&self.l0, &inv.args, self.deadline(), |_| {}).await {
-                        Ok(child) => results[i].take(&child),
-                        Err(e) => results[i].outcome = Outcome::other("l0_error", e.to_string()),
+                        Ok(child) => r.take(&child),
+                        Err(e) => r.outcome = Outcome::other("l0_error", e.to_string()),
                     }
                 }
-                each(&results[i]);
+                each(r);
             }
             return Ok(results);
         }
