@@ -800,10 +800,7 @@ async fn emulated_hosts(
         }
         let timeout = Duration::from_millis(cfg.runner.timeout_ms.max(60_000));
         let kernel = t.opts.kernel.clone().unwrap_or_default();
-        let params = std::iter::once("nested=1".to_owned())
-            .chain(t.opts.kvm_params.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let params = emulator.module_params(&t.opts);
         let run =
             match crate::exact::measure(&t.host, &t.opts, &cfg.runner.l0, payloads, EXACT_ITERATIONS, timeout).await {
                 Ok((session, rows)) => results::EmulatedHostRun {

@@ -130,11 +130,11 @@ pub fn preflight(config: &BochsConfig) -> Result<&'static CpuModel, BochsError> 
     Ok(model)
 }
 
-/// Send `sig` to the process group `pgid`.
-fn signal_group(pgid: u32, sig: libc::c_int) {
+/// Send `sig` to the process group `pgid` (an emulator started with `process_group(0)`).
+pub fn signal_group(pgid: u32, sig: libc::c_int) {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else { return };
     // SAFETY: kill(2) with a negative pid signals that process group; the group is the one
-    // Bochs was started in (`process_group(0)`: its pgid is its pid) and nothing else.
+    // emulator was started in (`process_group(0)`: its pgid is its pid) and nothing else.
     // Failure (the group is already gone) is harmless.
     unsafe {
         libc::kill(-pgid, sig);

@@ -137,12 +137,10 @@ impl Tail {
     }
 }
 
+/// SIGKILL the emulator's process group (it was started with `process_group(0)`).
 fn kill_group(pid: Option<u32>) {
-    let Some(pid) = pid.and_then(|p| libc::pid_t::try_from(p).ok()) else { return };
-    // SAFETY: kill(2) of the process group Bochs leads (process_group(0): pgid = its pid);
-    // failure (already gone) is harmless.
-    unsafe {
-        libc::kill(-pid, libc::SIGKILL);
+    if let Some(pid) = pid {
+        l0::bochs::run::signal_group(pid, libc::SIGKILL);
     }
 }
 
@@ -172,6 +170,15 @@ impl Emulator {
             Self::Bochs(_) => ("kvm_intel", "nested=1"),
             Self::Qemu => ("kvm_amd", "nested=1 npt=1"),
         }
+    }
+
+    /// The vendor module's parameters for a boot: its fixed ones, then `--kvm-param`s.
+    #[must_use]
+    pub fn module_params(self, opts: &EmulatedOptions) -> String {
+        std::iter::once(self.vendor_module().1.to_owned())
+            .chain(opts.kvm_params.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -207,11 +214,7 @@ pub fn preflight(emulator: Emulator, opts: &EmulatedOptions) -> Result<(PathBuf,
     let kernel =
         kernel::resolve(opts.kernel.as_deref().unwrap_or(kernel::DEFAULT_KERNEL), opts.kernel_modules.as_deref())?;
     let (module, _) = emulator.vendor_module();
-    let has = match emulator {
-        Emulator::Bochs(_) => kernel.modules.kvm_intel.is_some(),
-        Emulator::Qemu => kernel.modules.kvm_amd.is_some(),
-    };
-    if !has {
+    if kernel.modules.vendor(module).is_none() {
         return Err(HostError::Kernel(kernel::KernelError::NoKvmModule {
             release: kernel.release.clone(),
             dir: kernel.modules.kvm.clone(),
@@ -232,9 +235,8 @@ pub async fn run_all(
     let host = emulator.name();
     let (binary, kernel) = preflight(emulator, opts)?;
     let netns = l0::bochs::run::netns_options().map_err(|e| HostError::Tool { tool: "unshare", why: e.to_string() })?;
-    let (module, base_params) = emulator.vendor_module();
-    let params =
-        std::iter::once(base_params.to_owned()).chain(opts.kvm_params.iter().cloned()).collect::<Vec<_>>().join(" ");
+    let (module, _) = emulator.vendor_module();
+    let params = emulator.module_params(opts);
     let started = Instant::now();
     let dir =
         l0::bochs::config::RunDir::create(true).map_err(|e| HostError::Tool { tool: "mkdir", why: e.to_string() })?;

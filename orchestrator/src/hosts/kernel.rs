@@ -76,6 +76,18 @@ pub struct KvmModules {
     pub kvm_amd: Option<PathBuf>,
 }
 
+impl KvmModules {
+    /// The vendor module `name` (`kvm_intel`, `kvm_amd`), if the kernel has it.
+    #[must_use]
+    pub fn vendor(&self, name: &str) -> Option<&PathBuf> {
+        match name {
+            "kvm_intel" => self.kvm_intel.as_ref(),
+            "kvm_amd" => self.kvm_amd.as_ref(),
+            _ => None,
+        }
+    }
+}
+
 /// A kernel ready to be put into an emulated machine.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Kernel {

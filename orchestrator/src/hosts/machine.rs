@@ -111,8 +111,7 @@ pub fn module_plan(kernel: &Kernel, vendor: &str, vendor_params: &str) -> Vec<(S
         v.push(("irqbypass".to_owned(), p.clone(), String::new()));
     }
     v.push(("kvm".to_owned(), m.kvm.clone(), String::new()));
-    let vendor_ko = if vendor == "kvm_amd" { &m.kvm_amd } else { &m.kvm_intel };
-    if let Some(p) = vendor_ko {
+    if let Some(p) = m.vendor(vendor) {
         v.push((vendor.to_owned(), p.clone(), vendor_params.to_owned()));
     }
     v

@@ -122,11 +122,7 @@ impl HostSpec {
     /// Its name in results (`local`, `bochs:corei7_skylake_x`).
     #[must_use]
     pub fn name(&self) -> String {
-        match self {
-            Self::Local => "local".into(),
-            Self::Bochs { model } => format!("bochs:{model}"),
-            Self::Qemu => "qemu".into(),
-        }
+        self.emulator().map_or_else(|| "local".into(), emulated::Emulator::name)
     }
 
     /// Its emulator, for an emulated host.
@@ -189,8 +185,8 @@ pub async fn run_all(
     invocations: &[Invocation],
     mut on: impl FnMut(usize, Incoming<'_>),
 ) -> Result<Session, HostError> {
-    match host {
-        HostSpec::Local => {
+    match host.emulator() {
+        None => {
             let mut s = Session::default();
             for (i, inv) in invocations.iter().enumerate() {
                 s.runs
@@ -198,9 +194,6 @@ pub async fn run_all(
             }
             Ok(s)
         }
-        HostSpec::Bochs { model } => {
-            emulated::run_all(emulated::Emulator::Bochs(model), opts, l0, invocations, on).await
-        }
-        HostSpec::Qemu => emulated::run_all(emulated::Emulator::Qemu, opts, l0, invocations, on).await,
+        Some(e) => emulated::run_all(e, opts, l0, invocations, on).await,
     }
 }
