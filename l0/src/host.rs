@@ -279,7 +279,7 @@ pub fn gather(kvm_path: &Path) -> HostFacts {
         kvm,
         cpl0,
         cpl0_probe_error,
-        exit_semantics: exits.as_ref().ok().copied(),
+        exit_semantics: exits.as_ref().ok().cloned(),
         exit_semantics_error: exits.err(),
         tools: [
             (

@@ -411,15 +411,16 @@ impl VcpuThread {
     }
 
     fn run(mut self) -> Result<(RunReport, Option<stats::StatsDelta>), MachineError> {
-        let kicker = self.vcpu.bind_to_current_thread()?;
         if let Some(cfg) = self.config.soft {
             let kvm = crate::vm::open_kvm(&self.config.kvm_path)?;
             let mut soft = SoftVmx::new(cfg.vmcs_shadowing);
             soft.set_memslot_limit(self.config.memslot_limit);
+            // Before binding L1's vCPU: the probe's vCPUs bind to this thread too.
             let host = crate::soft::host_exits::probe(&self.config.kvm_path).map_err(MachineError::Setup)?;
             soft.set_host_exits(host);
             self.soft = Some((soft, kvm));
         }
+        let kicker = self.vcpu.bind_to_current_thread()?;
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
         let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());
         let capture = self.config.kvm_nested.then(|| {

@@ -395,6 +395,22 @@ impl Vcpu {
         }
     }
 
+    /// The exception KVM holds for the next entry (injected, or pending where
+    /// KVM_CAP_EXCEPTION_PAYLOAD is on), by vector.
+    pub fn queued_exception(&self) -> Result<Option<u8>, VcpuError> {
+        let ev = self.fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        Ok((ev.exception.injected != 0 || ev.exception.pending != 0).then_some(ev.exception.nr))
+    }
+
+    /// Drop the exception KVM holds for the next entry (KVM_SET_VCPU_EVENTS with it neither
+    /// injected nor pending, everything else as read).
+    pub fn clear_queued_exception(&self) -> Result<(), VcpuError> {
+        let mut ev = self.fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))?;
+        ev.exception.injected = 0;
+        ev.exception.pending = 0;
+        self.fd.set_vcpu_events(&ev).map_err(ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+
     /// Set the special registers (through sync regs when enabled, applied at the next
     /// KVM_RUN; KVM then skips the MMU reset when CR0/CR3/CR4/EFER are unchanged).
     pub fn set_sregs(&mut self, sregs: &kvm_sregs) -> Result<(), VcpuError> {

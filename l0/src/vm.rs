@@ -56,6 +56,23 @@ fn open_hint(e: &kvm_ioctls::Error) -> &'static str {
     }
 }
 
+/// Turn on KVM_CAP_EXIT_ON_EMULATION_FAILURE for `vm` where `kvm` offers it (Linux 5.14+):
+/// an emulation failure (a fetch from a GPA without memslot) then exits to userspace at any
+/// CPL with nothing queued; without it upstream KVM exits only at CPL 0, with a #UD queued,
+/// and at CPL 3 delivers the #UD to the guest (`handle_emulation_failure()`; docs/kvm-exits.md
+/// row 8). Returns whether it is on.
+pub fn exit_on_emulation_failure(kvm: &Kvm, vm: &kvm_ioctls::VmFd) -> Result<bool, VmError> {
+    let cap = kvm_bindings::KVM_CAP_EXIT_ON_EMULATION_FAILURE;
+    if kvm.check_extension_raw(u64::from(cap)) <= 0 {
+        return Ok(false);
+    }
+    let mut enable = kvm_bindings::kvm_enable_cap { cap, ..Default::default() };
+    enable.args[0] = 1;
+    vm.enable_cap(&enable)
+        .map_err(|source| VmError::Ioctl { op: "KVM_ENABLE_CAP(KVM_CAP_EXIT_ON_EMULATION_FAILURE)", source })?;
+    Ok(true)
+}
+
 /// Open KVM at `path` and check that it is one.
 pub fn open_kvm(path: &Path) -> Result<Kvm, VmError> {
     let open_err = |source| VmError::Open { path: path.to_owned(), source };
@@ -102,6 +119,11 @@ impl Vm {
             .map_err(|source| VmError::Ioctl { op: "KVM_SET_USER_MEMORY_REGION", source })?;
         x86_setup::write_boot_tables(&mem)?;
         Ok(Self { kvm, fd, mem, l0_features: nestbench_abi::cpuid::FEATURE_HYPERCALL })
+    }
+
+    /// [`exit_on_emulation_failure`] for this VM.
+    pub fn exit_on_emulation_failure(&self) -> Result<bool, VmError> {
+        exit_on_emulation_failure(&self.kvm, &self.fd)
     }
 
     /// Statistics of this VM.

@@ -106,7 +106,7 @@ proptest! {
             let off = a.wrapping_sub(base) as usize;
             bytes.get(off..).map(|b| b.iter().copied().take(n).collect()).unwrap_or_default()
         };
-        for host in [l0::soft::host_exits::HostExits::KVM_PVM, l0::soft::host_exits::HostExits::UPSTREAM] {
+        for host in &[l0::soft::host_exits::HostExits::kvm_pvm(), l0::soft::host_exits::HostExits::upstream()] {
             let _ = io_decode::decode(&exit, &regs, &read, host);
         }
     }

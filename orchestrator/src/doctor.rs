@@ -116,15 +116,23 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
     let kvm = &h.kvm;
     let soft = if kvm.usable {
         match (&h.exit_semantics, &h.exit_semantics_error) {
-            (Some(x), _) => EngineStatus {
+            (Some(x), _) if x.gaps().is_empty() => EngineStatus {
                 engine: "soft",
                 can_run: true,
                 implemented: true,
                 reason: format!(
-                    "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM \
-                     (this KVM exits with RIP {} an OUT, measured)",
+                    "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM; \
+                     this KVM's exits, measured, can all be normalised ({x})",
                     kvm.path.display(),
-                    if x.out_rip_past { "past" } else { "at" }
+                ),
+            },
+            (Some(x), _) => EngineStatus {
+                engine: "soft",
+                can_run: false,
+                implemented: true,
+                reason: format!(
+                    "this KVM's exits, measured, include some the soft engine cannot present as VM exits: {}",
+                    x.gaps().join("; ")
                 ),
             },
             (None, why) => EngineStatus {
@@ -352,7 +360,7 @@ mod tests {
             kvm,
             cpl0: None,
             cpl0_probe_error: None,
-            exit_semantics: Some(l0::soft::host_exits::HostExits::KVM_PVM),
+            exit_semantics: Some(l0::soft::host_exits::HostExits::kvm_pvm()),
             exit_semantics_error: None,
             tools: bochs.map(|t| ("bochs".to_owned(), t)).into_iter().collect::<BTreeMap<_, _>>(),
         }

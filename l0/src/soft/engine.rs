@@ -21,6 +21,7 @@ use serde::Serialize;
 use super::caps::Caps;
 use super::entry_checks::{self, EntryFailure};
 use super::ept_fault::{self, Fault};
+use super::host_exits::NoSlot;
 use super::io_decode;
 use super::l2vm::{EptShadowError, EptStats, L2Vm};
 use super::msr::{self, MsrExits};
@@ -199,14 +200,14 @@ impl SoftVmx {
             pending_vmx_traps: 0,
             timer: PreemptionTimer::new(super::caps::PREEMPTION_TIMER_RATE),
             stamps: Stamps::default(),
-            host: super::host_exits::HostExits::KVM_PVM,
+            host: super::host_exits::HostExits::kvm_pvm(),
         }
     }
 
     /// Normalise exits by `host`'s semantics (measured: [`super::host_exits::probe`]).
     pub fn set_host_exits(&mut self, host: super::host_exits::HostExits) {
+        self.stats.out_rip_past = Some(host.out == super::host_exits::Rip::Past);
         self.host = host;
-        self.stats.out_rip_past = Some(host.out_rip_past);
     }
 
     /// Keep VM2 at most `n` memslots (the eviction path, [`L2Vm::set_memslot_limit`]);
@@ -395,6 +396,17 @@ impl SoftVmx {
         let pin = v.read(Field32::PinBasedVmExecControl.encoding()) as u32;
         let timer_value = v.read(Field32::VmxPreemptionTimerValue.encoding()) as u32;
         let timer_zero = self.timer.enter(pin & controls::pin::PREEMPTION_TIMER != 0, timer_value);
+        if self.timer.active() && !timer_zero && !self.host.kicks() {
+            // docs/kvm-exits.md row K: the timer's expiry is a kick out of VM2's KVM_RUN.
+            return Ok(EntryOutcome::Unsupported {
+                what: Field32::VmxPreemptionTimerValue.name().into(),
+                why: format!(
+                    "this host's KVM does not return from KVM_RUN on a kick while the guest runs (measured: {:?}), so \
+                     L0 could not stop L2 when the timer expires",
+                    self.host.kick
+                ),
+            });
+        }
         if self.timer.active() && !self.timer.has_tsc_khz() {
             match l2.vcpu.fd().get_tsc_khz() {
                 Ok(khz) if khz > 0 => self.timer.set_tsc_khz(u64::from(khz)),
@@ -549,7 +561,7 @@ impl SoftVmx {
                     self.stats.l0_only_exits += 1;
                     stamps.l0_only();
                 }
-                other => match normalise(l2, other, self.host) {
+                other => match normalise(l2, other, &self.host) {
                     Ok(Reflect::L0Only) => {
                         self.stats.l0_only_exits += 1;
                         stamps.l0_only();
@@ -630,7 +642,7 @@ fn timer_exit(regs: kvm_regs) -> Reflect {
 
 /// Turn a KVM exit of VM2 into the VM exit hardware would report (docs/kvm-exits.md says
 /// what KVM leaves behind for each kind; docs/soft-engine.md what L1 must see).
-fn normalise(l2: &mut L2Vm, exit: Exit, host: super::host_exits::HostExits) -> Result<Reflect, SoftError> {
+fn normalise(l2: &mut L2Vm, exit: Exit, host: &super::host_exits::HostExits) -> Result<Reflect, SoftError> {
     let regs = l2.vcpu.regs()?;
     let cr3 = l2.vcpu.sregs()?.cr3;
     let unsupported = |what: &str, why: String| Ok(Reflect::Stop(EntryOutcome::Unsupported { what: what.into(), why }));
@@ -648,7 +660,7 @@ fn normalise(l2: &mut L2Vm, exit: Exit, host: super::host_exits::HostExits) -> R
             };
             // IN and INS wait for their data; upstream's OUT waits for its RIP advance
             // (`complete_fast_pio_out()`): nothing pending may survive into the next entry.
-            let out_pending = !io.retired_past && io.insn_info.is_none() && !host.out_rip_past;
+            let out_pending = !io.retired_past && io.insn_info.is_none() && host.out == super::host_exits::Rip::At;
             if matches!(exit, Exit::IoIn { .. }) || out_pending {
                 flush_pending(l2, cr3, &io)?;
             }
@@ -688,6 +700,12 @@ fn normalise(l2: &mut L2Vm, exit: Exit, host: super::host_exits::HostExits) -> R
         Exit::MmioRead { .. } | Exit::MmioWrite { .. } | Exit::InternalError { .. } => {
             let sregs = l2.vcpu.sregs()?;
             let fault = if matches!(exit, Exit::InternalError { .. }) {
+                if let NoSlot::EmulationFailure { queued_exception: Some(_), .. } = host.fetch_no_slot {
+                    // Upstream queues a #UD with the failure (`handle_emulation_failure()`),
+                    // which KVM would deliver at VM2's next entry: hardware's fetch fault
+                    // delivers nothing to L2.
+                    l2.vcpu.clear_queued_exception()?;
+                }
                 ept_fault::on_fetch_failure(l2, &exit, &regs, &sregs)
             } else {
                 ept_fault::on_mmio(l2, &exit, &regs, &sregs)?

@@ -216,6 +216,26 @@ pub fn on_mmio(l2: &mut L2Vm, exit: &Exit, regs: &kvm_regs, sregs: &kvm_sregs) -
         Exit::MmioWrite { gpa, data } => (*gpa, ept::WRITE, Some(data.as_slice())),
         _ => return Ok(Fault::Unsupported { what: "EPT fault", why: format!("{exit:?} is not an MMIO exit") }),
     };
+    if let Exit::MmioRead { len, .. } = exit {
+        // docs/kvm-exits.md row 9: on upstream KVM a page walk through a paging structure
+        // without memslot is an MMIO read *of the table*. L0 maps L2's paging structures
+        // before L2 runs; one it missed is refused here, never answered as the load's data.
+        let page = |a: u64| a & !0xFFF;
+        let load = load_linear(l2, regs, sregs)
+            .map(|l| [l, l.wrapping_add(u64::from(*len).max(1) - 1)].map(|x| l2.l2_phys(sregs.cr3, x).map(page)));
+        if let Some(pages) = load
+            && !pages.contains(&Some(page(gpa)))
+        {
+            return Ok(Fault::Unsupported {
+                what: "L2 page walk",
+                why: format!(
+                    "KVM's MMIO read of L2-physical {gpa:#x} at L2 RIP {:#x} is not the load's data ({pages:x?}): a page \
+                     walk through an L2 paging structure without memslot",
+                    regs.rip
+                ),
+            });
+        }
+    }
     let fill = match l2.fill(gpa, access, false) {
         Ok(f) => f,
         Err(e) => return Ok(Fault::Unsupported { what: "EPT12", why: e.to_string() }),

@@ -24,7 +24,7 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
 use kvm_bindings::kvm_regs;
 use nestbench_abi::vmx::{AddressSize, IoInstructionInfo, IoQualification, SegmentRegister};
 
-use super::host_exits::HostExits;
+use super::host_exits::{HostExits, Rip};
 use crate::vcpu::Exit;
 
 /// The longest x86 instruction.
@@ -179,9 +179,10 @@ struct Form {
 impl Form {
     /// Whether `host` presents the form with RIP at the instruction (IN, INS, REP INS,
     /// REP OUTS everywhere; OUT on upstream KVM) rather than past it (OUT on kvm_pvm, OUTS
-    /// without REP).
-    const fn rip_at(self, host: HostExits) -> bool {
-        self.is_in || (self.string && self.rep) || (!self.string && !host.out_rip_past)
+    /// without REP), as its probe measured.
+    fn rip_at(self, host: &HostExits) -> bool {
+        let out = if self.string { host.outs } else { host.out };
+        self.is_in || (self.string && self.rep) || out == Rip::At
     }
 }
 
@@ -248,7 +249,7 @@ fn build(
     regs: &L2Regs,
     read: &dyn Fn(u64, usize) -> Vec<u8>,
     retired_past: bool,
-    host: HostExits,
+    host: &HostExits,
 ) -> Result<IoExit, DecodeError> {
     let mismatch = |why: String| Err(DecodeError::Mismatch { candidate: candidate(insn), why });
     if f.is_in != exit.is_in {
@@ -358,7 +359,7 @@ pub fn decode_io(
     exit: &KvmIo<'_>,
     regs: &L2Regs,
     read: &dyn Fn(u64, usize) -> Vec<u8>,
-    host: HostExits,
+    host: &HostExits,
 ) -> Result<IoExit, DecodeError> {
     let mut accepted: Vec<(Instruction, IoExit)> = Vec::new();
     let mut rejected: Option<DecodeError> = None;
@@ -408,7 +409,7 @@ pub fn decode(
     exit: &Exit,
     regs: &kvm_regs,
     read: &dyn Fn(u64, usize) -> Vec<u8>,
-    host: HostExits,
+    host: &HostExits,
 ) -> Result<IoExit, DecodeError> {
     let io = match exit {
         Exit::IoOut { port, size, count, data } => {
@@ -461,7 +462,7 @@ mod tests {
     }
 
     /// The registers and exit `host` presents for `case` executed at `start` (docs/kvm-exits.md).
-    fn host_view(case: &IoCase, start: u64, df: bool, host: HostExits) -> (L2Regs, bool, u32, Vec<u8>) {
+    fn host_view(case: &IoCase, start: u64, df: bool, host: &HostExits) -> (L2Regs, bool, u32, Vec<u8>) {
         let size = u64::from(case.size);
         let mut regs = L2Regs {
             rip: start,
@@ -476,7 +477,7 @@ mod tests {
         let (count, data) = match (case.is_in, case.string, case.rep) {
             // Row 1: OUT retired, RIP past (kvm_pvm); upstream: RIP at, completion pending.
             (false, false, _) => {
-                if host.out_rip_past {
+                if host.out == Rip::Past {
                     regs.rip += case.bytes.len() as u64;
                 }
                 (1, regs.rax.to_le_bytes()[..case.size as usize].to_vec())
@@ -502,7 +503,7 @@ mod tests {
     }
 
     fn run(mem: &Mem, regs: &L2Regs, is_in: bool, size: u8, count: u32, data: &[u8]) -> Result<IoExit, DecodeError> {
-        run_on(mem, regs, is_in, size, count, data, HostExits::KVM_PVM)
+        run_on(mem, regs, is_in, size, count, data, &HostExits::kvm_pvm())
     }
 
     fn run_on(
@@ -512,7 +513,7 @@ mod tests {
         size: u8,
         count: u32,
         data: &[u8],
-        host: HostExits,
+        host: &HostExits,
     ) -> Result<IoExit, DecodeError> {
         let exit = KvmIo { is_in, port: PAYLOAD_PORT, size, count, data };
         decode_io(&exit, regs, &|a, n| mem.read(a, n), host)
@@ -520,7 +521,7 @@ mod tests {
 
     #[test]
     fn every_io_encoding_as_each_host_presents_it() {
-        for (host, df) in [HostExits::KVM_PVM, HostExits::UPSTREAM].into_iter().flat_map(|h| [(h, false), (h, true)]) {
+        for (host, df) in [HostExits::kvm_pvm(), HostExits::upstream()].iter().flat_map(|h| [(h, false), (h, true)]) {
             for case in &IO_ENCODINGS {
                 let mem = Mem::new(&JUNK, case.bytes);
                 let start = mem.start(JUNK.len());
@@ -533,7 +534,7 @@ mod tests {
                 let q =
                     IoQualification::new(case.size, case.is_in, case.string, case.rep, case.immediate, PAYLOAD_PORT);
                 assert_eq!(Some(io.qualification), q, "{what}");
-                let past = if case.string { !(case.is_in || case.rep) } else { !case.is_in && host.out_rip_past };
+                let past = if case.string { !(case.is_in || case.rep) } else { !case.is_in && host.out == Rip::Past };
                 assert_eq!(io.retired_past, past, "{what}");
                 // Registers as before the instruction.
                 assert_eq!((io.rcx, io.rdi), (u64::from(IO_REP_COUNT), BUF + 4), "{what}");
@@ -572,19 +573,19 @@ mod tests {
         // A form shown with RIP where the host never puts it (OUT at on kvm_pvm, OUT past on
         // upstream, IN past on both): an engine that assumed the wrong host refuses the exit
         // instead of presenting the wrong instruction.
-        for host in [HostExits::KVM_PVM, HostExits::UPSTREAM] {
+        for host in &[HostExits::kvm_pvm(), HostExits::upstream()] {
             for case in &IO_ENCODINGS {
                 the_other_rip_position_is_refused_on(case, host);
             }
         }
     }
 
-    fn the_other_rip_position_is_refused_on(case: &IoCase, host: HostExits) {
+    fn the_other_rip_position_is_refused_on(case: &IoCase, host: &HostExits) {
         {
             let mem = Mem::new(&JUNK, case.bytes);
             let start = mem.start(JUNK.len());
             let (mut regs, is_in, count, data) = host_view(case, start, false, host);
-            let rip_at = case.is_in || (case.string && case.rep) || (!case.string && !host.out_rip_past);
+            let rip_at = case.is_in || (case.string && case.rep) || (!case.string && host.out == Rip::At);
             regs.rip = if rip_at { start + case.bytes.len() as u64 } else { start };
             match run_on(&mem, &regs, is_in, case.size, count, &data, host) {
                 Err(_) => {}
@@ -602,15 +603,15 @@ mod tests {
         let start = mem.start(JUNK.len());
         let regs = kvm_regs { rip: start + 1, rax: 0x41, rdx: 0xE0, rflags: 2, ..Default::default() };
         let exit = Exit::IoOut { port: 0xE0, size: 1, count: 1, data: vec![0x41] };
-        let io = decode(&exit, &regs, &|a, n| mem.read(a, n), HostExits::KVM_PVM).unwrap();
+        let io = decode(&exit, &regs, &|a, n| mem.read(a, n), &HostExits::kvm_pvm()).unwrap();
         assert_eq!((io.rip, io.insn_len, io.qualification.raw()), (start, 1, 0x00E0_0000));
         let exit = Exit::IoIn { port: 0xE0, size: 1, count: 1 };
         assert!(matches!(
-            decode(&exit, &regs, &|a, n| mem.read(a, n), HostExits::KVM_PVM),
+            decode(&exit, &regs, &|a, n| mem.read(a, n), &HostExits::kvm_pvm()),
             Err(DecodeError::NoIoInstruction { .. })
         ));
         assert!(matches!(
-            decode(&Exit::Hlt, &regs, &|a, n| mem.read(a, n), HostExits::KVM_PVM),
+            decode(&Exit::Hlt, &regs, &|a, n| mem.read(a, n), &HostExits::kvm_pvm()),
             Err(DecodeError::NotIo(_))
         ));
     }

@@ -285,6 +285,8 @@ impl L2Vm {
     pub fn new(kvm: &Kvm, l1_mem: GuestMem) -> Result<Self, VmError> {
         let ioctl = |op| move |source| VmError::Ioctl { op, source };
         let fd = kvm.create_vm().map_err(ioctl("KVM_CREATE_VM (VM2)"))?;
+        // Fetches from pages without memslot must reach L0 at L2's CPL 3 too (row 8).
+        crate::vm::exit_on_emulation_failure(kvm, &fd)?;
         let vcpu_fd = fd.create_vcpu(0).map_err(ioctl("KVM_CREATE_VCPU (VM2)"))?;
         let supported = kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         vcpu_fd.set_cpuid2(&x86_setup::guest_cpuid(&supported, 0)).map_err(ioctl("KVM_SET_CPUID2 (VM2)"))?;

@@ -22,18 +22,20 @@ use super::machine::{self, Carried};
 use super::{EmulatedOptions, HostError, Invocation, Session, kernel};
 use crate::l0_child::{ChildRun, Incoming, Interruption};
 
-/// Payloads that wedge a Bochs-hosted emulated host, on the kvm engine and on the soft engine
-/// alike (QEMU-hosted KVM runs them), with what was seen: `preempt_timer`'s L2 runs a compute loop that only a timer ends (the
-/// VMX-preemption timer KVM emulates with a host hrtimer for the kvm engine, a host timer
-/// and a vCPU kick for the soft engine), and on Bochs-hosted KVM 6.1 (Skylake-X) that loop is
-/// never interrupted: the whole emulated machine stops, its output stops mid-line and the
-/// agent's own deadline never fires. Every other payload exits at least once per iteration.
-/// `nestbench payloads` says so, and the tests do not run them there.
+/// Payloads that wedge a Bochs-hosted emulated host on the kvm engine (QEMU-hosted KVM runs
+/// them), with what was seen: `preempt_timer`'s L2 runs a compute loop that only a timer ends
+/// (the VMX-preemption timer KVM emulates with a host hrtimer), and on Bochs-hosted KVM 6.1
+/// (Skylake-X) that loop is never interrupted: the whole emulated machine stops, its output
+/// stops mid-line and the agent's own deadline never fires. The soft engine's probe measures
+/// the same thing with a bounded loop (a kick is not delivered, docs/kvm-exits.md row K) and
+/// refuses the timer there instead of wedging. `nestbench payloads` says so, and the tests do
+/// not run them there on the kvm engine.
 pub const BOCHS_HOST_WEDGES: [(&str, &str); 1] = [(
     "preempt_timer",
-    "its L2 loop only ends on a timer, and on Bochs-hosted KVM 6.1 nothing interrupts it: the whole emulated host \
-     stops (seen with the kvm and the soft engine on Skylake-X; its output stops, the agent's deadline never fires; \
-     QEMU-hosted KVM runs it)",
+    "its L2 loop only ends on a timer, and on Bochs-hosted KVM nothing interrupts a guest that does not exit: the \
+     whole emulated host stops (seen with the kvm engine on Skylake-X; its output stops, the agent's deadline never \
+     fires; QEMU-hosted KVM runs it). The soft engine measures it (docs/kvm-exits.md row K: a kick is not \
+     delivered) and refuses the VMX-preemption timer there instead",
 )];
 
 /// The default wall-clock budget of a boot, until the host has reported (measured: ~15 s).
