@@ -122,8 +122,13 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
                 implemented: true,
                 reason: format!(
                     "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM; \
-                     this KVM's exits, measured, can all be normalised ({x})",
+                     this KVM's exits, measured, can all be normalised{} ({x})",
                     kvm.path.display(),
+                    if x.kicks() {
+                        ""
+                    } else {
+                        ", but a kick does not stop a running guest here, so the VMX-preemption timer is refused"
+                    },
                 ),
             },
             (Some(x), _) => EngineStatus {
@@ -379,6 +384,28 @@ mod tests {
         assert!(e[1].reason.contains("kvm_pvm"));
         assert!(!e[2].can_run);
         assert!(e[2].reason.contains("not installed"));
+    }
+
+    #[test]
+    fn soft_can_run_only_where_every_measured_row_can_be_normalised() {
+        use l0::soft::host_exits::{HostExits, Kick, Rip};
+        let with = |x: HostExits| {
+            let mut h = host(usable(false, false), &[("kvm", &[])], None);
+            h.exit_semantics = Some(x);
+            engines(&h).remove(0)
+        };
+        let up = with(HostExits::upstream());
+        assert!(up.can_run, "{}", up.reason);
+        assert!(up.reason.contains("RIP after OUT at"), "the measured rows are shown: {}", up.reason);
+        let bochs = with(HostExits { kick: Kick::NotKicked, ..HostExits::upstream() });
+        assert!(bochs.can_run && bochs.reason.contains("VMX-preemption timer is refused"), "{}", bochs.reason);
+        let gap = with(HostExits { hlt: Rip::At, ..HostExits::upstream() });
+        assert!(!gap.can_run, "{}", gap.reason);
+        assert!(
+            gap.reason.contains("HLT: this KVM exits with RIP at it; the soft engine needs RIP past it"),
+            "{}",
+            gap.reason
+        );
     }
 
     #[test]

@@ -245,6 +245,10 @@ struct HostArgs {
     /// Keep the emulated machine's files (ISO, bochsrc, console, stream, Bochs log).
     #[arg(long)]
     keep_host_dir: bool,
+    /// `--host qemu` only: run QEMU with `-icount shift=SHIFT,sleep=off`, a virtual clock
+    /// that counts instructions (2^SHIFT ns each) instead of following the host's.
+    #[arg(long, value_name = "SHIFT", value_parser = clap::value_parser!(u8).range(0..=10))]
+    icount: Option<u8>,
 }
 
 impl HostArgs {
@@ -256,11 +260,12 @@ impl HostArgs {
                 || !self.kvm_params.is_empty()
                 || self.keep_host_dir
                 || !self.kernel_cmdline.is_empty()
-                || self.boot_timeout_s.is_some())
+                || self.boot_timeout_s.is_some()
+                || self.icount.is_some())
         {
             anyhow::bail!(
-                "--kernel, --kvm-param, --kernel-cmdline, --boot-timeout-s and --keep-host-dir apply to an emulated host \
-                 (--host bochs[:MODEL])"
+                "--kernel, --kvm-param, --kernel-cmdline, --boot-timeout-s, --keep-host-dir and --icount apply to an \
+                 emulated host (--host bochs[:MODEL] or qemu)"
             );
         }
         for p in &self.kvm_params {
@@ -279,7 +284,11 @@ impl HostArgs {
             cmdline: self.kernel_cmdline.clone(),
             keep_dir: self.keep_host_dir,
             boot_timeout: self.boot_timeout_s.map(Duration::from_secs),
+            icount: self.icount,
         };
+        if self.icount.is_some() && spec.emulator().is_some_and(|e| e != hosts::emulated::Emulator::Qemu) {
+            anyhow::bail!("--icount is QEMU's: it applies to --host qemu, not --host {}", spec.name());
+        }
         Ok((spec, opts))
     }
 }

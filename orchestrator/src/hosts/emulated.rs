@@ -58,6 +58,9 @@ pub struct BootFigures {
     pub kvm_module_params: String,
     /// The kernel command line.
     pub cmdline: String,
+    /// QEMU's `-icount shift`, when the virtual clock counted instructions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub icount: Option<u8>,
     /// CRC-32 of what the machine boots (kernel, initramfs with l0, the images and the plan,
     /// command line, CPU model): two sessions with the same value execute the same
     /// instructions. Another l0 build or another set of runs shifts where the emulated host's
@@ -261,7 +264,7 @@ pub async fn run_all(
         plan.push(PlannedRun { args, deadline_ms });
     }
     let staged = machine::initramfs(&kernel, module, &params, l0, plan, &carried, &work)?;
-    let cmdline = machine::cmdline(emulator, &opts.cmdline);
+    let cmdline = machine::cmdline(emulator, &opts.cmdline, opts.icount.is_some());
     let medium = {
         let mut h = crc32fast::Hasher::new();
         h.update(
@@ -270,6 +273,9 @@ pub async fn run_all(
         h.update(&staged.cpio);
         h.update(cmdline.as_bytes());
         h.update(host.as_bytes());
+        if let Some(shift) = opts.icount {
+            h.update(format!("-icount shift={shift}").as_bytes());
+        }
         format!("{:08x}", h.finalize())
     };
     let console_path = work.join("console.log");
@@ -289,7 +295,7 @@ pub async fn run_all(
         Emulator::Qemu => {
             let initrd = work.join("initrd");
             std::fs::write(&initrd, &staged.cpio).map_err(|source| HostError::Io { path: initrd.clone(), source })?;
-            command.args(machine::qemu_args(&kernel.bzimage, &initrd, &cmdline, &console_path));
+            command.args(machine::qemu_args(&kernel.bzimage, &initrd, &cmdline, &console_path, opts.icount));
         }
     }
 
@@ -304,6 +310,7 @@ pub async fn run_all(
         stage_s: started.elapsed().as_secs_f64(),
         module_ftrace_sites_nopped: staged.ftrace_sites_nopped,
         boot_medium: medium,
+        icount: opts.icount,
         ..BootFigures::default()
     };
     let boot_start = Instant::now();

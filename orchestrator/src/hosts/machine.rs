@@ -32,24 +32,29 @@ pub const SKIPPED_INITCALLS: &str = "jent_mod_init,trace_eval_init,bpf_tcp_ca_kf
                                      load_system_certificate_list,init_user_buckets,init_msg_buckets,init_blk_tracer,\
                                      init_kprobe_trace";
 
+/// Kernel command-line words that keep the host's randomness out of the guest's execution.
+const NO_RANDOMNESS: &str = "norandmaps clearcpuid=rdrand,rdseed random.trust_cpu=off";
+
 /// The kernel command line: the serial console on COM1 (the stream has the debug port),
 /// [`SKIPPED_INITCALLS`], and a kernel panic that halts rather than reboots into the BIOS
 /// again (the supervisor sees "Kernel panic" on the console and stops the machine). On Bochs
 /// also the TSC as Bochs counts it and no randomness that Bochs takes from the host, so two
-/// boots are the same instructions; QEMU TCG keeps real time, and its TSC is the host's.
+/// boots are the same instructions; QEMU TCG keeps real time, and its TSC is the host's,
+/// unless `icount` (QEMU's `-icount`): then no randomness either.
 #[must_use]
-pub fn cmdline(emulator: super::emulated::Emulator, extra: &str) -> String {
+pub fn cmdline(emulator: super::emulated::Emulator, extra: &str, icount: bool) -> String {
     let mut s = format!(
         "console=ttyS0,115200 rdinit=/init mitigations=off tsc=reliable no_timer_check nokaslr noreplace-smp \
          audit=0 selinux=0 apparmor=0 pcie_aspm=off nowatchdog nmi_watchdog=0 cryptomgr.notests loglevel=4 \
          panic=0 initcall_blacklist={SKIPPED_INITCALLS}"
     );
     if let super::emulated::Emulator::Bochs(_) = emulator {
-        s.push_str(&format!(
-            " tsc_early_khz={} lpj={} norandmaps clearcpuid=rdrand,rdseed random.trust_cpu=off",
-            IPS / 1000,
-            IPS / HZ
-        ));
+        s.push_str(&format!(" tsc_early_khz={} lpj={} {NO_RANDOMNESS}", IPS / 1000, IPS / HZ));
+    } else if icount {
+        // QEMU's -icount makes time a function of instructions; these make the instructions
+        // the same from boot to boot (no ASLR, no RDRAND/RDSEED-seeded entropy).
+        s.push(' ');
+        s.push_str(NO_RANDOMNESS);
     }
     if !extra.trim().is_empty() {
         s.push(' ');
@@ -62,7 +67,7 @@ pub fn cmdline(emulator: super::emulated::Emulator, extra: &str) -> String {
 /// (SVM with NPT), the default `pc` machine (microvm hangs), 1 GiB, the kernel and initramfs
 /// loaded directly, COM1 = the console file, the debug port 0xE9 = the frame stream on stdout.
 #[must_use]
-pub fn qemu_args(bzimage: &Path, initrd: &Path, cmdline: &str, console: &Path) -> Vec<String> {
+pub fn qemu_args(bzimage: &Path, initrd: &Path, cmdline: &str, console: &Path, icount: Option<u8>) -> Vec<String> {
     let mut v: Vec<String> =
         ["-accel", "tcg", "-cpu", "max", "-smp", "1", "-m", "1024", "-nodefaults", "-display", "none"]
             .iter()
@@ -72,6 +77,9 @@ pub fn qemu_args(bzimage: &Path, initrd: &Path, cmdline: &str, console: &Path) -
     v.extend(["-kernel".into(), bzimage.display().to_string(), "-initrd".into(), initrd.display().to_string()]);
     v.extend(["-append".into(), cmdline.to_owned()]);
     v.extend(["-serial".into(), format!("file:{}", console.display()), "-debugcon".into(), "stdio".into()]);
+    if let Some(shift) = icount {
+        v.extend(["-icount".into(), format!("shift={shift},sleep=off")]);
+    }
     v
 }
 

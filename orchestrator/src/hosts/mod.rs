@@ -151,6 +151,9 @@ pub struct EmulatedOptions {
     pub keep_dir: bool,
     /// Wall-clock budget of the boot, until the host has reported.
     pub boot_timeout: Option<Duration>,
+    /// QEMU only: `-icount shift=N,sleep=off`, the virtual clock counts instructions (2^N ns
+    /// each) instead of following the host's (docs/emulated-hosts.md, "-icount").
+    pub icount: Option<u8>,
 }
 
 /// One l0 invocation.
