@@ -331,7 +331,7 @@ mod tests {
 
     #[test]
     fn the_command_line_matches_bochs_clock_and_keeps_boots_deterministic() {
-        let c = cmdline(super::super::emulated::Emulator::Bochs("corei7_skylake_x"), "");
+        let c = cmdline(super::super::emulated::Emulator::Bochs("corei7_skylake_x"), "", false);
         for want in [
             "console=ttyS0,115200",
             "tsc_early_khz=100000",
@@ -346,11 +346,17 @@ mod tests {
         assert!(c.contains(" initcall_blacklist=jent_mod_init,trace_eval_init,"), "{c}");
         assert!(!c.contains(", "), "one word: {c}");
         assert!(
-            cmdline(super::super::emulated::Emulator::Bochs("x"), " transparent_hugepage=never ")
+            cmdline(super::super::emulated::Emulator::Bochs("x"), " transparent_hugepage=never ", false)
                 .ends_with(" random.trust_cpu=off transparent_hugepage=never")
         );
-        let q = cmdline(super::super::emulated::Emulator::Qemu, "");
+        let q = cmdline(super::super::emulated::Emulator::Qemu, "", false);
         assert!(!q.contains("tsc_early_khz") && !q.contains("lpj="), "QEMU keeps real time: {q}");
+        assert!(!q.contains("norandmaps"), "{q}");
+        let qi = cmdline(super::super::emulated::Emulator::Qemu, "", true);
+        assert!(qi.ends_with(" norandmaps clearcpuid=rdrand,rdseed random.trust_cpu=off"), "-icount: {qi}");
+        let a = |icount| qemu_args(Path::new("/k"), Path::new("/i"), "c", Path::new("/c"), icount).join(" ");
+        assert!(a(Some(3)).ends_with(" -icount shift=3,sleep=off"), "{}", a(Some(3)));
+        assert!(!a(None).contains("-icount"));
     }
 
     #[test]
