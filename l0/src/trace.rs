@@ -406,6 +406,18 @@ impl Tracer {
     }
 }
 
+/// A trace ring capacity as a user gives it: a power of two from 1 to L1's maximum
+/// ([`nestbench_abi::trace::L1_RING_CAPACITY`]). For both command lines, so the orchestrator
+/// refuses what `nestbench-l0` would.
+pub fn parse_capacity(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a record count: {e}"))?;
+    let max = nestbench_abi::trace::L1_RING_CAPACITY;
+    if n == 0 || !n.is_power_of_two() || n > max {
+        return Err(format!("{n} is not a power of two between 1 and {max}"));
+    }
+    Ok(n)
+}
+
 /// The host's TSC.
 #[must_use]
 pub fn host_tsc() -> u64 {

@@ -222,19 +222,14 @@ fn map_u64(v: &Value) -> std::collections::BTreeMap<String, u64> {
 
 /// Why a child run does not count, in words.
 fn failure(child: &ChildRun, doc: &Value) -> Option<String> {
-    match child.interrupted {
-        Some(Interruption::Interrupted) => return Some("interrupted (Ctrl-C); nestbench-l0 was stopped".into()),
-        Some(Interruption::Timeout) => return Some("nestbench-l0 outlived its deadline and was killed".into()),
-        None => {}
+    if child.interrupted == Some(Interruption::Interrupted) {
+        return Some("interrupted (Ctrl-C); nestbench-l0 was stopped".into());
     }
-    if let Some(e) = child.event("error") {
+    if let Some(e) = child.event("error").filter(|_| child.complete()) {
         return Some(format!("nestbench-l0: {}", e["message"].as_str().unwrap_or("error")));
     }
-    if !child.complete() {
-        return Some(match child.exit_code {
-            None => "nestbench-l0 was killed by a signal before its final event".into(),
-            Some(c) => format!("nestbench-l0 ended without a final event (exit code {c})"),
-        });
+    if let Some(why) = child.why_incomplete() {
+        return Some(why);
     }
     if doc["engine"] != "single_level" && doc["outcome"]["kind"] != "exited" {
         return Some(format!("the run failed: {}", crate::boot::describe_outcome(&doc["outcome"])));
@@ -705,8 +700,9 @@ pub struct BenchConfig {
     pub quick: bool,
     /// Where runs go (`results/runs`).
     pub out: PathBuf,
-    /// The baseline directory (`results/baseline`).
-    pub baseline: PathBuf,
+    /// The baseline directory (`results/baseline`) and whether the user named it (then it
+    /// must exist and be readable); `None`: compare with nothing.
+    pub baseline: Option<(PathBuf, bool)>,
     /// `--engines`.
     pub engines: Option<Vec<String>>,
     /// `--payloads`.
@@ -839,8 +835,10 @@ pub struct BenchOutcome {
     pub summary: Summary,
     /// The run directory.
     pub dir: PathBuf,
-    /// The baseline comparison, when there was a baseline.
+    /// The baseline comparison, when there was a comparable baseline.
     pub comparison: Option<crate::compare::Comparison>,
+    /// One line: what the run was compared with, or why not.
+    pub baseline_line: String,
 }
 
 /// Host facts as the summary records them.
@@ -853,6 +851,8 @@ pub struct HostInfo {
     pub kvm_module_params: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// CPU model / backend / cpus.
     pub host_class: String,
+    /// The kernel release.
+    pub kernel: String,
     /// The TSC.
     pub tsc: Option<Tsc>,
 }
@@ -869,6 +869,7 @@ pub fn host_info(kvm: &Path) -> HostInfo {
         .unwrap_or("no KVM backend module");
     HostInfo {
         host_class: format!("{} / {backend} / {} cpus", d.host.cpu_model, d.host.cpus),
+        kernel: d.host.kernel.clone(),
         kvm_module_params: d.host.kvm_modules.clone(),
         host: serde_json::to_value(&d.host).unwrap_or(Value::Null),
         engines: d.engines,
@@ -1005,20 +1006,20 @@ async fn bochs_generations(
     rows
 }
 
-/// The baseline in `dir` (its summary.json), if there is a readable one.
-#[must_use]
-pub fn load_baseline(dir: &Path) -> Option<Summary> {
+/// The baseline in `dir` (its summary.json): `None` when there is none and the user did not
+/// name it (`explicit`); an error naming the path when it is unreadable, or named and missing.
+pub fn load_baseline(dir: &Path, explicit: bool) -> anyhow::Result<Option<Summary>> {
     let file = dir.join("summary.json");
-    if !file.exists() {
-        return None;
+    if !explicit && !file.exists() {
+        return Ok(None);
     }
-    results::load(&file).map_err(|e| eprintln!("note: baseline {} not used: {e}", file.display())).ok()
+    results::load(&file).map(Some).map_err(|e| anyhow::anyhow!("--baseline {}: {e:#}", dir.display()))
 }
 
-/// Use the baseline's iterations for every configuration it measured completely with the
-/// same profile on the same host class, so that counts compare exactly.
-pub fn pin_to_baseline(configs: &mut [Planned], base: &Summary, profile: &Profile, host_class: &str) {
-    if base.profile.name != profile.name || base.host_class != host_class {
+/// Use the baseline's iterations for every configuration it measured completely in the same
+/// context (host class, kernel, profile), so that counts compare exactly.
+pub fn pin_to_baseline(configs: &mut [Planned], base: &Summary, context: &str) {
+    if crate::compare::context(base) != context {
         return;
     }
     for c in configs {
@@ -1029,7 +1030,27 @@ pub fn pin_to_baseline(configs: &mut [Planned], base: &Summary, profile: &Profil
 }
 
 /// Compare against the baseline (if any), render every file, and write the run directory.
-pub fn finish(mut s: Summary, out: &Path, baseline_dir: &Path, base: Option<&Summary>) -> anyhow::Result<BenchOutcome> {
+pub fn finish(
+    mut s: Summary,
+    out: &Path,
+    baseline_dir: Option<&Path>,
+    base: Option<&Summary>,
+) -> anyhow::Result<BenchOutcome> {
+    let context = crate::compare::context(&s);
+    let baseline_dir = baseline_dir.unwrap_or(Path::new("none"));
+    let baseline_line = match base {
+        None if baseline_dir == Path::new("none") => "baseline: none (--baseline none)".to_owned(),
+        None => format!("baseline: none at {} (nothing compared)", baseline_dir.display()),
+        Some(b) if crate::compare::context(b) != context => format!(
+            "baseline: {} (run {}) not compared: it is {}, this run {}",
+            baseline_dir.display(),
+            b.run_id,
+            crate::compare::context(b),
+            context
+        ),
+        Some(b) => format!("baseline: compared with {} (run {}), both {context}", baseline_dir.display(), b.run_id),
+    };
+    let base = base.filter(|b| crate::compare::context(b) == context);
     let comparison = base.map(|base| {
         let history = results::history(out);
         let c = crate::compare::compare(base, &s, &history);
@@ -1061,7 +1082,7 @@ pub fn finish(mut s: Summary, out: &Path, baseline_dir: &Path, base: Option<&Sum
         files.push(("compare.json", format!("{}\n", serde_json::to_string_pretty(c)?).into_bytes()));
     }
     let dir = results::write_run_dir(out, &s.run_id, &files, s.partial)?;
-    Ok(BenchOutcome { summary: s, dir, comparison })
+    Ok(BenchOutcome { summary: s, dir, comparison, baseline_line })
 }
 
 /// The whole bench: host facts, plan, runs (under a tokio runtime of our own; KVM_RUN
@@ -1080,9 +1101,26 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
     }
     let info = host_info(&cfg.kvm);
     let mut plan = plan(&info.engines, cfg.engines.as_deref(), &payloads);
-    let base = load_baseline(&cfg.baseline);
+    if let Some(es) = cfg.engines.as_deref().filter(|es| !es.is_empty()) {
+        // Engines the user named that this host cannot run: say so now, not after an empty run.
+        let refused: Vec<String> = plan
+            .engines
+            .iter()
+            .filter(|e| es.contains(&e.engine) && !e.benched)
+            .map(|e| format!("{}: {}", e.engine, e.reason))
+            .collect();
+        anyhow::ensure!(refused.is_empty(), "--engines names engines this host cannot run: {}", refused.join("; "));
+    }
+    let base = match &cfg.baseline {
+        Some((dir, explicit)) => load_baseline(dir, *explicit)?,
+        None => None,
+    };
     if let Some(b) = &base {
-        pin_to_baseline(&mut plan.configs, b, &profile, &info.host_class);
+        pin_to_baseline(
+            &mut plan.configs,
+            b,
+            &crate::compare::context_of(&info.host_class, &info.kernel, &profile.name),
+        );
     }
     let run_id = format!("{}-{}", results::utc(started).1, results::hostname());
     let stop = Arc::new(AtomicBool::new(false));
@@ -1130,7 +1168,7 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         })
     }));
     s.emulated_hosts = emulated;
-    finish(s, &cfg.out, &cfg.baseline, base.as_ref())
+    finish(s, &cfg.out, cfg.baseline.as_ref().map(|(d, _)| d.as_path()), base.as_ref())
 }
 
 #[cfg(test)]
@@ -1176,6 +1214,7 @@ mod tests {
             engines: vec![status("soft", true, true)],
             kvm_module_params: [("kvm".to_owned(), [("tdp_mmu".to_owned(), "N".to_owned())].into())].into(),
             host_class: "Test CPU / kvm_pvm / 2 cpus".into(),
+            kernel: "6.0".into(),
             tsc: Some(Tsc { khz: 2_000_000, source: "test".into() }),
         }
     }
@@ -1229,7 +1268,7 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let executed = rt.block_on(execute(&x, &plan.configs, info.tsc.as_ref()));
         let s = summary(&info, &plan, &profile, executed, SystemTime::now(), "20260101T000000Z-test");
-        finish(s, &dir.join("runs"), &dir.join("baseline"), None).unwrap()
+        finish(s, &dir.join("runs"), Some(&dir.join("baseline")), None).unwrap()
     }
 
     #[test]
@@ -1265,7 +1304,7 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
         let r = &o.summary.results[0];
         assert!(!r.complete);
         assert_eq!(r.repetitions.len(), 1, "what finished is kept");
-        assert!(r.errors[0].contains("killed by a signal"), "{:?}", r.errors);
+        assert!(r.errors[0].contains("killed by signal 9 (SIGKILL"), "{:?}", r.errors);
         assert!(o.summary.partial_reasons.iter().any(|p| p.contains("single_level/outl")));
         // The other configuration went on (and its next child was killed too).
         assert_eq!(o.summary.results.len(), 2);

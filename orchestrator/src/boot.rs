@@ -139,12 +139,7 @@ pub fn render(run: &ChildRun) -> String {
             let _ = writeln!(s, "PARTIAL: l0 was stopped ({why:?}); the events above are what it sent before");
         }
         None if !run.complete() => {
-            let _ = writeln!(
-                s,
-                "PARTIAL: l0 ended without a final event (exit code {:?}){}",
-                run.exit_code,
-                if run.stderr.is_empty() { String::new() } else { format!("; its stderr:\n{}", run.stderr.trim_end()) }
-            );
+            let _ = writeln!(s, "PARTIAL: {}", run.why_incomplete().unwrap_or_default());
         }
         None => {}
     }

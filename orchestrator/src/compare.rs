@@ -12,7 +12,16 @@
 //! * **Counts** (L2 exits per reason, reflected exits, L0-only exits, L1 traps, KVM exits
 //!   per VM, instructions KVM emulated in L1; Bochs' instructions per iteration) are
 //!   compared exactly, when both runs did the same iterations and the count was the same in
-//!   every repetition of both; more is a regression, fewer an improvement.
+//!   every repetition of both; more is a regression, fewer an improvement. Counts that depend on
+//!   the host's KVM ([`HOST_COUNTS`]) are compared only between runs of one host context.
+//! * **Configurations**: one that worked in BASE and failed in NEW, or is missing from a NEW
+//!   that is partial or skipped it on the same host, is a regression, named.
+//! * **Comparable runs**: latencies are compared only between runs of one *context*: host
+//!   class (CPU model, KVM backend, CPUs), kernel release and profile ([`context`]); across
+//!   contexts they are "not comparable", in one summary line, never a regression.
+//!
+//! Exit status of `nestbench compare` ([`Comparison::exit_code`]): 0 no regression, 1 a
+//! regression, 2 nothing could be compared (or an input was unreadable).
 
 use std::fmt::Write;
 
@@ -66,6 +75,19 @@ pub struct Verdict {
     pub verdict: Kind,
     /// Which rule decided, and how sure.
     pub why: String,
+    /// For a verdict that is neither a regression nor an improvement nor unchanged: why, in
+    /// a few words shared by every metric it applies to (render groups them).
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub group: &'static str,
+}
+
+impl Verdict {
+    fn not_compared(mut self, verdict: Kind, group: &'static str, why: String) -> Self {
+        self.verdict = verdict;
+        self.group = group;
+        self.why = why;
+        self
+    }
 }
 
 /// The comparison of two runs.
@@ -83,6 +105,12 @@ pub struct Comparison {
     pub base_host_class: String,
     /// New host class.
     pub new_host_class: String,
+    /// Base run's context ([`context`]).
+    pub base_context: String,
+    /// New run's context.
+    pub new_context: String,
+    /// The contexts are equal: latencies and host-dependent counts were compared.
+    pub same_context: bool,
     /// Either run is partial.
     pub partial: bool,
     /// Per metric.
@@ -101,7 +129,60 @@ impl Comparison {
     pub fn improvements(&self) -> usize {
         self.verdicts.iter().filter(|v| v.verdict == Kind::Improvement).count()
     }
+
+    /// Metrics that got a verdict (regression, improvement or unchanged).
+    #[must_use]
+    pub fn compared(&self) -> usize {
+        self.verdicts
+            .iter()
+            .filter(|v| matches!(v.verdict, Kind::Regression | Kind::Improvement | Kind::Unchanged))
+            .count()
+    }
+
+    /// What was not compared, counted per reason in one line (`None`: everything was).
+    #[must_use]
+    pub fn not_compared(&self) -> Option<String> {
+        let mut groups: Vec<(&str, usize)> = Vec::new();
+        for v in self.verdicts.iter().filter(|v| !v.group.is_empty()) {
+            match groups.iter_mut().find(|(g, _)| *g == v.group) {
+                Some((_, n)) => *n += 1,
+                None => groups.push((v.group, 1)),
+            }
+        }
+        (!groups.is_empty()).then(|| groups.iter().map(|(g, n)| format!("{n} {g}")).collect::<Vec<_>>().join(", "))
+    }
+
+    /// `nestbench compare`'s exit status: 1 on a regression, 2 when nothing was comparable,
+    /// 0 otherwise.
+    #[must_use]
+    pub fn exit_code(&self) -> i32 {
+        if self.regressions() > 0 {
+            1
+        } else if self.compared() == 0 {
+            2
+        } else {
+            0
+        }
+    }
 }
+
+/// What latencies and host-dependent counts are comparable within: host class (CPU model,
+/// KVM backend, CPUs), kernel release, profile.
+#[must_use]
+pub fn context(s: &Summary) -> String {
+    context_of(&s.host_class, s.host.get("kernel").and_then(Value::as_str).unwrap_or("unknown"), &s.profile.name)
+}
+
+/// [`context`] from its parts.
+#[must_use]
+pub fn context_of(host_class: &str, kernel: &str, profile: &str) -> String {
+    format!("{host_class}, kernel {kernel}, {profile} profile")
+}
+
+/// Counts that depend on the host's KVM rather than on the payload and the engine alone:
+/// how many exits KVM takes for them and how many instructions its emulator runs. Compared
+/// only within one [`context`].
+pub const HOST_COUNTS: [&str; 3] = ["kvm_exits_l1_vm", "kvm_exits_l2_vm", "kvm_insn_emulation_l1"];
 
 fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
@@ -161,10 +242,11 @@ fn latency_verdict(id: &str, b: &ConfigResult, n: &ConfigResult, history: &[Summ
         delta_pct: None,
         verdict: Kind::Inconclusive,
         why: String::new(),
+        group: "",
     };
     if bs.len() < MIN_SAMPLES || ns.len() < MIN_SAMPLES {
-        v.why = format!("{} vs {} repetitions; the rule needs at least {MIN_SAMPLES} each", bs.len(), ns.len());
-        return v;
+        let why = format!("{} vs {} repetitions; the rule needs at least {MIN_SAMPLES} each", bs.len(), ns.len());
+        return v.not_compared(Kind::Inconclusive, "too few repetitions", why);
     }
     let (mb, mn) = (median(&bs), median(&ns));
     let delta = if mb > 0.0 { mn / mb - 1.0 } else { 0.0 };
@@ -224,7 +306,7 @@ fn counts(r: &ConfigResult) -> Vec<(String, Option<u64>)> {
     v
 }
 
-fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Verdict>) {
+fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, same_context: bool, out: &mut Vec<Verdict>) {
     let bc = counts(b);
     let nc = counts(n);
     let stable = |r: &ConfigResult| r.exits.as_ref().is_none_or(|e| e.stable_across_repetitions);
@@ -234,7 +316,7 @@ fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Ve
     for name in names {
         let get = |c: &[(String, Option<u64>)]| c.iter().find(|(k, _)| k == name).and_then(|(_, v)| *v);
         let (x, y) = (get(&bc), get(&nc));
-        let mut v = Verdict {
+        let v = Verdict {
             id: id.into(),
             metric: name.clone(),
             kind: "count",
@@ -243,23 +325,29 @@ fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Ve
             delta_pct: None,
             verdict: Kind::Unchanged,
             why: String::new(),
+            group: "",
         };
         let (x, y) = match (x, y) {
             (Some(x), Some(y)) => (x, y),
             _ => {
-                v.verdict = Kind::Incomparable;
-                v.why = "present on one side only".into();
-                out.push(v);
+                out.push(v.not_compared(
+                    Kind::Incomparable,
+                    "counted on one side only",
+                    "present on one side only".into(),
+                ));
                 continue;
             }
         };
-        v.delta_pct = (x > 0).then(|| (y as f64 / x as f64 - 1.0) * 100.0);
+        let mut v = Verdict { delta_pct: (x > 0).then(|| (y as f64 / x as f64 - 1.0) * 100.0), ..v };
         if b.iterations != n.iterations {
-            v.verdict = Kind::Incomparable;
-            v.why = format!(
+            let why = format!(
                 "iterations differ ({} vs {}): counts are compared exactly only at equal iterations",
                 b.iterations, n.iterations
             );
+            v = v.not_compared(Kind::Incomparable, "counts at different iterations", why);
+        } else if !same_context && HOST_COUNTS.contains(&name.as_str()) {
+            let why = "a count of the host's KVM, and the runs' hosts or kernels differ".to_owned();
+            v = v.not_compared(Kind::Incomparable, "host counts of another host or kernel", why);
         } else if name == "instructions_total" || stable(b) && stable(n) {
             (v.verdict, v.why) = match y.cmp(&x) {
                 std::cmp::Ordering::Greater => (Kind::Regression, format!("exact count: {:+}", y as i128 - x as i128)),
@@ -267,8 +355,11 @@ fn count_verdicts(id: &str, b: &ConfigResult, n: &ConfigResult, out: &mut Vec<Ve
                 std::cmp::Ordering::Equal => (Kind::Unchanged, "exact count: equal".into()),
             };
         } else {
-            v.verdict = Kind::Inconclusive;
-            v.why = "the count varied between repetitions of one run".into();
+            v = v.not_compared(
+                Kind::Inconclusive,
+                "counts that varied between repetitions",
+                "the count varied between repetitions of one run".into(),
+            );
         }
         out.push(v);
     }
@@ -294,6 +385,10 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
                 delta_pct: None,
                 verdict,
                 why,
+                group: match verdict {
+                    Kind::Incomparable | Kind::Inconclusive => "emulated-host figures not comparable",
+                    _ => "",
+                },
             };
             let Some(n) = new.emulated_hosts.iter().find(|n| n.key() == b.key()) else {
                 out.push(verdict(
@@ -367,39 +462,92 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
     }
 }
 
+/// Whether `r` ran completely without errors.
+fn worked(r: &ConfigResult) -> bool {
+    r.complete && r.errors.is_empty()
+}
+
+/// The verdict on a configuration of `base` that `new` has no result for: a regression when
+/// it worked in BASE and NEW is partial, or skipped it on the same host context; otherwise
+/// not comparable (NEW did not select it).
+fn missing_verdict(b: &ConfigResult, new: &Summary, same_context: bool) -> Verdict {
+    let v = Verdict {
+        id: b.id.clone(),
+        metric: "configuration".into(),
+        kind: "configuration",
+        base: json!(if worked(b) { "ok" } else { "failed" }),
+        new: Value::Null,
+        delta_pct: None,
+        verdict: Kind::Regression,
+        why: String::new(),
+        group: "",
+    };
+    let skipped =
+        new.skipped.iter().find(|k| k.engine == b.engine && k.payload.as_deref().is_none_or(|p| p == b.payload));
+    match (worked(b), new.partial, skipped) {
+        (true, true, _) => Verdict {
+            why: format!(
+                "worked in the base run, missing from the new one, which is partial: {}",
+                new.partial_reasons.join("; ")
+            ),
+            ..v
+        },
+        (true, false, Some(k)) if same_context => Verdict {
+            why: format!("worked in the base run; the new run skipped it on the same host: {}", k.reason),
+            ..v
+        },
+        (_, _, Some(k)) => v.not_compared(Kind::Incomparable, "skipped in the new run", k.reason.clone()),
+        _ => v.not_compared(Kind::Incomparable, "not selected in the new run", "not in the new run".into()),
+    }
+}
+
 /// Compare `new` against `base`; `history` (oldest first) sets the latency noise threshold.
 #[must_use]
 pub fn compare(base: &Summary, new: &Summary, history: &[Summary]) -> Comparison {
+    let (base_context, new_context) = (context(base), context(new));
+    let same_context = base_context == new_context;
     let mut verdicts = Vec::new();
     for b in &base.results {
         let Some(n) = new.result(&b.id) else {
+            verdicts.push(missing_verdict(b, new, same_context));
+            continue;
+        };
+        if worked(b) && !worked(n) {
             verdicts.push(Verdict {
                 id: b.id.clone(),
                 metric: "configuration".into(),
-                kind: "latency",
-                base: json!(b.latency.as_ref().map(|l| l.repetitions.p50)),
-                new: Value::Null,
+                kind: "configuration",
+                base: json!("ok"),
+                new: json!("failed"),
                 delta_pct: None,
-                verdict: Kind::Incomparable,
-                why: "not in the new run".into(),
+                verdict: Kind::Regression,
+                why: format!("worked in the base run, failed in the new one: {}", n.errors.join("; ")),
+                group: "",
             });
             continue;
-        };
-        if b.unit == "cycles" {
-            verdicts.push(latency_verdict(&b.id, b, n, history));
         }
-        count_verdicts(&b.id, b, n, &mut verdicts);
+        if b.unit == "cycles" {
+            let v = latency_verdict(&b.id, b, n, history);
+            verdicts.push(if same_context {
+                v
+            } else {
+                let why = format!("latency of {base_context} vs {new_context}");
+                v.not_compared(Kind::Incomparable, "latencies of another host, kernel or profile", why)
+            });
+        }
+        count_verdicts(&b.id, b, n, same_context, &mut verdicts);
     }
     for n in new.results.iter().filter(|n| base.result(&n.id).is_none()) {
         verdicts.push(Verdict {
             id: n.id.clone(),
             metric: "configuration".into(),
-            kind: "latency",
+            kind: "configuration",
             base: Value::Null,
-            new: json!(n.latency.as_ref().map(|l| l.repetitions.p50)),
+            new: json!(if worked(n) { "ok" } else { "failed" }),
             delta_pct: None,
             verdict: Kind::Incomparable,
             why: "not in the base run".into(),
+            group: "new configurations",
         });
     }
     emulated_verdicts(base, new, &mut verdicts);
@@ -410,27 +558,30 @@ pub fn compare(base: &Summary, new: &Summary, history: &[Summary]) -> Comparison
         same_host_class: base.host_class == new.host_class,
         base_host_class: base.host_class.clone(),
         new_host_class: new.host_class.clone(),
+        base_context,
+        new_context,
+        same_context,
         partial: base.partial || new.partial,
         verdicts,
     }
 }
 
-/// The comparison for a terminal: what changed, then a one-line verdict.
+/// The comparison for a terminal: what it compared, each regression and improvement, what
+/// was not compared in one line per reason, then a one-line verdict.
 #[must_use]
 pub fn render(c: &Comparison) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "compare {} (base) -> {} (new)", c.base, c.new);
-    if !c.same_host_class {
-        let _ = writeln!(
-            s,
-            "note: different host classes ({} vs {}): verdicts are informational",
-            c.base_host_class, c.new_host_class
-        );
+    if c.same_context {
+        let _ = writeln!(s, "both runs: {}", c.base_context);
+    } else {
+        let _ =
+            writeln!(s, "not comparable for latency and host counts: base {}, new {}", c.base_context, c.new_context);
     }
     if c.partial {
         let _ = writeln!(s, "note: a partial run is involved");
     }
-    for v in c.verdicts.iter().filter(|v| v.verdict != Kind::Unchanged) {
+    for v in c.verdicts.iter().filter(|v| matches!(v.verdict, Kind::Regression | Kind::Improvement)) {
         let _ = writeln!(
             s,
             "  {:<12} {:<32} {:<28} {} -> {}{}  ({})",
@@ -443,16 +594,27 @@ pub fn render(c: &Comparison) -> String {
             v.why
         );
     }
+    if let Some(line) = c.not_compared() {
+        let _ = writeln!(s, "not compared: {line}");
+    }
     let unchanged = c.verdicts.iter().filter(|v| v.verdict == Kind::Unchanged).count();
     let _ = writeln!(
         s,
-        "{} metrics: {} regressions, {} improvements, {unchanged} unchanged, {} inconclusive or not comparable",
+        "{} metrics: {} regressions, {} improvements, {unchanged} unchanged, {} not compared",
         c.verdicts.len(),
         c.regressions(),
         c.improvements(),
-        c.verdicts.len() - c.regressions() - c.improvements() - unchanged
+        c.verdicts.len() - c.compared()
     );
-    let _ = writeln!(s, "{}", if c.regressions() > 0 { "verdict: REGRESSION" } else { "verdict: ok" });
+    let _ = writeln!(
+        s,
+        "{}",
+        match c.exit_code() {
+            1 => "verdict: REGRESSION",
+            2 => "verdict: NOT COMPARABLE (no metric could be compared)",
+            _ => "verdict: ok",
+        }
+    );
     s
 }
 
@@ -623,6 +785,79 @@ pub(crate) mod tests {
         assert!(v.why.contains("set aside"), "{}", v.why);
         assert_eq!(inner(&[5.0, 1.0, 3.0, 2.0, 4.0]), [2.0, 3.0, 4.0]);
         assert_eq!(inner(&[3.0, 1.0, 2.0]), [1.0, 2.0, 3.0]);
+    }
+
+    #[test]
+    fn a_configuration_that_worked_and_now_fails_or_is_lost_is_a_regression() {
+        let base = fixture();
+        let id = "soft/outl/shadowing-on";
+        let mut new = fixture();
+        let r = new.results.iter_mut().find(|r| r.id == id).unwrap();
+        r.complete = false;
+        r.errors = vec!["the payload reported status 0 with 3 failures".into()];
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.id == id && v.metric == "configuration").unwrap();
+        assert_eq!(v.verdict, Kind::Regression, "{}", render(&c));
+        assert!(v.why.contains("3 failures"), "{}", v.why);
+        assert_eq!(c.exit_code(), 1);
+        assert!(render(&c).contains(id) && render(&c).contains("verdict: REGRESSION"));
+        // Gone from a partial run: a regression; gone from a run that did not select it: not compared.
+        let mut partial = fixture();
+        partial.results.retain(|r| r.id != id);
+        partial.partial = true;
+        partial.partial_reasons = vec!["interrupted (Ctrl-C)".into()];
+        let c = compare(&base, &partial, &[]);
+        assert!(c.verdicts.iter().any(|v| v.id == id && v.verdict == Kind::Regression), "{}", render(&c));
+        partial.partial = false;
+        let c = compare(&base, &partial, &[]);
+        let v = c.verdicts.iter().find(|v| v.id == id).unwrap();
+        assert_eq!((v.verdict, v.group), (Kind::Incomparable, "not selected in the new run"));
+        // Skipped on the same host (the engine stopped working there): a regression.
+        partial.skipped.push(crate::results::Skipped {
+            engine: "soft".into(),
+            payload: Some("outl".into()),
+            reason: "KVM is not usable".into(),
+        });
+        let c = compare(&base, &partial, &[]);
+        assert!(c.verdicts.iter().any(|v| v.id == id && v.verdict == Kind::Regression && v.why.contains("not usable")));
+    }
+
+    #[test]
+    fn another_kernel_or_profile_is_not_comparable_for_latency_and_never_a_regression() {
+        let base = fixture();
+        for (what, edit) in [
+            ("kernel", (|s: &mut Summary| s.host["kernel"] = json!("6.18.99")) as fn(&mut Summary)),
+            ("profile", |s: &mut Summary| s.profile.name = "full".into()),
+            ("host class", |s: &mut Summary| s.host_class = "Other CPU / kvm_intel / 64 cpus".into()),
+        ] {
+            let mut new = fixture();
+            edit(&mut new);
+            scale_latency(&mut new, "soft/outl/shadowing-on", 1.5);
+            let r = new.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+            r.kvm_insn_emulation = r.kvm_insn_emulation.map(|n| n + 2);
+            let c = compare(&base, &new, &[]);
+            assert!(!c.same_context, "{what}");
+            assert_eq!(c.regressions(), 0, "{what}: {}", render(&c));
+            let v = c.verdicts.iter().find(|v| v.kind == "latency").unwrap();
+            assert_eq!(v.verdict, Kind::Incomparable, "{what}");
+            let text = render(&c);
+            assert!(text.contains("not comparable for latency and host counts: base "), "{what}: {text}");
+            assert!(text.contains("latencies of another host, kernel or profile"), "{what}: {text}");
+            assert_eq!(text.lines().filter(|l| l.contains("incomparable")).count(), 0, "one line, not a row each");
+            // Guest-level counts are still compared exactly: the gate still says something.
+            assert!(c.verdicts.iter().any(|v| v.metric == "l1_traps" && v.verdict == Kind::Unchanged), "{what}");
+            assert_eq!(c.exit_code(), 0, "{what}");
+        }
+    }
+
+    #[test]
+    fn nothing_comparable_exits_2() {
+        let base = fixture();
+        let mut other = fixture();
+        other.results.clear();
+        let c = compare(&base, &other, &[]);
+        assert_eq!((c.compared(), c.exit_code()), (0, 2), "{}", render(&c));
+        assert!(render(&c).contains("verdict: NOT COMPARABLE"));
     }
 
     #[test]

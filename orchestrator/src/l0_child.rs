@@ -50,6 +50,8 @@ pub struct ChildRun {
     pub malformed: Vec<String>,
     /// Its exit code (`None` if killed by a signal).
     pub exit_code: Option<i32>,
+    /// The signal that killed it, if one did.
+    pub signal: Option<i32>,
     /// Set when the orchestrator stopped it.
     pub interrupted: Option<Interruption>,
     /// What it wrote on stderr.
@@ -101,6 +103,46 @@ impl ChildRun {
     #[must_use]
     pub fn complete(&self) -> bool {
         self.interrupted.is_none() && (self.event("end").is_some() || self.event("error").is_some())
+    }
+
+    /// Why the stream is not complete, for a person: how the child ended (stopped by
+    /// nestbench, its exit status, the signal that killed it), the last event it sent, and the
+    /// end of its stderr. `None` when it is complete.
+    #[must_use]
+    pub fn why_incomplete(&self) -> Option<String> {
+        if self.complete() {
+            return None;
+        }
+        let how = match (self.interrupted, self.exit_code, self.signal) {
+            (Some(Interruption::Timeout), ..) => "outlived its deadline and was killed".to_owned(),
+            (Some(Interruption::Interrupted), ..) => "was stopped (Ctrl-C)".to_owned(),
+            (None, Some(c), _) => format!("exited with status {c}"),
+            (None, None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
+            (None, None, None) => "ended (status unknown)".to_owned(),
+        };
+        let last = self.events.last().map_or_else(
+            || "it sent no event".to_owned(),
+            |e| format!("its last event was `{}`", e["event"].as_str().unwrap_or("?")),
+        );
+        let tail: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        let stderr = match tail.len() {
+            0 => "nothing on stderr".to_owned(),
+            n => format!("its stderr ends: {}", tail[n.saturating_sub(5)..].join(" | ")),
+        };
+        Some(format!("nestbench-l0 {how} before its final event; {last}; {stderr}"))
+    }
+}
+
+/// A signal's name, for the common ones.
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGKILL => "SIGKILL: killed from outside, e.g. by the OOM killer",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGABRT => "SIGABRT: an abort, e.g. a Rust panic in a no-unwind context",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGILL => "SIGILL",
+        _ => "another signal",
     }
 }
 
@@ -168,7 +210,10 @@ pub async fn run_l0(
     // Bounded wait: the child has closed stdout or been killed.
     let status = tokio::time::timeout(Duration::from_secs(5), child.wait()).await;
     run.exit_code = match status {
-        Ok(Ok(s)) => s.code(),
+        Ok(Ok(s)) => {
+            run.signal = std::os::unix::process::ExitStatusExt::signal(&s);
+            s.code()
+        }
         _ => {
             let _ = child.start_kill();
             None
@@ -206,6 +251,21 @@ mod tests {
         assert!(!run.complete());
         assert_eq!(run.exit_code, Some(3));
         assert_eq!(run.stderr.trim(), "boom");
-        assert!(crate::boot::render(&run).contains("PARTIAL: l0 ended without a final event (exit code Some(3))"));
+        let why = run.why_incomplete().unwrap();
+        assert_eq!(
+            why,
+            "nestbench-l0 exited with status 3 before its final event; its last event was `hello`; its stderr ends: boom"
+        );
+        assert!(crate::boot::render(&run).contains(&why), "{}", crate::boot::render(&run));
+    }
+
+    #[tokio::test]
+    async fn a_killed_child_is_named_with_its_signal() {
+        let args = ["-c".to_owned(), "kill -9 $$".to_owned()];
+        let run = run_l0(Path::new("/bin/sh"), &args, Duration::from_secs(10), |_| {}).await.unwrap();
+        assert_eq!(run.signal, Some(libc::SIGKILL));
+        let why = run.why_incomplete().unwrap();
+        assert!(why.starts_with("nestbench-l0 was killed by signal 9 (SIGKILL"), "{why}");
+        assert!(why.contains("it sent no event; nothing on stderr"), "{why}");
     }
 }

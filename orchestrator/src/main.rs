@@ -61,7 +61,8 @@ enum Cmd {
     /// and compares against results/baseline/ when there is one.
     Bench(BenchArgs),
     /// Compare two runs (run directories or summary.json files): a noise-aware verdict per
-    /// metric; exits 1 on a significant regression.
+    /// metric; exits 1 on a significant regression (a configuration that worked in BASE and
+    /// fails in NEW is one), 2 on unreadable input or when nothing could be compared.
     Compare {
         /// The base run.
         base: PathBuf,
@@ -126,9 +127,11 @@ struct BenchArgs {
     /// Where run directories go.
     #[arg(long, default_value = "results/runs")]
     out: PathBuf,
-    /// The committed baseline to compare against (when it has a summary.json).
-    #[arg(long, default_value = "results/baseline")]
-    baseline: PathBuf,
+    /// The baseline to compare against, or `none` [default: results/baseline, when it has a
+    /// summary.json]. Compared only when host class, kernel and profile match; a baseline
+    /// named here must exist.
+    #[arg(long, value_name = "DIR")]
+    baseline: Option<PathBuf>,
     /// Engines to bench [default: every one this host can run].
     #[arg(long, value_delimiter = ',')]
     engines: Option<Vec<String>>,
@@ -151,7 +154,7 @@ struct BenchArgs {
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: Option<u64>,
     /// Bochs' CPU model.
-    #[arg(long, default_value = "corei7_skylake_x")]
+    #[arg(long, default_value = "corei7_skylake_x", value_parser = parse_cpu_model)]
     cpu_model: String,
     /// Emulated hosts to measure the kvm engine on, exactly (`bochs[:MODEL]@KERNEL`, comma
     /// separated), or `none` [default: Skylake-X and Ivy Bridge with each kernel of
@@ -208,7 +211,7 @@ struct RunArgs {
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     timeout_ms: u64,
     /// Bochs' CPU model (`--engine bochs`); it must have EPT.
-    #[arg(long, default_value = "corei7_skylake_x")]
+    #[arg(long, default_value = "corei7_skylake_x", value_parser = parse_cpu_model)]
     cpu_model: String,
     #[command(flatten)]
     trace: TraceArgs,
@@ -293,6 +296,11 @@ impl HostArgs {
     }
 }
 
+/// A Bochs CPU model L1 can run on (VMX with EPT), checked before any child starts.
+fn parse_cpu_model(s: &str) -> Result<String, String> {
+    l0::bochs::config::cpu_model(s).map(|m| m.name.to_owned()).map_err(|e| e.to_string())
+}
+
 /// Run `invocations` on a host under a runtime of our own, handing what arrives to `on`.
 fn on_host(
     host: &hosts::HostSpec,
@@ -316,7 +324,7 @@ struct TraceArgs {
     #[arg(long, value_enum, default_value_t = trace::writer::Format::Jsonl, requires = "trace")]
     format: trace::writer::Format,
     /// Trace ring capacity in records (a power of two, at most 4096).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = l0::trace::parse_capacity)]
     trace_capacity: Option<u32>,
     /// Let L0 drain the ring only at the end of the run, so that it overflows and L1 counts
     /// drops (tests of drop accounting).
@@ -360,7 +368,7 @@ struct VmentryArgs {
     #[arg(long)]
     json: bool,
     /// Bochs' CPU model (`--engine bochs`).
-    #[arg(long, default_value = "corei7_skylake_x")]
+    #[arg(long, default_value = "corei7_skylake_x", value_parser = parse_cpu_model)]
     cpu_model: String,
     /// The nestbench-l0 binary [default: $NESTBENCH_L0, else next to this executable].
     #[arg(long)]
@@ -828,7 +836,11 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
     let cfg = bench::BenchConfig {
         quick: a.quick,
         out: a.out,
-        baseline: a.baseline,
+        baseline: match &a.baseline {
+            Some(p) if p.as_os_str() == "none" => None,
+            Some(p) => Some((p.clone(), true)),
+            None => Some((PathBuf::from("results/baseline"), false)),
+        },
         engines: if one_host.is_some() { Some(Vec::new()) } else { a.engines },
         payloads: a.payloads,
         runner: bench::Runner {
@@ -859,6 +871,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
         if let Some(c) = &o.comparison {
             print!("{}", compare::render(c));
         }
+        println!("{}", o.baseline_line);
     }
     eprintln!(
         "{}wrote {} ({:.0} s): summary.json, report.md, dashboard.html",
@@ -918,16 +931,31 @@ fn main_code(cli: Cli) -> anyhow::Result<i32> {
         Cmd::Bench(a) => bench_cmd(a)?,
         Cmd::Exact(a) => exact_cmd(a)?,
         Cmd::Compare { base, new, json, history } => {
-            let b = results::load(&base)?;
-            let n = results::load(&new)?;
-            let h = history.as_deref().map(results::history).unwrap_or_default();
+            // Exit 2 for input that cannot be compared, 1 only for a regression.
+            let inputs = || -> anyhow::Result<_> {
+                let b = results::load(&base)?;
+                let n = results::load(&new)?;
+                let h = match history.as_deref() {
+                    Some(p) if !p.is_dir() => anyhow::bail!("--history {}: no such directory of runs", p.display()),
+                    Some(p) => results::history(p),
+                    None => Vec::new(),
+                };
+                Ok((b, n, h))
+            };
+            let (b, n, h) = match inputs() {
+                Ok(x) => x,
+                Err(e) => {
+                    eprintln!("Error: {e:#}");
+                    return Ok(2);
+                }
+            };
             let c = compare::compare(&b, &n, &h);
             if json {
                 println!("{}", serde_json::to_string_pretty(&c)?);
             } else {
                 print!("{}", compare::render(&c));
             }
-            i32::from(c.regressions() > 0)
+            c.exit_code()
         }
         Cmd::Export { run, format } => {
             let s = results::load(&run)?;

@@ -331,21 +331,30 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
 
     if let Some(c) = cmp {
         let _ = writeln!(m, "## Against the baseline {}\n", c.base);
-        if !c.same_host_class {
+        if c.same_context {
+            let _ = writeln!(m, "Both runs: {}.\n", c.base_context);
+        } else {
             let _ = writeln!(
                 m,
-                "The baseline is of another host class ({}): the verdicts are informational.\n",
-                c.base_host_class
+                "Latencies and host counts are not comparable: the baseline is {}, this run {}.\n",
+                c.base_context, c.new_context
             );
         }
         let _ = writeln!(
             m,
-            "{} metrics: **{} regressions**, {} improvements. Latency: LKP non-overlap of the repetitions and a change above the noise threshold; counts: exact.\n",
+            "{} metrics: **{} regressions**, {} improvements, {} not compared. Latency: LKP non-overlap of the \
+             repetitions and a change above the noise threshold; counts: exact; a configuration that worked in the \
+             baseline and fails here: a regression.\n",
             c.verdicts.len(),
             c.regressions(),
-            c.improvements()
+            c.improvements(),
+            c.verdicts.len() - c.compared()
         );
-        let notable: Vec<_> = c.verdicts.iter().filter(|v| v.verdict != Kind::Unchanged).collect();
+        if let Some(line) = c.not_compared() {
+            let _ = writeln!(m, "Not compared: {line}.\n");
+        }
+        let notable: Vec<_> =
+            c.verdicts.iter().filter(|v| matches!(v.verdict, Kind::Regression | Kind::Improvement)).collect();
         if !notable.is_empty() {
             let _ = writeln!(m, "| verdict | configuration | metric | baseline | this run | change | why |");
             let _ = writeln!(m, "|---|---|---|---:|---:|---:|---|");

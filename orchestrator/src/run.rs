@@ -67,6 +67,7 @@ pub fn nested_json(run: &ChildRun, payload: &str, iterations: u64, shadowing: bo
         "iterations": iterations,
         "vmcs_shadowing": shadowing,
         "complete": run.complete(),
+        "incomplete": run.why_incomplete(),
         "outcome": report["outcome"],
         "payload_status": payload_run["status"],
         "exits": payload_run["exits"],
@@ -141,6 +142,7 @@ pub fn kvm_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
         "payload": payload,
         "iterations": iterations,
         "complete": run.complete(),
+        "incomplete": run.why_incomplete(),
         "outcome": report["outcome"],
         "payload_status": payload_run["status"],
         "exits": payload_run["exits"],
@@ -173,6 +175,7 @@ pub fn single_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
         "payload": payload,
         "iterations": iterations,
         "complete": run.complete(),
+        "incomplete": run.why_incomplete(),
         "payload_status": r["status"],
         "problem": r["problem"],
         "kvm_exits": r["kvm_exits"],
@@ -197,6 +200,7 @@ pub fn bochs_json(run: &ChildRun, payload: &str, iterations: u64) -> Value {
         "payload": payload,
         "iterations": iterations,
         "complete": run.complete(),
+        "incomplete": run.why_incomplete(),
         "outcome": report["outcome"],
         "payload_status": payload_run["status"],
         "exits": payload_run["exits"],
@@ -216,6 +220,16 @@ pub fn render(j: &Value) -> String {
         return render_bochs(j);
     }
     let mut s = String::new();
+    if let (Some(why), true) = (j["incomplete"].as_str(), j["payload_status"].is_null()) {
+        // Nothing measured: no screen of nulls, just what happened.
+        let _ = writeln!(
+            s,
+            "{} on {}: no result: {why}",
+            j["payload"].as_str().unwrap_or("?"),
+            j["engine"].as_str().unwrap_or("?")
+        );
+        return s;
+    }
     if let (Some(e), true) = (j["error"].as_str(), j["payload_status"].is_null()) {
         let _ = writeln!(
             s,
@@ -318,7 +332,7 @@ pub fn render(j: &Value) -> String {
         let _ = writeln!(s, "  error          {e}");
     }
     if j["complete"] != true {
-        let _ = writeln!(s, "  PARTIAL: l0 did not finish the run");
+        let _ = writeln!(s, "  PARTIAL: {}", j["incomplete"].as_str().unwrap_or("l0 did not finish the run"));
     }
     s
 }
@@ -352,7 +366,7 @@ fn render_bochs(j: &Value) -> String {
         let _ = writeln!(s, "  error          {e}");
     }
     if j["complete"] != true {
-        let _ = writeln!(s, "  PARTIAL: l0 did not finish the run");
+        let _ = writeln!(s, "  PARTIAL: {}", j["incomplete"].as_str().unwrap_or("l0 did not finish the run"));
     }
     s
 }

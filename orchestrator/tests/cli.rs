@@ -221,7 +221,7 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
         "--out",
         runs.to_str().unwrap(),
         "--baseline",
-        tmp.join("no-baseline").to_str().unwrap(),
+        "none",
         "--json",
     ]);
     assert_eq!(code, Some(0), "{err}");
@@ -288,6 +288,29 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
         c["verdicts"].as_array().unwrap().iter().filter(|v| v["verdict"] == "regression").collect();
     assert_eq!(regressions.len(), 1, "{regressions:?}");
     assert_eq!(regressions[0]["id"], "soft/outl/shadowing-on");
+
+    // A configuration that worked and now fails is a regression, named; the gate exits 1.
+    let mut failed = with_means(1.0);
+    failed["results"][1]["complete"] = false.into();
+    failed["results"][1]["errors"] = serde_json::json!(["the payload reported status 0 with 5 failures"]);
+    let failed = write("failed", &failed);
+    let (code, out, _) = nestbench(&["compare", &tight, &failed]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("soft/outl/shadowing-on") && out.contains("5 failures"), "{out}");
+    // Input that cannot be compared: exit 2, naming the path.
+    for args in
+        [vec!["compare", &tight, "/nonexistent-run"], vec!["compare", &tight, &tight, "--history", "/nonexistent-runs"]]
+    {
+        let (code, _, err) = nestbench(&args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(err.contains("/nonexistent-run"), "{args:?}: {err}");
+    }
+    // A baseline the user names must exist: refused before anything is measured.
+    let start = std::time::Instant::now();
+    let (code, _, err) = nestbench(&["bench", "--quick", "--baseline", "/nonexistent-baseline", "--out", d]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("--baseline /nonexistent-baseline"), "{err}");
+    assert!(start.elapsed() < std::time::Duration::from_secs(5), "before measuring: {:?}", start.elapsed());
 
     // Exports.
     let (code, om, _) = nestbench(&["export", d, "--format", "openmetrics"]);

@@ -124,7 +124,7 @@ struct RunArgs {
     #[arg(long, conflicts_with = "single_level")]
     trace: bool,
     /// Ring capacity in records, a power of two (L1 carries at most 4096) [default: 4096].
-    #[arg(long, requires = "trace", value_parser = parse_capacity)]
+    #[arg(long, requires = "trace", value_parser = l0::trace::parse_capacity)]
     trace_capacity: Option<u32>,
     /// Drain the ring only at the end of the run (so it overflows: tests of drop counting).
     #[arg(long, requires = "trace")]
@@ -154,15 +154,6 @@ struct RunArgs {
     /// Time budget of the run in milliseconds.
     #[arg(long, default_value_t = 60_000, value_parser = clap::value_parser!(u64).range(1..))]
     timeout_ms: u64,
-}
-
-fn parse_capacity(s: &str) -> Result<u32, String> {
-    let n: u32 = s.parse().map_err(|e| format!("{s:?} is not a record count: {e}"))?;
-    let max = nestbench_abi::trace::L1_RING_CAPACITY;
-    if n == 0 || !n.is_power_of_two() || n > max {
-        return Err(format!("{n} is not a power of two between 1 and {max}"));
-    }
-    Ok(n)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
