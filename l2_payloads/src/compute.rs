@@ -7,7 +7,7 @@
 use nestbench_abi::payload::Cpl;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -18,6 +18,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::Same,
 };
 
 /// Xorshift64 steps per iteration.

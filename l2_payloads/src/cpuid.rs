@@ -14,7 +14,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -27,6 +27,7 @@ pub const MANIFEST: Manifest = Manifest {
     soft_engine: Support::Unsupported {
         reason: "this host's KVM handles CPUID in the kernel: L0 never sees L2's CPUID, so it cannot reflect it",
     },
+    single_level: Twin::Same,
 };
 
 /// Whether one CPUID.0 answer is plausible and consistent with the first (`first` is filled

@@ -15,7 +15,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, ept_fetch_valu
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest (for `arg` 0).
 pub const MANIFEST: Manifest = Manifest {
@@ -26,6 +26,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::None { reason: "its code pages exist only through EPT12: single-level the first call faults" },
 };
 
 #[cfg(target_arch = "x86_64")]

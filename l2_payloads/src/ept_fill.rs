@@ -9,7 +9,7 @@
 use nestbench_abi::payload::Cpl;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -20,6 +20,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::None { reason: "single-level there is no EPT12 to fill: a twin would time plain reads" },
 };
 
 /// `ept_fill`'s body; `arg` is unused.

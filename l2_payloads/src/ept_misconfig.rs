@@ -14,7 +14,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, EPT_PATTERN_OFFSETS};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -25,6 +25,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1,
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
+    single_level: Twin::None { reason: "single-level there is no EPT12 to misconfigure: the access takes no exit" },
 };
 
 /// The data page (index) L1 misconfigures for `arg`.

@@ -12,7 +12,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, ept_pattern};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -23,6 +23,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::None { reason: "single-level there is no read-only EPT12 mapping: the write takes no exit" },
 };
 
 /// Iterations are pages, at most `EPT_POOL_PAGES` (no aliasing); `arg` is unused.

@@ -17,7 +17,7 @@ use nestbench_abi::payload::{Cpl, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, EPT_POOL_
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -28,6 +28,9 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::None {
+        reason: "single-level there is no EPT12: the first touch of a page takes no exit, so a twin would time a plain read",
+    },
 };
 
 /// The pages an EPT payload touches when asked for `iterations`.

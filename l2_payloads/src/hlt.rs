@@ -9,7 +9,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -20,6 +20,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::Same,
 };
 
 /// `iterations` timed `hlt`s; `arg` is unused.

@@ -17,7 +17,7 @@ use nestbench_abi::payload::{Cpl, IO_ENCODINGS, IO_REP_COUNT, PAYLOAD_PORT};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// I/O-instruction exits of one pass: one per instruction, RCX per REP form.
 pub const EXITS: u32 = {
@@ -39,6 +39,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1,
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
+    single_level: Twin::Same,
 };
 
 /// EAX for the OUT forms ("OUT!").

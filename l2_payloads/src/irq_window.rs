@@ -12,7 +12,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -23,6 +23,9 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 100,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::None {
+        reason: "its exits come at VM entry, before the timed loop, which has none: a twin would time the loop alone",
+    },
 };
 
 /// The [`crate::compute`] loop, `iterations` times (the exits all came before it).

@@ -77,6 +77,19 @@ pub enum Support {
     },
 }
 
+/// Whether a payload has a single-level twin: the same operation run directly under L0
+/// (no L1), so that nested / single-level compares like with like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Twin {
+    /// The twin performs the payload's operation and exits the same way, to L0.
+    Same,
+    /// No twin, for this reason (shown by `nestbench payloads`, recorded by the bench).
+    None {
+        /// Why.
+        reason: &'static str,
+    },
+}
+
 /// What a payload is and what running it must cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Manifest {
@@ -98,6 +111,8 @@ pub struct Manifest {
     pub fixed_iterations: Option<u64>,
     /// Whether the `soft` engine can run it.
     pub soft_engine: Support,
+    /// Whether it has a single-level twin.
+    pub single_level: Twin,
 }
 
 impl Manifest {

@@ -8,7 +8,7 @@ use nestbench_abi::payload::{Cpl, PAYLOAD_PORT};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -19,6 +19,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::Same,
 };
 
 const _: () = assert!(PAYLOAD_PORT <= 0xFF, "the immediate form needs an 8-bit port");

@@ -15,7 +15,7 @@ use nestbench_abi::payload::{Cpl, L2_RESULTS_GPA, PREEMPT_MAILBOX_OFFSET, PREEMP
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -26,6 +26,9 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 100,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::None {
+        reason: "its loop ends only on L1's VMX-preemption timer: single-level nothing ends it",
+    },
 };
 
 /// Xorshift64 steps per chunk between two polls of the mailbox.

@@ -17,7 +17,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The MSR read: IA32_SYSENTER_ESP.
 pub const MSR: u32 = 0x175;
@@ -33,6 +33,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::Same,
 };
 
 /// `iterations` timed `rdmsr`s, each checked; `arg` is unused.

@@ -13,7 +13,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 pub use nestbench_abi::payload::VMCALL_RESULT;
 
@@ -28,6 +28,7 @@ pub const MANIFEST: Manifest = Manifest {
     soft_engine: Support::Unsupported {
         reason: "VMCALL hangs the vCPU inside KVM_RUN on this host (HOST-NOTES), so the soft engine cannot run it",
     },
+    single_level: Twin::Same,
 };
 
 /// `iterations` timed `vmcall`s, each checked; `arg` is unused.

@@ -15,7 +15,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support};
+use crate::{Manifest, Support, Twin};
 
 /// The MSR written: IA32_KERNEL_GS_BASE.
 pub const MSR: u32 = 0xC000_0102;
@@ -37,6 +37,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    single_level: Twin::Same,
 };
 
 /// `iterations` timed `wrmsr`s of [`value`]`(i)`; `arg` is unused.

@@ -138,7 +138,18 @@ pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2
             match e.engine {
                 "soft" => match m.soft_engine {
                     l2_payloads::Support::Runs => {
-                        for (engine, shadowing) in [("single_level", None), ("soft", Some(true)), ("soft", Some(false))]
+                        let twin = match m.single_level {
+                            l2_payloads::Twin::Same => Some(("single_level", None)),
+                            l2_payloads::Twin::None { reason } => {
+                                p.skipped.push(Skipped {
+                                    engine: "single_level".into(),
+                                    payload: Some(m.name.into()),
+                                    reason: format!("no single-level twin: {reason}"),
+                                });
+                                None
+                            }
+                        };
+                        for (engine, shadowing) in twin.into_iter().chain([("soft", Some(true)), ("soft", Some(false))])
                         {
                             p.configs.push(Planned {
                                 engine,
@@ -399,6 +410,16 @@ pub struct Exec<'a> {
     pub stop: Arc<AtomicBool>,
     /// No per-configuration lines when stderr is not a terminal.
     pub quiet: bool,
+    /// Where each finished calibration and repetition goes at once.
+    pub journal: Option<&'a results::OutDir>,
+}
+
+impl Exec<'_> {
+    fn record(&self, line: &Value) {
+        if let Some(j) = self.journal {
+            j.record(line);
+        }
+    }
 }
 
 /// What executing a plan produced.
@@ -481,7 +502,9 @@ fn note_error(x: &Exec<'_>, r: &mut ConfigResult, what: String, e: &str) {
     if e.starts_with("interrupted") {
         x.stop.store(true, Ordering::SeqCst);
     }
-    r.errors.push(format!("{what}: {e}"));
+    let error = format!("{what}: {e}");
+    x.record(&serde_json::json!({ "kind": "error", "id": r.id, "error": error }));
+    r.errors.push(error);
 }
 
 /// Calibration (the warm-up): kvm-unit-tests style doubling until the loop spans the
@@ -575,6 +598,7 @@ async fn repetition(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant
                     r.kvm_insn_emulation = one.insn_emulation;
                 }
             }
+            x.record(&serde_json::json!({ "kind": "repetition", "id": r.id, "repetition": one.rep }));
             r.repetitions.push(one.rep);
             true
         }
@@ -603,6 +627,11 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
         }
         let mut r = empty_result(c);
         let good = calibrate(x, c, &mut r, t0, &pb).await;
+        if good {
+            x.record(&serde_json::json!({
+                "kind": "calibrated", "id": r.id, "iterations": r.iterations, "calibration": r.calibration,
+            }));
+        }
         pb.bar.inc(1);
         if !good {
             pb.line(format!("{:<34} FAILED: {}", r.id, r.errors.join("; ")));
@@ -1035,6 +1064,7 @@ pub fn finish(
     out: &Path,
     baseline_dir: Option<&Path>,
     base: Option<&Summary>,
+    journal: Option<&results::OutDir>,
 ) -> anyhow::Result<BenchOutcome> {
     let context = crate::compare::context(&s);
     let baseline_dir = baseline_dir.unwrap_or(Path::new("none"));
@@ -1081,7 +1111,14 @@ pub fn finish(
     if let Some(c) = &comparison {
         files.push(("compare.json", format!("{}\n", serde_json::to_string_pretty(c)?).into_bytes()));
     }
-    let dir = results::write_run_dir(out, &s.run_id, &files, s.partial)?;
+    if let Some(j) = journal {
+        files.push(("journal.jsonl", j.contents()));
+    }
+    let dir = results::write_run_dir(out, &s.run_id, &files, s.partial)
+        .map_err(|e| anyhow::anyhow!("writing the run into {}: {e}", out.display()))?;
+    if let Some(j) = journal {
+        j.finished();
+    }
     Ok(BenchOutcome { summary: s, dir, comparison, baseline_line })
 }
 
@@ -1115,6 +1152,9 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         Some((dir, explicit)) => load_baseline(dir, *explicit)?,
         None => None,
     };
+    // The output directory before anything is measured: a bad --out must not cost a bench.
+    let run_id = format!("{}-{}", results::utc(started).1, results::hostname());
+    let outdir = results::OutDir::claim(&cfg.out, &run_id)?;
     if let Some(b) = &base {
         pin_to_baseline(
             &mut plan.configs,
@@ -1122,7 +1162,6 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
             &crate::compare::context_of(&info.host_class, &info.kernel, &profile.name),
         );
     }
-    let run_id = format!("{}-{}", results::utc(started).1, results::hostname());
     let stop = Arc::new(AtomicBool::new(false));
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     let executed = rt.block_on(async {
@@ -1132,7 +1171,13 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
                 flag.store(true, Ordering::SeqCst);
             }
         });
-        let x = Exec { runner: &cfg.runner, profile: &profile, stop: stop.clone(), quiet: cfg.quiet };
+        let x = Exec {
+            runner: &cfg.runner,
+            profile: &profile,
+            stop: stop.clone(),
+            quiet: cfg.quiet,
+            journal: Some(&outdir),
+        };
         let e = execute(&x, &plan.configs, info.tsc.as_ref()).await;
         let bochs_benched = plan.engines.iter().any(|e| e.engine == "bochs" && e.benched);
         let wanted: Vec<&str> =
@@ -1168,7 +1213,7 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         })
     }));
     s.emulated_hosts = emulated;
-    finish(s, &cfg.out, cfg.baseline.as_ref().map(|(d, _)| d.as_path()), base.as_ref())
+    finish(s, &cfg.out, cfg.baseline.as_ref().map(|(d, _)| d.as_path()), base.as_ref(), Some(&outdir))
 }
 
 #[cfg(test)]
@@ -1264,11 +1309,17 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
         let info = host();
         let mut plan = plan(&info.engines, None, &ms);
         plan.configs.retain(|c| c.engine == "single_level");
-        let x = Exec { runner: &runner, profile: &profile, stop: Arc::new(AtomicBool::new(false)), quiet: true };
+        let x = Exec {
+            runner: &runner,
+            profile: &profile,
+            stop: Arc::new(AtomicBool::new(false)),
+            quiet: true,
+            journal: None,
+        };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let executed = rt.block_on(execute(&x, &plan.configs, info.tsc.as_ref()));
         let s = summary(&info, &plan, &profile, executed, SystemTime::now(), "20260101T000000Z-test");
-        finish(s, &dir.join("runs"), Some(&dir.join("baseline")), None).unwrap()
+        finish(s, &dir.join("runs"), Some(&dir.join("baseline")), None, None).unwrap()
     }
 
     #[test]

@@ -565,6 +565,9 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
         let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
         anyhow::bail!("unknown payload {:?}; known payloads: {}", a.payload, names.join(", "));
     };
+    if let (true, l2_payloads::Twin::None { reason }) = (a.single_level, m.single_level) {
+        anyhow::bail!("{} has no single-level twin: {reason}", m.name);
+    }
     let iterations = m.iterations(a.iterations.unwrap_or(m.default_iterations));
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
     let mut args = vec![

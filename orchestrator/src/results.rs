@@ -609,6 +609,101 @@ pub fn write_run_dir(out: &Path, name: &str, files: &[(&str, Vec<u8>)], partial:
     Ok(dest)
 }
 
+/// Free space a bench wants in its output directory before it measures anything (a run
+/// directory is well under 1 MiB; this leaves room for the journal and the temporaries).
+pub const MIN_FREE_BYTES: u64 = 64 << 20;
+
+/// A bench's hold on its output directory: checked writable with space before anything is
+/// measured, locked against a second bench writing into it at the same time, and a journal
+/// that takes each finished calibration and repetition at once (appended, fsync'd), so that
+/// a bench killed or failing at the end leaves what it measured readable
+/// (`OUT/<run id>.journal.jsonl`). Dropping it releases the lock.
+#[derive(Debug)]
+pub struct OutDir {
+    journal: std::sync::Mutex<std::fs::File>,
+    /// The journal's path.
+    pub journal_path: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl OutDir {
+    /// Claim `out` for run `run_id`; every error names the path.
+    pub fn claim(out: &Path, run_id: &str) -> anyhow::Result<Self> {
+        let named = |what: &str, e: &dyn std::fmt::Display| anyhow::anyhow!("--out {}: {what}: {e}", out.display());
+        std::fs::create_dir_all(out).map_err(|e| named("cannot create it", &e))?;
+        let lock_path = out.join(".nestbench.lock");
+        let mut lock = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| named("cannot write there", &e))?;
+        // SAFETY: flock on a file descriptor this function owns; no memory is involved.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
+            anyhow::bail!(
+                "--out {}: another nestbench bench ({}) is writing there; wait for it or use another --out",
+                out.display(),
+                holder.trim()
+            );
+        }
+        lock.set_len(0)
+            .and_then(|()| write!(lock, "pid {}", std::process::id()))
+            .map_err(|e| named("cannot write there", &e))?;
+        let free = free_bytes(out).map_err(|e| named("cannot read its free space", &e))?;
+        if free < MIN_FREE_BYTES {
+            anyhow::bail!(
+                "--out {}: {} MiB free, a bench wants at least {} MiB",
+                out.display(),
+                free >> 20,
+                MIN_FREE_BYTES >> 20
+            );
+        }
+        let journal_path = out.join(format!("{run_id}.journal.jsonl"));
+        let journal = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&journal_path)
+            .map_err(|e| named("cannot write there", &e))?;
+        Ok(Self { journal: std::sync::Mutex::new(journal), journal_path, _lock: lock })
+    }
+
+    /// Append one JSON line to the journal and make it durable. A failure is reported on
+    /// stderr and does not stop the bench (the run directory at the end is the result; the
+    /// journal is what survives a crash).
+    pub fn record(&self, line: &Value) {
+        let mut f = self.journal.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Err(e) = writeln!(f, "{line}").and_then(|()| f.sync_data()) {
+            eprintln!("warning: journal {}: {e}", self.journal_path.display());
+        }
+    }
+
+    /// The journal so far (for the run directory).
+    #[must_use]
+    pub fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.journal_path).unwrap_or_default()
+    }
+
+    /// The run directory has everything: the journal outside it goes.
+    pub fn finished(&self) {
+        let _ = std::fs::remove_file(&self.journal_path);
+    }
+}
+
+/// Free bytes for an unprivileged writer on the file system of `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    // SAFETY: an all-zero statvfs is a valid value for the kernel to overwrite.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a valid, writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &raw mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail.saturating_mul(st.f_frsize))
+}
+
 /// Read a summary from a run directory or a `summary.json` path.
 pub fn load(path: &Path) -> anyhow::Result<Summary> {
     let file = if path.is_dir() { path.join("summary.json") } else { path.to_owned() };
@@ -683,6 +778,31 @@ mod tests {
         assert_eq!(l.repetitions.p50, 1600.0);
         assert_eq!(l.repetitions_ns.unwrap().p50, 800.0);
         assert_eq!(l.iteration_samples, 20);
+    }
+
+    #[test]
+    fn an_out_dir_is_claimed_once_and_its_journal_survives() {
+        let out = std::env::temp_dir().join(format!("nestbench-outdir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let a = OutDir::claim(&out, "run-a").unwrap();
+        let e = OutDir::claim(&out, "run-b").unwrap_err().to_string();
+        assert!(e.contains("another nestbench bench (pid ") && e.contains(&out.display().to_string()), "{e}");
+        a.record(&serde_json::json!({"kind": "repetition", "id": "soft/outl/shadowing-on"}));
+        a.record(&serde_json::json!({"kind": "error", "id": "x", "error": "y"}));
+        let text = std::fs::read_to_string(out.join("run-a.journal.jsonl")).unwrap();
+        let lines: Vec<Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 2, "each record is on disk at once: {text}");
+        assert_eq!(a.contents(), text.as_bytes());
+        a.finished();
+        assert!(!out.join("run-a.journal.jsonl").exists());
+        drop(a);
+        let b = OutDir::claim(&out, "run-b").expect("the lock goes with the bench");
+        drop(b);
+        let file = out.join("a-file");
+        std::fs::write(&file, "x").unwrap();
+        let e = OutDir::claim(&file.join("runs"), "r").unwrap_err().to_string();
+        assert!(e.starts_with(&format!("--out {}: cannot create it: ", file.join("runs").display())), "{e}");
+        std::fs::remove_dir_all(&out).unwrap();
     }
 
     #[test]

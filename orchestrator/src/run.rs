@@ -399,7 +399,10 @@ pub fn payloads(json: bool) -> String {
                             (docs/kvm-exits.md row K)" }),
                         _ => json!({ "runs": soft, "reason": why }),
                     },
-                    "single_level": { "runs": true },
+                    "single_level": match m.single_level {
+                        l2_payloads::Twin::Same => json!({ "runs": true }),
+                        l2_payloads::Twin::None { reason } => json!({ "runs": false, "reason": format!("no twin: {reason}") }),
+                    },
                     "bochs": { "runs": true },
                     "kvm": match wedge {
                         None => json!({ "runs": true, "reason": "where KVM offers nested VMX (kvm_intel nested=1; here: --host bochs)" }),

@@ -227,8 +227,12 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
     assert_eq!(code, Some(0), "{err}");
     assert!(start.elapsed() < std::time::Duration::from_secs(60), "took {:?}", start.elapsed());
     let printed: Value = serde_json::from_str(&out).unwrap();
-    let dirs: Vec<_> = std::fs::read_dir(&runs).unwrap().map(|e| e.unwrap().path()).collect();
-    assert_eq!(dirs.len(), 1, "one run directory and no temporaries: {dirs:?}");
+    let dirs: Vec<_> = std::fs::read_dir(&runs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name() != Some(std::ffi::OsStr::new(".nestbench.lock")))
+        .collect();
+    assert_eq!(dirs.len(), 1, "one run directory (and the bench lock), no temporaries, no journal left: {dirs:?}");
     let dir = &dirs[0];
     assert_eq!(dir.file_name().unwrap().to_str().unwrap(), printed["run_id"].as_str().unwrap());
     assert!(!dir.join("PARTIAL").exists());
@@ -339,4 +343,70 @@ fn run_on_the_kvm_engine_runs_or_names_what_the_host_lacks() {
         assert_eq!(code, Some(2), "refused with l0's error: {out}");
         assert!(j["error"].as_str().unwrap().contains("the kvm engine needs KVM to offer VMX"), "{j}");
     }
+}
+
+/// A read-only or nearly full `--out` is refused before anything is measured, naming the
+/// path (a tmpfs mounted for the test; root only, as on CI).
+#[test]
+fn a_read_only_or_full_out_dir_fails_at_once_naming_it() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("SKIP: mounting a read-only tmpfs needs root");
+        return;
+    }
+    let base = std::env::temp_dir().join(format!("nestbench-cli-out-{}", std::process::id()));
+    for (opts, want) in
+        [("ro,size=1m", "Read-only file system"), ("size=1m", "MiB free, a bench wants at least 64 MiB")]
+    {
+        let _ = std::fs::create_dir_all(&base);
+        let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", opts, "tmpfs"]).arg(&base).status().unwrap();
+        assert!(mounted.success(), "mount -o {opts}");
+        let out = base.join("runs");
+        let start = std::time::Instant::now();
+        let (code, _, err) =
+            nestbench(&["bench", "--quick", "--payloads", "outl", "--engines", "soft", "--out", out.to_str().unwrap()]);
+        let took = start.elapsed();
+        let _ = Command::new("umount").arg(&base).status();
+        assert_ne!(code, Some(0), "{opts}");
+        assert!(err.contains(&format!("--out {}", out.display())) && err.contains(want), "{opts}: {err}");
+        assert!(took < std::time::Duration::from_secs(2), "{opts}: refused before measuring, took {took:?}");
+    }
+    let _ = std::fs::remove_dir_all(&base);
+}
+
+/// A bench killed mid-run (SIGKILL: no chance to clean up) leaves every calibration and
+/// repetition it finished in its journal, one JSON line each.
+#[test]
+fn a_killed_bench_leaves_what_it_measured_in_its_journal() {
+    let out = std::env::temp_dir().join(format!("nestbench-cli-journal-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nestbench"))
+        .args(["bench", "--quick", "--payloads", "outl,hlt", "--engines", "soft", "--baseline", "none", "--out"])
+        .arg(&out)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let journal = || -> Option<(std::path::PathBuf, Vec<Value>)> {
+        let p = std::fs::read_dir(&out)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .find(|p| p.extension().is_some_and(|x| x == "jsonl"))?;
+        let lines = std::fs::read_to_string(&p).ok()?.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        Some((p, lines))
+    };
+    let start = std::time::Instant::now();
+    while journal().is_none_or(|(_, l)| !l.iter().any(|e| e["kind"] == "repetition")) {
+        assert!(start.elapsed() < std::time::Duration::from_secs(120), "no repetition journaled");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    let (path, lines) = journal().unwrap();
+    assert!(lines.iter().any(|e| e["kind"] == "calibrated" && e["iterations"].as_u64() > Some(0)), "{lines:?}");
+    let rep = lines.iter().find(|e| e["kind"] == "repetition").unwrap();
+    assert!(rep["repetition"]["mean"].as_f64().unwrap() > 0.0, "{rep}");
+    assert!(path.file_name().unwrap().to_str().unwrap().ends_with(".journal.jsonl"));
+    std::fs::remove_dir_all(&out).unwrap();
 }
