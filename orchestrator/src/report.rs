@@ -70,10 +70,13 @@ pub fn headline_table(s: &Summary) -> String {
         }
         let ratio =
             |r: Option<&ConfigResult>| r.and_then(|r| r.nested_over_single).map_or("-".into(), |x| format!("{x:.1}x"));
+        // A payload whose twin would not do the same operation has none: no ratio (its reason is
+        // under "Skipped").
+        let no_twin = l2_payloads::find(p).is_some_and(|m| matches!(m.single_level, l2_payloads::Twin::None { .. }));
         let _ = writeln!(
             t,
             "| {p} | {} | {} | {} | {} | {} | {} | {} / {} |",
-            num(p50(single)),
+            if single.is_none() && no_twin { "no twin".to_owned() } else { num(p50(single)) },
             num(p50(on)),
             ratio(on),
             num(p50(off)),
@@ -97,11 +100,39 @@ fn config_name(r: &ConfigResult) -> String {
     }
 }
 
-/// The whole report.
+/// The report's first line: the baseline verdict and what it compared.
+fn verdict_line(cmp: Option<&Comparison>) -> String {
+    let Some(c) = cmp else {
+        return "**Verdict: none.** No baseline of this host class, kernel and profile was compared.".into();
+    };
+    let scope = format!("against {} ({})", c.base, c.base_context);
+    match c.exit_code() {
+        1 => {
+            let ids: Vec<String> = c
+                .verdicts
+                .iter()
+                .filter(|v| v.verdict == Kind::Regression)
+                .take(5)
+                .map(|v| format!("{} {}", v.id, v.metric))
+                .collect();
+            format!("**Verdict: REGRESSION** {scope}: {} regressions ({}).", c.regressions(), ids.join(", "))
+        }
+        2 => format!("**Verdict: not comparable** {scope}: no metric could be compared."),
+        _ => format!(
+            "**Verdict: ok** {scope}: {} metrics compared, no regression, {} improvements, {} not compared.",
+            c.compared(),
+            c.improvements(),
+            c.verdicts.len() - c.compared()
+        ),
+    }
+}
+
+/// The whole report: the verdict and the headline table first, failures second, details after.
 #[must_use]
 pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
     let mut m = String::new();
     let _ = writeln!(m, "# nestbench bench {}\n", s.run_id);
+    let _ = writeln!(m, "{}\n", verdict_line(cmp));
     if s.partial {
         let _ = writeln!(m, "> **PARTIAL RUN.** It did not finish:");
         for r in &s.partial_reasons {
@@ -109,6 +140,18 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
         }
         let _ = writeln!(m);
     }
+    if s.results.iter().any(|r| r.config != Config::Bochs) {
+        let _ = writeln!(m, "## Nested vs single-level (soft engine)\n");
+        let _ = writeln!(
+            m,
+            "Cycles per iteration of the payload's own LFENCE;RDTSC loop: median over repetitions. \
+             The ratio is nested / single-level (the same image as a plain KVM guest of L0), only where that \
+             twin performs the same operation; \"no twin\": it would not (the reason is under Skipped).\n"
+        );
+        m.push_str(&headline_table(s));
+        let _ = writeln!(m);
+    }
+
     if !s.failures.is_empty() {
         let _ = writeln!(m, "**Failed configurations** (the run finished; these did not):\n");
         for f in &s.failures {
@@ -152,17 +195,6 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
         "| run | nestbench {}, {} to {} ({:.0} s) |\n",
         s.nestbench_version, s.started_at, s.finished_at, s.wall_s
     );
-
-    if s.results.iter().any(|r| r.config != Config::Bochs) {
-        let _ = writeln!(m, "## Nested vs single-level (soft engine)\n");
-        let _ = writeln!(
-            m,
-            "Cycles per iteration of the payload's own LFENCE;RDTSC loop: median over repetitions. \
-             The ratio is nested / single-level (the same image as a plain KVM guest of L0).\n"
-        );
-        m.push_str(&headline_table(s));
-        let _ = writeln!(m);
-    }
 
     let _ = writeln!(m, "## Latency per configuration\n");
     let _ = writeln!(
@@ -488,6 +520,19 @@ mod tests {
         p.partial_reasons = vec!["soft/outl/shadowing-on: nestbench-l0 was killed by a signal".into()];
         assert!(markdown(&p, None).contains("**PARTIAL RUN.**"));
         let c = crate::compare::compare(&s, &s, &[]);
-        assert!(markdown(&s, Some(&c)).contains("## Against the baseline"));
+        let md = markdown(&s, Some(&c));
+        assert!(md.contains("## Against the baseline"));
+        // The verdict comes first, then the headline table, then the failures.
+        let second = md.lines().nth(2).unwrap();
+        assert!(second.starts_with("**Verdict: ok** against "), "{second}");
+        let mut failed = s.clone();
+        failed.failures = vec!["single_level/mmio: 25 failures".into()];
+        let md = markdown(&failed, None);
+        let at = |n: &str| md.find(n).unwrap_or_else(|| panic!("{n}"));
+        assert!(
+            at("**Verdict: none.**") < at("## Nested vs single-level")
+                && at("| outl |") < at("**Failed configurations**")
+        );
+        assert!(at("**Failed configurations**") < at("## Latency per configuration"));
     }
 }
