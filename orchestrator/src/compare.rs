@@ -8,7 +8,8 @@
 //!   repetition of every configuration, and one such sample must not hide a real shift. The
 //!   threshold is rustc-perf's: Q3 + 3 × IQR of this configuration's past run-to-run changes
 //!   when the history has at least [`MIN_HISTORY`] of them, never below [`MIN_THRESHOLD`];
-//!   [`MIN_THRESHOLD`] without history.
+//!   [`MIN_THRESHOLD`] without history. A configuration whose repetitions within one run
+//!   spread over [`MAX_SPREAD`] is not gated on latency at all (inconclusive, said so).
 //! * **Counts** (L2 exits per reason, reflected exits, L0-only exits, L1 traps, KVM exits
 //!   per VM, instructions KVM emulated in L1; Bochs' instructions per iteration) are
 //!   compared exactly, when both runs did the same iterations and the count was the same in
@@ -39,6 +40,11 @@ pub const MIN_THRESHOLD: f64 = 0.10;
 pub const MIN_HISTORY: usize = 4;
 /// Repetitions each side needs for a latency verdict.
 pub const MIN_SAMPLES: usize = 3;
+/// A configuration whose repetitions within one run spread wider than this (slowest /
+/// fastest) is not gated on latency: its samples are bimodal or unstable (measured:
+/// `ept_remap` on kvm_pvm alternates between ~1.2 M and ~10 M cycles per iteration from one
+/// repetition to the next), so two runs of one build can fail to overlap by chance.
+pub const MAX_SPREAD: f64 = 2.0;
 
 /// A verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -247,6 +253,17 @@ fn latency_verdict(id: &str, b: &ConfigResult, n: &ConfigResult, history: &[Summ
     if bs.len() < MIN_SAMPLES || ns.len() < MIN_SAMPLES {
         let why = format!("{} vs {} repetitions; the rule needs at least {MIN_SAMPLES} each", bs.len(), ns.len());
         return v.not_compared(Kind::Inconclusive, "too few repetitions", why);
+    }
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+        if lo > 0.0 { hi / lo } else { f64::INFINITY }
+    };
+    let (sb, sn) = (spread(&bs), spread(&ns));
+    if sb > MAX_SPREAD || sn > MAX_SPREAD {
+        let why = format!(
+            "the repetitions of one run span {sb:.1}x (base) and {sn:.1}x (new), over {MAX_SPREAD}x: too unstable to gate"
+        );
+        return v.not_compared(Kind::Inconclusive, "latencies too unstable to gate", why);
     }
     let (mb, mn) = (median(&bs), median(&ns));
     let delta = if mb > 0.0 { mn / mb - 1.0 } else { 0.0 };
@@ -848,6 +865,26 @@ pub(crate) mod tests {
             assert!(c.verdicts.iter().any(|v| v.metric == "l1_traps" && v.verdict == Kind::Unchanged), "{what}");
             assert_eq!(c.exit_code(), 0, "{what}");
         }
+    }
+
+    #[test]
+    fn a_bimodal_configuration_is_not_gated_on_latency() {
+        // ept_remap's repetitions as two same-build runs measured them (cycles per iteration).
+        let mut base = fixture();
+        let id = "soft/outl/shadowing-on";
+        let set = |s: &mut Summary, means: [f64; 7]| {
+            let r = s.results.iter_mut().find(|r| r.id == id).unwrap();
+            r.repetitions =
+                means.iter().map(|m| crate::results::Repetition { mean: *m, ..r.repetitions[0].clone() }).collect();
+            r.latency = crate::results::latency(&r.repetitions, None);
+        };
+        set(&mut base, [7_378_174.0, 1_721_911.0, 9_538_057.0, 2_551_240.0, 1_657_570.0, 8_710_327.0, 1_673_780.0]);
+        let mut new = fixture();
+        set(&mut new, [2_436_380.0, 8_968_193.0, 9_964_490.0, 11_008_797.0, 12_507_716.0, 8_811_534.0, 9_518_709.0]);
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.id == id && v.kind == "latency").unwrap();
+        assert_eq!((v.verdict, v.group), (Kind::Inconclusive, "latencies too unstable to gate"), "{}", v.why);
+        assert!(v.why.contains("5.8x (base)"), "{}", v.why);
     }
 
     #[test]
