@@ -41,7 +41,7 @@ pub const MIN_HISTORY: usize = 4;
 /// Repetitions each side needs for a latency verdict.
 pub const MIN_SAMPLES: usize = 3;
 /// A configuration whose repetitions within one run spread wider than this (slowest /
-/// fastest) is not gated on latency: its samples are bimodal or unstable (measured:
+/// fastest, the outer fifth set aside) is not gated on latency: its samples are bimodal or unstable (measured:
 /// `ept_remap` on kvm_pvm alternates between ~1.2 M and ~10 M cycles per iteration from one
 /// repetition to the next), so two runs of one build can fail to overlap by chance.
 pub const MAX_SPREAD: f64 = 2.0;
@@ -258,7 +258,9 @@ fn latency_verdict(id: &str, b: &ConfigResult, n: &ConfigResult, history: &[Summ
         let (lo, hi) = v.iter().fold((f64::MAX, 0.0f64), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
         if lo > 0.0 { hi / lo } else { f64::INFINITY }
     };
-    let (sb, sn) = (spread(&bs), spread(&ns));
+    // Over the repetitions the rule below keeps (the outer fifth set aside): one burst of
+    // host load in one repetition does not make a configuration ungated.
+    let (sb, sn) = (spread(&inner(&bs)), spread(&inner(&ns)));
     if sb > MAX_SPREAD || sn > MAX_SPREAD {
         let why = format!(
             "the repetitions of one run span {sb:.1}x (base) and {sn:.1}x (new), over {MAX_SPREAD}x: too unstable to gate"
@@ -884,7 +886,7 @@ pub(crate) mod tests {
         let c = compare(&base, &new, &[]);
         let v = c.verdicts.iter().find(|v| v.id == id && v.kind == "latency").unwrap();
         assert_eq!((v.verdict, v.group), (Kind::Inconclusive, "latencies too unstable to gate"), "{}", v.why);
-        assert!(v.why.contains("5.8x (base)"), "{}", v.why);
+        assert!(v.why.contains("5.2x (base)"), "{}", v.why);
     }
 
     #[test]
