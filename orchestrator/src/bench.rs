@@ -1229,8 +1229,14 @@ mod tests {
         let engines = [status("soft", true, true), status("kvm", false, false), status("bochs", true, true)];
         let payloads: Vec<_> = l2_payloads::all().iter().collect();
         let p = plan(&engines, None, &payloads);
-        let soft_runs = payloads.iter().filter(|m| m.soft_engine == l2_payloads::Support::Runs).count();
-        assert_eq!(p.configs.len(), 3 * soft_runs + payloads.len());
+        let soft_runs: Vec<_> = payloads.iter().filter(|m| m.soft_engine == l2_payloads::Support::Runs).collect();
+        let twins = soft_runs.iter().filter(|m| m.single_level == l2_payloads::Twin::Same).count();
+        assert_eq!(p.configs.len(), 2 * soft_runs.len() + twins + payloads.len());
+        for m in soft_runs.iter().filter(|m| m.single_level != l2_payloads::Twin::Same) {
+            assert!(!p.configs.iter().any(|c| c.engine == "single_level" && c.payload == m.name), "{}", m.name);
+            let s = p.skipped.iter().find(|s| s.engine == "single_level" && s.payload.as_deref() == Some(m.name));
+            assert!(s.is_some_and(|s| s.reason.starts_with("no single-level twin: ")), "{}: {s:?}", m.name);
+        }
         assert!(p.configs.iter().any(|c| c.engine == "soft" && c.payload == "outl" && c.shadowing == Some(false)));
         assert!(p.configs.iter().any(|c| c.engine == "single_level" && c.payload == "outl"));
         assert!(p.configs.iter().any(|c| c.engine == "bochs" && c.payload == "cpuid"));

@@ -16,7 +16,7 @@
 //!   every repetition of both; more is a regression, fewer an improvement. Counts that depend on
 //!   the host's KVM ([`HOST_COUNTS`]) are compared only between runs of one host context.
 //! * **Configurations**: one that worked in BASE and failed in NEW, or is missing from a NEW
-//!   that is partial or skipped it on the same host, is a regression, named.
+//!   that is partial or skipped its engine on the same host, is a regression, named.
 //! * **Comparable runs**: latencies are compared only between runs of one *context*: host
 //!   class (CPU model, KVM backend, CPUs), kernel release and profile ([`context`]); across
 //!   contexts they are "not comparable", in one summary line, never a regression.
@@ -487,8 +487,8 @@ fn worked(r: &ConfigResult) -> bool {
 }
 
 /// The verdict on a configuration of `base` that `new` has no result for: a regression when
-/// it worked in BASE and NEW is partial, or skipped it on the same host context; otherwise
-/// not comparable (NEW did not select it).
+/// it worked in BASE and NEW is partial, or skipped its whole engine on the same host
+/// context; otherwise not comparable (NEW did not select it, or dropped it from its matrix).
 fn missing_verdict(b: &ConfigResult, new: &Summary, same_context: bool) -> Verdict {
     let v = Verdict {
         id: b.id.clone(),
@@ -511,8 +511,10 @@ fn missing_verdict(b: &ConfigResult, new: &Summary, same_context: bool) -> Verdi
             ),
             ..v
         },
-        (true, false, Some(k)) if same_context => Verdict {
-            why: format!("worked in the base run; the new run skipped it on the same host: {}", k.reason),
+        // The whole engine skipped on the same host: it stopped working there. A payload
+        // skipped on its own is a change of the matrix (e.g. a twin found unlike), not one.
+        (true, false, Some(k)) if same_context && k.payload.is_none() => Verdict {
+            why: format!("worked in the base run; the new run skipped its engine on the same host: {}", k.reason),
             ..v
         },
         (_, _, Some(k)) => v.not_compared(Kind::Incomparable, "skipped in the new run", k.reason.clone()),
@@ -831,12 +833,17 @@ pub(crate) mod tests {
         let c = compare(&base, &partial, &[]);
         let v = c.verdicts.iter().find(|v| v.id == id).unwrap();
         assert_eq!((v.verdict, v.group), (Kind::Incomparable, "not selected in the new run"));
-        // Skipped on the same host (the engine stopped working there): a regression.
+        // A payload dropped from the matrix (a twin found unlike): not a regression.
         partial.skipped.push(crate::results::Skipped {
             engine: "soft".into(),
             payload: Some("outl".into()),
-            reason: "KVM is not usable".into(),
+            reason: "no twin".into(),
         });
+        let c = compare(&base, &partial, &[]);
+        assert!(c.verdicts.iter().any(|v| v.id == id && v.verdict == Kind::Incomparable), "{}", render(&c));
+        // Its engine skipped on the same host (it stopped working there): a regression.
+        partial.skipped =
+            vec![crate::results::Skipped { engine: "soft".into(), payload: None, reason: "KVM is not usable".into() }];
         let c = compare(&base, &partial, &[]);
         assert!(c.verdicts.iter().any(|v| v.id == id && v.verdict == Kind::Regression && v.why.contains("not usable")));
     }
