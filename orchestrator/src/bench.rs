@@ -1108,6 +1108,7 @@ pub fn finish(
         ("metrics.openmetrics.txt", crate::export::openmetrics(&s).into_bytes()),
         ("bencher.json", format!("{}\n", serde_json::to_string_pretty(&crate::export::bencher(&s))?).into_bytes()),
     ];
+    files.push(("junit.xml", crate::export::junit(&s, comparison.as_ref()).into_bytes()));
     if let Some(c) = &comparison {
         files.push(("compare.json", format!("{}\n", serde_json::to_string_pretty(c)?).into_bytes()));
     }

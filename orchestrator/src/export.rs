@@ -214,9 +214,107 @@ pub fn bencher(s: &Summary) -> Value {
     Value::Object(root)
 }
 
+fn xml(v: &str) -> String {
+    v.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// JUnit XML for CI systems (`junit.xml` in the run directory): suite `configurations`, one
+/// case per configuration (a failed one fails with its errors, a skipped one is skipped with
+/// its reason), and suite `baseline`, one case per regression against the baseline (or one
+/// passing case with the verdict when there is none).
+#[must_use]
+pub fn junit(s: &Summary, c: Option<&crate::compare::Comparison>) -> String {
+    let mut cases = String::new();
+    let mut failures = 0;
+    for r in &s.results {
+        let wall: f64 = r.repetitions.iter().filter_map(|x| x.wall_ns).map(|n| n as f64 / 1e9).sum();
+        let _ = write!(
+            cases,
+            r#"    <testcase classname="nestbench.{}" name="{}" time="{wall:.3}""#,
+            xml(&r.engine),
+            xml(&r.id)
+        );
+        if r.complete && r.errors.is_empty() {
+            cases.push_str("/>\n");
+        } else {
+            failures += 1;
+            let msg = if r.errors.is_empty() { "incomplete".to_owned() } else { r.errors.join("; ") };
+            let _ = writeln!(cases, ">\n      <failure message=\"{}\"/>\n    </testcase>", xml(&msg));
+        }
+    }
+    for k in &s.skipped {
+        let name = format!("{}/{}", k.engine, k.payload.as_deref().unwrap_or("(engine)"));
+        let _ = writeln!(
+            cases,
+            "    <testcase classname=\"nestbench.{}\" name=\"{}\">\n      <skipped message=\"{}\"/>\n    </testcase>",
+            xml(&k.engine),
+            xml(&name),
+            xml(&k.reason)
+        );
+    }
+    let tests = s.results.len() + s.skipped.len();
+    let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+    let _ = writeln!(out, "<testsuites name=\"nestbench bench {}\">", xml(&s.run_id));
+    let _ = writeln!(
+        out,
+        "  <testsuite name=\"configurations\" tests=\"{tests}\" failures=\"{failures}\" skipped=\"{}\">",
+        s.skipped.len()
+    );
+    out.push_str(&cases);
+    out.push_str("  </testsuite>\n");
+    if let Some(c) = c {
+        let regressions: Vec<_> = c.verdicts.iter().filter(|v| v.verdict == crate::compare::Kind::Regression).collect();
+        let _ = writeln!(
+            out,
+            "  <testsuite name=\"baseline\" tests=\"{}\" failures=\"{}\">",
+            regressions.len().max(1),
+            regressions.len()
+        );
+        for v in &regressions {
+            let _ = writeln!(
+                out,
+                "    <testcase classname=\"nestbench.baseline\" name=\"{} {}\">\n      <failure message=\"{}\"/>\n    </testcase>",
+                xml(&v.id),
+                xml(&v.metric),
+                xml(&v.why)
+            );
+        }
+        if regressions.is_empty() {
+            let _ = writeln!(
+                out,
+                "    <testcase classname=\"nestbench.baseline\" name=\"no regression against {}\"/>",
+                xml(&c.base)
+            );
+        }
+        out.push_str("  </testsuite>\n");
+    }
+    out.push_str("</testsuites>\n");
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn junit_has_a_case_per_configuration_and_fails_what_failed() {
+        let mut s = crate::compare::tests::fixture();
+        let x = junit(&s, None);
+        assert!(x.starts_with("<?xml") && x.trim_end().ends_with("</testsuites>"), "{x}");
+        let n = s.results.len();
+        assert!(
+            x.contains(&format!(r#"<testsuite name="configurations" tests="{}" failures="0""#, n + s.skipped.len())),
+            "{x}"
+        );
+        assert_eq!(x.matches("<testcase ").count(), n + s.skipped.len());
+        s.results[0].complete = false;
+        s.results[0].errors = vec!["status 0 with 3 failures <&>".into()];
+        let c = crate::compare::compare(&crate::compare::tests::fixture(), &s, &[]);
+        let x = junit(&s, Some(&c));
+        assert!(x.contains(r#"failures="1""#), "{x}");
+        assert!(x.contains("status 0 with 3 failures &lt;&amp;&gt;"), "escaped: {x}");
+        assert!(x.contains(r#"<testsuite name="baseline" tests="1" failures="1">"#), "{x}");
+    }
 
     #[test]
     fn openmetrics_is_well_formed() {

@@ -258,6 +258,10 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
     assert!(summary["engines"].as_array().unwrap().iter().any(|e| e["engine"] == "bochs" && e["benched"] == false));
     let report = std::fs::read_to_string(dir.join("report.md")).unwrap();
     assert!(report.contains("| outl |"), "{report}");
+    let junit = std::fs::read_to_string(dir.join("junit.xml")).unwrap();
+    assert!(junit.contains(r#"<testsuite name="configurations" tests="3" failures="0""#), "{junit}");
+    let journal = std::fs::read_to_string(dir.join("journal.jsonl")).unwrap();
+    assert_eq!(journal.lines().filter(|l| l.contains(r#""kind":"repetition""#)).count(), 3 * 7, "{journal}");
     let html = std::fs::read_to_string(dir.join("dashboard.html")).unwrap();
     assert!(html.contains("<svg") && html.trim_end().ends_with("</html>"));
 
