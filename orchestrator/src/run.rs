@@ -220,23 +220,17 @@ pub fn render(j: &Value) -> String {
         return render_bochs(j);
     }
     let mut s = String::new();
-    if let (Some(why), true) = (j["incomplete"].as_str(), j["payload_status"].is_null()) {
-        // Nothing measured: no screen of nulls, just what happened.
-        let _ = writeln!(
-            s,
-            "{} on {}: no result: {why}",
-            j["payload"].as_str().unwrap_or("?"),
-            j["engine"].as_str().unwrap_or("?")
-        );
-        return s;
-    }
-    if let (Some(e), true) = (j["error"].as_str(), j["payload_status"].is_null()) {
-        let _ = writeln!(
-            s,
-            "{} on {}: not run: {e}",
-            j["payload"].as_str().unwrap_or("?"),
-            j["engine"].as_str().unwrap_or("?")
-        );
+    // Nothing measured: no screen of nulls, just what happened (l0 refused the run, or its
+    // child ended without a result).
+    let nothing = match (j["error"].as_str(), j["incomplete"].as_str()) {
+        _ if !j["payload_status"].is_null() => None,
+        (Some(e), _) => Some(format!("not run: {e}")),
+        (None, Some(why)) => Some(format!("no result: {why}")),
+        (None, None) => None,
+    };
+    if let Some(what) = nothing {
+        let _ =
+            writeln!(s, "{} on {}: {what}", j["payload"].as_str().unwrap_or("?"), j["engine"].as_str().unwrap_or("?"));
         return s;
     }
     let lat = &j["latency_cycles"];
