@@ -222,10 +222,16 @@ impl From<&nestbench_abi::payload::PayloadResults> for PayloadResults {
     }
 }
 
-fn reason_name(reason: u32) -> String {
-    let basic = nestbench_abi::vmx::ExitReason::from_raw((reason & 0xFFFF) as u16)
-        .map_or_else(|| format!("reason {}", reason & 0xFFFF), |r| r.name().to_owned());
-    if reason & (1 << 31) != 0 { format!("VM-entry failure: {basic}") } else { basic }
+/// The name of a raw exit-reason field in every output: the kernel's
+/// ([`ExitReason::kernel_name`](nestbench_abi::vmx::ExitReason::kernel_name), as the `kvm_exit`
+/// tracepoint and `perf kvm stat` print it), `reason N` for a number the SDM does not define,
+/// and ` (VM-entry failure)` after it when bit 31 is set.
+#[must_use]
+pub fn reason_name(reason: u32) -> String {
+    let basic = (reason & 0xFFFF) as u16;
+    let name = nestbench_abi::vmx::ExitReason::from_raw(basic)
+        .map_or_else(|| format!("reason {basic}"), |r| r.kernel_name().to_owned());
+    if reason & (1 << 31) != 0 { format!("{name} (VM-entry failure)") } else { name }
 }
 
 impl From<&nestbench_abi::payload::PayloadReport> for PayloadRun {

@@ -125,7 +125,7 @@ fn every_payload_runs_on_bochs_with_exact_exit_counts() {
         let (p, report) = on_bochs(m.name, 25, "corei7_skylake_x");
         for (reason, _) in m.exits_per_iteration {
             assert_eq!(
-                p.exits.get(reason.name()).copied(),
+                p.exits.get(reason.kernel_name()).copied(),
                 Some(m.expected_exits(*reason, 25)),
                 "{}: {:?}",
                 m.name,

@@ -69,7 +69,7 @@ fn io_qual(size: u8, is_in: bool, string: bool, rep: bool, immediate: bool) -> u
 
 /// The L2 exits of one reason that L1 handled (the final DONE exit is not counted).
 fn exits(n: &Nested, reason: ExitReason) -> u64 {
-    n.payload.exits.get(reason.name()).copied().unwrap_or(0)
+    n.payload.exits.get(reason.kernel_name()).copied().unwrap_or(0)
 }
 
 fn assert_all_records(records: &[ExitRecord], reason: ExitReason, qualification: u64, insn_len: u32) {
@@ -287,7 +287,7 @@ fn an_l2_triple_fault_is_reflected_as_exit_reason_2() {
     let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
     std::fs::remove_file(elf).ok();
     let soft = report.soft.as_ref().unwrap();
-    assert_eq!(soft.reflected_exits.get(ExitReason::TripleFault.name()), Some(&1), "{:?}", soft.reflected_exits);
+    assert_eq!(soft.reflected_exits.get(ExitReason::TripleFault.kernel_name()), Some(&1), "{:?}", soft.reflected_exits);
     assert_eq!(soft.reflected_total, 1);
     let console: Vec<&str> = events
         .iter()
@@ -318,7 +318,7 @@ fn ept_touch_gives_exactly_one_reflected_violation_per_page_and_none_on_the_seco
         assert_eq!(r.rip_offset, n.payload.exit_records[0].rip_offset, "the same load every time");
     }
     let s = n.soft();
-    assert_eq!(s.reflected_exits.get(ExitReason::EptViolation.name()), Some(&pages));
+    assert_eq!(s.reflected_exits.get(ExitReason::EptViolation.kernel_name()), Some(&pages));
     assert_eq!(s.reflected_total, pages + 1, "and the DONE exit");
     assert!(s.ept.fills >= pages, "each resolved page is filled once after L1 maps it: {:?}", s.ept);
     assert_eq!(s.l0_only_exits, s.ept.fills, "fills are the only L0-only exits");
@@ -377,7 +377,7 @@ fn rdmsr_at_cpl0_exits_once_per_iteration_and_receives_l1s_value() {
     assert_eq!((r.insn_info, r.guest_linear), (0, 0));
     assert_eq!(image_bytes("rdmsr", r.rip_offset, 2), [0x0F, 0x32], "RIP at the RDMSR");
     let s = n.soft();
-    assert_eq!(s.reflected_exits.get(ExitReason::Rdmsr.name()), Some(&40), "{:?}", s.reflected_exits);
+    assert_eq!(s.reflected_exits.get(ExitReason::Rdmsr.kernel_name()), Some(&40), "{:?}", s.reflected_exits);
     assert_eq!(s.reflected_total, 41, "40 measured exits and the final DONE exit");
     // The value round trip (L1 -> EDX:EAX -> payload) is the payload's check: run_nested
     // asserted it counted no failure.
@@ -463,7 +463,7 @@ fn ept_misconfig_is_one_exit_49_with_the_gpa_and_l1_repairs_it() {
         let want = format!("l1: EPT misconfiguration at guest-physical {gpa:#x}, qualification 0x0: repaired");
         assert!(console(&n).iter().any(|l| l.contains(&want)), "{:?}", console(&n));
         let s = n.soft();
-        assert_eq!(s.reflected_exits.get(ExitReason::EptMisconfiguration.name()), Some(&1));
+        assert_eq!(s.reflected_exits.get(ExitReason::EptMisconfiguration.kernel_name()), Some(&1));
         assert_eq!(s.reflected_total, 2, "the misconfiguration and DONE");
         assert_eq!(s.l0_only_exits, s.ept.fills);
     }
@@ -491,7 +491,7 @@ fn mmio_register_is_emulated_by_l1_with_exactly_two_violations_per_iteration() {
         );
     }
     let s = n.soft();
-    assert_eq!(s.reflected_exits.get(ExitReason::EptViolation.name()), Some(&(2 * iterations)));
+    assert_eq!(s.reflected_exits.get(ExitReason::EptViolation.kernel_name()), Some(&(2 * iterations)));
     assert_eq!(s.reflected_total, 2 * iterations + 1, "and DONE");
     assert_eq!(s.l0_only_exits, s.ept.fills, "the register page is never filled");
     // Each read returned L1's value (the payload's check; run_nested asserted no failure).
@@ -658,5 +658,5 @@ fn irq_window_exits_before_l2s_first_instruction_once_per_entry() {
         );
     }
     // VM2 ran only after the last window exit (the compute loop to the DONE exit).
-    assert_eq!(n.soft().reflected_exits.get("Interrupt window").copied(), Some(10), "{:?}", n.soft().reflected_exits);
+    assert_eq!(n.soft().reflected_exits.get("INTERRUPT_WINDOW").copied(), Some(10), "{:?}", n.soft().reflected_exits);
 }

@@ -362,6 +362,12 @@ fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Res
             wall_ns: doc["time_ns"]["wall"].as_u64().or_else(|| report["wall_ns"].as_u64()),
             started_s,
             exits: exits.l2_by_reason.values().sum(),
+            layers: (c.engine == "soft")
+                .then(|| {
+                    let t = |k: &str| doc["time_ns"][k].as_f64();
+                    Some(results::Layers { l0_ns: t("l0")?, l1_ns: t("l1")?, l2_ns: t("l2")? })
+                })
+                .flatten(),
         },
         exits,
         mult,
@@ -495,6 +501,7 @@ fn empty_result(c: &Planned) -> ConfigResult {
         nested_over_single: None,
         kvm_insn_emulation: None,
         trace_drops: None,
+        steady_state: None,
     }
 }
 
@@ -609,6 +616,37 @@ async fn repetition(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant
     }
 }
 
+/// Runs of half the repetitions' iterations behind each steady-state figure.
+pub const STEADY_RUNS: usize = 3;
+
+/// Whether a configuration gets steady-state figures: nested soft-engine runs of a payload
+/// whose iterations can be halved.
+fn has_steady_state(c: &Planned, iterations: u64) -> bool {
+    c.engine == "soft" && c.fixed_iterations.is_none() && iterations >= 2
+}
+
+/// The steady-state figures of a configuration: [`STEADY_RUNS`] runs of half its
+/// iterations, against its repetitions ([`results::steady_state`]). A failed run leaves the
+/// figures out and says why in the configuration's errors.
+async fn steady(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant) {
+    let Some(large) = r.exits.as_ref().map(|e| e.per_level.clone()) else { return };
+    let half = r.iterations / 2;
+    let mut small = Vec::new();
+    for k in 0..STEADY_RUNS {
+        match run_child(x.runner, c, half, t0).await {
+            Ok((one, _)) => {
+                x.record(&serde_json::json!({ "kind": "steady_run", "id": r.id, "repetition": one.rep }));
+                small.push((one.rep, one.exits.per_level));
+            }
+            Err(e) => {
+                note_error(x, r, format!("steady-state run {} at {half} iterations", k + 1), &e);
+                return;
+            }
+        }
+    }
+    r.steady_state = results::steady_state(&r.repetitions, &large, &small);
+}
+
 /// Run a plan: first calibrate (and warm up) every configuration, then measure the
 /// repetitions round-robin — repetition 1 of every configuration, then repetition 2, ... —
 /// so each configuration's samples spread over the whole bench and a burst of load on the
@@ -617,7 +655,7 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
     let t0 = Instant::now();
     let reps = x.profile.repetitions as usize;
     let traced = configs.iter().filter(|c| c.engine == "soft").count();
-    let pb = Progress::new(configs.len() * (1 + reps) + traced, x.quiet);
+    let pb = Progress::new(configs.len() * (1 + reps) + 2 * traced, x.quiet);
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut ok: Vec<bool> = Vec::new();
     let mut attempted = 0;
@@ -665,6 +703,14 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
             Ok(drops) => results[i].trace_drops = Some(drops),
             Err(e) => note_error(x, &mut results[i], "traced run".into(), &e),
         }
+        pb.bar.inc(1);
+    }
+    for (i, c) in configs.iter().enumerate().take(attempted) {
+        if !ok[i] || x.stop.load(Ordering::SeqCst) || !has_steady_state(c, results[i].iterations) {
+            continue;
+        }
+        pb.msg(format!("{}: steady state, {} runs of {} iterations", c.id(), STEADY_RUNS, results[i].iterations / 2));
+        steady(x, c, &mut results[i], t0).await;
         pb.bar.inc(1);
     }
     pb.bar.finish_and_clear();

@@ -297,11 +297,17 @@ fn latency_verdict(id: &str, b: &ConfigResult, n: &ConfigResult, history: &[Summ
     v
 }
 
+/// An exit reason as summaries key it now: the kernel's name. Summaries written before
+/// (schema 1 of an older nestbench) keyed by the SDM's name; both compare as one.
+fn reason_key(k: &str) -> String {
+    nestbench_abi::vmx::ExitReason::from_name(k).map_or_else(|| k.to_owned(), |r| r.kernel_name().to_owned())
+}
+
 fn counts(r: &ConfigResult) -> Vec<(String, Option<u64>)> {
     let mut v = Vec::new();
     if let Some(e) = &r.exits {
         for (k, n) in &e.l2_by_reason {
-            v.push((format!("l2_exits[{k}]"), Some(*n)));
+            v.push((format!("l2_exits[{}]", reason_key(k)), Some(*n)));
         }
         let p = &e.per_level;
         for (name, x) in [
@@ -721,6 +727,23 @@ pub(crate) mod tests {
         new.emulated_hosts.clear();
         let c = compare(&base, &new, &[]);
         assert_eq!(c.regressions(), 0, "a host the new run did not measure is not comparable, not a regression");
+    }
+
+    #[test]
+    fn a_baseline_keyed_by_sdm_exit_names_compares_with_kernel_names() {
+        let new = fixture();
+        let mut base = new.clone();
+        for r in &mut base.results {
+            if let Some(e) = r.exits.as_mut() {
+                if let Some(n) = e.l2_by_reason.remove("IO_INSTRUCTION") {
+                    e.l2_by_reason.insert("I/O instruction".into(), n);
+                }
+            }
+        }
+        let c = compare(&base, &new, &[]);
+        assert_eq!(c.regressions(), 0, "{}", render(&c));
+        let v = c.verdicts.iter().find(|v| v.metric == "l2_exits[IO_INSTRUCTION]").expect("compared under one name");
+        assert_eq!(v.verdict, Kind::Unchanged);
     }
 
     #[test]

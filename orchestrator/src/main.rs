@@ -117,6 +117,10 @@ enum ExportFormat {
     Openmetrics,
     /// Bencher Metric Format JSON.
     Bencher,
+    /// report.md again, from summary.json (without the baseline comparison).
+    Markdown,
+    /// JUnit XML (a test case per configuration).
+    Junit,
 }
 
 #[derive(clap::Args)]
@@ -965,6 +969,8 @@ fn main_code(cli: Cli) -> anyhow::Result<i32> {
             match format {
                 ExportFormat::Openmetrics => print!("{}", export::openmetrics(&s)),
                 ExportFormat::Bencher => println!("{}", serde_json::to_string_pretty(&export::bencher(&s))?),
+                ExportFormat::Markdown => print!("{}", report::markdown(&s, None)),
+                ExportFormat::Junit => print!("{}", export::junit(&s, None)),
             }
             0
         }

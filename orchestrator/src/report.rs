@@ -23,21 +23,47 @@ pub fn num(x: Option<f64>) -> String {
     if x < 0.0 { format!("-{out}") } else { out }
 }
 
-fn ns(x: Option<f64>) -> String {
-    match x {
-        Some(v) if v >= 10_000.0 => format!("{:.1} us", v / 1000.0),
-        Some(v) => format!("{v:.0} ns"),
-        None => "-".into(),
-    }
-}
-
 fn p50(r: Option<&ConfigResult>) -> Option<f64> {
     r?.latency.as_ref().map(|l| l.repetitions.p50)
 }
 
+/// Per reflected exit in steady state (the boot cancelled: N vs N/2).
+fn per_exit(r: Option<&ConfigResult>) -> Option<&crate::results::PerReflectedExit> {
+    r?.steady_state.as_ref()?.per_reflected_exit.as_ref()
+}
+
 fn traps(r: Option<&ConfigResult>) -> String {
-    r.and_then(|r| r.exit_multiplication.as_ref()?.l1_traps_per_reflected_exit)
-        .map_or("-".into(), |t| format!("{t:.2}"))
+    per_exit(r).map_or("-".into(), |p| format!("{:.2}", p.l1_traps))
+}
+
+/// Whether a nested configuration's timed loop (between the payload's two RDTSCs) holds the
+/// exits its iterations take, judged by what was measured: an iteration of the loop that
+/// costs under a quarter of its exits' steady-state time (L0 + L1 + L2) does not contain them
+/// (`irq_window`'s exits come at VM entry, after the loop's second RDTSC).
+#[must_use]
+pub fn loop_holds_its_exits(r: &ConfigResult) -> Option<bool> {
+    let st = r.steady_state.as_ref()?;
+    if st.reflected_per_iteration == 0.0 {
+        return Some(false);
+    }
+    let exit_ns = st.per_reflected_exit.as_ref()?.layers?.total() * st.reflected_per_iteration;
+    let loop_ns = r.latency.as_ref()?.repetitions_ns.as_ref()?.p50;
+    Some(loop_ns >= exit_ns / 4.0)
+}
+
+/// What a reader must know before reading a row's ratio: the timed loop takes no exit L1
+/// sees or does not contain the exits, or the payload's work is fixed (no steady state: its
+/// figures include the boot).
+fn row_note(r: Option<&ConfigResult>) -> &'static str {
+    let Some(r) = r else { return "" };
+    if l2_payloads::find(&r.payload).is_some_and(|m| m.fixed_iterations.is_some()) {
+        return "fixed work: boot included";
+    }
+    match (r.steady_state.as_ref().map(|s| s.reflected_per_iteration), loop_holds_its_exits(r)) {
+        (Some(0.0), _) => "timed loop takes no exit",
+        (_, Some(false)) => "exits outside the timed loop",
+        _ => "",
+    }
 }
 
 fn host_line(s: &Summary) -> String {
@@ -58,9 +84,9 @@ pub fn headline_table(s: &Summary) -> String {
     let mut t = String::new();
     let _ = writeln!(
         t,
-        "| payload | single-level | nested, shadowing on | ratio | nested, shadowing off | ratio | KVM exits per reflected exit | L1 traps per reflected exit (on / off) |"
+        "| payload | single-level | nested, shadowing on | ratio | nested, shadowing off | ratio | KVM exits per reflected exit (on / off) | L1 traps per reflected exit (on / off) | note |"
     );
-    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|");
+    let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for p in s.payloads() {
         let on = s.result(&format!("soft/{p}/shadowing-on"));
         let off = s.result(&format!("soft/{p}/shadowing-off"));
@@ -73,21 +99,83 @@ pub fn headline_table(s: &Summary) -> String {
         // A payload whose twin would not do the same operation has none: no ratio (its reason is
         // under "Skipped").
         let no_twin = l2_payloads::find(p).is_some_and(|m| matches!(m.single_level, l2_payloads::Twin::None { .. }));
+        let kvm = |r| per_exit(r).map_or("-".into(), |p| format!("{:.2}", p.kvm_exits_l1_vm + p.kvm_exits_l2_vm));
         let _ = writeln!(
             t,
-            "| {p} | {} | {} | {} | {} | {} | {} | {} / {} |",
+            "| {p} | {} | {} | {} | {} | {} | {} / {} | {} / {} | {} |",
             if single.is_none() && no_twin { "no twin".to_owned() } else { num(p50(single)) },
             num(p50(on)),
             ratio(on),
             num(p50(off)),
             ratio(off),
-            on.and_then(|r| r.exit_multiplication.as_ref()?.kvm_exits_per_reflected_exit)
-                .map_or("-".into(), |x| format!("{x:.2}")),
+            kvm(on),
+            kvm(off),
             traps(on),
-            traps(off)
+            traps(off),
+            row_note(on.or(off))
         );
     }
     t
+}
+
+/// "Which layer pays": per reflected exit in steady state, the time in L0, L1 and L2 (as
+/// `perf kvm stat report`'s Time%, but per layer), KVM exits and L1 traps, and the share of a
+/// repetition that is boot and set-up.
+#[must_use]
+pub fn layers_table(s: &Summary) -> String {
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "| payload | shadowing | reflected exits per iteration | L0 (ns, %) | L1 (ns, %) | L2 (ns, %) | sum (ns) | KVM exits, L1 VM + L2 VM | L1 traps | boot share of a repetition |"
+    );
+    let _ = writeln!(t, "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for r in s.results.iter().filter(|r| r.config == Config::Nested) {
+        let Some(st) = &r.steady_state else { continue };
+        let shadowing = if r.vmcs_shadowing == Some(false) { "off" } else { "on" };
+        let share = st.boot_share.map_or("-".into(), |b| format!("{:.0}%", b * 100.0));
+        let Some(p) = &st.per_reflected_exit else {
+            let _ = writeln!(
+                t,
+                "| {} | {shadowing} | {:.2} | - | - | - | - | - | - | {share} |",
+                r.payload, st.reflected_per_iteration
+            );
+            continue;
+        };
+        let cell = |v: f64, sum: f64| {
+            if sum > 0.0 { format!("{} ({:.0}%)", num(Some(v)), v / sum * 100.0) } else { num(Some(v)) }
+        };
+        let (l0, l1, l2, sum) = p.layers.map_or(("-".into(), "-".into(), "-".into(), "-".into()), |l| {
+            (cell(l.l0_ns, l.total()), cell(l.l1_ns, l.total()), cell(l.l2_ns, l.total()), num(Some(l.total())))
+        });
+        let _ = writeln!(
+            t,
+            "| {} | {shadowing} | {:.2} | {l0} | {l1} | {l2} | {sum} | {:.2} + {:.2} | {:.2} | {share} |",
+            r.payload, st.reflected_per_iteration, p.kvm_exits_l1_vm, p.kvm_exits_l2_vm, p.l1_traps
+        );
+    }
+    t
+}
+
+/// The exit reasons a summary names, each with the SDM's name and number.
+fn reason_legend(s: &Summary) -> String {
+    let mut seen: Vec<nestbench_abi::vmx::ExitReason> = Vec::new();
+    for e in s.results.iter().filter(|r| r.config != Config::SingleLevel).filter_map(|r| r.exits.as_ref()) {
+        for k in e.l2_by_reason.keys().chain(e.reflected_by_reason.keys()) {
+            if let Some(r) = nestbench_abi::vmx::ExitReason::from_name(k.trim_end_matches(" (VM-entry failure)")) {
+                if !seen.contains(&r) {
+                    seen.push(r);
+                }
+            }
+        }
+    }
+    seen.sort_by_key(|r| *r as u16);
+    let names: Vec<String> =
+        seen.iter().map(|r| format!("`{}` = {} ({})", r.kernel_name(), r.name(), *r as u16)).collect();
+    format!(
+        "Exit reasons are the kernel's names (arch/x86/include/uapi/asm/vmx.h; what `perf kvm stat` and the `kvm_exit` \
+         tracepoint print); SDM names: {}. Single-level rows count KVM_RUN returns of the payload's VM by kind.\n",
+        if names.is_empty() { "none here".to_owned() } else { names.join(", ") }
+    )
 }
 
 fn config_name(r: &ConfigResult) -> String {
@@ -144,7 +232,7 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
         let _ = writeln!(m, "## Nested vs single-level (soft engine)\n");
         let _ = writeln!(
             m,
-            "Cycles per iteration of the payload's own LFENCE;RDTSC loop: median over repetitions. \
+            "Cycles per iteration of the payload's own LFENCE;RDTSC loop: median over repetitions. KVM exits and L1 traps per reflected exit are steady-state figures (boot cancelled, below). \
              The ratio is nested / single-level (the same image as a plain KVM guest of L0), only where that \
              twin performs the same operation; \"no twin\": it would not (the reason is under Skipped).\n"
         );
@@ -157,6 +245,21 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
         for f in &s.failures {
             let _ = writeln!(m, "- {f}");
         }
+        let _ = writeln!(m);
+    }
+    if s.results.iter().any(|r| r.steady_state.is_some()) {
+        let _ = writeln!(m, "## Which layer pays (per reflected exit, steady state)\n");
+        let _ = writeln!(
+            m,
+            "Each nested configuration also ran {} times at half its iterations; per reflected exit = (repetitions' \
+             median - those runs' median) / the reflected exits between them, so boot and set-up cancel. L0: l0's \
+             userspace between a reflected exit and the next entry; L1: inside L1's KVM_RUN in that time (L1's \
+             handler and KVM's handling of L1's exits); L2: inside L2's KVM_RUN (L2's code and KVM's entries and \
+             exits of L2's VM). Counts are exact. Boot share: the part of a repetition's wall time its iterations \
+             do not explain.\n",
+            crate::bench::STEADY_RUNS
+        );
+        m.push_str(&layers_table(s));
         let _ = writeln!(m);
     }
     let _ = writeln!(m, "| | |\n|---|---|");
@@ -228,7 +331,7 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
             num(Some(st.max)),
             num(Some(st.mean)),
             num(Some(st.stddev)),
-            ns(l.repetitions_ns.as_ref().map(|x| x.p50)),
+            num(l.repetitions_ns.as_ref().map(|x| x.p50)),
             num(Some(l.iterations.p50.lower)),
             num(Some(l.iterations.p50.upper)),
             num(Some(l.iterations.p99.lower)),
@@ -239,6 +342,7 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
     let _ = writeln!(m);
 
     let _ = writeln!(m, "## Exits per reason and level (one repetition)\n");
+    let _ = writeln!(m, "{}", reason_legend(s));
     let _ = writeln!(
         m,
         "| configuration | iterations | L2 exits by reason | reflected to L1 | L0-only | L1 traps | KVM exits, L1 VM | KVM exits, L2 VM | KVM insn emulated (L1) | same in every repetition |"
@@ -494,6 +598,53 @@ mod tests {
     }
 
     #[test]
+    fn the_layer_table_and_the_notes_follow_the_steady_state() {
+        use crate::results::{Layers, PerLevel, Repetition, steady_state};
+        let mut s = crate::compare::tests::fixture();
+        let run = |r: &Repetition, n: u64, per_exit_ns: f64| {
+            let layers = Layers {
+                l0_ns: per_exit_ns * 0.2 * n as f64,
+                l1_ns: per_exit_ns * 0.5 * n as f64,
+                l2_ns: per_exit_ns * 0.3 * n as f64,
+            };
+            let counts = PerLevel {
+                reflected_to_l1: Some(n + 1),
+                kvm_exits_l1_vm: Some(n + 40),
+                kvm_exits_l2_vm: Some(n),
+                l1_traps: Some(n),
+                l0_only: Some(0),
+            };
+            (Repetition { iterations: n, layers: Some(layers), wall_ns: Some(1_000 * n + 50_000), ..r.clone() }, counts)
+        };
+        let r = s.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+        let n = r.iterations;
+        let rep0 = r.repetitions[0].clone();
+        let loop_ns = r.latency.as_ref().unwrap().repetitions_ns.as_ref().unwrap().p50;
+        let large: Vec<Repetition> = (0..3).map(|_| run(&rep0, n, loop_ns).0).collect();
+        r.repetitions = large.clone();
+        r.steady_state = steady_state(&large, &run(&rep0, n, loop_ns).1, &[run(&rep0, n / 2, loop_ns)]);
+        let md = markdown(&s, None);
+        assert!(md.contains("## Which layer pays (per reflected exit, steady state)"), "{md}");
+        let row = md.lines().find(|l| l.starts_with("| outl | on |")).expect("a layer row");
+        assert!(
+            row.contains("(20%)") && row.contains("(50%)") && row.contains("(30%)") && row.contains("| 1.00 + 1.00 |"),
+            "{row}"
+        );
+        assert!(
+            md.lines().any(|l| l.starts_with("| outl |") && l.contains("| 2.00 / - |")),
+            "steady KVM exits in the headline:\n{md}"
+        );
+        assert!(md.contains("`IO_INSTRUCTION` = I/O instruction (30)"), "the legend names the SDM's reason");
+        assert_eq!(loop_holds_its_exits(s.result("soft/outl/shadowing-on").unwrap()), Some(true));
+        // The same exits, ten times as costly as the loop: they are not in it.
+        let r = s.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+        r.repetitions = (0..3).map(|_| run(&rep0, n, loop_ns * 10.0).0).collect();
+        r.steady_state = steady_state(&r.repetitions, &run(&rep0, n, 0.0).1, &[run(&rep0, n / 2, loop_ns * 10.0)]);
+        assert_eq!(loop_holds_its_exits(s.result("soft/outl/shadowing-on").unwrap()), Some(false));
+        assert!(markdown(&s, None).contains("| exits outside the timed loop |"));
+    }
+
+    #[test]
     fn the_report_of_the_fixture_has_every_table() {
         let s = crate::compare::tests::fixture();
         let md = markdown(&s, None);
@@ -504,7 +655,7 @@ mod tests {
             "## Latency per configuration",
             "outl nested, shadowing off",
             "## Exits per reason and level",
-            "I/O instruction",
+            "IO_INSTRUCTION",
             "TSC",
         ] {
             assert!(md.contains(needle), "{needle} missing:\n{md}");

@@ -236,6 +236,10 @@ pub struct ConfigResult {
     /// Exit-trace records L1 dropped in one traced run after the repetitions (soft engine;
     /// `null`: the engine streams no trace).
     pub trace_drops: Option<u64>,
+    /// Steady-state figures per reflected exit, with the boot's share (nested runs of a
+    /// payload whose iterations can be halved).
+    #[serde(default)]
+    pub steady_state: Option<SteadyState>,
 }
 
 /// One calibration run.
@@ -268,6 +272,145 @@ pub struct Repetition {
     pub started_s: f64,
     /// Exits L1 handled (nested, Bochs) or KVM exits (single-level) in this repetition.
     pub exits: u64,
+    /// Where this run's time went, per layer (soft engine, nested).
+    #[serde(default)]
+    pub layers: Option<Layers>,
+}
+
+/// Time of one soft-engine run per layer, ns, from l0's clocks around each `KVM_RUN`. The
+/// layers are what `perf kvm stat` cannot split: L1's VM and L2's VM are both guests of one
+/// KVM.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Layers {
+    /// L0: l0's userspace between a reflected exit and the next entry (VMCS12 to VMCS02 and
+    /// back, the entry checks, EPT12 shadowing), outside any `KVM_RUN`.
+    pub l0_ns: f64,
+    /// L1: inside L1's `KVM_RUN` between a reflected exit and the next entry: L1's handler,
+    /// with KVM's handling of L1's own exits (its traps, emulated instructions).
+    pub l1_ns: f64,
+    /// L2: inside L2's `KVM_RUN`: L2's code and KVM's entries to and exits from L2's VM.
+    pub l2_ns: f64,
+}
+
+impl Layers {
+    /// The three added.
+    #[must_use]
+    pub fn total(&self) -> f64 {
+        self.l0_ns + self.l1_ns + self.l2_ns
+    }
+
+    fn map2(a: &Self, b: &Self, f: impl Fn(f64, f64) -> f64) -> Self {
+        Self { l0_ns: f(a.l0_ns, b.l0_ns), l1_ns: f(a.l1_ns, b.l1_ns), l2_ns: f(a.l2_ns, b.l2_ns) }
+    }
+
+    /// The median of each layer over `runs` (`None`: none has layers).
+    #[must_use]
+    pub fn median(runs: &[Repetition]) -> Option<Self> {
+        let col = |f: fn(&Self) -> f64| {
+            let v: Vec<f64> = runs.iter().filter_map(|r| r.layers.as_ref().map(f)).collect();
+            stats(&v).map(|s| s.p50)
+        };
+        Some(Self { l0_ns: col(|l| l.l0_ns)?, l1_ns: col(|l| l.l1_ns)?, l2_ns: col(|l| l.l2_ns)? })
+    }
+}
+
+/// Figures of a nested configuration in steady state: the repetitions (`large` iterations)
+/// against runs of half as many (`small`), so that boot, set-up and the end cancel in the
+/// difference (kvm-unit-tests' and `nestbench exact`'s N vs 2N). Counts are exact (they are
+/// deterministic: the same in every run of one size); times are differences of medians.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SteadyState {
+    /// Iterations of the smaller runs.
+    pub small: u64,
+    /// Iterations of the repetitions.
+    pub large: u64,
+    /// The smaller runs (their counts, layers and wall times).
+    pub small_runs: Vec<Repetition>,
+    /// Every smaller run had the same exit counts (otherwise the per-exit counts below are
+    /// of the first).
+    pub counts_stable: bool,
+    /// Reflected exits per iteration in steady state. 0: the timed loop takes no exit that
+    /// reaches L1 (its exits, if any, come before or after it).
+    pub reflected_per_iteration: f64,
+    /// L0-only exits (EPT12 shadow fills, ...) per iteration in steady state.
+    pub l0_only_per_iteration: f64,
+    /// Per reflected exit in steady state (`null` when the loop reflects none).
+    pub per_reflected_exit: Option<PerReflectedExit>,
+    /// Wall time of one repetition not explained by its iterations in steady state (boot,
+    /// set-up, the end), ns, and its share of the repetition's wall time.
+    pub boot_ns: Option<f64>,
+    /// `boot_ns` / the repetition's wall time (median), 0..1.
+    pub boot_share: Option<f64>,
+    /// KVM exits (both VMs) of one repetition not explained by its reflected exits in steady
+    /// state: the boot's and set-up's.
+    pub boot_kvm_exits: Option<f64>,
+}
+
+/// What one reflected L2 exit costs in steady state, and where.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct PerReflectedExit {
+    /// KVM exits of L1's VM.
+    pub kvm_exits_l1_vm: f64,
+    /// KVM exits of L2's VM.
+    pub kvm_exits_l2_vm: f64,
+    /// L1 traps to L0 (VMREAD/VMWRITE without shadowing, VMRESUME, ...).
+    pub l1_traps: f64,
+    /// Time per layer, ns (differences of medians).
+    pub layers: Option<Layers>,
+}
+
+/// The steady-state figures from the repetitions (`large` iterations each, the first
+/// one's counts in `large_counts`) and the smaller runs (each with its counts).
+#[must_use]
+pub fn steady_state(
+    large: &[Repetition],
+    large_counts: &PerLevel,
+    small: &[(Repetition, PerLevel)],
+) -> Option<SteadyState> {
+    let (first_small, small_counts) = small.first()?;
+    let n_large = large.first()?.iterations;
+    let n_small = first_small.iterations;
+    if n_large <= n_small {
+        return None;
+    }
+    let di = (n_large - n_small) as f64;
+    let d = |f: fn(&PerLevel) -> Option<u64>| Some(f(large_counts)? as f64 - f(small_counts)? as f64);
+    let reflected = d(|p| p.reflected_to_l1)?;
+    let runs: Vec<Repetition> = small.iter().map(|(r, _)| r.clone()).collect();
+    let layers = Layers::median(large).zip(Layers::median(&runs));
+    let per_reflected_exit = (reflected > 0.0).then(|| PerReflectedExit {
+        kvm_exits_l1_vm: d(|p| p.kvm_exits_l1_vm).unwrap_or(0.0) / reflected,
+        kvm_exits_l2_vm: d(|p| p.kvm_exits_l2_vm).unwrap_or(0.0) / reflected,
+        l1_traps: d(|p| p.l1_traps).unwrap_or(0.0) / reflected,
+        layers: layers.map(|(l, s)| Layers::map2(&l, &s, |a, b| (a - b) / reflected)),
+    });
+    let wall = |rs: &[Repetition]| {
+        stats(&rs.iter().filter_map(|r| r.wall_ns.map(|w| w as f64)).collect::<Vec<_>>()).map(|s| s.p50)
+    };
+    let (boot_ns, boot_share) = match (wall(large), wall(&runs)) {
+        (Some(l), Some(s)) => {
+            let boot = l - (l - s) / di * n_large as f64;
+            (Some(boot), (l > 0.0).then(|| (boot / l).clamp(0.0, 1.0)))
+        }
+        _ => (None, None),
+    };
+    let kvm = |p: &PerLevel| Some(p.kvm_exits_l1_vm? as f64 + p.kvm_exits_l2_vm.unwrap_or(0) as f64);
+    let boot_kvm_exits = match (kvm(large_counts), kvm(small_counts)) {
+        (Some(l), Some(s)) => Some(l - (l - s) / di * n_large as f64),
+        _ => None,
+    };
+    Some(SteadyState {
+        small: n_small,
+        large: n_large,
+        counts_stable: small.iter().all(|(_, c)| c == small_counts),
+        small_runs: runs,
+        reflected_per_iteration: reflected / di,
+        l0_only_per_iteration: d(|p| p.l0_only).unwrap_or(0.0) / di,
+        per_reflected_exit,
+        boot_ns,
+        boot_share,
+        boot_kvm_exits,
+    })
 }
 
 /// Exact statistics of a sample.
@@ -740,6 +883,68 @@ mod tests {
     use super::*;
 
     #[test]
+    fn steady_state_cancels_the_boot_and_splits_one_reflected_exit_by_layer() {
+        // A run of n iterations: 1 reflected exit per iteration plus the final one, 2 KVM exits
+        // of L1's VM and 1 of L2's per reflected exit plus 150 at boot; wall 1 ms of boot plus
+        // 3 us per iteration; per reflected exit L0 200 ns, L1 1000 ns, L2 300 ns (+ L1 set-up).
+        let run = |n: u64, jitter: f64| {
+            let reflected = n + 1;
+            let rep = Repetition {
+                iterations: n,
+                mean: 0.0,
+                min: 0,
+                max: 0,
+                total: 0,
+                histogram_log2: vec![],
+                wall_ns: Some(1_000_000 + 3_000 * n + jitter as u64),
+                started_s: 0.0,
+                exits: n,
+                layers: Some(Layers {
+                    l0_ns: 200.0 * reflected as f64 + jitter,
+                    l1_ns: 1000.0 * reflected as f64 + 5_000.0,
+                    l2_ns: 300.0 * reflected as f64,
+                }),
+            };
+            let counts = PerLevel {
+                l0_only: Some(4),
+                reflected_to_l1: Some(reflected),
+                l1_traps: Some(reflected),
+                kvm_exits_l1_vm: Some(2 * reflected + 150),
+                kvm_exits_l2_vm: Some(reflected),
+            };
+            (rep, counts)
+        };
+        let large: Vec<Repetition> = [0.0, 10.0, 20.0].iter().map(|j| run(1000, *j).0).collect();
+        let small: Vec<(Repetition, PerLevel)> = [0.0, 10.0, 20.0].iter().map(|j| run(500, *j)).collect();
+        let s = steady_state(&large, &run(1000, 0.0).1, &small).unwrap();
+        assert_eq!((s.small, s.large, s.counts_stable), (500, 1000, true));
+        assert_eq!((s.reflected_per_iteration, s.l0_only_per_iteration), (1.0, 0.0));
+        let p = s.per_reflected_exit.unwrap();
+        assert_eq!((p.kvm_exits_l1_vm, p.kvm_exits_l2_vm, p.l1_traps), (2.0, 1.0, 1.0));
+        assert_eq!(p.layers, Some(Layers { l0_ns: 200.0, l1_ns: 1000.0, l2_ns: 300.0 }));
+        // 3 (2 + 1) KVM exits per iteration's exit explain 3 * 1000; the rest is boot and the
+        // end (the final DONE exit's 3).
+        assert_eq!(s.boot_kvm_exits, Some(153.0));
+        assert!((s.boot_ns.unwrap() - 1_000_010.0).abs() < 1.0, "{:?}", s.boot_ns);
+        assert!((s.boot_share.unwrap() - 1_000_010.0 / 4_000_010.0).abs() < 1e-9);
+
+        // A loop that reflects nothing: no per-exit figures, said so by the rate.
+        let none = |n: u64| {
+            let (mut r, mut c) = run(n, 0.0);
+            r.layers = None;
+            c.reflected_to_l1 = Some(1);
+            (r, c)
+        };
+        let s = steady_state(&[none(1000).0], &none(1000).1, &[none(500)]).unwrap();
+        assert_eq!((s.reflected_per_iteration, s.per_reflected_exit), (0.0, None));
+        // Unequal counts among the smaller runs are said; equal sizes give nothing.
+        let mut other = run(500, 0.0);
+        other.1.l1_traps = Some(7);
+        assert!(!steady_state(&large, &run(1000, 0.0).1, &[run(500, 0.0), other]).unwrap().counts_stable);
+        assert_eq!(steady_state(&large, &run(1000, 0.0).1, &[run(1000, 0.0)]), None);
+    }
+
+    #[test]
     fn exact_stats() {
         let s = stats(&[4.0, 1.0, 3.0, 2.0]).unwrap();
         assert_eq!((s.min, s.max, s.mean), (1.0, 4.0, 2.5));
@@ -769,6 +974,7 @@ mod tests {
             wall_ns: None,
             started_s: 0.0,
             exits: 0,
+            layers: None,
         };
         let reps = [rep(1500.0, vec![[10, 8], [11, 2]]), rep(1700.0, vec![[10, 5], [12, 5]])];
         let l = latency(&reps, Some(0.5)).unwrap();
@@ -908,6 +1114,12 @@ mod tests {
             },
         ];
         s.results[0].errors = vec!["e".into()];
+        let layers = Some(Layers { l0_ns: 1.0, l1_ns: 2.0, l2_ns: 3.0 });
+        let large = Repetition { iterations: 64, layers, ..s.results[0].repetitions[0].clone() };
+        let small = Repetition { iterations: 32, ..large.clone() };
+        let counts = |n| PerLevel { reflected_to_l1: Some(n), kvm_exits_l1_vm: Some(n), ..PerLevel::default() };
+        s.results[0].steady_state = steady_state(&[large], &counts(65), &[(small, counts(33))]);
+        assert!(s.results[0].steady_state.as_ref().is_some_and(|x| x.per_reflected_exit.is_some()));
         s.tsc = None;
         s.results[0].iterations_from = "baseline".into();
         crate::schema::validate(&schema(), &serde_json::to_value(&s).unwrap()).unwrap_or_else(|e| panic!("{e:#?}"));

@@ -117,7 +117,7 @@ fn run_json_has_the_documented_keys_and_exact_counts() {
     }
     assert_eq!(j["engine"], "soft");
     assert_eq!(j["vmcs_shadowing"], true);
-    assert_eq!(j["exits"]["I/O instruction"], 20);
+    assert_eq!(j["exits"]["IO_INSTRUCTION"], 20);
     assert_eq!(j["reflected_exits"], 21, "20 and the DONE exit");
     assert_eq!(j["l1_traps_per_reflected_exit"], 1.0);
     assert!(j["latency_cycles"]["mean"].as_f64().unwrap() > 0.0);
@@ -252,7 +252,7 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
         assert!(r["latency"]["repetitions"]["p50"].as_f64().unwrap() > 0.0);
     }
     let on = &summary["results"][1];
-    assert_eq!(on["exits"]["l2_by_reason"]["I/O instruction"], on["iterations"], "one exit per iteration");
+    assert_eq!(on["exits"]["l2_by_reason"]["IO_INSTRUCTION"], on["iterations"], "one exit per iteration");
     assert_eq!(on["exit_multiplication"]["l1_traps_per_reflected_exit"], 1.0);
     assert!(on["nested_over_single"].as_f64().unwrap() > 1.0);
     assert!(summary["engines"].as_array().unwrap().iter().any(|e| e["engine"] == "bochs" && e["benched"] == false));
@@ -341,7 +341,7 @@ fn run_on_the_kvm_engine_runs_or_names_what_the_host_lacks() {
     assert_eq!(kvm["implemented"], true);
     if kvm["can_run"] == true {
         assert_eq!(code, Some(0), "{out}\n{err}");
-        assert_eq!(j["exits"]["I/O instruction"], 20);
+        assert_eq!(j["exits"]["IO_INSTRUCTION"], 20);
     } else {
         eprintln!("SKIP: the kvm engine cannot run here: {}", kvm["reason"]);
         assert_eq!(code, Some(2), "refused with l0's error: {out}");

@@ -46,7 +46,7 @@ fn a_trace_of_n_outl_iterations_has_exactly_n_records_in_sequence() {
     assert_eq!(code, Some(0), "{out}\n{err}");
     let j: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["trace"]["end"]["complete"], true, "{j:#}");
-    assert_eq!(j["trace"]["figures"]["by_reason"]["I/O instruction"]["count"], n);
+    assert_eq!(j["trace"]["figures"]["by_reason"]["IO_INSTRUCTION"]["count"], n);
     let l = lines(&file);
     assert_eq!(l[0]["nestbench_trace"], 1);
     assert!(l[0]["tsc_khz"].as_u64().unwrap() > 0, "{}", l[0]);
@@ -208,7 +208,7 @@ fn top_shows_per_reason_rates_and_the_final_count() {
     assert!(!tables.is_empty(), "{out}");
     let last = tables[tables.len() - 1];
     assert!(last.contains("records 400  dropped 0  gaps 0"), "{out}");
-    let row = last.lines().find(|l| l.starts_with("I/O instruction")).expect("a row per reason");
+    let row = last.lines().find(|l| l.starts_with("IO_INSTRUCTION")).expect("a row per reason");
     assert!(row.contains(" 400 ") && row.contains("100.0%"), "{row}");
 }
 

@@ -348,6 +348,128 @@ impl ExitReason {
         }
     }
 
+    /// The kernel's name for this exit reason: the string of `VMX_EXIT_REASONS` in
+    /// arch/x86/include/uapi/asm/vmx.h, which the `kvm_exit` and `kvm_nested_vmexit*`
+    /// tracepoints and `perf kvm stat` print (`IO_INSTRUCTION`, `EPT_VIOLATION`, `MSR_READ`).
+    /// Every output of nestbench names exits by it, with [`name`](Self::name) (the SDM's) as
+    /// a label. The reasons the kernel's table leaves out (SMIs, GETSEC, RSM, PCONFIG, SPP,
+    /// LOADIWKEY, ENCLV, ENQCMD/ENQCMDS, SEAMCALL, the MSR-list and user-MSR instructions; see
+    /// [`kernel_names`](Self::kernel_names)) get an identifier of the same style.
+    #[must_use]
+    pub const fn kernel_name(self) -> &'static str {
+        match self {
+            Self::ExceptionOrNmi => "EXCEPTION_NMI",
+            Self::ExternalInterrupt => "EXTERNAL_INTERRUPT",
+            Self::TripleFault => "TRIPLE_FAULT",
+            Self::InitSignal => "INIT_SIGNAL",
+            Self::StartupIpi => "SIPI_SIGNAL",
+            Self::IoSmi => "IO_SMI",
+            Self::OtherSmi => "OTHER_SMI",
+            Self::InterruptWindow => "INTERRUPT_WINDOW",
+            Self::NmiWindow => "NMI_WINDOW",
+            Self::TaskSwitch => "TASK_SWITCH",
+            Self::Cpuid => "CPUID",
+            Self::Getsec => "GETSEC",
+            Self::Hlt => "HLT",
+            Self::Invd => "INVD",
+            Self::Invlpg => "INVLPG",
+            Self::Rdpmc => "RDPMC",
+            Self::Rdtsc => "RDTSC",
+            Self::Rsm => "RSM",
+            Self::Vmcall => "VMCALL",
+            Self::Vmclear => "VMCLEAR",
+            Self::Vmlaunch => "VMLAUNCH",
+            Self::Vmptrld => "VMPTRLD",
+            Self::Vmptrst => "VMPTRST",
+            Self::Vmread => "VMREAD",
+            Self::Vmresume => "VMRESUME",
+            Self::Vmwrite => "VMWRITE",
+            Self::Vmxoff => "VMOFF",
+            Self::Vmxon => "VMON",
+            Self::ControlRegisterAccess => "CR_ACCESS",
+            Self::MovDr => "DR_ACCESS",
+            Self::IoInstruction => "IO_INSTRUCTION",
+            Self::Rdmsr => "MSR_READ",
+            Self::Wrmsr => "MSR_WRITE",
+            Self::EntryFailureGuestState => "INVALID_STATE",
+            Self::EntryFailureMsrLoading => "MSR_LOAD_FAIL",
+            Self::Mwait => "MWAIT_INSTRUCTION",
+            Self::MonitorTrapFlag => "MONITOR_TRAP_FLAG",
+            Self::Monitor => "MONITOR_INSTRUCTION",
+            Self::Pause => "PAUSE_INSTRUCTION",
+            Self::EntryFailureMachineCheck => "MCE_DURING_VMENTRY",
+            Self::TprBelowThreshold => "TPR_BELOW_THRESHOLD",
+            Self::ApicAccess => "APIC_ACCESS",
+            Self::VirtualizedEoi => "EOI_INDUCED",
+            Self::GdtrIdtrAccess => "GDTR_IDTR",
+            Self::LdtrTrAccess => "LDTR_TR",
+            Self::EptViolation => "EPT_VIOLATION",
+            Self::EptMisconfiguration => "EPT_MISCONFIG",
+            Self::Invept => "INVEPT",
+            Self::Rdtscp => "RDTSCP",
+            Self::PreemptionTimer => "PREEMPTION_TIMER",
+            Self::Invvpid => "INVVPID",
+            Self::Wbinvd => "WBINVD",
+            Self::Xsetbv => "XSETBV",
+            Self::ApicWrite => "APIC_WRITE",
+            Self::Rdrand => "RDRAND",
+            Self::Invpcid => "INVPCID",
+            Self::Vmfunc => "VMFUNC",
+            Self::Encls => "ENCLS",
+            Self::Rdseed => "RDSEED",
+            Self::PmlFull => "PML_FULL",
+            Self::Xsaves => "XSAVES",
+            Self::Xrstors => "XRSTORS",
+            Self::Pconfig => "PCONFIG",
+            Self::SppEvent => "SPP_EVENT",
+            Self::Umwait => "UMWAIT",
+            Self::Tpause => "TPAUSE",
+            Self::Loadiwkey => "LOADIWKEY",
+            Self::Enclv => "ENCLV",
+            Self::EnqcmdPasidFailure => "ENQCMD_PASID_FAILURE",
+            Self::EnqcmdsPasidFailure => "ENQCMDS_PASID_FAILURE",
+            Self::BusLock => "BUS_LOCK",
+            Self::InstructionTimeout => "NOTIFY",
+            Self::Seamcall => "SEAMCALL",
+            Self::Tdcall => "TDCALL",
+            Self::Rdmsrlist => "RDMSRLIST",
+            Self::Wrmsrlist => "WRMSRLIST",
+            Self::Urdmsr => "URDMSR",
+            Self::Uwrmsr => "UWRMSR",
+        }
+    }
+
+    /// Whether [`kernel_name`](Self::kernel_name) is the kernel's own (in `VMX_EXIT_REASONS`)
+    /// rather than one nestbench made up in its style.
+    #[must_use]
+    pub const fn kernel_names(self) -> bool {
+        !matches!(
+            self,
+            Self::IoSmi
+                | Self::OtherSmi
+                | Self::Getsec
+                | Self::Rsm
+                | Self::Pconfig
+                | Self::SppEvent
+                | Self::Loadiwkey
+                | Self::Enclv
+                | Self::EnqcmdPasidFailure
+                | Self::EnqcmdsPasidFailure
+                | Self::Seamcall
+                | Self::Rdmsrlist
+                | Self::Wrmsrlist
+                | Self::Urdmsr
+                | Self::Uwrmsr
+        )
+    }
+
+    /// The reason whose [`kernel_name`](Self::kernel_name) or SDM [`name`](Self::name) is
+    /// `s` (summaries written before kernel names keyed exits by the SDM's).
+    #[must_use]
+    pub fn from_name(s: &str) -> Option<Self> {
+        Self::ALL.iter().copied().find(|r| r.kernel_name() == s || r.name() == s)
+    }
+
     /// Whether this reason is one a VM-entry failure reports (SDM 27.8: invalid guest state,
     /// MSR loading, machine-check event; the exit-reason field then has bit 31 set).
     #[must_use]
@@ -980,6 +1102,32 @@ impl VmxBasic {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kernel_names_are_distinct_and_the_kernels_where_it_has_them() {
+        // A few rows of VMX_EXIT_REASONS (arch/x86/include/uapi/asm/vmx.h), as the kvm_exit
+        // tracepoint prints them.
+        for (r, k) in [
+            (ExitReason::IoInstruction, "IO_INSTRUCTION"),
+            (ExitReason::EptViolation, "EPT_VIOLATION"),
+            (ExitReason::Rdmsr, "MSR_READ"),
+            (ExitReason::Wrmsr, "MSR_WRITE"),
+            (ExitReason::Vmxon, "VMON"),
+            (ExitReason::EntryFailureGuestState, "INVALID_STATE"),
+            (ExitReason::InterruptWindow, "INTERRUPT_WINDOW"),
+        ] {
+            assert_eq!(r.kernel_name(), k);
+            assert!(r.kernel_names());
+        }
+        assert!(!ExitReason::Getsec.kernel_names());
+        for (i, a) in ExitReason::ALL.iter().enumerate() {
+            assert!(a.kernel_name().bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_'));
+            assert!(ExitReason::ALL[i + 1..].iter().all(|b| b.kernel_name() != a.kernel_name()), "{a}");
+            assert_eq!(ExitReason::from_name(a.kernel_name()), Some(*a));
+            assert_eq!(ExitReason::from_name(a.name()), Some(*a));
+        }
+        assert_eq!(ExitReason::from_name("io_out"), None);
+    }
 
     #[test]
     fn every_exit_reason_round_trips_and_all_lists_exactly_the_defined_ones() {

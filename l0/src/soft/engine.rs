@@ -599,9 +599,7 @@ impl SoftVmx {
                 v.set(Field32::VmxPreemptionTimerValue.encoding(), u64::from(value));
             }
         }
-        let name = ExitReason::from_raw((info.reason & 0xFFFF) as u16)
-            .map_or_else(|| format!("{}", info.reason), |r| r.name().to_owned());
-        *self.stats.reflected_exits.entry(name).or_default() += 1;
+        *self.stats.reflected_exits.entry(crate::events::reason_name(info.reason)).or_default() += 1;
         self.stats.reflected_total += 1;
         self.stamps.delivered(exit_tsc);
         self.load_host(l1, &v, &l2_regs, l1_sregs)?;

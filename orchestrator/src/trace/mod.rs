@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use base64::Engine as _;
 use nestbench_abi::Pod;
 use nestbench_abi::trace::TraceRecord;
-use nestbench_abi::vmx::ExitReason;
 use serde::{Deserialize, Serialize};
 
 /// The prefix every trace batch line starts with (l0 writes `event` first).
@@ -84,13 +83,7 @@ pub fn decode_line(line: &str) -> Result<Batch, DecodeError> {
     Ok(Batch { dropped_total: l.dropped_total, l0: l.l0, records })
 }
 
-/// The SDM name of a (full) exit reason, or its number.
-#[must_use]
-pub fn reason_name(reason: u32) -> String {
-    let basic = (reason & 0xFFFF) as u16;
-    let name = ExitReason::from_raw(basic).map_or_else(|| format!("reason {basic}"), |r| r.name().to_owned());
-    if reason & (1 << 31) != 0 { format!("{name} (entry failure)") } else { name }
-}
+pub use l0::events::reason_name;
 
 /// Figures of one exit reason.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -340,9 +333,9 @@ mod tests {
         assert_eq!(a.by_reason[&30].count, 2);
         assert_eq!(a.by_reason[&30].round_trip_cycles, 100);
         assert_eq!(a.rate, [2, 1], "100 ms buckets at 1 MHz: 100,000 cycles each");
-        assert_eq!(reason_name(30), "I/O instruction");
-        assert_eq!(reason_name(33 | 1 << 31), "VM-entry failure due to invalid guest state (entry failure)");
+        assert_eq!(reason_name(30), "IO_INSTRUCTION");
+        assert_eq!(reason_name(33 | 1 << 31), "INVALID_STATE (VM-entry failure)");
         let j = a.to_json();
-        assert_eq!(j["by_reason"]["I/O instruction"]["count"], 2);
+        assert_eq!(j["by_reason"]["IO_INSTRUCTION"]["count"], 2);
     }
 }

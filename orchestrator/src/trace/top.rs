@@ -159,7 +159,7 @@ mod tests {
         let t = render("top", &agg, &prev, 2.0);
         let lines: Vec<&str> = t.lines().collect();
         assert!(lines[0].contains("records 4"), "{t}");
-        assert!(lines[2].starts_with("I/O instruction") && lines[2].contains(" 1.0 "), "{t}");
+        assert!(lines[2].starts_with("IO_INSTRUCTION") && lines[2].contains(" 1.0 "), "{t}");
         assert!(lines[2].contains("75.0%") && lines[2].contains("2000.0"), "2000 cycles at 1 MHz = 2000 us: {t}");
         assert!(lines[3].starts_with("HLT") && lines[3].contains(" 0.5 "), "{t}");
     }

@@ -266,7 +266,7 @@ mod tests {
         let l1 = spans.iter().find(|e| e["tid"] == 2).unwrap();
         assert_eq!(
             (l1["name"].as_str(), l1["ts"].as_f64(), l1["dur"].as_f64()),
-            (Some("I/O instruction"), Some(100.0), Some(50.0))
+            (Some("IO_INSTRUCTION"), Some(100.0), Some(50.0))
         );
         assert_eq!(doc["metadata"]["end"]["complete"], false);
         std::fs::remove_dir_all(&dir).unwrap();
