@@ -1150,7 +1150,7 @@ pub fn finish(
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         ("summary.json", format!("{}\n", serde_json::to_string_pretty(&s)?).into_bytes()),
         ("report.md", crate::report::markdown(&s, comparison.as_ref()).into_bytes()),
-        ("dashboard.html", crate::dashboard::html(&s, &history).into_bytes()),
+        ("dashboard.html", crate::dashboard::html(&s, &history, comparison.as_ref()).into_bytes()),
         ("metrics.openmetrics.txt", crate::export::openmetrics(&s).into_bytes()),
         ("bencher.json", format!("{}\n", serde_json::to_string_pretty(&crate::export::bencher(&s))?).into_bytes()),
     ];

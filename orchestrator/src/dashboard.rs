@@ -1,7 +1,9 @@
 //! `dashboard.html`: one self-contained page (inline CSS and hand-written SVG, no script, no
-//! network): nested vs single-level latency per payload, L1 traps per reflected exit with
-//! VMCS shadowing on and off, latency distributions, exit rate over time, Bochs'
-//! instructions per exit, and the history of the runs found under `results/`.
+//! network): the baseline verdict and the failed configurations first, nested vs
+//! single-level latency per payload, which layer pays per reflected exit (stacked bars), the
+//! repetitions' spread (box plots), L1 traps per reflected exit with VMCS shadowing on and
+//! off, latency distributions, exit rate over time, Bochs' instructions per exit, and the
+//! history of the runs found under `results/`.
 
 use std::fmt::Write;
 
@@ -18,6 +20,8 @@ const SINGLE: &str = "#4c78a8";
 const ON: &str = "#f58518";
 const OFF: &str = "#e45756";
 const BOCHS: &str = "#54a24b";
+/// The layers: L0 (l0's userspace), L1 (L1's KVM_RUN), L2 (L2's KVM_RUN).
+const LAYER_COLORS: [&str; 3] = ["#9d755d", "#4c78a8", "#72b7b2"];
 const PALETTE: [&str; 8] = ["#4c78a8", "#f58518", "#e45756", "#72b7b2", "#54a24b", "#eeca3b", "#b279a2", "#9d755d"];
 
 /// Escape text for HTML and SVG.
@@ -249,6 +253,107 @@ fn bar_chart(title: &str, y_label: &str, categories: &[String], series: &[Series
     close(s, extra)
 }
 
+/// Stacked bars: one bar per category, one segment per layer (`layers`: name and colour;
+/// `values[c][l]`: category c's value of layer l, `None`: no bar).
+fn stacked_chart(
+    title: &str,
+    y_label: &str,
+    categories: &[String],
+    layers: &[(&str, &str)],
+    values: &[Option<Vec<f64>>],
+) -> String {
+    let axis = Axis::new(values.iter().flatten().map(|v| v.iter().sum::<f64>()).chain([0.0]), false);
+    let mut s = String::new();
+    frame(&mut s, title, &axis, y_label);
+    let group = (W - LEFT - RIGHT) / categories.len().max(1) as f64;
+    let base = H - BOTTOM;
+    for (ci, cat) in categories.iter().enumerate() {
+        let x = LEFT + group * ci as f64 + group * 0.15;
+        let mut acc = 0.0;
+        for (li, v) in values.get(ci).cloned().flatten().unwrap_or_default().iter().enumerate() {
+            let (y0, y1) = (axis.y(acc), axis.y(acc + v));
+            let (name, color) = layers[li % layers.len()];
+            let total: f64 = values[ci].as_ref().map_or(0.0, |v| v.iter().sum());
+            let _ = write!(
+                s,
+                r#"<rect x="{x:.1}" y="{y1:.1}" width="{w:.1}" height="{h:.1}" fill="{color}"><title>{c} {n}: {v} ({p:.0}%)</title></rect>"#,
+                w = (group * 0.7).max(1.0),
+                h = (y0 - y1).max(0.0),
+                c = esc(cat),
+                n = esc(name),
+                v = fmt_tick(*v),
+                p = if total > 0.0 { v / total * 100.0 } else { 0.0 }
+            );
+            acc += v;
+        }
+        let (lx, ly) = (x + group * 0.35, base + 12.0);
+        let _ = write!(
+            s,
+            r#"<text x="{lx:.1}" y="{ly}" class="tick" text-anchor="end" transform="rotate(-35 {lx:.1} {ly})">{c}</text>"#,
+            c = esc(cat)
+        );
+    }
+    let below = categories.iter().map(|c| c.len()).max().unwrap_or(0) as f64 * 3.6;
+    let items: Vec<(String, &str)> = layers.iter().map(|(n, c)| ((*n).to_owned(), *c)).collect();
+    let extra = below + legend(&mut s, &items, below);
+    close(s, extra)
+}
+
+/// Box plots, one per category: the box from the first to the third quartile, the median
+/// as a line, whiskers to the smallest and largest sample, every sample as a dot.
+fn box_chart(title: &str, y_label: &str, boxes: &[(String, &str, Vec<f64>)]) -> String {
+    // The axis spans the samples (in steps of 10), not from 0: the spread is the point.
+    let all: Vec<f64> = boxes.iter().flat_map(|b| b.2.iter().copied()).filter(|x| x.is_finite()).collect();
+    let lo = all.iter().copied().fold(f64::MAX, f64::min);
+    let hi = all.iter().copied().fold(f64::MIN, f64::max);
+    let axis = if all.is_empty() {
+        Axis::new(std::iter::empty(), false)
+    } else {
+        let lo = ((lo - 5.0) / 10.0).floor() * 10.0;
+        Axis { lo: lo.max(0.0), hi: (((hi + 5.0) / 10.0).ceil() * 10.0).max(lo + 20.0), log: false }
+    };
+    let mut s = String::new();
+    frame(&mut s, title, &axis, y_label);
+    let group = (W - LEFT - RIGHT) / boxes.len().max(1) as f64;
+    let base = H - BOTTOM;
+    for (i, (name, color, samples)) in boxes.iter().enumerate() {
+        let mut v = samples.clone();
+        v.sort_by(f64::total_cmp);
+        if v.is_empty() {
+            continue;
+        }
+        let q = |p: f64| crate::results::quantile(&v, p);
+        let (x, w) = (LEFT + group * i as f64 + group * 0.2, group * 0.6);
+        let cx = x + w / 2.0;
+        let _ = write!(
+            s,
+            r##"<line x1="{cx:.1}" x2="{cx:.1}" y1="{a:.1}" y2="{b:.1}" stroke="#444"/><rect x="{x:.1}" y="{y3:.1}" width="{w:.1}" height="{h:.1}" fill="{color}" fill-opacity="0.5" stroke="{color}"><title>{n}: median {m}, quartiles {q1} to {q3}, {k} samples</title></rect><line x1="{x:.1}" x2="{x2:.1}" y1="{ym:.1}" y2="{ym:.1}" stroke="#222" stroke-width="2"/>"##,
+            a = axis.y(v[0]),
+            b = axis.y(v[v.len() - 1]),
+            y3 = axis.y(q(0.75)),
+            h = (axis.y(q(0.25)) - axis.y(q(0.75))).max(1.0),
+            x2 = x + w,
+            ym = axis.y(q(0.5)),
+            n = esc(name),
+            m = fmt_tick(q(0.5)),
+            q1 = fmt_tick(q(0.25)),
+            q3 = fmt_tick(q(0.75)),
+            k = v.len()
+        );
+        for y in &v {
+            let _ = write!(s, r##"<circle cx="{cx:.1}" cy="{:.1}" r="1.8" fill="#222"/>"##, axis.y(*y));
+        }
+        let (lx, ly) = (cx, base + 12.0);
+        let _ = write!(
+            s,
+            r#"<text x="{lx:.1}" y="{ly}" class="tick" text-anchor="end" transform="rotate(-35 {lx:.1} {ly})">{n}</text>"#,
+            n = esc(name)
+        );
+    }
+    let below = boxes.iter().map(|b| b.0.len()).max().unwrap_or(0) as f64 * 3.6;
+    close(s, below)
+}
+
 /// A line series: name, colour, points.
 type Line<'a> = (String, &'a str, Vec<(f64, f64)>);
 
@@ -337,22 +442,41 @@ fn figure(html: &mut String, caption: &str, svg: &str) {
 /// The page. `history` is every run found under results/ (oldest first); this run is added
 /// when it is not among them.
 #[must_use]
-pub fn html(s: &Summary, history: &[Summary]) -> String {
+pub fn html(s: &Summary, history: &[Summary], cmp: Option<&crate::compare::Comparison>) -> String {
     let mut h = String::new();
     let _ = write!(
         h,
         r#"<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>nestbench {id}</title><style>
-body{{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222;max-width:1600px}}
+body{{font:14px/1.4 system-ui,sans-serif;margin:16px 24px;color:#222}}
+svg{{max-width:100%;height:auto}} .verdict{{font-size:15px;padding:8px 12px;border:1px solid #bbb;background:#f4f4f4}}
+.bad{{background:#fde2e1;border-color:#e45756}} .good{{background:#e3f4e1;border-color:#54a24b}} td.failed{{color:#b00;font-weight:bold}}
 h1{{font-size:20px}} h2{{font-size:16px;margin-top:28px;border-bottom:1px solid #ddd}}
 figure{{display:inline-block;margin:8px;vertical-align:top}} figcaption{{font-size:12px;color:#555;max-width:760px}}
 svg .title{{font:bold 14px system-ui,sans-serif}} svg .tick{{font:11px system-ui,sans-serif;fill:#333}} svg .axis{{font:12px system-ui,sans-serif;fill:#333}}
 table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}} th{{background:#f4f4f4}} td:first-child,th:first-child{{text-align:left}}
-.partial{{background:#fde2e1;border:1px solid #e45756;padding:8px 12px}}
+.partial{{background:#fde2e1;border:1px solid #e45756;padding:8px 12px}} .failures{{background:#fde2e1;border:1px solid #e45756;padding:4px 12px}}
 </style></head><body><h1>nestbench {id}</h1>"#,
         id = esc(&s.run_id)
     );
+    // The verdict first, then what failed.
+    let verdict = crate::report::verdict_line(cmp);
+    let class = match cmp.map(crate::compare::Comparison::exit_code) {
+        Some(1) => "verdict bad",
+        Some(0) => "verdict good",
+        _ => "verdict",
+    };
+    let _ = write!(h, r#"<p class="{class}">{}</p>"#, esc(&verdict).replacen("**", "<b>", 1).replacen("**", "</b>", 1));
     if s.partial {
         let _ = write!(h, r#"<p class="partial"><b>PARTIAL RUN</b>: {}</p>"#, esc(&s.partial_reasons.join("; ")));
+    }
+    if !s.failures.is_empty() {
+        h.push_str(
+            r#"<div class="failures"><p><b>Failed configurations</b> (the run finished; these did not):</p><ul>"#,
+        );
+        for f in &s.failures {
+            let _ = write!(h, "<li>{}</li>", esc(f));
+        }
+        h.push_str("</ul></div>");
     }
     let _ = write!(
         h,
@@ -375,7 +499,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
         .map(str::to_owned)
         .collect();
     if !payloads.is_empty() {
-        h.push_str("<h2>Nested vs single-level (soft engine)</h2><table><tr><th>payload</th><th>single-level (cycles)</th><th>nested, shadowing on</th><th>ratio</th><th>nested, shadowing off</th><th>ratio</th><th>L1 traps / reflected exit (on / off)</th></tr>");
+        h.push_str("<h2>Nested vs single-level (soft engine)</h2><table><tr><th>payload</th><th>single-level (cycles)</th><th>nested, shadowing on</th><th>ratio</th><th>nested, shadowing off</th><th>ratio</th><th>KVM exits / reflected exit (on / off)</th><th>L1 traps / reflected exit (on / off)</th><th>note</th></tr>");
         for p in &payloads {
             let on = s.result(&format!("soft/{p}/shadowing-on"));
             let off = s.result(&format!("soft/{p}/shadowing-off"));
@@ -383,21 +507,33 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
             let ratio = |r: Option<&ConfigResult>| {
                 r.and_then(|r| r.nested_over_single).map_or("-".into(), |x| format!("{x:.1}x"))
             };
-            let traps = |r: Option<&ConfigResult>| {
-                r.and_then(|r| r.exit_multiplication.as_ref()?.l1_traps_per_reflected_exit)
-                    .map_or("-".into(), |x| format!("{x:.2}"))
+            // A configuration that ran and failed says so (not a silent "-").
+            let cell = |r: Option<&ConfigResult>| match r {
+                Some(r) if r.latency.is_none() => {
+                    format!(r#"<td class="failed" title="{}">FAILED</td>"#, esc(&r.errors.join("; ")))
+                }
+                _ => format!("<td>{}</td>", crate::report::num(median(r))),
             };
+            let kvm = |r| {
+                crate::report::per_exit(r)
+                    .map_or("-".into(), |x| format!("{:.2}", x.kvm_exits_l1_vm + x.kvm_exits_l2_vm))
+            };
+            let no_twin =
+                l2_payloads::find(p).is_some_and(|m| matches!(m.single_level, l2_payloads::Twin::None { .. }));
             let _ = write!(
                 h,
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {}</td></tr>",
+                "<tr><td>{}</td>{}{}<td>{}</td>{}<td>{}</td><td>{} / {}</td><td>{} / {}</td><td>{}</td></tr>",
                 esc(p),
-                crate::report::num(median(single)),
-                crate::report::num(median(on)),
+                if single.is_none() && no_twin { "<td>no twin</td>".to_owned() } else { cell(single) },
+                cell(on),
                 ratio(on),
-                crate::report::num(median(off)),
+                cell(off),
                 ratio(off),
-                traps(on),
-                traps(off)
+                kvm(on),
+                kvm(off),
+                crate::report::traps(on),
+                crate::report::traps(off),
+                crate::report::row_note(on.or(off))
             );
         }
         h.push_str("</table>");
@@ -426,16 +562,90 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
             &svg,
         );
 
+        // Which layer pays: per reflected exit in steady state, stacked.
+        let nested: Vec<&ConfigResult> = s.results.iter().filter(|r| r.config == Config::Nested).collect();
+        let layered: Vec<(String, Vec<f64>)> = nested
+            .iter()
+            .filter_map(|r| {
+                let l = crate::report::per_exit(Some(r))?.layers?;
+                let on = if r.vmcs_shadowing == Some(false) { "off" } else { "on" };
+                Some((format!("{} {on}", r.payload), vec![l.l0_ns, l.l1_ns, l.l2_ns]))
+            })
+            .collect();
+        if !layered.is_empty() {
+            h.push_str("<h2>Which layer pays</h2>");
+            let cats: Vec<String> = layered.iter().map(|(c, _)| c.clone()).collect();
+            let values: Vec<Option<Vec<f64>>> = layered.iter().map(|(_, v)| Some(v.clone())).collect();
+            let svg = stacked_chart(
+                "Time per reflected L2 exit, by layer (steady state), VMCS shadowing on and off",
+                "ns per reflected exit",
+                &cats,
+                &[
+                    ("L0: l0 userspace", LAYER_COLORS[0]),
+                    ("L1: L1's KVM_RUN", LAYER_COLORS[1]),
+                    ("L2: L2's KVM_RUN", LAYER_COLORS[2]),
+                ],
+                &values,
+            );
+            figure(
+                &mut h,
+                "Per reflected exit: (repetitions' median - the half-size runs' median) / reflected exits between them, so boot \
+                 and set-up cancel. L0: l0 between the exit and the next entry, outside KVM_RUN; L1: L1's handler and KVM's \
+                 handling of L1's exits; L2: L2's code and KVM's entries and exits of L2's VM. Hover a segment for its share.",
+                &svg,
+            );
+        }
+
+        // The repetitions' spread: each repetition's mean relative to its configuration's median.
+        let boxes: Vec<(String, &str, Vec<f64>)> = s
+            .results
+            .iter()
+            .filter(|r| r.config != Config::Bochs)
+            .filter_map(|r| {
+                let m = r.latency.as_ref()?.repetitions.p50;
+                let color = match (r.config, r.vmcs_shadowing) {
+                    (Config::SingleLevel, _) => SINGLE,
+                    (_, Some(false)) => OFF,
+                    _ => ON,
+                };
+                let name = match (r.config, r.vmcs_shadowing) {
+                    (Config::SingleLevel, _) => format!("{} single", r.payload),
+                    (_, Some(false)) => format!("{} off", r.payload),
+                    _ => format!("{} on", r.payload),
+                };
+                (m > 0.0).then(|| (name, color, r.repetitions.iter().map(|x| x.mean / m * 100.0).collect()))
+            })
+            .collect();
+        if !boxes.is_empty() {
+            h.push_str("<h2>Repetitions</h2>");
+            for (k, chunk) in boxes.chunks(24).enumerate() {
+                let svg = box_chart(
+                    &format!(
+                        "Each repetition's mean, % of its configuration's median ({}/{})",
+                        k + 1,
+                        boxes.len().div_ceil(24)
+                    ),
+                    "% of the median",
+                    chunk,
+                );
+                figure(
+                    &mut h,
+                    "Box: first to third quartile of the repetitions, line: median, whiskers: smallest and largest, dots: every \
+                     repetition. Blue single-level, orange shadowing on, red shadowing off. compare gates a configuration on \
+                     latency only when its kept repetitions spread under 2x.",
+                    &svg,
+                );
+            }
+        }
+
         let traps = |on: bool| Series {
             name: format!("VMCS shadowing {}", if on { "on" } else { "off" }),
             color: if on { ON } else { OFF },
             values: payloads
                 .iter()
                 .map(|p| {
-                    s.result(&format!("soft/{p}/shadowing-{}", if on { "on" } else { "off" }))?
-                        .exit_multiplication
-                        .as_ref()?
-                        .l1_traps_per_reflected_exit
+                    crate::report::per_exit(s.result(&format!("soft/{p}/shadowing-{}", if on { "on" } else { "off" })))
+                        .map(|x| x.l1_traps)
                 })
                 .collect(),
             whiskers: vec![None; payloads.len()],
@@ -449,7 +659,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
         );
         figure(
             &mut h,
-            "Every L1 trap to L0 (VMREAD/VMWRITE that is not shadowed, VMRESUME, ...) while handling one reflected L2 exit: the exit multiplication.",
+            "Every L1 trap to L0 (VMREAD/VMWRITE that is not shadowed, VMRESUME, ...) while handling one reflected L2 exit, in steady state: the exit multiplication.",
             &svg,
         );
 
@@ -617,7 +827,7 @@ mod tests {
     #[test]
     fn the_dashboard_of_the_fixture_is_self_contained_and_has_its_plots() {
         let s = crate::compare::tests::fixture();
-        let page = html(&s, &[s.clone(), s.clone()]);
+        let page = html(&s, &[s.clone(), s.clone()], None);
         assert!(page.starts_with("<!DOCTYPE html>") && page.trim_end().ends_with("</html>"));
         for needle in [
             "Nested vs single-level latency per payload",
@@ -635,8 +845,44 @@ mod tests {
         let mut p = s.clone();
         p.partial = true;
         p.partial_reasons = vec!["x <killed>".into()];
-        let page = html(&p, &[]);
+        let page = html(&p, &[], None);
         assert!(page.contains("PARTIAL RUN") && page.contains("x &lt;killed&gt;"));
+    }
+
+    #[test]
+    fn the_verdict_failures_layers_and_repetitions_are_on_the_page() {
+        use crate::results::{Layers, PerLevel, Repetition};
+        let mut s = crate::compare::tests::fixture();
+        let page = html(&s, &[], None);
+        assert!(
+            page.contains("<b>Verdict: none.</b>")
+                && page.contains("Each repetition's mean, % of its configuration's median")
+        );
+        assert!(!page.contains("Which layer pays"), "no steady state, no layer chart");
+        let c = crate::compare::compare(&s, &s, &[]);
+        assert!(html(&s, &[], Some(&c)).contains(r#"<p class="verdict good"><b>Verdict: ok</b>"#));
+        // A configuration that failed: listed first and marked in the table.
+        let r = s.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-off").unwrap();
+        r.latency = None;
+        r.errors = vec!["the payload reported status 1".into()];
+        s.failures = vec!["soft/outl/shadowing-off: the payload reported status 1".into()];
+        let r = s.results.iter_mut().find(|r| r.id == "soft/outl/shadowing-on").unwrap();
+        let rep = |n: u64| Repetition {
+            iterations: n,
+            layers: Some(Layers { l0_ns: 100.0 * n as f64, l1_ns: 300.0 * n as f64, l2_ns: 0.0 }),
+            ..r.repetitions[0].clone()
+        };
+        let counts = |n: u64| PerLevel { reflected_to_l1: Some(n), ..PerLevel::default() };
+        r.steady_state = crate::results::steady_state(&[rep(64)], &counts(64), &[(rep(32), counts(32))]);
+        let page = html(&s, &[], None);
+        assert!(
+            page.contains("Failed configurations")
+                && page.contains(r#"<td class="failed" title="the payload reported status 1">FAILED</td>"#)
+        );
+        assert!(
+            page.contains("Which layer pays") && page.contains("<title>outl on L1: L1's KVM_RUN: 300 (75%)</title>")
+        );
+        assert!(page.find("Failed configurations") < page.find("Nested vs single-level"));
     }
 
     #[test]

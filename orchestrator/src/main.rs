@@ -121,6 +121,8 @@ enum ExportFormat {
     Markdown,
     /// JUnit XML (a test case per configuration).
     Junit,
+    /// dashboard.html again, from summary.json (without the baseline verdict and history).
+    Html,
 }
 
 #[derive(clap::Args)]
@@ -971,6 +973,7 @@ fn main_code(cli: Cli) -> anyhow::Result<i32> {
                 ExportFormat::Bencher => println!("{}", serde_json::to_string_pretty(&export::bencher(&s))?),
                 ExportFormat::Markdown => print!("{}", report::markdown(&s, None)),
                 ExportFormat::Junit => print!("{}", export::junit(&s, None)),
+                ExportFormat::Html => print!("{}", orchestrator::dashboard::html(&s, &[], None)),
             }
             0
         }

@@ -28,11 +28,11 @@ fn p50(r: Option<&ConfigResult>) -> Option<f64> {
 }
 
 /// Per reflected exit in steady state (the boot cancelled: N vs N/2).
-fn per_exit(r: Option<&ConfigResult>) -> Option<&crate::results::PerReflectedExit> {
+pub(crate) fn per_exit(r: Option<&ConfigResult>) -> Option<&crate::results::PerReflectedExit> {
     r?.steady_state.as_ref()?.per_reflected_exit.as_ref()
 }
 
-fn traps(r: Option<&ConfigResult>) -> String {
+pub(crate) fn traps(r: Option<&ConfigResult>) -> String {
     per_exit(r).map_or("-".into(), |p| format!("{:.2}", p.l1_traps))
 }
 
@@ -54,7 +54,7 @@ pub fn loop_holds_its_exits(r: &ConfigResult) -> Option<bool> {
 /// What a reader must know before reading a row's ratio: the timed loop takes no exit L1
 /// sees or does not contain the exits, or the payload's work is fixed (no steady state: its
 /// figures include the boot).
-fn row_note(r: Option<&ConfigResult>) -> &'static str {
+pub(crate) fn row_note(r: Option<&ConfigResult>) -> &'static str {
     let Some(r) = r else { return "" };
     if l2_payloads::find(&r.payload).is_some_and(|m| m.fixed_iterations.is_some()) {
         return "fixed work: boot included";
@@ -189,7 +189,7 @@ fn config_name(r: &ConfigResult) -> String {
 }
 
 /// The report's first line: the baseline verdict and what it compared.
-fn verdict_line(cmp: Option<&Comparison>) -> String {
+pub(crate) fn verdict_line(cmp: Option<&Comparison>) -> String {
     let Some(c) = cmp else {
         return "**Verdict: none.** No baseline of this host class, kernel and profile was compared.".into();
     };
