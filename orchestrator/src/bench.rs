@@ -1149,11 +1149,11 @@ pub fn finish(
     let history = results::history(out);
     let mut files: Vec<(&str, Vec<u8>)> = vec![
         ("summary.json", format!("{}\n", serde_json::to_string_pretty(&s)?).into_bytes()),
-        ("report.md", crate::report::markdown(&s, comparison.as_ref()).into_bytes()),
         ("dashboard.html", crate::dashboard::html(&s, &history, comparison.as_ref()).into_bytes()),
         ("metrics.openmetrics.txt", crate::export::openmetrics(&s).into_bytes()),
         ("bencher.json", format!("{}\n", serde_json::to_string_pretty(&crate::export::bencher(&s))?).into_bytes()),
     ];
+    files.extend(crate::report::report_files(&s, comparison.as_ref()).into_iter().map(|(n, t)| (n, t.into_bytes())));
     files.push(("junit.xml", crate::export::junit(&s, comparison.as_ref()).into_bytes()));
     if let Some(c) = &comparison {
         files.push(("compare.json", format!("{}\n", serde_json::to_string_pretty(c)?).into_bytes()));

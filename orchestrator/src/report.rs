@@ -513,6 +513,30 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
     m
 }
 
+/// What report.md may hold: a GitHub comment takes 65,536 characters; this leaves room for a
+/// line of context around a paste.
+pub const REPORT_LIMIT: usize = 60_000;
+
+/// report.md, and `report-details.md` when the whole report would pass [`REPORT_LIMIT`]:
+/// the verdict, headline, failures, layers and the host table stay in report.md, which links
+/// the details (latency, exits, Bochs, emulated hosts, skipped, the baseline's table).
+#[must_use]
+pub fn report_files(s: &Summary, cmp: Option<&Comparison>) -> Vec<(&'static str, String)> {
+    let whole = markdown(s, cmp);
+    let cut = whole.find("## Latency per configuration").unwrap_or(whole.len());
+    if whole.chars().count() <= REPORT_LIMIT || cut == whole.len() {
+        return vec![("report.md", whole)];
+    }
+    let (head, details) = whole.split_at(cut);
+    let head = format!(
+        "{head}The details ({} characters: latency per configuration, exits per reason and level, the rest) are in \
+         [report-details.md](report-details.md), so that this file stays under {} characters.\n",
+        details.chars().count(),
+        num(Some(REPORT_LIMIT as f64))
+    );
+    vec![("report.md", head), ("report-details.md", format!("# nestbench bench {}: details\n\n{details}", s.run_id))]
+}
+
 /// "KVM nested VMX, exact": per emulated host (CPU model x kernel) and payload, the
 /// steady-state figures per reflected exit, then how each host booted.
 #[must_use]
@@ -595,6 +619,25 @@ mod tests {
         assert_eq!(num(Some(999.0)), "999");
         assert_eq!(num(Some(1.5)), "1.50");
         assert_eq!(num(None), "-");
+    }
+
+    #[test]
+    fn a_report_over_the_limit_links_its_details() {
+        let mut s = crate::compare::tests::fixture();
+        assert_eq!(report_files(&s, None).len(), 1, "the fixture's report fits");
+        s.skipped = (0..2000)
+            .map(|i| crate::results::Skipped {
+                engine: "soft".into(),
+                payload: Some(format!("p{i}")),
+                reason: "a long reason ".repeat(4),
+            })
+            .collect();
+        let files = report_files(&s, None);
+        assert_eq!(files.iter().map(|f| f.0).collect::<Vec<_>>(), ["report.md", "report-details.md"]);
+        assert!(
+            files[0].1.chars().count() < REPORT_LIMIT && files[0].1.contains("[report-details.md](report-details.md)")
+        );
+        assert!(files[0].1.contains("| outl |") && files[1].1.contains("## Latency per configuration"));
     }
 
     #[test]
