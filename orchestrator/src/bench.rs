@@ -418,12 +418,14 @@ pub struct Exec<'a> {
     pub quiet: bool,
     /// Where each finished calibration and repetition goes at once.
     pub journal: Option<&'a results::OutDir>,
+    /// What an earlier bench's journal had finished (`bench --resume`): reused, not measured.
+    pub resume: Option<&'a crate::journal::Resumed>,
 }
 
 impl Exec<'_> {
-    fn record(&self, line: &Value) {
-        if let Some(j) = self.journal {
-            j.record(line);
+    fn record(&self, line: &crate::journal::Line) {
+        if let (Some(j), Ok(v)) = (self.journal, serde_json::to_value(line)) {
+            j.record(&v);
         }
     }
 }
@@ -510,7 +512,7 @@ fn note_error(x: &Exec<'_>, r: &mut ConfigResult, what: String, e: &str) {
         x.stop.store(true, Ordering::SeqCst);
     }
     let error = format!("{what}: {e}");
-    x.record(&serde_json::json!({ "kind": "error", "id": r.id, "error": error }));
+    x.record(&crate::journal::Line::Error { id: r.id.clone(), error: error.clone() });
     r.errors.push(error);
 }
 
@@ -587,26 +589,71 @@ async fn calibrate(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant,
     true
 }
 
+/// Keep one repetition (measured now, or read back from a resumed journal) and journal it.
+fn keep(x: &Exec<'_>, r: &mut ConfigResult, one: OneRun) {
+    x.record(&crate::journal::Line::Repetition {
+        id: r.id.clone(),
+        repetition: one.rep.clone(),
+        exits: Some(one.exits.clone()),
+        exit_multiplication: one.mult.clone(),
+        kvm_insn_emulation: one.insn_emulation,
+    });
+    match r.exits.as_mut() {
+        Some(prev) => {
+            prev.stable_across_repetitions &= prev.l2_by_reason == one.exits.l2_by_reason
+                && prev.per_level == one.exits.per_level
+                && prev.reflected_by_reason == one.exits.reflected_by_reason
+                && r.kvm_insn_emulation == one.insn_emulation;
+        }
+        None => {
+            // The first repetition's counts are kept; instability is remembered.
+            r.exits = Some(one.exits);
+            r.exit_multiplication = one.mult;
+            r.kvm_insn_emulation = one.insn_emulation;
+        }
+    }
+    r.repetitions.push(one.rep);
+}
+
+/// Take what a resumed journal had finished for this configuration: its calibration and
+/// repetitions (journalled again, so the new journal is whole). `false`: nothing to reuse.
+fn reuse(x: &Exec<'_>, r: &mut ConfigResult) -> bool {
+    let Some(done) = x.resume.and_then(|j| j.done(&r.id)) else { return false };
+    let Some((iterations, calibration)) = done.calibrated.clone() else { return false };
+    r.iterations = iterations;
+    r.warmup_runs = calibration.len() as u32;
+    r.calibration = calibration;
+    x.record(&crate::journal::Line::Calibrated {
+        id: r.id.clone(),
+        iterations: r.iterations,
+        calibration: r.calibration.clone(),
+    });
+    for line in done.repetitions.iter().take(x.profile.repetitions as usize) {
+        if let crate::journal::Line::Repetition {
+            repetition,
+            exits: Some(exits),
+            exit_multiplication,
+            kvm_insn_emulation,
+            ..
+        } = line
+        {
+            let one = OneRun {
+                rep: repetition.clone(),
+                exits: exits.clone(),
+                mult: exit_multiplication.clone(),
+                insn_emulation: *kvm_insn_emulation,
+            };
+            keep(x, r, one);
+        }
+    }
+    true
+}
+
 /// One measured repetition; `false` when it failed.
 async fn repetition(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant) -> bool {
     match run_child(x.runner, c, r.iterations, t0).await {
         Ok((one, _)) => {
-            match r.exits.as_mut() {
-                Some(prev) => {
-                    prev.stable_across_repetitions &= prev.l2_by_reason == one.exits.l2_by_reason
-                        && prev.per_level == one.exits.per_level
-                        && prev.reflected_by_reason == one.exits.reflected_by_reason
-                        && r.kvm_insn_emulation == one.insn_emulation;
-                }
-                None => {
-                    // The first repetition's counts are kept; instability is remembered.
-                    r.exits = Some(one.exits);
-                    r.exit_multiplication = one.mult;
-                    r.kvm_insn_emulation = one.insn_emulation;
-                }
-            }
-            x.record(&serde_json::json!({ "kind": "repetition", "id": r.id, "repetition": one.rep }));
-            r.repetitions.push(one.rep);
+            keep(x, r, one);
             true
         }
         Err(e) => {
@@ -631,11 +678,26 @@ fn has_steady_state(c: &Planned, iterations: u64) -> bool {
 async fn steady(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant) {
     let Some(large) = r.exits.as_ref().map(|e| e.per_level.clone()) else { return };
     let half = r.iterations / 2;
-    let mut small = Vec::new();
-    for k in 0..STEADY_RUNS {
+    let mut small: Vec<(Repetition, results::PerLevel)> = x
+        .resume
+        .and_then(|j| j.done(&r.id))
+        .map(|d| d.steady.iter().filter(|(rep, _)| rep.iterations == half).take(STEADY_RUNS).cloned().collect())
+        .unwrap_or_default();
+    for (rep, per_level) in &small {
+        x.record(&crate::journal::Line::SteadyRun {
+            id: r.id.clone(),
+            repetition: rep.clone(),
+            per_level: Some(per_level.clone()),
+        });
+    }
+    for k in small.len()..STEADY_RUNS {
         match run_child(x.runner, c, half, t0).await {
             Ok((one, _)) => {
-                x.record(&serde_json::json!({ "kind": "steady_run", "id": r.id, "repetition": one.rep }));
+                x.record(&crate::journal::Line::SteadyRun {
+                    id: r.id.clone(),
+                    repetition: one.rep.clone(),
+                    per_level: Some(one.exits.per_level.clone()),
+                });
                 small.push((one.rep, one.exits.per_level));
             }
             Err(e) => {
@@ -664,12 +726,25 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
             break;
         }
         let mut r = empty_result(c);
-        let good = calibrate(x, c, &mut r, t0, &pb).await;
-        if good {
-            x.record(&serde_json::json!({
-                "kind": "calibrated", "id": r.id, "iterations": r.iterations, "calibration": r.calibration,
-            }));
-        }
+        let good = if reuse(x, &mut r) {
+            pb.line(format!(
+                "{:<34} resumed: {} iterations, {} repetitions reused",
+                r.id,
+                r.iterations,
+                r.repetitions.len()
+            ));
+            true
+        } else {
+            let good = calibrate(x, c, &mut r, t0, &pb).await;
+            if good {
+                x.record(&crate::journal::Line::Calibrated {
+                    id: r.id.clone(),
+                    iterations: r.iterations,
+                    calibration: r.calibration.clone(),
+                });
+            }
+            good
+        };
         pb.bar.inc(1);
         if !good {
             pb.line(format!("{:<34} FAILED: {}", r.id, r.errors.join("; ")));
@@ -682,6 +757,10 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
     for k in 0..reps {
         for (i, c) in configs.iter().enumerate().take(attempted) {
             if !ok[i] {
+                continue;
+            }
+            if results[i].repetitions.len() > k {
+                pb.bar.inc(1); // reused from a resumed journal
                 continue;
             }
             if x.stop.load(Ordering::SeqCst) {
@@ -790,6 +869,8 @@ pub struct BenchConfig {
     pub quiet: bool,
     /// Emulated hosts to measure the kvm engine on (exact figures, one boot each).
     pub emulated: Vec<EmulatedTarget>,
+    /// `--resume`: an earlier bench's journal, whose finished runs are reused.
+    pub resume: Option<crate::journal::Resumed>,
 }
 
 /// One emulated host configuration of a bench.
@@ -1007,6 +1088,7 @@ pub fn summary(
         baseline: None,
         bochs_models: Vec::new(),
         emulated_hosts: Vec::new(),
+        resumed_from: None,
     }
 }
 
@@ -1201,7 +1283,28 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
     };
     // The output directory before anything is measured: a bad --out must not cost a bench.
     let run_id = format!("{}-{}", results::utc(started).1, results::hostname());
+    if let Some(j) = &cfg.resume {
+        anyhow::ensure!(
+            j.host_class == info.host_class && j.kernel == info.kernel,
+            "--resume {}: that bench ran on {} with kernel {}, this host is {} with kernel {}: its figures would not \
+             be of one run",
+            j.path.display(),
+            j.host_class,
+            j.kernel,
+            info.host_class,
+            info.kernel
+        );
+        eprintln!("{}", j.describe());
+    }
     let outdir = results::OutDir::claim(&cfg.out, &run_id)?;
+    outdir.record(&serde_json::to_value(crate::journal::Line::Bench {
+        run_id: run_id.clone(),
+        quick: cfg.quick,
+        engines: cfg.engines.clone(),
+        payloads: cfg.payloads.clone(),
+        host_class: info.host_class.clone(),
+        kernel: info.kernel.clone(),
+    })?);
     if let Some(b) = &base {
         pin_to_baseline(
             &mut plan.configs,
@@ -1224,6 +1327,7 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
             stop: stop.clone(),
             quiet: cfg.quiet,
             journal: Some(&outdir),
+            resume: cfg.resume.as_ref(),
         };
         let e = execute(&x, &plan.configs, info.tsc.as_ref()).await;
         let bochs_benched = plan.engines.iter().any(|e| e.engine == "bochs" && e.benched);
@@ -1260,7 +1364,16 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         })
     }));
     s.emulated_hosts = emulated;
-    finish(s, &cfg.out, cfg.baseline.as_ref().map(|(d, _)| d.as_path()), base.as_ref(), Some(&outdir))
+    s.resumed_from = cfg.resume.as_ref().map(|j| format!("{} ({})", j.run_id, j.path.display()));
+    let partial = s.partial;
+    let o = finish(s, &cfg.out, cfg.baseline.as_ref().map(|(d, _)| d.as_path()), base.as_ref(), Some(&outdir))?;
+    // A resumed journal left outside any run directory is now in this run's journal.jsonl.
+    if let Some(j) = cfg.resume.as_ref().filter(|j| !partial && j.path.file_name() != Some("journal.jsonl".as_ref())) {
+        if std::fs::remove_file(&j.path).is_ok() {
+            eprintln!("{} is in {} now: removed", j.path.display(), o.dir.join("journal.jsonl").display());
+        }
+    }
+    Ok(o)
 }
 
 #[cfg(test)]
@@ -1368,6 +1481,7 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
             stop: Arc::new(AtomicBool::new(false)),
             quiet: true,
             journal: None,
+            resume: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let executed = rt.block_on(execute(&x, &plan.configs, info.tsc.as_ref()));
@@ -1394,6 +1508,71 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
         for f in ["summary.json", "report.md", "dashboard.html", "metrics.openmetrics.txt", "bencher.json"] {
             assert!(o.dir.join(f).is_file(), "{f}");
         }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_killed_bench_resumes_from_its_journal_and_measures_only_what_is_missing() {
+        let dir = tmpdir("resume");
+        let out = dir.join("out");
+        let info = host();
+        let profile = tiny();
+        let ms: Vec<_> = ["outl", "inl"].iter().map(|p| l2_payloads::find(p).unwrap()).collect();
+        let mut plan = plan(&info.engines, None, &ms);
+        plan.configs.retain(|c| c.engine == "single_level");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let exec = |l0: PathBuf, journal: &results::OutDir, resume: Option<&crate::journal::Resumed>| {
+            let runner = Runner { l0, timeout_ms: 5000, cpu_model: "x".into() };
+            let x = Exec {
+                runner: &runner,
+                profile: &profile,
+                stop: Arc::new(AtomicBool::new(false)),
+                quiet: true,
+                journal: Some(journal),
+                resume,
+            };
+            rt.block_on(execute(&x, &plan.configs, info.tsc.as_ref()))
+        };
+        let header = |run_id: &str| {
+            serde_json::to_value(crate::journal::Line::Bench {
+                run_id: run_id.into(),
+                quick: true,
+                engines: None,
+                payloads: Some(vec!["outl".into(), "inl".into()]),
+                host_class: info.host_class.clone(),
+                kernel: info.kernel.clone(),
+            })
+            .unwrap()
+        };
+        // The first bench: calibration (3 runs each) and the first round of repetitions, then
+        // every child is SIGKILLed; the bench itself dies without writing its run directory.
+        let first = dir.join("first");
+        std::fs::create_dir_all(&first).unwrap();
+        {
+            let j = results::OutDir::claim(&out, "r1").unwrap();
+            j.record(&header("r1"));
+            let e = exec(killed_after(&first, 8), &j, None);
+            assert!(!e.partial_reasons.is_empty());
+        }
+        let journal = out.join("r1.journal.jsonl");
+        let resumed = crate::journal::Resumed::read(&journal).unwrap();
+        assert_eq!(resumed.payloads.as_deref(), Some(&["outl".to_owned(), "inl".to_owned()][..]));
+        assert!(resumed.describe().contains("2 configurations calibrated, 2 repetitions"), "{}", resumed.describe());
+        // The resumed bench: no calibration, only the 2 x 2 missing repetitions are measured.
+        let second = dir.join("second");
+        std::fs::create_dir_all(&second).unwrap();
+        let j = results::OutDir::claim(&out, "r2").unwrap();
+        j.record(&header("r2"));
+        let e = exec(killed_after(&second, 1000), &j, Some(&resumed));
+        assert!(e.partial_reasons.is_empty() && e.failures.is_empty(), "{:?} {:?}", e.partial_reasons, e.failures);
+        assert_eq!(std::fs::read_to_string(second.join("count")).unwrap().trim(), "4", "children of the resumed bench");
+        for r in &e.results {
+            assert_eq!((r.iterations, r.repetitions.len(), r.calibration.len()), (16, 3, 3), "{}", r.id);
+            assert!(r.exits.is_some() && r.errors.is_empty());
+        }
+        // The new journal is whole: it resumes to everything, with nothing left to measure.
+        let again = crate::journal::Resumed::read(&out.join("r2.journal.jsonl")).unwrap();
+        assert!(again.describe().contains("2 configurations calibrated, 6 repetitions"), "{}", again.describe());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -168,6 +168,12 @@ struct BenchArgs {
     /// here are skipped with the reason].
     #[arg(long, value_delimiter = ',', value_name = "HOST@KERNEL")]
     emulated_hosts: Option<Vec<String>>,
+    /// Finish a bench that was killed or interrupted: its journal (`OUT/<run id>.journal.jsonl`,
+    /// or a partial run directory). Its calibrations, repetitions and steady-state runs are
+    /// reused, the rest is measured, and a new run directory is written; the profile, engines
+    /// and payloads are the journal's.
+    #[arg(long, value_name = "JOURNAL")]
+    resume: Option<PathBuf>,
     /// Bench one emulated host only (`--host bochs[:MODEL]`, with its --kernel and
     /// --kvm-param): the kvm engine's exact table there, no local engines.
     #[command(flatten)]
@@ -836,7 +842,21 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
     Ok(i32::from(rows.iter().any(|r| r.error.is_some())))
 }
 
-fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
+fn bench_cmd(mut a: BenchArgs) -> anyhow::Result<i32> {
+    let resume = a.resume.as_deref().map(orchestrator::journal::Resumed::read).transpose()?;
+    if let Some(j) = &resume {
+        anyhow::ensure!(
+            !a.quick && a.engines.is_none() && a.payloads.is_none(),
+            "--resume takes --quick, --engines and --payloads from the journal ({}: {}{}{})",
+            j.path.display(),
+            if j.quick { "--quick" } else { "the full profile" },
+            j.engines.as_ref().map_or_else(String::new, |e| format!(", --engines {}", e.join(","))),
+            j.payloads.as_ref().map_or_else(String::new, |p| format!(", --payloads {}", p.join(",")))
+        );
+        a.quick = j.quick;
+        a.engines.clone_from(&j.engines);
+        a.payloads.clone_from(&j.payloads);
+    }
     let (host, host_opts) = a.host.resolve()?;
     let one_host = (host != hosts::HostSpec::Local).then_some(bench::EmulatedTarget { host, opts: host_opts });
     if one_host.is_some() && (a.emulated_hosts.is_some() || a.engines.is_some()) {
@@ -865,6 +885,7 @@ fn bench_cmd(a: BenchArgs) -> anyhow::Result<i32> {
             Some(v) if v.iter().any(|s| s == "none") => Vec::new(),
             Some(v) => v.iter().map(|s| bench::EmulatedTarget::parse(s)).collect::<anyhow::Result<_>>()?,
         },
+        resume,
     };
     let o = bench::bench(&cfg)?;
     if a.json {

@@ -265,6 +265,9 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
     let _ = writeln!(m, "| | |\n|---|---|");
     let _ = writeln!(m, "| host | {} |", host_line(s));
     let _ = writeln!(m, "| host class | {} |", s.host_class);
+    if let Some(r) = &s.resumed_from {
+        let _ = writeln!(m, "| resumed | from {r}: its calibrations and repetitions are in this run |");
+    }
     for (module, params) in &s.kvm_module_params {
         let p: Vec<String> = ["nested", "enable_shadow_vmcs", "ept", "unrestricted_guest", "npt", "tdp_mmu"]
             .iter()

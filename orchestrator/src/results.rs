@@ -73,6 +73,10 @@ pub struct Summary {
     /// per reflected exit, per CPU model and kernel (`nestbench exact`).
     #[serde(default)]
     pub emulated_hosts: Vec<EmulatedHostRun>,
+    /// The journal `bench --resume` finished (its calibrations and repetitions are in this
+    /// run); `null`: measured in one go.
+    #[serde(default)]
+    pub resumed_from: Option<String>,
 }
 
 /// One emulated host configuration of a bench: one boot, N and 2N iterations per payload.
@@ -1114,6 +1118,7 @@ mod tests {
             },
         ];
         s.results[0].errors = vec!["e".into()];
+        s.resumed_from = Some("r1 (out/r1.journal.jsonl)".into());
         let layers = Some(Layers { l0_ns: 1.0, l1_ns: 2.0, l2_ns: 3.0 });
         let large = Repetition { iterations: 64, layers, ..s.results[0].repetitions[0].clone() };
         let small = Repetition { iterations: 32, ..large.clone() };
