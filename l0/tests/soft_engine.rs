@@ -508,7 +508,7 @@ fn preempt_timer_gives_exactly_n_timer_exits_with_qualification_0_and_reports_th
     let n = run_preempt_timer(30, 0);
     assert_eq!(exits(&n, ExitReason::PreemptionTimer), 30, "{:?}", n.payload.exits);
     let other: u64 =
-        n.payload.exits.iter().filter(|(k, _)| *k != ExitReason::PreemptionTimer.name()).map(|(_, v)| v).sum();
+        n.payload.exits.iter().filter(|(k, _)| *k != ExitReason::PreemptionTimer.kernel_name()).map(|(_, v)| v).sum();
     assert_eq!(other, 0, "nothing but timer exits: {:?}", n.payload.exits);
     for r in &n.payload.exit_records {
         assert_eq!((r.reason, r.qualification, r.insn_len), (ExitReason::PreemptionTimer as u32, 0, 0), "{r:?}");

@@ -384,7 +384,7 @@ pub fn payloads(json: bool) -> String {
                 "name": m.name,
                 "description": m.description,
                 "cpl": m.cpl as u32,
-                "exits_per_iteration": m.exits_per_iteration.iter().map(|(r, n)| json!({"reason": r.name(), "count": n})).collect::<Vec<_>>(),
+                "exits_per_iteration": m.exits_per_iteration.iter().map(|(r, n)| json!({"reason": r.kernel_name(), "sdm_name": r.name(), "count": n})).collect::<Vec<_>>(),
                 "default_iterations": m.default_iterations,
                 "engines": {
                     "soft": match (soft, wedge) {

@@ -307,7 +307,7 @@ fn every_payload_on_host(host: &str, kernel: &str, engine: &str, known: &[(&str,
         let want: std::collections::BTreeMap<String, u64> = m
             .exits_per_iteration
             .iter()
-            .map(|(r, _)| (r.name().to_owned(), m.expected_exits(*r, n)))
+            .map(|(r, _)| (r.kernel_name().to_owned(), m.expected_exits(*r, n)))
             .filter(|(_, c)| *c > 0)
             .collect();
         let ok = run.exit_code == Some(0) && p["status"] == 0 && p["results"]["failures"] == 0 && exits == want;
