@@ -1317,9 +1317,8 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
     let executed = rt.block_on(async {
         let flag = stop.clone();
         let watcher = tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                flag.store(true, Ordering::SeqCst);
-            }
+            crate::interrupt::wait().await;
+            flag.store(true, Ordering::SeqCst);
         });
         let x = Exec {
             runner: &cfg.runner,

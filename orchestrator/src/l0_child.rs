@@ -198,7 +198,7 @@ pub async fn run_l0(
                 run.interrupted = Some(Interruption::Timeout);
                 break;
             }
-            _ = tokio::signal::ctrl_c() => {
+            () = crate::interrupt::wait() => {
                 run.interrupted = Some(Interruption::Interrupted);
                 break;
             }

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod exact;
 pub mod export;
 pub mod hosts;
+pub mod interrupt;
 pub mod journal;
 pub mod l0_child;
 pub mod report;

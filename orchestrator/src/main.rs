@@ -923,13 +923,16 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
+    // One SIGINT/SIGTERM listener for the whole process: supervision loops watch it, keep what
+    // they had, and the command exits 128 + the signal (130 after Ctrl-C).
+    orchestrator::interrupt::install();
     // The error and its causes, without a backtrace (RUST_BACKTRACE is for nestbench's
     // developers, not for a message about the user's input).
     let code = main_code(Cli::parse()).unwrap_or_else(|e| {
         eprintln!("Error: {e:#}");
         1
     });
-    std::process::exit(code);
+    std::process::exit(orchestrator::interrupt::exit_status().unwrap_or(code));
 }
 
 fn main_code(cli: Cli) -> anyhow::Result<i32> {

@@ -457,3 +457,30 @@ fn a_killed_bench_leaves_what_it_measured_in_its_journal() {
     assert!(path.file_name().unwrap().to_str().unwrap().ends_with(".journal.jsonl"));
     std::fs::remove_dir_all(&out).unwrap();
 }
+
+#[test]
+fn an_interrupted_run_keeps_what_it_had_and_exits_130() {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbench"))
+        .args(["run", "--payload", "hlt", "--iterations", "100000000", "--timeout-ms", "600000", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Let L1 boot and L2 run, then one SIGINT to nestbench alone (not to its l0 child).
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    // SAFETY: a signal to the child process this test spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let waiter = std::thread::spawn(move || {
+        let out = child.wait_with_output();
+        let _ = tx.send(());
+        out
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(30)).expect("nestbench ends within 30 s of the signal");
+    let out = waiter.join().unwrap().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(130), "{stdout}\n{stderr}");
+    let j: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(j["complete"], false, "{j}");
+    assert!(j["incomplete"].as_str().unwrap_or("").contains("was stopped (Ctrl-C)"), "{j}");
+}

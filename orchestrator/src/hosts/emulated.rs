@@ -358,7 +358,7 @@ pub async fn run_all(
     let mut done = false;
     let mut failure: Option<AgentFailure> = None;
     let mut stop: Option<String> = None;
-    let ctrl_c = tokio::signal::ctrl_c();
+    let ctrl_c = crate::interrupt::wait();
     tokio::pin!(ctrl_c);
     let mut tick = tokio::time::interval(Duration::from_millis(50));
     let exit_status = loop {
@@ -373,8 +373,8 @@ pub async fn run_all(
                 }
                 None
             }
-            _ = &mut ctrl_c => {
-                stop = Some("was stopped by Ctrl-C".into());
+            () = &mut ctrl_c, if stop.is_none() => {
+                stop = Some(format!("was stopped by {}", crate::interrupt::describe()));
                 if let Some((i, _)) = current { session.runs[i].interrupted = Some(Interruption::Interrupted); }
                 None
             }
