@@ -460,7 +460,7 @@ fn a_killed_bench_leaves_what_it_measured_in_its_journal() {
 
 #[test]
 fn an_interrupted_run_keeps_what_it_had_and_exits_130() {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbench"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_nestbench"))
         .args(["run", "--payload", "hlt", "--iterations", "100000000", "--timeout-ms", "600000", "--json"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
