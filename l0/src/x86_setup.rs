@@ -42,16 +42,7 @@ const PTE_RW: u64 = 1 << 1;
 const PTE_US: u64 = 1 << 2;
 const PTE_PS: u64 = 1 << 7;
 
-/// CR0 bits (SDM 2.5).
-const CR0_PE: u64 = 1;
-const CR0_MP: u64 = 1 << 1;
-const CR0_ET: u64 = 1 << 4;
-const CR0_NE: u64 = 1 << 5;
-const CR0_WP: u64 = 1 << 16;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
+use nestbench_abi::cr::{CR0_ET, CR0_MP, CR0_NE, CR0_PE, CR0_PG, CR0_WP, CR4_PAE, EFER_LMA, EFER_LME};
 /// RFLAGS bit 1 is reserved and always set; IOPL is bits 12-13.
 const RFLAGS_FIXED: u64 = 1 << 1;
 const RFLAGS_IOPL3: u64 = 3 << 12;

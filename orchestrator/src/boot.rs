@@ -189,6 +189,55 @@ pub fn describe_outcome(o: &Value) -> String {
         ),
         "halted" => format!("halted at RIP {} with nothing to wake it", hex(&o["rip"])),
         "unhandled_exit" => format!("unhandled exit {} at RIP {}", o["exit"].as_str().unwrap_or("?"), hex(&o["rip"])),
+        "internal_error" => format!(
+            "KVM internal error, suberror {} at RIP {} (data {})",
+            o["suberror"],
+            hex(&o["rip"]),
+            o["data"].as_array().map(|d| d.iter().map(hex).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+        ),
+        "entry_failed" => {
+            format!("KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason {})", hex(&o["reason"]))
+        }
+        "engine_stopped" => format!(
+            "the {} engine stopped before L1 said how its run ended: {}",
+            o["engine"].as_str().unwrap_or("?"),
+            o["why"].as_str().unwrap_or("?")
+        ),
+        "engine_unsupported" => format!(
+            "the engine does not support {}: {} (a valid setting it cannot honour, not a VM-entry failure)",
+            o["what"].as_str().unwrap_or("?"),
+            o["why"].as_str().unwrap_or("?")
+        ),
         other => format!("{other}: {o}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_kind_reads_as_words() {
+        let regs = serde_json::json!({"rip": 4096, "rsp": 8192});
+        for o in [
+            serde_json::json!({"kind": "exited", "status": 0}),
+            serde_json::json!({"kind": "guest_exception", "vector": 14, "name": "#PF", "error_code": 2, "rip": 1, "cr2": 0}),
+            serde_json::json!({"kind": "triple_fault", "regs": regs, "cr3": 4096}),
+            serde_json::json!({"kind": "emulation_failure", "rip": 1, "insn_bytes": [15, 11], "disassembly": "ud2"}),
+            serde_json::json!({"kind": "internal_error", "suberror": 1, "data": [1, 2], "rip": 1}),
+            serde_json::json!({"kind": "timeout", "budget_ms": 10, "regs": regs, "disassembly": "hlt"}),
+            serde_json::json!({"kind": "halted", "rip": 1}),
+            serde_json::json!({"kind": "unhandled_exit", "exit": "io_out port 0x80", "rip": 1}),
+            serde_json::json!({"kind": "entry_failed", "reason": 33}),
+            serde_json::json!({"kind": "engine_stopped", "engine": "bochs", "why": "exit status 1"}),
+            serde_json::json!({"kind": "engine_unsupported", "what": "VM-entry interruption information", "why": "event injection"}),
+        ] {
+            let text = describe_outcome(&o);
+            assert!(!text.contains('{') && !text.contains("\"kind\""), "{o}: {text}");
+        }
+        assert_eq!(
+            describe_outcome(&serde_json::json!({"kind": "entry_failed", "reason": 33})),
+            "KVM could not enter the guest (KVM_EXIT_FAIL_ENTRY, hardware reason 0x21)"
+        );
     }
 }

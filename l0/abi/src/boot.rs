@@ -71,4 +71,6 @@ pub struct BootInfo {
 
 const _: () = assert!(size_of::<BootInfo>() == 64 + size_of::<crate::payload::PayloadInfo>());
 
-impl crate::Pod for BootInfo {}
+// SAFETY: `BootInfo` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for BootInfo {}

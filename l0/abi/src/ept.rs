@@ -29,6 +29,45 @@ pub const LARGE_PAGE: u64 = 1 << 7;
 /// Physical-address bits 51:12.
 pub const ADDR_MASK: u64 = 0x000F_FFFF_FFFF_F000;
 
+/// The exit qualification of an EPT violation (SDM Vol. 3C, 28.2.1, Table 28-7): what L0's
+/// soft engine writes when it reflects one and what L1's handler decodes.
+pub mod violation {
+    use super::{EXECUTE, READ, RWX, WRITE};
+
+    /// Bit 0: the access was a data read.
+    pub const READ_ACCESS: u64 = 1 << 0;
+    /// Bit 1: a data write.
+    pub const WRITE_ACCESS: u64 = 1 << 1;
+    /// Bit 2: an instruction fetch.
+    pub const FETCH_ACCESS: u64 = 1 << 2;
+    /// Bits 5:3: the EPT permissions (R, W, X) of the translation, the AND over the entries
+    /// used; 0 when one of them is not present.
+    pub const PERMS_SHIFT: u32 = 3;
+    /// Bit 7: the guest-linear-address field is valid.
+    pub const LINEAR_VALID: u64 = 1 << 7;
+    /// Bit 8 (with bit 7): the access was to the final translation of the linear address,
+    /// not to a paging-structure entry during the walk.
+    pub const FINAL_TRANSLATION: u64 = 1 << 8;
+
+    /// The qualification for an `access` (R/W/X bits as in EPT entries) under a translation
+    /// allowing `perms`, with the linear-address bits.
+    #[must_use]
+    pub const fn qualification(access: u64, perms: u64, linear_valid: bool, final_translation: bool) -> u64 {
+        let kind = (if access & WRITE != 0 { WRITE_ACCESS } else { 0 })
+            | (if access & EXECUTE != 0 { FETCH_ACCESS } else { 0 })
+            | (if access & READ != 0 { READ_ACCESS } else { 0 });
+        let linear =
+            if linear_valid { LINEAR_VALID | if final_translation { FINAL_TRANSLATION } else { 0 } } else { 0 };
+        kind | (perms & RWX) << PERMS_SHIFT | linear
+    }
+
+    /// The permissions of the translation (bits 5:3) as R/W/X bits.
+    #[must_use]
+    pub const fn perms(qualification: u64) -> u64 {
+        (qualification >> PERMS_SHIFT) & RWX
+    }
+}
+
 /// An EPT pointer for the PML4 table at `pml4`: write-back paging structures, a 4-level
 /// walk, accessed/dirty flags off (SDM 25.6.11, Table 25-9).
 #[must_use]

@@ -11,6 +11,7 @@
 //!   VMCS12 page layout), [`vmx`] (exit reasons, instruction errors, qualifications),
 //!   [`controls`] (control bits and the capability-MSR rule), [`ept`] (entry format and
 //!   walk), [`softvmx`] (how L1 reaches L0's userspace VMX).
+//! * [`cr`]: control-register and IA32_EFER bits.
 //! * [`trace`]: the exit-trace ring L1 fills and L0 drains.
 //! * [`vmentry`]: a VM-entry conformance case L0 hands L1.
 //!
@@ -47,6 +48,7 @@ macro_rules! abi_enum {
 pub mod boot;
 pub mod controls;
 pub mod cpuid;
+pub mod cr;
 pub mod e9;
 pub mod ept;
 pub mod hypercall;
@@ -66,9 +68,13 @@ pub const ABI_VERSION: u32 = 1;
 
 /// Reinterpret a plain-old-data ABI structure as bytes.
 ///
-/// Only for the `#[repr(C)]`, integer-only, padding-free structures of this crate (their
-/// sizes are asserted at compile time, and each type documents that it has no padding).
-pub trait Pod: Copy + Sized {
+/// # Safety
+///
+/// Implement it only for `#[repr(C)]` structures built from integers (and arrays of them)
+/// with no padding: the default methods read every byte of a value and build a value from
+/// any bytes. Each implementation in this crate states why its type qualifies, next to the
+/// compile-time assertion of its size.
+pub unsafe trait Pod: Copy + Sized {
     /// The structure's bytes, in guest (little-endian) order.
     fn as_bytes(&self) -> &[u8] {
         // SAFETY: implementors are `#[repr(C)]` structures of integers with no padding

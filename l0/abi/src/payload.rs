@@ -101,7 +101,9 @@ pub struct PayloadResults {
 }
 
 const _: () = assert!(size_of::<PayloadResults>() == 8 * (6 + HIST_BUCKETS));
-impl crate::Pod for PayloadResults {}
+// SAFETY: `PayloadResults` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for PayloadResults {}
 
 /// The histogram bucket of a cycle count.
 #[must_use]
@@ -132,7 +134,9 @@ pub struct ExitRecord {
 }
 
 const _: () = assert!(size_of::<ExitRecord>() == 40);
-impl crate::Pod for ExitRecord {}
+// SAFETY: `ExitRecord` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for ExitRecord {}
 
 /// Most exit records L1 keeps per run (the first ones; the count of all is reported).
 pub const MAX_EXIT_RECORDS: usize = 64;
@@ -156,7 +160,9 @@ pub struct PayloadReport {
     pub exit_records: [ExitRecord; MAX_EXIT_RECORDS],
 }
 
-impl crate::Pod for PayloadReport {}
+// SAFETY: `PayloadReport` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for PayloadReport {}
 const _: () = assert!(size_of::<PayloadReport>() == 8 + 320 + 8 + size_of::<PayloadResults>() + 40 * MAX_EXIT_RECORDS);
 
 #[cfg(test)]

@@ -92,7 +92,9 @@ pub struct ProbeReport {
 
 const _: () = assert!(size_of::<ProbeReport>() == 88 + 16 * (2 + VMX_MSR_COUNT));
 
-impl crate::Pod for ProbeReport {}
+// SAFETY: `ProbeReport` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for ProbeReport {}
 
 /// An exception L1 did not expect, as its IDT stub saw it. Integer-only, no padding.
 #[repr(C)]
@@ -118,7 +120,9 @@ pub struct ExceptionReport {
 
 const _: () = assert!(size_of::<ExceptionReport>() == 8 * 22);
 
-impl crate::Pod for ExceptionReport {}
+// SAFETY: `ExceptionReport` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for ExceptionReport {}
 
 /// x86 exception mnemonics by vector (Intel SDM Vol. 3A, Table 6-1).
 #[must_use]
@@ -169,4 +173,6 @@ pub struct Verdict {
 }
 
 const _: () = assert!(size_of::<Verdict>() == 24);
-impl crate::Pod for Verdict {}
+// SAFETY: `Verdict` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for Verdict {}

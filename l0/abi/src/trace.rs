@@ -46,7 +46,9 @@ pub struct RingHeader {
     pub reserved: [u64; 3],
 }
 const _: () = assert!(size_of::<RingHeader>() == 64);
-impl crate::Pod for RingHeader {}
+// SAFETY: `RingHeader` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for RingHeader {}
 
 /// Byte offsets of the header fields L1 and L0 access one by one.
 pub mod offset {
@@ -92,7 +94,9 @@ pub struct TraceRecord {
     pub entry_tsc: u64,
 }
 const _: () = assert!(size_of::<TraceRecord>() == 64);
-impl crate::Pod for TraceRecord {}
+// SAFETY: `TraceRecord` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for TraceRecord {}
 
 /// Whether `capacity` is a ring size L0 accepts.
 #[must_use]

@@ -111,7 +111,9 @@ pub struct Case {
 }
 const _: () = assert!(size_of::<Case>() == 24 + 16 * MAX_WRITES + 4 * MAX_STEPS + 16 * MAX_MSR_LOADS);
 const _: () = assert!(CASE_GPA + size_of::<Case>() as u64 <= 0x8000, "inside L0's low area");
-impl crate::Pod for Case {}
+// SAFETY: `Case` is `#[repr(C)]`, integers only, and the assertion of its size next to
+// this implementation rules out padding.
+unsafe impl crate::Pod for Case {}
 
 impl Case {
     /// Whether the counts are in range and every step and op is defined (L1 checks this

@@ -15,454 +15,149 @@
 
 use core::fmt;
 
-abi_enum! {
+/// The exit-reason table, one row per reason: variant = number, the SDM's name (Table C-1),
+/// the kernel's name (`VMX_EXIT_REASONS` in arch/x86/include/uapi/asm/vmx.h), and whether the
+/// kernel has that name (`false`: one of its style, where the kernel has none). The enum,
+/// `ALL`, `name`, `kernel_name` and `kernel_names` all come from it: a reason is added in one
+/// place.
+macro_rules! exit_reasons {
+    ($(#[$meta:meta])* pub enum $name:ident: $repr:ty {
+        $($variant:ident = $value:expr, $sdm:literal, $kernel:literal, $kernels:literal;)*
+    }) => {
+        abi_enum! {
+            $(#[$meta])*
+            pub enum $name: $repr {
+                $(#[doc = $sdm] $variant = $value,)*
+            }
+        }
+
+        impl $name {
+            /// Every defined basic exit reason, in numeric order.
+            pub const ALL: [Self; [$(Self::$variant),*].len()] = [$(Self::$variant),*];
+
+            /// The SDM's name for this exit reason (Table C-1, "Name" column).
+            #[must_use]
+            pub const fn name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $sdm,)*
+                }
+            }
+
+            /// The kernel's name for this exit reason: the string of `VMX_EXIT_REASONS` in
+            /// arch/x86/include/uapi/asm/vmx.h, which the `kvm_exit` and `kvm_nested_vmexit*`
+            /// tracepoints and `perf kvm stat` print (`IO_INSTRUCTION`, `EPT_VIOLATION`,
+            /// `MSR_READ`). Every output of nestbench names exits by it, with
+            /// [`name`](Self::name) (the SDM's) as a label. The reasons the kernel's table
+            /// leaves out (SMIs, GETSEC, RSM, PCONFIG, SPP, LOADIWKEY, ENCLV, ENQCMD/ENQCMDS,
+            /// SEAMCALL, the MSR-list and user-MSR instructions; see
+            /// [`kernel_names`](Self::kernel_names)) get an identifier of the same style.
+            #[must_use]
+            pub const fn kernel_name(self) -> &'static str {
+                match self {
+                    $(Self::$variant => $kernel,)*
+                }
+            }
+
+            /// Whether [`kernel_name`](Self::kernel_name) is the kernel's own (in
+            /// `VMX_EXIT_REASONS`) rather than one nestbench made up in its style.
+            #[must_use]
+            pub const fn kernel_names(self) -> bool {
+                match self {
+                    $(Self::$variant => $kernels,)*
+                }
+            }
+        }
+    };
+}
+
+exit_reasons! {
     /// A basic exit reason: bits 15:0 of the exit-reason field (SDM Vol. 3D, Appendix C,
     /// Table C-1 "Basic Exit Reasons"). 35, 38, 42 and 71 are not used by the SDM. 84 and 85
     /// (RDMSR and WRMSRNS with an immediate operand, in Xen and a Bochs port) are left out until
     /// their SDM names are checked; they decode as `None`.
     pub enum ExitReason: u16 {
-        /// Exception or non-maskable interrupt (NMI).
-        ExceptionOrNmi = 0,
-        /// External interrupt.
-        ExternalInterrupt = 1,
-        /// Triple fault.
-        TripleFault = 2,
-        /// INIT signal.
-        InitSignal = 3,
-        /// Start-up IPI (SIPI).
-        StartupIpi = 4,
-        /// I/O system-management interrupt (SMI).
-        IoSmi = 5,
-        /// Other SMI.
-        OtherSmi = 6,
-        /// Interrupt window.
-        InterruptWindow = 7,
-        /// NMI window.
-        NmiWindow = 8,
-        /// Task switch.
-        TaskSwitch = 9,
-        /// CPUID.
-        Cpuid = 10,
-        /// GETSEC.
-        Getsec = 11,
-        /// HLT.
-        Hlt = 12,
-        /// INVD.
-        Invd = 13,
-        /// INVLPG.
-        Invlpg = 14,
-        /// RDPMC.
-        Rdpmc = 15,
-        /// RDTSC.
-        Rdtsc = 16,
-        /// RSM.
-        Rsm = 17,
-        /// VMCALL.
-        Vmcall = 18,
-        /// VMCLEAR.
-        Vmclear = 19,
-        /// VMLAUNCH.
-        Vmlaunch = 20,
-        /// VMPTRLD.
-        Vmptrld = 21,
-        /// VMPTRST.
-        Vmptrst = 22,
-        /// VMREAD.
-        Vmread = 23,
-        /// VMRESUME.
-        Vmresume = 24,
-        /// VMWRITE.
-        Vmwrite = 25,
-        /// VMXOFF.
-        Vmxoff = 26,
-        /// VMXON.
-        Vmxon = 27,
-        /// Control-register accesses.
-        ControlRegisterAccess = 28,
-        /// MOV DR.
-        MovDr = 29,
-        /// I/O instruction.
-        IoInstruction = 30,
-        /// RDMSR.
-        Rdmsr = 31,
-        /// WRMSR.
-        Wrmsr = 32,
-        /// VM-entry failure due to invalid guest state.
-        EntryFailureGuestState = 33,
-        /// VM-entry failure due to MSR loading.
-        EntryFailureMsrLoading = 34,
-        /// MWAIT.
-        Mwait = 36,
-        /// Monitor trap flag.
-        MonitorTrapFlag = 37,
-        /// MONITOR.
-        Monitor = 39,
-        /// PAUSE.
-        Pause = 40,
-        /// VM-entry failure due to machine-check event.
-        EntryFailureMachineCheck = 41,
-        /// TPR below threshold.
-        TprBelowThreshold = 43,
-        /// APIC access.
-        ApicAccess = 44,
-        /// Virtualized EOI.
-        VirtualizedEoi = 45,
-        /// Access to GDTR or IDTR.
-        GdtrIdtrAccess = 46,
-        /// Access to LDTR or TR.
-        LdtrTrAccess = 47,
-        /// EPT violation.
-        EptViolation = 48,
-        /// EPT misconfiguration.
-        EptMisconfiguration = 49,
-        /// INVEPT.
-        Invept = 50,
-        /// RDTSCP.
-        Rdtscp = 51,
-        /// VMX-preemption timer expired.
-        PreemptionTimer = 52,
-        /// INVVPID.
-        Invvpid = 53,
-        /// WBINVD or WBNOINVD.
-        Wbinvd = 54,
-        /// XSETBV.
-        Xsetbv = 55,
-        /// APIC write.
-        ApicWrite = 56,
-        /// RDRAND.
-        Rdrand = 57,
-        /// INVPCID.
-        Invpcid = 58,
-        /// VMFUNC.
-        Vmfunc = 59,
-        /// ENCLS.
-        Encls = 60,
-        /// RDSEED.
-        Rdseed = 61,
-        /// Page-modification log full.
-        PmlFull = 62,
-        /// XSAVES.
-        Xsaves = 63,
-        /// XRSTORS.
-        Xrstors = 64,
-        /// PCONFIG.
-        Pconfig = 65,
-        /// SPP-related event.
-        SppEvent = 66,
-        /// UMWAIT.
-        Umwait = 67,
-        /// TPAUSE.
-        Tpause = 68,
-        /// LOADIWKEY.
-        Loadiwkey = 69,
-        /// ENCLV.
-        Enclv = 70,
-        /// ENQCMD PASID translation failure.
-        EnqcmdPasidFailure = 72,
-        /// ENQCMDS PASID translation failure.
-        EnqcmdsPasidFailure = 73,
-        /// Bus lock.
-        BusLock = 74,
-        /// Instruction timeout.
-        InstructionTimeout = 75,
-        /// SEAMCALL.
-        Seamcall = 76,
-        /// TDCALL.
-        Tdcall = 77,
-        /// RDMSRLIST.
-        Rdmsrlist = 78,
-        /// WRMSRLIST.
-        Wrmsrlist = 79,
-        /// URDMSR.
-        Urdmsr = 80,
-        /// UWRMSR.
-        Uwrmsr = 81,
+        ExceptionOrNmi = 0, "Exception or non-maskable interrupt (NMI)", "EXCEPTION_NMI", true;
+        ExternalInterrupt = 1, "External interrupt", "EXTERNAL_INTERRUPT", true;
+        TripleFault = 2, "Triple fault", "TRIPLE_FAULT", true;
+        InitSignal = 3, "INIT signal", "INIT_SIGNAL", true;
+        StartupIpi = 4, "Start-up IPI (SIPI)", "SIPI_SIGNAL", true;
+        IoSmi = 5, "I/O system-management interrupt (SMI)", "IO_SMI", false;
+        OtherSmi = 6, "Other SMI", "OTHER_SMI", false;
+        InterruptWindow = 7, "Interrupt window", "INTERRUPT_WINDOW", true;
+        NmiWindow = 8, "NMI window", "NMI_WINDOW", true;
+        TaskSwitch = 9, "Task switch", "TASK_SWITCH", true;
+        Cpuid = 10, "CPUID", "CPUID", true;
+        Getsec = 11, "GETSEC", "GETSEC", false;
+        Hlt = 12, "HLT", "HLT", true;
+        Invd = 13, "INVD", "INVD", true;
+        Invlpg = 14, "INVLPG", "INVLPG", true;
+        Rdpmc = 15, "RDPMC", "RDPMC", true;
+        Rdtsc = 16, "RDTSC", "RDTSC", true;
+        Rsm = 17, "RSM", "RSM", false;
+        Vmcall = 18, "VMCALL", "VMCALL", true;
+        Vmclear = 19, "VMCLEAR", "VMCLEAR", true;
+        Vmlaunch = 20, "VMLAUNCH", "VMLAUNCH", true;
+        Vmptrld = 21, "VMPTRLD", "VMPTRLD", true;
+        Vmptrst = 22, "VMPTRST", "VMPTRST", true;
+        Vmread = 23, "VMREAD", "VMREAD", true;
+        Vmresume = 24, "VMRESUME", "VMRESUME", true;
+        Vmwrite = 25, "VMWRITE", "VMWRITE", true;
+        Vmxoff = 26, "VMXOFF", "VMOFF", true;
+        Vmxon = 27, "VMXON", "VMON", true;
+        ControlRegisterAccess = 28, "Control-register accesses", "CR_ACCESS", true;
+        MovDr = 29, "MOV DR", "DR_ACCESS", true;
+        IoInstruction = 30, "I/O instruction", "IO_INSTRUCTION", true;
+        Rdmsr = 31, "RDMSR", "MSR_READ", true;
+        Wrmsr = 32, "WRMSR", "MSR_WRITE", true;
+        EntryFailureGuestState = 33, "VM-entry failure due to invalid guest state", "INVALID_STATE", true;
+        EntryFailureMsrLoading = 34, "VM-entry failure due to MSR loading", "MSR_LOAD_FAIL", true;
+        Mwait = 36, "MWAIT", "MWAIT_INSTRUCTION", true;
+        MonitorTrapFlag = 37, "Monitor trap flag", "MONITOR_TRAP_FLAG", true;
+        Monitor = 39, "MONITOR", "MONITOR_INSTRUCTION", true;
+        Pause = 40, "PAUSE", "PAUSE_INSTRUCTION", true;
+        EntryFailureMachineCheck = 41, "VM-entry failure due to machine-check event", "MCE_DURING_VMENTRY", true;
+        TprBelowThreshold = 43, "TPR below threshold", "TPR_BELOW_THRESHOLD", true;
+        ApicAccess = 44, "APIC access", "APIC_ACCESS", true;
+        VirtualizedEoi = 45, "Virtualized EOI", "EOI_INDUCED", true;
+        GdtrIdtrAccess = 46, "Access to GDTR or IDTR", "GDTR_IDTR", true;
+        LdtrTrAccess = 47, "Access to LDTR or TR", "LDTR_TR", true;
+        EptViolation = 48, "EPT violation", "EPT_VIOLATION", true;
+        EptMisconfiguration = 49, "EPT misconfiguration", "EPT_MISCONFIG", true;
+        Invept = 50, "INVEPT", "INVEPT", true;
+        Rdtscp = 51, "RDTSCP", "RDTSCP", true;
+        PreemptionTimer = 52, "VMX-preemption timer expired", "PREEMPTION_TIMER", true;
+        Invvpid = 53, "INVVPID", "INVVPID", true;
+        Wbinvd = 54, "WBINVD or WBNOINVD", "WBINVD", true;
+        Xsetbv = 55, "XSETBV", "XSETBV", true;
+        ApicWrite = 56, "APIC write", "APIC_WRITE", true;
+        Rdrand = 57, "RDRAND", "RDRAND", true;
+        Invpcid = 58, "INVPCID", "INVPCID", true;
+        Vmfunc = 59, "VMFUNC", "VMFUNC", true;
+        Encls = 60, "ENCLS", "ENCLS", true;
+        Rdseed = 61, "RDSEED", "RDSEED", true;
+        PmlFull = 62, "Page-modification log full", "PML_FULL", true;
+        Xsaves = 63, "XSAVES", "XSAVES", true;
+        Xrstors = 64, "XRSTORS", "XRSTORS", true;
+        Pconfig = 65, "PCONFIG", "PCONFIG", false;
+        SppEvent = 66, "SPP-related event", "SPP_EVENT", false;
+        Umwait = 67, "UMWAIT", "UMWAIT", true;
+        Tpause = 68, "TPAUSE", "TPAUSE", true;
+        Loadiwkey = 69, "LOADIWKEY", "LOADIWKEY", false;
+        Enclv = 70, "ENCLV", "ENCLV", false;
+        EnqcmdPasidFailure = 72, "ENQCMD PASID translation failure", "ENQCMD_PASID_FAILURE", false;
+        EnqcmdsPasidFailure = 73, "ENQCMDS PASID translation failure", "ENQCMDS_PASID_FAILURE", false;
+        BusLock = 74, "Bus lock", "BUS_LOCK", true;
+        InstructionTimeout = 75, "Instruction timeout", "NOTIFY", true;
+        Seamcall = 76, "SEAMCALL", "SEAMCALL", false;
+        Tdcall = 77, "TDCALL", "TDCALL", true;
+        Rdmsrlist = 78, "RDMSRLIST", "RDMSRLIST", false;
+        Wrmsrlist = 79, "WRMSRLIST", "WRMSRLIST", false;
+        Urdmsr = 80, "URDMSR", "URDMSR", false;
+        Uwrmsr = 81, "UWRMSR", "UWRMSR", false;
     }
 }
 
 impl ExitReason {
-    /// Every defined basic exit reason, in numeric order.
-    pub const ALL: [Self; 78] = [
-        Self::ExceptionOrNmi,
-        Self::ExternalInterrupt,
-        Self::TripleFault,
-        Self::InitSignal,
-        Self::StartupIpi,
-        Self::IoSmi,
-        Self::OtherSmi,
-        Self::InterruptWindow,
-        Self::NmiWindow,
-        Self::TaskSwitch,
-        Self::Cpuid,
-        Self::Getsec,
-        Self::Hlt,
-        Self::Invd,
-        Self::Invlpg,
-        Self::Rdpmc,
-        Self::Rdtsc,
-        Self::Rsm,
-        Self::Vmcall,
-        Self::Vmclear,
-        Self::Vmlaunch,
-        Self::Vmptrld,
-        Self::Vmptrst,
-        Self::Vmread,
-        Self::Vmresume,
-        Self::Vmwrite,
-        Self::Vmxoff,
-        Self::Vmxon,
-        Self::ControlRegisterAccess,
-        Self::MovDr,
-        Self::IoInstruction,
-        Self::Rdmsr,
-        Self::Wrmsr,
-        Self::EntryFailureGuestState,
-        Self::EntryFailureMsrLoading,
-        Self::Mwait,
-        Self::MonitorTrapFlag,
-        Self::Monitor,
-        Self::Pause,
-        Self::EntryFailureMachineCheck,
-        Self::TprBelowThreshold,
-        Self::ApicAccess,
-        Self::VirtualizedEoi,
-        Self::GdtrIdtrAccess,
-        Self::LdtrTrAccess,
-        Self::EptViolation,
-        Self::EptMisconfiguration,
-        Self::Invept,
-        Self::Rdtscp,
-        Self::PreemptionTimer,
-        Self::Invvpid,
-        Self::Wbinvd,
-        Self::Xsetbv,
-        Self::ApicWrite,
-        Self::Rdrand,
-        Self::Invpcid,
-        Self::Vmfunc,
-        Self::Encls,
-        Self::Rdseed,
-        Self::PmlFull,
-        Self::Xsaves,
-        Self::Xrstors,
-        Self::Pconfig,
-        Self::SppEvent,
-        Self::Umwait,
-        Self::Tpause,
-        Self::Loadiwkey,
-        Self::Enclv,
-        Self::EnqcmdPasidFailure,
-        Self::EnqcmdsPasidFailure,
-        Self::BusLock,
-        Self::InstructionTimeout,
-        Self::Seamcall,
-        Self::Tdcall,
-        Self::Rdmsrlist,
-        Self::Wrmsrlist,
-        Self::Urdmsr,
-        Self::Uwrmsr,
-    ];
-
-    /// The SDM's name for this exit reason (Table C-1, "Name" column).
-    #[must_use]
-    pub const fn name(self) -> &'static str {
-        match self {
-            Self::ExceptionOrNmi => "Exception or non-maskable interrupt (NMI)",
-            Self::ExternalInterrupt => "External interrupt",
-            Self::TripleFault => "Triple fault",
-            Self::InitSignal => "INIT signal",
-            Self::StartupIpi => "Start-up IPI (SIPI)",
-            Self::IoSmi => "I/O system-management interrupt (SMI)",
-            Self::OtherSmi => "Other SMI",
-            Self::InterruptWindow => "Interrupt window",
-            Self::NmiWindow => "NMI window",
-            Self::TaskSwitch => "Task switch",
-            Self::Cpuid => "CPUID",
-            Self::Getsec => "GETSEC",
-            Self::Hlt => "HLT",
-            Self::Invd => "INVD",
-            Self::Invlpg => "INVLPG",
-            Self::Rdpmc => "RDPMC",
-            Self::Rdtsc => "RDTSC",
-            Self::Rsm => "RSM",
-            Self::Vmcall => "VMCALL",
-            Self::Vmclear => "VMCLEAR",
-            Self::Vmlaunch => "VMLAUNCH",
-            Self::Vmptrld => "VMPTRLD",
-            Self::Vmptrst => "VMPTRST",
-            Self::Vmread => "VMREAD",
-            Self::Vmresume => "VMRESUME",
-            Self::Vmwrite => "VMWRITE",
-            Self::Vmxoff => "VMXOFF",
-            Self::Vmxon => "VMXON",
-            Self::ControlRegisterAccess => "Control-register accesses",
-            Self::MovDr => "MOV DR",
-            Self::IoInstruction => "I/O instruction",
-            Self::Rdmsr => "RDMSR",
-            Self::Wrmsr => "WRMSR",
-            Self::EntryFailureGuestState => "VM-entry failure due to invalid guest state",
-            Self::EntryFailureMsrLoading => "VM-entry failure due to MSR loading",
-            Self::Mwait => "MWAIT",
-            Self::MonitorTrapFlag => "Monitor trap flag",
-            Self::Monitor => "MONITOR",
-            Self::Pause => "PAUSE",
-            Self::EntryFailureMachineCheck => "VM-entry failure due to machine-check event",
-            Self::TprBelowThreshold => "TPR below threshold",
-            Self::ApicAccess => "APIC access",
-            Self::VirtualizedEoi => "Virtualized EOI",
-            Self::GdtrIdtrAccess => "Access to GDTR or IDTR",
-            Self::LdtrTrAccess => "Access to LDTR or TR",
-            Self::EptViolation => "EPT violation",
-            Self::EptMisconfiguration => "EPT misconfiguration",
-            Self::Invept => "INVEPT",
-            Self::Rdtscp => "RDTSCP",
-            Self::PreemptionTimer => "VMX-preemption timer expired",
-            Self::Invvpid => "INVVPID",
-            Self::Wbinvd => "WBINVD or WBNOINVD",
-            Self::Xsetbv => "XSETBV",
-            Self::ApicWrite => "APIC write",
-            Self::Rdrand => "RDRAND",
-            Self::Invpcid => "INVPCID",
-            Self::Vmfunc => "VMFUNC",
-            Self::Encls => "ENCLS",
-            Self::Rdseed => "RDSEED",
-            Self::PmlFull => "Page-modification log full",
-            Self::Xsaves => "XSAVES",
-            Self::Xrstors => "XRSTORS",
-            Self::Pconfig => "PCONFIG",
-            Self::SppEvent => "SPP-related event",
-            Self::Umwait => "UMWAIT",
-            Self::Tpause => "TPAUSE",
-            Self::Loadiwkey => "LOADIWKEY",
-            Self::Enclv => "ENCLV",
-            Self::EnqcmdPasidFailure => "ENQCMD PASID translation failure",
-            Self::EnqcmdsPasidFailure => "ENQCMDS PASID translation failure",
-            Self::BusLock => "Bus lock",
-            Self::InstructionTimeout => "Instruction timeout",
-            Self::Seamcall => "SEAMCALL",
-            Self::Tdcall => "TDCALL",
-            Self::Rdmsrlist => "RDMSRLIST",
-            Self::Wrmsrlist => "WRMSRLIST",
-            Self::Urdmsr => "URDMSR",
-            Self::Uwrmsr => "UWRMSR",
-        }
-    }
-
-    /// The kernel's name for this exit reason: the string of `VMX_EXIT_REASONS` in
-    /// arch/x86/include/uapi/asm/vmx.h, which the `kvm_exit` and `kvm_nested_vmexit*`
-    /// tracepoints and `perf kvm stat` print (`IO_INSTRUCTION`, `EPT_VIOLATION`, `MSR_READ`).
-    /// Every output of nestbench names exits by it, with [`name`](Self::name) (the SDM's) as
-    /// a label. The reasons the kernel's table leaves out (SMIs, GETSEC, RSM, PCONFIG, SPP,
-    /// LOADIWKEY, ENCLV, ENQCMD/ENQCMDS, SEAMCALL, the MSR-list and user-MSR instructions; see
-    /// [`kernel_names`](Self::kernel_names)) get an identifier of the same style.
-    #[must_use]
-    pub const fn kernel_name(self) -> &'static str {
-        match self {
-            Self::ExceptionOrNmi => "EXCEPTION_NMI",
-            Self::ExternalInterrupt => "EXTERNAL_INTERRUPT",
-            Self::TripleFault => "TRIPLE_FAULT",
-            Self::InitSignal => "INIT_SIGNAL",
-            Self::StartupIpi => "SIPI_SIGNAL",
-            Self::IoSmi => "IO_SMI",
-            Self::OtherSmi => "OTHER_SMI",
-            Self::InterruptWindow => "INTERRUPT_WINDOW",
-            Self::NmiWindow => "NMI_WINDOW",
-            Self::TaskSwitch => "TASK_SWITCH",
-            Self::Cpuid => "CPUID",
-            Self::Getsec => "GETSEC",
-            Self::Hlt => "HLT",
-            Self::Invd => "INVD",
-            Self::Invlpg => "INVLPG",
-            Self::Rdpmc => "RDPMC",
-            Self::Rdtsc => "RDTSC",
-            Self::Rsm => "RSM",
-            Self::Vmcall => "VMCALL",
-            Self::Vmclear => "VMCLEAR",
-            Self::Vmlaunch => "VMLAUNCH",
-            Self::Vmptrld => "VMPTRLD",
-            Self::Vmptrst => "VMPTRST",
-            Self::Vmread => "VMREAD",
-            Self::Vmresume => "VMRESUME",
-            Self::Vmwrite => "VMWRITE",
-            Self::Vmxoff => "VMOFF",
-            Self::Vmxon => "VMON",
-            Self::ControlRegisterAccess => "CR_ACCESS",
-            Self::MovDr => "DR_ACCESS",
-            Self::IoInstruction => "IO_INSTRUCTION",
-            Self::Rdmsr => "MSR_READ",
-            Self::Wrmsr => "MSR_WRITE",
-            Self::EntryFailureGuestState => "INVALID_STATE",
-            Self::EntryFailureMsrLoading => "MSR_LOAD_FAIL",
-            Self::Mwait => "MWAIT_INSTRUCTION",
-            Self::MonitorTrapFlag => "MONITOR_TRAP_FLAG",
-            Self::Monitor => "MONITOR_INSTRUCTION",
-            Self::Pause => "PAUSE_INSTRUCTION",
-            Self::EntryFailureMachineCheck => "MCE_DURING_VMENTRY",
-            Self::TprBelowThreshold => "TPR_BELOW_THRESHOLD",
-            Self::ApicAccess => "APIC_ACCESS",
-            Self::VirtualizedEoi => "EOI_INDUCED",
-            Self::GdtrIdtrAccess => "GDTR_IDTR",
-            Self::LdtrTrAccess => "LDTR_TR",
-            Self::EptViolation => "EPT_VIOLATION",
-            Self::EptMisconfiguration => "EPT_MISCONFIG",
-            Self::Invept => "INVEPT",
-            Self::Rdtscp => "RDTSCP",
-            Self::PreemptionTimer => "PREEMPTION_TIMER",
-            Self::Invvpid => "INVVPID",
-            Self::Wbinvd => "WBINVD",
-            Self::Xsetbv => "XSETBV",
-            Self::ApicWrite => "APIC_WRITE",
-            Self::Rdrand => "RDRAND",
-            Self::Invpcid => "INVPCID",
-            Self::Vmfunc => "VMFUNC",
-            Self::Encls => "ENCLS",
-            Self::Rdseed => "RDSEED",
-            Self::PmlFull => "PML_FULL",
-            Self::Xsaves => "XSAVES",
-            Self::Xrstors => "XRSTORS",
-            Self::Pconfig => "PCONFIG",
-            Self::SppEvent => "SPP_EVENT",
-            Self::Umwait => "UMWAIT",
-            Self::Tpause => "TPAUSE",
-            Self::Loadiwkey => "LOADIWKEY",
-            Self::Enclv => "ENCLV",
-            Self::EnqcmdPasidFailure => "ENQCMD_PASID_FAILURE",
-            Self::EnqcmdsPasidFailure => "ENQCMDS_PASID_FAILURE",
-            Self::BusLock => "BUS_LOCK",
-            Self::InstructionTimeout => "NOTIFY",
-            Self::Seamcall => "SEAMCALL",
-            Self::Tdcall => "TDCALL",
-            Self::Rdmsrlist => "RDMSRLIST",
-            Self::Wrmsrlist => "WRMSRLIST",
-            Self::Urdmsr => "URDMSR",
-            Self::Uwrmsr => "UWRMSR",
-        }
-    }
-
-    /// Whether [`kernel_name`](Self::kernel_name) is the kernel's own (in `VMX_EXIT_REASONS`)
-    /// rather than one nestbench made up in its style.
-    #[must_use]
-    pub const fn kernel_names(self) -> bool {
-        !matches!(
-            self,
-            Self::IoSmi
-                | Self::OtherSmi
-                | Self::Getsec
-                | Self::Rsm
-                | Self::Pconfig
-                | Self::SppEvent
-                | Self::Loadiwkey
-                | Self::Enclv
-                | Self::EnqcmdPasidFailure
-                | Self::EnqcmdsPasidFailure
-                | Self::Seamcall
-                | Self::Rdmsrlist
-                | Self::Wrmsrlist
-                | Self::Urdmsr
-                | Self::Uwrmsr
-        )
-    }
-
     /// The reason whose [`kernel_name`](Self::kernel_name) or SDM [`name`](Self::name) is
     /// `s` (summaries written before kernel names keyed exits by the SDM's).
     #[must_use]

@@ -24,6 +24,7 @@
 
 use iced_x86::code_asm::{CodeAssembler, cr0, cr3, cr4, ds, eax, ecx, edx, es, fs, gs, ptr, rax, rdi, rsp, ss};
 use iced_x86::{Code, IcedError, Instruction, MemoryOperand, Register};
+use nestbench_abi::cr;
 use nestbench_abi::layout::{BOOT_GDT, BOOT_INFO, BOOT_PML4, BOOT_STACK_TOP};
 
 /// Size of the ROM image (`romimage: address=0xffff0000`).
@@ -66,10 +67,10 @@ const BOOT_SEL_CODE: u16 = nestbench_abi::layout::SEL_CODE64;
 const BOOT_SEL_DATA: u16 = nestbench_abi::layout::SEL_DATA;
 
 /// CR0 as the soft engine sets it: PE | MP | ET | NE | WP | PG (SDM Vol. 3A, 2.5).
-pub const CR0_LONG_MODE: u32 = 0x8001_0033;
-const CR4_PAE: u32 = 1 << 5;
+pub const CR0_LONG_MODE: u32 = (cr::CR0_PE | cr::CR0_MP | cr::CR0_ET | cr::CR0_NE | cr::CR0_WP | cr::CR0_PG) as u32;
+const CR4_PAE: u32 = cr::CR4_PAE as u32;
 const MSR_EFER: u32 = 0xC000_0080;
-const EFER_LME: u32 = 1 << 8;
+const EFER_LME: u32 = cr::EFER_LME as u32;
 /// IA32_MTRR_DEF_TYPE, set as L0 sets it on KVM (`x86_setup::MTRR_DEF_TYPE_WB`): MTRRs
 /// enabled, default type write-back (SDM Vol. 3A, 13.11.2.1). Bochs resets it to 0.
 const MSR_MTRR_DEF_TYPE: u32 = crate::x86_setup::MSR_MTRR_DEF_TYPE;

@@ -29,16 +29,7 @@ use nestbench_abi::vmx::{VmxBasic, msr};
 /// are small numbers), so a VMCS12 image from real hardware is never mistaken for ours.
 pub const REVISION_ID: u32 = 0x4E42_0001;
 
-/// CR0.PE.
-const CR0_PE: u64 = 1 << 0;
-/// CR0.NE.
-const CR0_NE: u64 = 1 << 5;
-/// CR0.PG.
-const CR0_PG: u64 = 1 << 31;
-/// CR4.VMXE.
-const CR4_VMXE: u64 = 1 << 13;
-/// CR4 bits 10:0: VME, PVI, TSD, DE, PSE, PAE, MCE, PGE, PCE, OSFXSR, OSXMMEXCPT.
-const CR4_VME_TO_OSXMMEXCPT: u64 = 0x7FF;
+use nestbench_abi::cr::{CR0_NE, CR0_PE, CR0_PG, CR4_VME_TO_OSXMMEXCPT, CR4_VMXE};
 
 /// IA32_VMX_MISC bit 5 (SDM A.6): VM exits store IA32_EFER.LMA into the "IA-32e mode guest"
 /// VM-entry control.

@@ -129,15 +129,7 @@ pub fn check(vmcs: &impl Vmcs12Read, caps: &Caps, maxphyaddr: u32) -> Result<(),
 }
 
 // Bits of the registers the checks look at.
-const CR0_PE: u64 = 1 << 0;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
-const CR4_PCIDE: u64 = 1 << 17;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-/// The IA32_EFER bits an Intel 64 processor defines: SCE (0), LME (8), LMA (10), NXE (11).
-/// Every other bit is reserved (SDM Vol. 4, Table 2-2, IA32_EFER).
-const EFER_DEFINED: u64 = 1 << 0 | EFER_LME | EFER_LMA | 1 << 11;
+use nestbench_abi::cr::{CR0_PE, CR0_PG, CR4_PAE, CR4_PCIDE, EFER_DEFINED, EFER_LMA, EFER_LME};
 const RFLAGS_RESERVED_ZERO: u64 = !0x3F_FFFF | 1 << 15 | 1 << 5 | 1 << 3;
 const RFLAGS_FIXED_ONE: u64 = 1 << 1;
 const RFLAGS_TF: u64 = 1 << 8;

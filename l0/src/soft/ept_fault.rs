@@ -29,36 +29,15 @@ use std::time::Instant;
 
 use iced_x86::{Decoder, DecoderOptions, Instruction, OpKind, Register};
 use kvm_bindings::{kvm_regs, kvm_sregs};
-use nestbench_abi::ept::{self, RWX};
+use nestbench_abi::ept;
 use nestbench_abi::vmx::ExitReason;
 
 use super::l2vm::{Fill, L2Vm};
 use crate::vcpu::{Exit, VcpuError};
 
-/// Qualification bit 0: data read (SDM 28.2.1, Table 28-7).
-pub const QUAL_READ: u64 = 1 << 0;
-/// Bit 1: data write.
-pub const QUAL_WRITE: u64 = 1 << 1;
-/// Bit 2: instruction fetch.
-pub const QUAL_FETCH: u64 = 1 << 2;
-/// Bits 5:3: R/W/X of the translation.
-pub const QUAL_PERMS_SHIFT: u32 = 3;
-/// Bit 7: guest-linear address valid.
-pub const QUAL_LINEAR_VALID: u64 = 1 << 7;
-/// Bit 8: the access was to the final translation (with bit 7 set).
-pub const QUAL_FINAL_TRANSLATION: u64 = 1 << 8;
-
-/// The EPT-violation qualification for an `access` (R/W/X bits as in EPT entries) under a
-/// translation allowing `perms`, with the linear-address bits of Table 28-7.
-#[must_use]
-pub const fn qualification(access: u64, perms: u64, linear_valid: bool, final_translation: bool) -> u64 {
-    let kind = (if access & ept::WRITE != 0 { QUAL_WRITE } else { 0 })
-        | (if access & ept::EXECUTE != 0 { QUAL_FETCH } else { 0 })
-        | (if access & ept::READ != 0 { QUAL_READ } else { 0 });
-    let linear =
-        if linear_valid { QUAL_LINEAR_VALID | if final_translation { QUAL_FINAL_TRANSLATION } else { 0 } } else { 0 };
-    kind | (perms & RWX) << QUAL_PERMS_SHIFT | linear
-}
+/// The EPT-violation qualification (SDM 28.2.1, Table 28-7), defined once in the ABI: L1
+/// decodes what this writes.
+pub use nestbench_abi::ept::violation::qualification;
 
 /// What a KVM_EXIT_MMIO of VM2 turned into.
 #[derive(Debug)]
@@ -345,6 +324,7 @@ pub fn on_fetch_failure(l2: &mut L2Vm, exit: &Exit, regs: &kvm_regs, sregs: &kvm
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nestbench_abi::ept::RWX;
 
     #[test]
     fn qualification_bits_of_table_28_7() {

@@ -8,10 +8,7 @@ use nestbench_abi::vmcs::{Field16, Field32, Field64, FieldNatural};
 
 use super::vmcs12::Vmcs12;
 
-const CR4_VMXE: u64 = 1 << 13;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const CR0_PG: u64 = 1 << 31;
+use nestbench_abi::cr::{CR0_PG, CR4_VMXE, EFER_LMA, EFER_LME};
 
 /// The four VMCS fields of one guest segment register.
 #[derive(Clone, Copy)]

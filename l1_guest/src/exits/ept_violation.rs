@@ -33,20 +33,12 @@ use crate::vmx::{Vmcs, VmxBackend};
 
 const PAGE: u64 = 4096;
 
-/// Qualification bit 0: the access was a data read (Table 28-7).
-pub const QUAL_READ: u64 = 1 << 0;
-/// Bit 1: a data write.
-pub const QUAL_WRITE: u64 = 1 << 1;
-/// Bit 2: an instruction fetch.
-pub const QUAL_FETCH: u64 = 1 << 2;
-/// Bits 5:3: the EPT permissions (R, W, X) of the translation, the AND over the entries
-/// used; 0 when one of them is not present.
-pub const QUAL_PERMS_SHIFT: u32 = 3;
-/// Bit 7: the guest-linear-address field is valid.
-pub const QUAL_LINEAR_VALID: u64 = 1 << 7;
-/// Bit 8 (with bit 7): the access was to the final translation of the linear address,
-/// not to a paging-structure entry during the walk.
-pub const QUAL_FINAL_TRANSLATION: u64 = 1 << 8;
+/// The qualification bits (SDM 28.2.1, Table 28-7), defined once in the ABI: L0's soft engine
+/// writes what this decodes.
+pub use nestbench_abi::ept::violation::{
+    FETCH_ACCESS as QUAL_FETCH, FINAL_TRANSLATION as QUAL_FINAL_TRANSLATION, LINEAR_VALID as QUAL_LINEAR_VALID,
+    PERMS_SHIFT as QUAL_PERMS_SHIFT, READ_ACCESS as QUAL_READ, WRITE_ACCESS as QUAL_WRITE,
+};
 
 /// The EPT payloads' pool of seeded L1 pages.
 #[derive(Debug)]

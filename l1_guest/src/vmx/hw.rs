@@ -18,7 +18,7 @@ pub const FEATURE_CONTROL_LOCK: u64 = 1 << 0;
 /// IA32_FEATURE_CONTROL bit 2: VMXON allowed outside SMX operation.
 pub const FEATURE_CONTROL_VMXON_OUTSIDE_SMX: u64 = 1 << 2;
 /// CR4.VMXE (bit 13).
-pub const CR4_VMXE: u64 = 1 << 13;
+pub use nestbench_abi::cr::CR4_VMXE;
 
 /// What IA32_FEATURE_CONTROL must become before VMXON (SDM 24.7 "Enabling and Entering VMX
 /// Operation": VMXON #GPs unless the lock bit is set and, outside SMX, bit 2 is set).

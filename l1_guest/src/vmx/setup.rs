@@ -3,6 +3,7 @@
 //! of KVM selftests' `prepare_vmcs`), so it is tested on the host with a recording backend.
 //! The writes satisfy the VM-entry checks of SDM 27.2 and 27.3 for a 64-bit guest.
 
+use nestbench_abi::cr;
 use nestbench_abi::vmcs::{Field16, Field32, Field64, FieldNatural};
 
 use super::caps::Controls;
@@ -89,11 +90,11 @@ pub mod sel {
 }
 
 /// CR0.PE, CR0.MP, CR0.ET, CR0.NE, CR0.WP, CR0.PG.
-pub const GUEST_CR0: u64 = 1 | 1 << 1 | 1 << 4 | 1 << 5 | 1 << 16 | 1 << 31;
+pub const GUEST_CR0: u64 = cr::CR0_PE | cr::CR0_MP | cr::CR0_ET | cr::CR0_NE | cr::CR0_WP | cr::CR0_PG;
 /// CR4.PAE (required for IA-32e mode, SDM 27.3.1.1).
-pub const GUEST_CR4: u64 = 1 << 5;
+pub const GUEST_CR4: u64 = cr::CR4_PAE;
 /// IA32_EFER.LME | LMA.
-pub const EFER_LME_LMA: u64 = 1 << 8 | 1 << 10;
+pub const EFER_LME_LMA: u64 = cr::EFER_LME | cr::EFER_LMA;
 /// RFLAGS bit 1 (reserved, must be 1: SDM 27.3.1.4).
 pub const RFLAGS_RESERVED1: u64 = 1 << 1;
 /// RFLAGS.IOPL = 3.
