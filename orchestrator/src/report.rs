@@ -59,8 +59,12 @@ pub(crate) fn row_note(r: Option<&ConfigResult>) -> &'static str {
     if l2_payloads::find(&r.payload).is_some_and(|m| m.fixed_iterations.is_some()) {
         return "fixed work: boot included";
     }
-    match (r.steady_state.as_ref().map(|s| s.reflected_per_iteration), loop_holds_its_exits(r)) {
-        (Some(0.0), _) => "timed loop takes no exit",
+    match (
+        r.steady_state.as_ref().map(|s| (s.reflected_per_iteration, s.l0_only_per_iteration)),
+        loop_holds_its_exits(r),
+    ) {
+        (Some((0.0, 0.0)), _) => "timed loop takes no exit",
+        (Some((0.0, _)), _) => "its exits stay in L0",
         (_, Some(false)) => "exits outside the timed loop",
         _ => "",
     }
@@ -144,7 +148,7 @@ pub fn layers_table(s: &Summary) -> String {
         let cell = |v: f64, sum: f64| {
             if sum > 0.0 { format!("{} ({:.0}%)", num(Some(v)), v / sum * 100.0) } else { num(Some(v)) }
         };
-        let (l0, l1, l2, sum) = p.layers.map_or(("-".into(), "-".into(), "-".into(), "-".into()), |l| {
+        let (l0, l1, l2, sum) = p.layers.map_or(("-".into(), "-".into(), "-".into(), "too noisy".into()), |l| {
             (cell(l.l0_ns, l.total()), cell(l.l1_ns, l.total()), cell(l.l2_ns, l.total()), num(Some(l.total())))
         });
         let _ = writeln!(
@@ -256,7 +260,8 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
              userspace between a reflected exit and the next entry; L1: inside L1's KVM_RUN in that time (L1's \
              handler and KVM's handling of L1's exits); L2: inside L2's KVM_RUN (L2's code and KVM's entries and \
              exits of L2's VM). Counts are exact. Boot share: the part of a repetition's wall time its iterations \
-             do not explain.\n",
+             do not explain. \"too noisy\": a layer's difference came out negative (a fixed cost that varies between \
+             runs more than the cost per exit); each repetition's layer times are in summary.json.\n",
             crate::bench::STEADY_RUNS
         );
         m.push_str(&layers_table(s));

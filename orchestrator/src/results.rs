@@ -359,7 +359,8 @@ pub struct PerReflectedExit {
     pub kvm_exits_l2_vm: f64,
     /// L1 traps to L0 (VMREAD/VMWRITE without shadowing, VMRESUME, ...).
     pub l1_traps: f64,
-    /// Time per layer, ns (differences of medians).
+    /// Time per layer, ns (differences of medians; `null` when a layer's difference came out
+    /// negative: its fixed cost varies between runs more than its cost per exit).
     pub layers: Option<Layers>,
 }
 
@@ -386,7 +387,11 @@ pub fn steady_state(
         kvm_exits_l1_vm: d(|p| p.kvm_exits_l1_vm).unwrap_or(0.0) / reflected,
         kvm_exits_l2_vm: d(|p| p.kvm_exits_l2_vm).unwrap_or(0.0) / reflected,
         l1_traps: d(|p| p.l1_traps).unwrap_or(0.0) / reflected,
-        layers: layers.map(|(l, s)| Layers::map2(&l, &s, |a, b| (a - b) / reflected)),
+        // A layer whose difference comes out negative has a fixed cost that varies more
+        // between runs than its cost per exit: no split is better than a wrong one.
+        layers: layers
+            .map(|(l, s)| Layers::map2(&l, &s, |a, b| (a - b) / reflected))
+            .filter(|l| l.l0_ns >= 0.0 && l.l1_ns >= 0.0 && l.l2_ns >= 0.0),
     });
     let wall = |rs: &[Repetition]| {
         stats(&rs.iter().filter_map(|r| r.wall_ns.map(|w| w as f64)).collect::<Vec<_>>()).map(|s| s.p50)
@@ -946,6 +951,12 @@ mod tests {
         other.1.l1_traps = Some(7);
         assert!(!steady_state(&large, &run(1000, 0.0).1, &[run(500, 0.0), other]).unwrap().counts_stable);
         assert_eq!(steady_state(&large, &run(1000, 0.0).1, &[run(1000, 0.0)]), None);
+        // A layer whose half-size runs took longer than the repetitions: no split, counts kept.
+        let mut slow = run(500, 0.0);
+        slow.0.layers.as_mut().unwrap().l0_ns = 1e9;
+        let s = steady_state(&large, &run(1000, 0.0).1, &[slow]).unwrap();
+        let p = s.per_reflected_exit.unwrap();
+        assert_eq!((p.layers, p.l1_traps), (None, 1.0));
     }
 
     #[test]
