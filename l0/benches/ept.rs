@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::Kvm;
 use l0::events::{Event, RunReport};
-use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::machine::{EngineConfig, Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
 use l0::soft::engine::SoftStats;
 use nestbench_abi::payload::{EPT_DATA_PAGES, EPT_POOL_PAGES};
 
@@ -53,7 +53,7 @@ fn nested(name: &str, iterations: u64) -> Nested {
     let m = l2_payloads::find(name).expect("a payload");
     let config = MachineConfig {
         timeout: Duration::from_secs(600),
-        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
         payload: Some(PayloadSpec::of(m, iterations, 0)),
         ..MachineConfig::default()
     };

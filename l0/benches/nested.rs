@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use l0::events::{Event, RunReport};
-use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::machine::{EngineConfig, Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
 
 struct Nested {
     mean_cycles: f64,
@@ -22,7 +22,7 @@ fn nested(name: &str, iterations: u64, shadowing: bool) -> Nested {
     let m = l2_payloads::find(name).unwrap();
     let config = MachineConfig {
         timeout: Duration::from_secs(300),
-        soft: Some(SoftConfig { vmcs_shadowing: shadowing }),
+        engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: shadowing }),
         payload: Some(PayloadSpec::of(m, iterations, 0)),
         ..MachineConfig::default()
     };

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use l0::events::{Event, RunReport};
-use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::machine::{EngineConfig, Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
 use l0::trace::TraceConfig;
 
 struct Run {
@@ -27,7 +27,7 @@ fn outl(iterations: u64, traced: bool) -> Run {
     let m = l2_payloads::find("outl").unwrap();
     let config = MachineConfig {
         timeout: Duration::from_secs(600),
-        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
         payload: Some(PayloadSpec::of(m, iterations, 0)),
         trace: traced.then(TraceConfig::default),
         ..MachineConfig::default()

@@ -95,8 +95,8 @@ pub struct MachineConfig {
     pub cpl: Cpl,
     /// Scenario passed to L1 in the boot info.
     pub scenario: Scenario,
-    /// Run the soft engine (L0 provides VMX to L1 in userspace).
-    pub soft: Option<SoftConfig>,
+    /// The engine that gives L1 VMX, with its settings.
+    pub engine: EngineConfig,
     /// The L2 payload L1 should run.
     pub payload: Option<PayloadSpec>,
     /// Soft engine: keep at most this many memslots in VM2 (below KVM's own limit), so
@@ -105,15 +105,45 @@ pub struct MachineConfig {
     /// Exit tracing (soft engine): L1 publishes a record per handled exit, L0 drains and
     /// streams them as [`Event::Trace`] batches.
     pub trace: Option<TraceConfig>,
-    /// The kvm engine: pass KVM's VMX through to L1, which runs L2 on the host kernel's
-    /// nested VMX (`soft` must be `None`).
-    pub kvm_nested: bool,
-    /// The kvm engine: record KVM's nested tracepoints (L1 exits by reason, reflected vs
-    /// L0-handled exits). They add KVM instructions to every exit, so exact instruction
-    /// figures come from runs without them.
-    pub kvm_tracepoints: bool,
     /// A VM-entry case for [`Scenario::Vmentry`], written at its fixed address.
     pub vmentry_case: Option<nestbench_abi::vmentry::Case>,
+}
+
+/// The engine that gives L1 VMX: one value carrying its own settings, so that two engines
+/// at once cannot be written. A new engine is one more variant, and the compiler lists every
+/// `match` that must handle it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EngineConfig {
+    /// None: L1 runs without VMX (boot checks, single-level twins).
+    #[default]
+    NoVmx,
+    /// The soft engine: L0 provides VMX to L1 in userspace.
+    Soft(SoftConfig),
+    /// The kvm engine: KVM's VMX passed through to L1, which runs L2 on the host kernel's
+    /// nested VMX.
+    Kvm {
+        /// Record KVM's nested tracepoints (L1 exits by reason, reflected vs L0-handled
+        /// exits). They add KVM instructions to every exit, so exact instruction figures
+        /// come from runs without them.
+        tracepoints: bool,
+    },
+}
+
+impl EngineConfig {
+    /// The soft engine's settings, when it is the engine.
+    #[must_use]
+    pub const fn soft(self) -> Option<SoftConfig> {
+        match self {
+            Self::Soft(s) => Some(s),
+            Self::NoVmx | Self::Kvm { .. } => None,
+        }
+    }
+
+    /// Whether the kvm engine runs (KVM's VMX passed through).
+    #[must_use]
+    pub const fn is_kvm(self) -> bool {
+        matches!(self, Self::Kvm { .. })
+    }
 }
 
 /// Settings of the soft engine.
@@ -155,12 +185,10 @@ impl Default for MachineConfig {
             timeout: Duration::from_secs(10),
             cpl: Cpl::Kernel,
             scenario: Scenario::Probe,
-            soft: None,
+            engine: EngineConfig::NoVmx,
             payload: None,
             memslot_limit: None,
             trace: None,
-            kvm_nested: false,
-            kvm_tracepoints: true,
             vmentry_case: None,
         }
     }
@@ -180,7 +208,7 @@ impl Machine {
     /// Create the VM, load `image`, write the boot info and set up vCPU 0.
     pub fn new(config: MachineConfig, image: &Image) -> Result<Self, MachineError> {
         let mut vm = Vm::new(&config.kvm_path, config.mem_size)?;
-        if let Some(soft) = config.soft {
+        if let EngineConfig::Soft(soft) = config.engine {
             vm.l0_features |= nestbench_abi::cpuid::FEATURE_SOFT_VMX;
             // The capability MSRs come to L0 (RDMSR exits), whatever KVM knows of them.
             let first = nestbench_abi::report::VMX_MSR_FIRST;
@@ -206,8 +234,8 @@ impl Machine {
             scenario: config.scenario as u32,
             mem_size: vm.mem.size(),
             identity_map_size: IDENTITY_MAP_SIZE,
-            trace_capacity: match (&config.soft, &config.trace) {
-                (Some(_), Some(t)) => t.capacity,
+            trace_capacity: match (config.engine, &config.trace) {
+                (EngineConfig::Soft(_), Some(t)) => t.capacity,
                 _ => 0,
             },
             reserved0: 0,
@@ -222,7 +250,7 @@ impl Machine {
             vm.mem.write(nestbench_abi::vmentry::CASE_GPA, c.as_bytes()).map_err(VmError::from)?;
         }
         let vcpu = vm.create_vcpu(config.cpl, entry, BOOT_STACK_TOP, BOOT_INFO)?;
-        let nested_msrs = if config.kvm_nested { Some(pass_vmx_through(&vm, &vcpu)?) } else { None };
+        let nested_msrs = if config.engine.is_kvm() { Some(pass_vmx_through(&vm, &vcpu)?) } else { None };
         Ok(Self { vm, vcpu, config, nested_msrs })
     }
 
@@ -388,7 +416,7 @@ impl VcpuThread {
         nested_msrs: Option<Vec<KvmVmxMsr>>,
         tx: mpsc::Sender<Event>,
     ) -> Self {
-        let tracer = config.trace.filter(|_| config.soft.is_some()).map(Tracer::new);
+        let tracer = config.trace.filter(|_| config.engine.soft().is_some()).map(Tracer::new);
         Self {
             vcpu,
             mem,
@@ -411,7 +439,7 @@ impl VcpuThread {
     }
 
     fn run(mut self) -> Result<(RunReport, Option<stats::StatsDelta>), MachineError> {
-        if let Some(cfg) = self.config.soft {
+        if let Some(cfg) = self.config.engine.soft() {
             let kvm = crate::vm::open_kvm(&self.config.kvm_path)?;
             let mut soft = SoftVmx::new(cfg.vmcs_shadowing);
             soft.set_memslot_limit(self.config.memslot_limit);
@@ -423,13 +451,13 @@ impl VcpuThread {
         let kicker = self.vcpu.bind_to_current_thread()?;
         let stats_fd = StatsFd::open(self.vcpu.fd()).ok();
         let before = stats_fd.as_ref().and_then(|s| s.snapshot().ok());
-        let capture = self.config.kvm_nested.then(|| {
-            if self.config.kvm_tracepoints {
-                start_capture()
-            } else {
-                Err("not recorded (--kvm-tracepoints off: tracepoints add KVM instructions to every exit)".into())
+        let capture = match self.config.engine {
+            EngineConfig::Kvm { tracepoints: true } => Some(start_capture()),
+            EngineConfig::Kvm { tracepoints: false } => {
+                Some(Err("not recorded (--kvm-tracepoints off: tracepoints add KVM instructions to every exit)".into()))
             }
-        });
+            EngineConfig::NoVmx | EngineConfig::Soft(_) => None,
+        };
         let watchdog = Watchdog::arm(kicker, self.config.timeout);
         let start = Instant::now();
         let outcome = loop {
@@ -438,7 +466,7 @@ impl VcpuThread {
             if let Some((soft, _)) = &mut self.soft {
                 soft.note_l1_exit(t.elapsed());
             }
-            if self.config.kvm_nested {
+            if self.config.engine.is_kvm() {
                 if self.vcpu.in_guest_mode() {
                     self.userspace_exits.1 += 1;
                 } else {

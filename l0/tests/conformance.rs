@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use l0::bochs::run::BochsConfig;
 use l0::events::{Event, ExitRecord, Outcome, PayloadRun, RunReport};
-use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::machine::{EngineConfig, Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
 use nestbench_abi::boot::Scenario;
 
 fn bochs_missing() -> Option<String> {
@@ -46,7 +46,7 @@ fn payload_of(events: &[Event], report: &RunReport, what: &str) -> PayloadRun {
 
 fn on_soft(name: &str, iterations: u64) -> PayloadRun {
     let config = MachineConfig {
-        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
         payload: Some(spec(name, iterations)),
         ..MachineConfig::default()
     };
@@ -172,8 +172,11 @@ fn must_fail_cases_give_the_same_verdict_on_soft_and_bochs() {
         Scenario::FailRevision,
         Scenario::FailWriteReadOnly,
     ] {
-        let config =
-            MachineConfig { scenario, soft: Some(SoftConfig { vmcs_shadowing: true }), ..MachineConfig::default() };
+        let config = MachineConfig {
+            scenario,
+            engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
+            ..MachineConfig::default()
+        };
         let mut soft = Vec::new();
         Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| soft.push(e)).unwrap();
         let (bochs, report) =

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use l0::events::{Event, ExitRecord, Outcome, PayloadRun, RunReport};
-use l0::machine::{Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
+use l0::machine::{EngineConfig, Image, Machine, MachineConfig, PayloadSpec, SoftConfig};
 use l0::soft::engine::SoftStats;
 use nestbench_abi::boot::Scenario;
 use nestbench_abi::payload::{IO_ENCODINGS, IO_REP_COUNT, PAYLOAD_PORT};
@@ -41,7 +41,7 @@ fn run_nested_config(
     let m = l2_payloads::find(payload).expect("a known payload");
     let config = MachineConfig {
         timeout: Duration::from_secs(60),
-        soft: Some(soft),
+        engine: EngineConfig::Soft(soft),
         payload: Some(PayloadSpec::of(m, m.iterations(iterations), arg)),
         memslot_limit,
         ..MachineConfig::default()
@@ -198,8 +198,11 @@ fn the_single_level_twin_runs_the_same_payloads() {
 }
 
 fn verdict(scenario: Scenario) -> Event {
-    let config =
-        MachineConfig { scenario, soft: Some(SoftConfig { vmcs_shadowing: true }), ..MachineConfig::default() };
+    let config = MachineConfig {
+        scenario,
+        engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
+        ..MachineConfig::default()
+    };
     let mut events = Vec::new();
     let report = Machine::new(config, &Image::Elf(l0::images::l1_elf())).unwrap().run(|e| events.push(e)).unwrap();
     assert_eq!(report.outcome, Outcome::Exited { status: 0 }, "{scenario:?}: {events:?}");
@@ -273,7 +276,7 @@ fn an_l2_triple_fault_is_reflected_as_exit_reason_2() {
     // ud2 with no IDT in L2: #UD -> #DF -> triple fault, a VM exit (SDM 26.2).
     let elf = tiny_elf(&[0x0F, 0x0B]);
     let config = MachineConfig {
-        soft: Some(SoftConfig { vmcs_shadowing: true }),
+        engine: EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
         payload: Some(PayloadSpec {
             name: "ud2".into(),
             elf: elf.clone(),

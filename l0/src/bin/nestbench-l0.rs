@@ -13,7 +13,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use l0::bochs::BochsConfig;
 use l0::events::STREAM_VERSION;
-use l0::machine::{Image, Machine, MachineConfig};
+use l0::machine::{EngineConfig, Image, Machine, MachineConfig, SoftConfig};
 use l0::trace::TraceConfig;
 use l0::x86_setup::Cpl;
 use nestbench_abi::boot::Scenario;
@@ -331,9 +331,11 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
     let config = MachineConfig {
         kvm_path: args.kvm,
         timeout,
-        soft: (!kvm_engine).then_some(l0::machine::SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On }),
-        kvm_nested: kvm_engine,
-        kvm_tracepoints: args.kvm_tracepoints == OnOff::On,
+        engine: if kvm_engine {
+            EngineConfig::Kvm { tracepoints: args.kvm_tracepoints == OnOff::On }
+        } else {
+            EngineConfig::Soft(SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On })
+        },
         payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
         memslot_limit: args.memslot_limit.map(|n| n as usize),
         trace: args.trace.then(|| TraceConfig {
@@ -386,8 +388,11 @@ fn vmentry(args: VmentryArgs) -> anyhow::Result<bool> {
         kvm_path: args.kvm,
         timeout,
         scenario,
-        soft: (args.engine == RunEngine::Soft).then_some(l0::machine::SoftConfig { vmcs_shadowing: true }),
-        kvm_nested: args.engine == RunEngine::Kvm,
+        engine: match args.engine {
+            RunEngine::Soft => EngineConfig::Soft(SoftConfig { vmcs_shadowing: true }),
+            RunEngine::Kvm => EngineConfig::Kvm { tracepoints: true },
+            RunEngine::Bochs => unreachable!("Bochs cases returned above"),
+        },
         vmentry_case: case,
         ..MachineConfig::default()
     };
