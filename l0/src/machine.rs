@@ -156,7 +156,7 @@ pub struct SoftConfig {
 /// An L2 payload to hand to L1.
 #[derive(Clone, Debug)]
 pub struct PayloadSpec {
-    /// Its name (L1 knows some payloads by name).
+    /// Its name (for reports).
     pub name: String,
     /// Its ELF image, linked at `nestbench_abi::payload::L2_IMAGE_BASE`.
     pub elf: PathBuf,
@@ -166,6 +166,8 @@ pub struct PayloadSpec {
     pub iterations: u64,
     /// Its argument (RSI).
     pub arg: u64,
+    /// What L1 sets up for it (its manifest's).
+    pub setup: nestbench_abi::payload::Setup,
 }
 
 impl PayloadSpec {
@@ -173,7 +175,14 @@ impl PayloadSpec {
     /// `iterations` and `arg` (callers clamp with `Manifest::iterations` where they want it).
     #[must_use]
     pub fn of(m: &l2_payloads::Manifest, iterations: u64, arg: u64) -> Self {
-        Self { name: m.name.into(), elf: crate::images::payload_elf(m.name), cpl: m.cpl, iterations, arg }
+        Self {
+            name: m.name.into(),
+            elf: crate::images::payload_elf(m.name),
+            cpl: m.cpl,
+            iterations,
+            arg,
+            setup: m.setup,
+        }
     }
 }
 
@@ -356,6 +365,8 @@ pub(crate) fn stage_payload(
         iterations: p.iterations,
         arg: p.arg,
         name,
+        setup: p.setup.flags,
+        pool_pages: p.setup.pool_pages.raw(),
     })
 }
 

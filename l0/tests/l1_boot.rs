@@ -39,7 +39,8 @@ fn l1_boots_probes_and_exits_cleanly() {
         .collect();
     let kvm = l0::host::kvm_facts(&PathBuf::from("/dev/kvm"));
     let vmx_line = format!("l1: VMX {}, L0 is nestbench", if kvm.offers_vmx { "offered" } else { "not offered" });
-    assert_eq!(console, ["nestbench L1: hello from L1, ABI v1, 32 MiB", vmx_line.as_str()]);
+    let hello = format!("nestbench L1: hello from L1, ABI v{}, 32 MiB", nestbench_abi::ABI_VERSION);
+    assert_eq!(console, [hello.as_str(), vmx_line.as_str()]);
 
     let p = probe(&events);
     assert!(p.nestbench_l0, "hypervisor leaf signature: {}", p.hypervisor_signature);

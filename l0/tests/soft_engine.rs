@@ -283,6 +283,7 @@ fn an_l2_triple_fault_is_reflected_as_exit_reason_2() {
             cpl: nestbench_abi::payload::Cpl::User,
             iterations: 1,
             arg: 0,
+            setup: nestbench_abi::payload::Setup::NONE,
         }),
         ..MachineConfig::default()
     };

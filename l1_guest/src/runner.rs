@@ -6,8 +6,8 @@
 use nestbench_abi::boot::BootInfo;
 use nestbench_abi::cpuid as hv;
 use nestbench_abi::payload::{
-    EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, EPT_MISCONFIG_MEMTYPE, EPT_MISCONFIG_PAGES, EPT_PATTERN_OFFSETS,
-    EPT_POOL_PAGES, L2_IMAGE_MAX, STAGING_GPA, ept_fetch_code, ept_pattern,
+    EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, EPT_MISCONFIG_MEMTYPE, EPT_MISCONFIG_PAGES, EPT_PATTERN_OFFSETS, L2_IMAGE_MAX,
+    STAGING_GPA, Setup, ept_fetch_code, ept_pattern, setup as flag,
 };
 use nestbench_abi::vmcs::Field32;
 
@@ -228,12 +228,6 @@ fn start_tracing(capacity: u32) {
     }
 }
 
-/// The payload's name up to its first NUL.
-#[must_use]
-pub fn payload_name(name: &[u8; 16]) -> &[u8] {
-    name.split(|&c| c == 0).next().unwrap_or(&[])
-}
-
 /// Run the payload of `boot` to its end (the exit handlers report and exit).
 pub fn run_payload(boot: &BootInfo, host: HostTables) -> ! {
     let kind = detect();
@@ -272,29 +266,16 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
         Ok(s) => s,
         Err(e) => return e,
     };
-    let io_check = payload_name(&p.name) == b"io_encodings";
-    arm_exits(Mode::Payload, &space, b.accesses(), io_check);
+    // What to set up comes from the payload's manifest (PayloadInfo::setup), never its name.
+    let setup = Setup::from_raw(p.setup, p.pool_pages);
+    arm_exits(Mode::Payload, &space, b.accesses(), setup.has(flag::IO_CHECK));
     start_tracing(boot.trace_capacity);
     // The EPT payloads: a seeded pool of L1 pages for the data region, mapped on demand
     // (ept_touch) or before the launch (ept_fill).
-    let pool = match payload_name(&p.name) {
-        b"ept_touch" => Some((true, false)),
-        b"ept_fill" => Some((false, false)),
-        b"ept_ro" => Some((false, true)),
-        b"ept_misconfig" | b"ept_remap" | b"pte_remap" => Some((false, false)),
-        b"ept_fetch" => Some((p.arg == 0, false)),
-        _ => None,
-    };
-    let misconfig = payload_name(&p.name) == b"ept_misconfig";
-    let pages = match payload_name(&p.name) {
-        b"ept_misconfig" => EPT_MISCONFIG_PAGES,
-        b"ept_remap" => 1,
-        b"pte_remap" => 2,
-        // They write to or put code in their pages: no aliasing (l2_payloads::ept_touch::pool_pages).
-        b"ept_ro" | b"ept_fetch" => p.iterations.min(EPT_POOL_PAGES),
-        _ => p.iterations,
-    };
-    if let Some((on_demand, read_only)) = pool {
+    if setup.has(flag::EPT_POOL) {
+        let on_demand = setup.has(flag::EPT_ON_DEMAND) || (setup.has(flag::EPT_ON_DEMAND_IF_ARG_0) && p.arg == 0);
+        let read_only = setup.has(flag::EPT_READ_ONLY);
+        let pages = setup.pool_pages.pages(p.iterations);
         match exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), pages, on_demand, read_only) {
             Ok(pool) => RUN.get().ept = Some(pool),
             Err(e) => return RunError::Setup(SetupError::Ept(e)),
@@ -302,7 +283,7 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     }
     // `ept_misconfig`: one leaf gets a reserved memory type (SDM 29.3.3.1); the exit handler
     // repairs it (crate::exits::ept_misconfig).
-    if misconfig {
+    if setup.has(flag::EPT_MISCONFIG) {
         let page = EPT_DATA_GPA + p.arg % EPT_MISCONFIG_PAGES * 4096;
         let run = RUN.get();
         let broken = run.ept.as_mut().is_some_and(|pool| {
@@ -314,7 +295,7 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
         run.misconfig = Some(page);
     }
     // `ept_fetch`: a function in every pool page (l2_payloads::ept_fetch).
-    if payload_name(&p.name) == b"ept_fetch"
+    if setup.has(flag::EPT_FETCH_CODE)
         && let Some(pool) = RUN.get().ept.as_mut()
     {
         pool.fetch = true;
@@ -324,15 +305,15 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
             pool.frames.write_bytes(pa, &ept_fetch_code(gpa));
         }
     }
-    if payload_name(&p.name) == b"mmio" {
+    if setup.has(flag::MMIO_DEVICE) {
         RUN.get().mmio = Some(exits::ept_violation::MmioDevice::default());
     }
-    match remap_setup(&p.name, space.ept.eptp(), space.cr3) {
+    match remap_setup(setup, space.ept.eptp(), space.cr3) {
         Ok(r) => RUN.get().remap = r,
         Err(e) => return e,
     }
     // `preempt_timer`: the VMX-preemption timer, one exit per arm (crate::exits::preemption_timer).
-    if payload_name(&p.name) == b"preempt_timer" {
+    if setup.has(flag::PREEMPTION_TIMER) {
         let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
         let value = exits::preemption_timer::value_of(p.arg);
         match exits::preemption_timer::arm(b, &caps, p.iterations, value) {
@@ -345,7 +326,7 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     }
     // `irq_window`: interrupt-window exiting with L2's RFLAGS.IF set, one exit per entry
     // (crate::exits::interrupt_window).
-    if payload_name(&p.name) == b"irq_window" {
+    if setup.has(flag::INTERRUPT_WINDOW) {
         let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
         match exits::interrupt_window::arm(b, &caps, p.iterations) {
             Ok(()) => {}
@@ -368,37 +349,23 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
 /// `ept_remap`: a second L1 frame for data page 0, seeded with the complement of the
 /// first's words (crate::exits::remap). `pte_remap`: the L1-physical address of L2's PTE
 /// for linear data page 0.
-fn remap_setup(name: &[u8; 16], eptp: u64, cr3: u64) -> Result<Option<Remap>, RunError> {
+fn remap_setup(setup: Setup, eptp: u64, cr3: u64) -> Result<Option<Remap>, RunError> {
     let run = RUN.get();
     let Some(pool) = run.ept.as_mut() else { return Ok(None) };
-    match payload_name(name) {
-        b"ept_remap" => {
+    match (setup.has(flag::REMAP_EPT), setup.has(flag::REMAP_PTE)) {
+        (true, _) => {
             let b = pool.frames.alloc_zeroed_page().ok_or(RunError::Setup(SetupError::OutOfFrames))?;
             for off in EPT_PATTERN_OFFSETS {
                 pool.frames.write_u64(b + off, !ept_pattern(EPT_DATA_GPA, off));
             }
             Ok(Some(Remap::Ept { frames: [pool.first, b], current: 0, invepts: [0; 2] }))
         }
-        b"pte_remap" => {
+        (false, true) => {
             // PML4 -> PDPT -> PD -> PT: the PTE is the last table's entry for the linear page.
             let pte = l2::l2_linear_to_l1(&l2::Phys(&pool.frames), eptp, cr3, l2::L2_PT_DATA)
                 .ok_or(RunError::Refused("pte_remap: L2's data page table is not mapped"))?;
             Ok(Some(Remap::Pte { pte: pte + (EPT_DATA_GPA >> 12 & 0x1FF) * 8, current: 0, changes: 0 }))
         }
-        _ => Ok(None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn payload_names_stop_at_the_first_nul() {
-        let mut n = [0u8; 16];
-        n[..12].copy_from_slice(b"io_encodings");
-        assert_eq!(payload_name(&n), b"io_encodings");
-        assert_eq!(payload_name(&[0; 16]), b"");
-        assert_eq!(payload_name(b"sixteen_bytes_xx"), b"sixteen_bytes_xx");
+        (false, false) => Ok(None),
     }
 }

@@ -8,6 +8,7 @@ use nestbench_abi::payload::Cpl;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::Setup;
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -19,6 +20,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::Same,
+    setup: Setup::NONE,
 };
 
 /// Xorshift64 steps per iteration.

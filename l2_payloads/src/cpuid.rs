@@ -15,6 +15,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::Setup;
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -28,6 +29,7 @@ pub const MANIFEST: Manifest = Manifest {
         reason: "this host's KVM handles CPUID in the kernel: L0 never sees L2's CPUID, so it cannot reflect it",
     },
     single_level: Twin::Same,
+    setup: Setup::NONE,
 };
 
 /// Whether one CPUID.0 answer is plausible and consistent with the first (`first` is filled

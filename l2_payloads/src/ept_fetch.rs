@@ -16,6 +16,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest (for `arg` 0).
 pub const MANIFEST: Manifest = Manifest {
@@ -27,6 +28,10 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::None { reason: "its code pages exist only through EPT12: single-level the first call faults" },
+    setup: Setup {
+        flags: setup::EPT_POOL | setup::EPT_ON_DEMAND_IF_ARG_0 | setup::EPT_FETCH_CODE,
+        pool_pages: PoolPages::IterationsUpToPool,
+    },
 };
 
 #[cfg(target_arch = "x86_64")]

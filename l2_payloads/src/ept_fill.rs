@@ -10,6 +10,7 @@ use nestbench_abi::payload::Cpl;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -21,6 +22,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::None { reason: "single-level there is no EPT12 to fill: a twin would time plain reads" },
+    setup: Setup::flags(setup::EPT_POOL),
 };
 
 /// `ept_fill`'s body; `arg` is unused.

@@ -15,6 +15,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -26,6 +27,10 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
     single_level: Twin::None { reason: "single-level there is no EPT12 to misconfigure: the access takes no exit" },
+    setup: Setup {
+        flags: setup::EPT_POOL | setup::EPT_MISCONFIG,
+        pool_pages: PoolPages::Fixed(EPT_MISCONFIG_PAGES as u32),
+    },
 };
 
 /// The data page (index) L1 misconfigures for `arg`.

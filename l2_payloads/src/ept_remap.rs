@@ -16,6 +16,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -29,6 +30,7 @@ pub const MANIFEST: Manifest = Manifest {
     single_level: Twin::None {
         reason: "L1 remaps EPT12 between iterations: single-level there is no EPT12 and half the checks fail",
     },
+    setup: Setup { flags: setup::EPT_POOL | setup::REMAP_EPT, pool_pages: PoolPages::Fixed(1) },
 };
 
 /// The INVEPT type iteration `i` asks for: 1 (single-context) for even `i`, 2 (all-context)

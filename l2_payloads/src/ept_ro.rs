@@ -13,6 +13,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -24,6 +25,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::None { reason: "single-level there is no read-only EPT12 mapping: the write takes no exit" },
+    setup: Setup { flags: setup::EPT_POOL | setup::EPT_READ_ONLY, pool_pages: PoolPages::IterationsUpToPool },
 };
 
 /// Iterations are pages, at most `EPT_POOL_PAGES` (no aliasing); `arg` is unused.

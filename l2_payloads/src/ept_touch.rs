@@ -18,6 +18,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -31,6 +32,7 @@ pub const MANIFEST: Manifest = Manifest {
     single_level: Twin::None {
         reason: "single-level there is no EPT12: the first touch of a page takes no exit, so a twin would time a plain read",
     },
+    setup: Setup::flags(setup::EPT_POOL | setup::EPT_ON_DEMAND),
 };
 
 /// The pages an EPT payload touches when asked for `iterations`.

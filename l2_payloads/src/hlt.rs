@@ -10,6 +10,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::Setup;
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -21,6 +22,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::Same,
+    setup: Setup::NONE,
 };
 
 /// `iterations` timed `hlt`s; `arg` is unused.

@@ -18,6 +18,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{Setup, setup};
 
 /// I/O-instruction exits of one pass: one per instruction, RCX per REP form.
 pub const EXITS: u32 = {
@@ -40,6 +41,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
     single_level: Twin::Same,
+    setup: Setup::flags(setup::IO_CHECK),
 };
 
 /// EAX for the OUT forms ("OUT!").

@@ -13,6 +13,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -26,6 +27,7 @@ pub const MANIFEST: Manifest = Manifest {
     single_level: Twin::None {
         reason: "its exits come at VM entry, before the timed loop, which has none: a twin would time the loop alone",
     },
+    setup: Setup::flags(setup::INTERRUPT_WINDOW),
 };
 
 /// The [`crate::compute`] loop, `iterations` times (the exits all came before it).

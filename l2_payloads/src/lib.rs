@@ -113,6 +113,9 @@ pub struct Manifest {
     pub soft_engine: Support,
     /// Whether it has a single-level twin.
     pub single_level: Twin,
+    /// What L1 sets up before it launches it (EPT pool, MMIO device, timer, remaps, ...):
+    /// handed to L1 in the boot info, so that L1 never branches on the payload's name.
+    pub setup: nestbench_abi::payload::Setup,
 }
 
 impl Manifest {
@@ -192,8 +195,40 @@ mod tests {
     }
 
     #[test]
+    fn setups_are_consistent() {
+        use nestbench_abi::payload::{PoolPages, setup};
+        let pool_flags = setup::EPT_ON_DEMAND
+            | setup::EPT_ON_DEMAND_IF_ARG_0
+            | setup::EPT_READ_ONLY
+            | setup::EPT_MISCONFIG
+            | setup::EPT_FETCH_CODE
+            | setup::REMAP_EPT
+            | setup::REMAP_PTE;
+        for m in all() {
+            let s = m.setup;
+            if !s.has(setup::EPT_POOL) {
+                assert_eq!(s.flags & pool_flags, 0, "{}: pool settings without a pool", m.name);
+                assert_eq!(s.pool_pages, PoolPages::Iterations, "{}", m.name);
+            }
+            assert!(!(s.has(setup::REMAP_EPT) && s.has(setup::REMAP_PTE)), "{}: one remap", m.name);
+            // A payload that needs its EPT12 pool takes EPT exits or fills.
+            let ept = m
+                .exits_per_iteration
+                .iter()
+                .any(|(r, _)| matches!(r, ExitReason::EptViolation | ExitReason::EptMisconfiguration));
+            if ept {
+                assert!(
+                    s.has(setup::EPT_POOL) || s.has(setup::MMIO_DEVICE),
+                    "{}: EPT exits with nothing behind them",
+                    m.name
+                );
+            }
+        }
+    }
+
+    #[test]
     fn names_are_unique_short_ascii_and_findable() {
-        let max = size_of::<PayloadInfo>() - 40; // the `name` field
+        let max = PayloadInfo::default().name.len();
         assert_eq!(max, 16);
         for (i, m) in all().iter().enumerate() {
             assert!(!m.name.is_empty() && m.name.len() <= max, "{}: name must fit PayloadInfo::name", m.name);

@@ -15,6 +15,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -28,6 +29,7 @@ pub const MANIFEST: Manifest = Manifest {
     single_level: Twin::None {
         reason: "its device is L1's: single-level nothing emulates it at that GPA and every check fails",
     },
+    setup: Setup::flags(setup::MMIO_DEVICE),
 };
 
 /// `mmio`'s body; `arg` is unused.

@@ -16,6 +16,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -29,6 +30,7 @@ pub const MANIFEST: Manifest = Manifest {
     single_level: Twin::None {
         reason: "its loop ends only on L1's VMX-preemption timer: single-level nothing ends it",
     },
+    setup: Setup::flags(setup::PREEMPTION_TIMER),
 };
 
 /// Xorshift64 steps per chunk between two polls of the mailbox.

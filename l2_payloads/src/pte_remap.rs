@@ -17,6 +17,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -30,6 +31,7 @@ pub const MANIFEST: Manifest = Manifest {
     single_level: Twin::None {
         reason: "L1 swaps the EPT12 leaves under L2's page table between iterations: single-level half the checks fail",
     },
+    setup: Setup { flags: setup::EPT_POOL | setup::REMAP_PTE, pool_pages: PoolPages::Fixed(2) },
 };
 
 /// `pte_remap`'s body; `arg` is unused.

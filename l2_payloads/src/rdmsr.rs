@@ -18,6 +18,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::Setup;
 
 /// The MSR read: IA32_SYSENTER_ESP.
 pub const MSR: u32 = 0x175;
@@ -34,6 +35,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::Same,
+    setup: Setup::NONE,
 };
 
 /// `iterations` timed `rdmsr`s, each checked; `arg` is unused.

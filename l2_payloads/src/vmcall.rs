@@ -14,6 +14,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::Setup;
 
 pub use nestbench_abi::payload::VMCALL_RESULT;
 
@@ -29,6 +30,7 @@ pub const MANIFEST: Manifest = Manifest {
         reason: "VMCALL hangs the vCPU inside KVM_RUN on this host (HOST-NOTES), so the soft engine cannot run it",
     },
     single_level: Twin::Same,
+    setup: Setup::NONE,
 };
 
 /// `iterations` timed `vmcall`s, each checked; `arg` is unused.

@@ -16,6 +16,7 @@ use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin};
+use nestbench_abi::payload::Setup;
 
 /// The MSR written: IA32_KERNEL_GS_BASE.
 pub const MSR: u32 = 0xC000_0102;
@@ -38,6 +39,7 @@ pub const MANIFEST: Manifest = Manifest {
     fixed_iterations: None,
     soft_engine: Support::Runs,
     single_level: Twin::Same,
+    setup: Setup::NONE,
 };
 
 /// `iterations` timed `wrmsr`s of [`value`]`(i)`; `arg` is unused.

@@ -63,7 +63,10 @@ fn boot_json_carries_l1_report_and_kvm_stats() {
     assert_eq!(code, Some(0), "{out}\n{err}");
     let b: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(b["complete"], true);
-    assert_eq!(b["console"][0], "nestbench L1: hello from L1, ABI v1, 32 MiB");
+    assert_eq!(
+        b["console"][0],
+        format!("nestbench L1: hello from L1, ABI v{}, 32 MiB", nestbench_abi::ABI_VERSION).as_str()
+    );
     assert_eq!(b["probe"]["nestbench_l0"], true);
     assert_eq!(b["probe"]["l0_abi_version"], nestbench_abi::ABI_VERSION);
     assert_eq!(b["report"]["outcome"]["kind"], "exited");

@@ -64,7 +64,7 @@ pub mod vmx;
 
 /// Version of this ABI. L0 publishes it in CPUID leaf [`cpuid::LEAF_INFO`] and in
 /// [`boot::BootInfo::abi_version`]; L1 refuses to run on a different version.
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 
 /// Reinterpret a plain-old-data ABI structure as bytes.
 ///

@@ -66,11 +66,131 @@ pub struct PayloadInfo {
     pub iterations: u64,
     /// Payload-specific argument (RSI).
     pub arg: u64,
-    /// The payload's name, NUL-padded ASCII.
+    /// The payload's name, NUL-padded ASCII (for reports; L1 never branches on it).
     pub name: [u8; 16],
+    /// What L1 sets up before the launch: [`Setup::flags`].
+    pub setup: u32,
+    /// How many pages the EPT pool has: [`Setup::pool_pages`], encoded by
+    /// [`PoolPages::raw`].
+    pub pool_pages: u32,
 }
 
-const _: () = assert!(size_of::<PayloadInfo>() == 56);
+const _: () = assert!(size_of::<PayloadInfo>() == 64);
+
+/// What L1 must set up for a payload before it launches it: part of the payload's manifest,
+/// handed to L1 in [`PayloadInfo`], so that L1 never recognises a payload by its name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Setup {
+    /// [`setup`] bits.
+    pub flags: u32,
+    /// The EPT pool's size (with [`setup::EPT_POOL`]).
+    pub pool_pages: PoolPages,
+}
+
+impl Setup {
+    /// Nothing beyond L2's address space and VMCS.
+    pub const NONE: Self = Self { flags: 0, pool_pages: PoolPages::Iterations };
+
+    /// These `flags`, with a pool of one page per iteration.
+    #[must_use]
+    pub const fn flags(flags: u32) -> Self {
+        Self { flags, pool_pages: PoolPages::Iterations }
+    }
+
+    /// Whether every bit of `flag` is set.
+    #[must_use]
+    pub const fn has(self, flag: u32) -> bool {
+        self.flags & flag == flag
+    }
+
+    /// From [`PayloadInfo`]'s fields (another level's values: any raw value decodes).
+    #[must_use]
+    pub const fn from_raw(flags: u32, pool_pages: u32) -> Self {
+        Self { flags, pool_pages: PoolPages::from_raw(pool_pages) }
+    }
+}
+
+/// The bits of [`Setup::flags`].
+pub mod setup {
+    /// A pool of seeded L1 pages backs the data region at [`super::EPT_DATA_GPA`] in EPT12.
+    pub const EPT_POOL: u32 = 1 << 0;
+    /// The pool's pages are mapped when L2 first touches them (an EPT violation L1 resolves),
+    /// not before the launch.
+    pub const EPT_ON_DEMAND: u32 = 1 << 1;
+    /// [`EPT_ON_DEMAND`] only when the payload's argument is 0 (`ept_fetch`).
+    pub const EPT_ON_DEMAND_IF_ARG_0: u32 = 1 << 2;
+    /// The pool's pages are mapped read-only.
+    pub const EPT_READ_ONLY: u32 = 1 << 3;
+    /// The leaf of page `arg % EPT_MISCONFIG_PAGES` gets a reserved memory type: an EPT
+    /// misconfiguration that L1 repairs.
+    pub const EPT_MISCONFIG: u32 = 1 << 4;
+    /// Every pool page holds a function L2 calls: instruction fetches through EPT12.
+    pub const EPT_FETCH_CODE: u32 = 1 << 5;
+    /// L1 emulates the MMIO device at [`super::MMIO_GPA`].
+    pub const MMIO_DEVICE: u32 = 1 << 6;
+    /// L1 remaps data page 0 between two L1 frames in EPT12 (with INVEPT).
+    pub const REMAP_EPT: u32 = 1 << 7;
+    /// L1 swaps the EPT12 leaf under L2's PTE for data page 0.
+    pub const REMAP_PTE: u32 = 1 << 8;
+    /// The VMX-preemption timer, armed once per iteration.
+    pub const PREEMPTION_TIMER: u32 = 1 << 9;
+    /// Interrupt-window exiting with L2's RFLAGS.IF set.
+    pub const INTERRUPT_WINDOW: u32 = 1 << 10;
+    /// L1 checks each I/O exit's qualification and instruction information against the
+    /// payload's table ([`super::IO_ENCODINGS`]).
+    pub const IO_CHECK: u32 = 1 << 11;
+}
+
+/// How many pages the EPT pool has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolPages {
+    /// One per iteration (pages past [`EPT_POOL_PAGES`] alias the pool's).
+    Iterations,
+    /// One per iteration, at most [`EPT_POOL_PAGES`] (payloads that write to or put code in
+    /// their pages: no aliasing).
+    IterationsUpToPool,
+    /// This many.
+    Fixed(u32),
+}
+
+impl PoolPages {
+    /// [`PayloadInfo::pool_pages`]: 0 for `Iterations`, `u32::MAX` for `IterationsUpToPool`,
+    /// `n` for `Fixed(n)` (`n` is neither).
+    #[must_use]
+    pub const fn raw(self) -> u32 {
+        match self {
+            Self::Iterations => 0,
+            Self::IterationsUpToPool => u32::MAX,
+            Self::Fixed(n) => n,
+        }
+    }
+
+    /// The inverse of [`raw`](Self::raw).
+    #[must_use]
+    pub const fn from_raw(v: u32) -> Self {
+        match v {
+            0 => Self::Iterations,
+            u32::MAX => Self::IterationsUpToPool,
+            n => Self::Fixed(n),
+        }
+    }
+
+    /// The pages for a run of `iterations`.
+    #[must_use]
+    pub const fn pages(self, iterations: u64) -> u64 {
+        match self {
+            Self::Iterations => iterations,
+            Self::IterationsUpToPool => {
+                if iterations < EPT_POOL_PAGES {
+                    iterations
+                } else {
+                    EPT_POOL_PAGES
+                }
+            }
+            Self::Fixed(n) => n as u64,
+        }
+    }
+}
 
 /// Buckets of the per-iteration latency histogram: bucket `b` counts iterations of
 /// `[2^b, 2^(b+1))` cycles (bucket 0 also counts 0 and 1).
@@ -168,6 +288,22 @@ const _: () = assert!(size_of::<PayloadReport>() == 8 + 320 + 8 + size_of::<Payl
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn setup_pool_pages_round_trip_and_count() {
+        for p in [PoolPages::Iterations, PoolPages::IterationsUpToPool, PoolPages::Fixed(1), PoolPages::Fixed(4)] {
+            assert_eq!(PoolPages::from_raw(p.raw()), p);
+        }
+        assert_eq!(PoolPages::Iterations.pages(2000), 2000);
+        assert_eq!(PoolPages::IterationsUpToPool.pages(2000), EPT_POOL_PAGES);
+        assert_eq!(PoolPages::IterationsUpToPool.pages(3), 3);
+        assert_eq!(PoolPages::Fixed(2).pages(2000), 2);
+        let s = Setup::from_raw(setup::EPT_POOL | setup::EPT_READ_ONLY, u32::MAX);
+        assert!(
+            s.has(setup::EPT_POOL) && s.has(setup::EPT_POOL | setup::EPT_READ_ONLY) && !s.has(setup::EPT_ON_DEMAND)
+        );
+        assert_eq!(s.pool_pages, PoolPages::IterationsUpToPool);
+    }
 
     #[test]
     fn histogram_buckets_are_log2() {
