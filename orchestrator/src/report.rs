@@ -198,6 +198,9 @@ pub(crate) fn verdict_line(cmp: Option<&Comparison>) -> String {
         return "**Verdict: none.** No baseline of this host class, kernel and profile was compared.".into();
     };
     let scope = format!("against {} ({})", c.base, c.base_context);
+    let drift = c.host_drift_pct.map_or_else(String::new, |d| {
+        format!(" Latency not judged: the single-level twins moved {d:+.1}% between the runs (the host drifted).")
+    });
     match c.exit_code() {
         1 => {
             let ids: Vec<String> = c
@@ -207,11 +210,11 @@ pub(crate) fn verdict_line(cmp: Option<&Comparison>) -> String {
                 .take(5)
                 .map(|v| format!("{} {}", v.id, v.metric))
                 .collect();
-            format!("**Verdict: REGRESSION** {scope}: {} regressions ({}).", c.regressions(), ids.join(", "))
+            format!("**Verdict: REGRESSION** {scope}: {} regressions ({}).{drift}", c.regressions(), ids.join(", "))
         }
         2 => format!("**Verdict: not comparable** {scope}: no metric could be compared."),
         _ => format!(
-            "**Verdict: ok** {scope}: {} metrics compared, no regression, {} improvements, {} not compared.",
+            "**Verdict: ok** {scope}: {} metrics compared, no regression, {} improvements, {} not compared.{drift}",
             c.compared(),
             c.improvements(),
             c.verdicts.len() - c.compared()
