@@ -2,6 +2,7 @@
 //! modules and their parameters, what KVM offers guests, and whether guest CPL 0 code is
 //! emulated (measured by running a guest, not guessed).
 
+pub use nestbench_protocol::host::{Cpl0Probe, HostFacts, KvmFacts, Tool};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -9,103 +10,12 @@ use std::time::Duration;
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::Cap;
 use nestbench_abi::cpuid as hv;
-use serde::{Deserialize, Serialize};
 
 use crate::machine::{Image, Machine, MachineConfig};
 use crate::x86_setup::Cpl;
 
 /// KVM modules whose presence and parameters matter here.
 pub const KVM_MODULES: [&str; 4] = ["kvm", "kvm_intel", "kvm_amd", "kvm_pvm"];
-
-/// What the host's KVM offers.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct KvmFacts {
-    /// The device path.
-    pub path: PathBuf,
-    /// Whether it opened and answered like KVM.
-    pub usable: bool,
-    /// Why not, when not usable.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// KVM_GET_API_VERSION.
-    pub api_version: Option<i32>,
-    /// CPUID.1:ECX.VMX in KVM_GET_SUPPORTED_CPUID: KVM offers VMX to guests.
-    pub offers_vmx: bool,
-    /// CPUID.8000_0001:ECX.SVM in KVM_GET_SUPPORTED_CPUID.
-    pub offers_svm: bool,
-    /// KVM_CAP_NESTED_STATE (0 = no nested state to save).
-    pub nested_state: i32,
-    /// KVM_CAP_SYNC_REGS.
-    pub sync_regs: bool,
-    /// KVM_CAP_X86_USER_SPACE_MSR.
-    pub user_space_msr: bool,
-    /// KVM_CAP_NR_MEMSLOTS.
-    pub nr_memslots: usize,
-}
-
-/// The result of the CPL 0 emulation probe.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Cpl0Probe {
-    /// Instructions the probe guest executed at CPL 0.
-    pub guest_instructions: u64,
-    /// The vCPU's `insn_emulation` statistic over the probe (`None`: not offered).
-    pub insn_emulation: Option<u64>,
-    /// Whether CPL 0 code is emulated instruction by instruction.
-    pub emulated: bool,
-    /// Wall time of the probe run in nanoseconds.
-    pub wall_ns: u64,
-}
-
-/// Everything `doctor` reports about the host.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct HostFacts {
-    /// /proc/cpuinfo "model name".
-    pub cpu_model: String,
-    /// /proc/cpuinfo "vendor_id".
-    pub cpu_vendor: String,
-    /// /proc/cpuinfo "microcode" (absent in many VMs).
-    pub microcode: Option<String>,
-    /// Logical CPUs.
-    pub cpus: usize,
-    /// Kernel release.
-    pub kernel: String,
-    /// Loaded KVM modules and their parameters (/sys/module/NAME/parameters).
-    pub kvm_modules: BTreeMap<String, BTreeMap<String, String>>,
-    /// KVM's offer.
-    pub kvm: KvmFacts,
-    /// The CPL 0 probe (`None` when KVM is unusable or the probe failed; see
-    /// `cpl0_probe_error`).
-    pub cpl0: Option<Cpl0Probe>,
-    /// Why the probe did not run or failed.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub cpl0_probe_error: Option<String>,
-    /// What this host's KVM leaves behind at an OUT exit, measured by running one
-    /// (`soft::host_exits`); the soft engine normalises by it.
-    #[serde(default)]
-    pub exit_semantics: Option<crate::soft::host_exits::HostExits>,
-    /// Why the exit-semantics probe failed, when it did.
-    #[serde(default)]
-    pub exit_semantics_error: Option<String>,
-    /// External tools.
-    pub tools: BTreeMap<String, Tool>,
-}
-
-/// An external program.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Tool {
-    /// Where it is, if found on PATH.
-    pub path: Option<PathBuf>,
-    /// Support files it needs that are missing.
-    pub missing: Vec<PathBuf>,
-}
-
-impl Tool {
-    /// Found, with everything it needs.
-    #[must_use]
-    pub fn available(&self) -> bool {
-        self.path.is_some() && self.missing.is_empty()
-    }
-}
 
 fn cpuinfo_field(cpuinfo: &str, key: &str) -> Option<String> {
     cpuinfo.lines().find_map(|l| {

@@ -16,7 +16,7 @@ use nestbench_abi::layout::{BOOT_INFO, BOOT_STACK_TOP, IDENTITY_MAP_SIZE};
 use nestbench_abi::report::ExceptionReport;
 use nestbench_abi::{ABI_VERSION, Pod};
 
-use crate::events::{Event, Gprs, KvmStats, Outcome, RunReport};
+use crate::events::{Event, KvmStats, Outcome, RunReport};
 use crate::kvm_engine::caps::KvmVmxMsr;
 use crate::loader::{self, LoadError};
 use crate::memory::GuestMem;
@@ -543,7 +543,7 @@ impl VcpuThread {
                         let budget_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
                         Flow::Stop(Outcome::Timeout {
                             budget_ms,
-                            regs: Gprs::from(&regs),
+                            regs: crate::events::gprs(&regs),
                             disassembly: "(in L2)".into(),
                         })
                     }
@@ -571,7 +571,7 @@ impl VcpuThread {
                 let regs = self.vcpu.regs_now()?;
                 let disassembly = disassemble_one(&self.bytes_at(regs.rip), regs.rip);
                 let budget_ms = u64::try_from(self.config.timeout.as_millis()).unwrap_or(u64::MAX);
-                Flow::Stop(Outcome::Timeout { budget_ms, regs: Gprs::from(&regs), disassembly })
+                Flow::Stop(Outcome::Timeout { budget_ms, regs: crate::events::gprs(&regs), disassembly })
             }
             // A stray signal: go back in.
             Exit::Interrupted => Flow::Continue,
@@ -579,7 +579,7 @@ impl VcpuThread {
                 let regs = self.vcpu.regs_now()?;
                 let s = self.vcpu.sregs()?;
                 Flow::Stop(Outcome::TripleFault {
-                    regs: Gprs::from(&regs),
+                    regs: crate::events::gprs(&regs),
                     cr0: s.cr0,
                     cr3: s.cr3,
                     cr4: s.cr4,

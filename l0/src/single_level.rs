@@ -1,6 +1,6 @@
 //! The single-level twin of a payload: the same image run directly as a KVM guest of L0,
 //! no L1, at the same CPL, so every nested figure has its baseline from the same host
-//! (shared/DESIGN.md, "Measurement method"). L0 plays L1's part for the payload's ports:
+//! (docs/architecture.md, "From runs to verdicts"). L0 plays L1's part for the payload's ports:
 //! IN from `PAYLOAD_PORT` returns `IN_VALUE`, OUT to it is absorbed, OUT to `DONE_PORT`
 //! ends the run. The MSRs L1 intercepts with its MSR bitmap (IA32_SYSENTER_ESP and
 //! IA32_KERNEL_GS_BASE, `l2_payloads::{rdmsr, wrmsr}`) are sent to L0 with a KVM MSR filter
@@ -8,6 +8,7 @@
 //! recorded and checked against the `wrmsr` payload's sequence (mismatches are added to
 //! the payload's failures).
 
+pub use nestbench_protocol::single_level::SingleLevelRun;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -16,7 +17,6 @@ use nestbench_abi::Pod;
 use nestbench_abi::payload::{
     self, DONE_PORT, IN_VALUE, L2_IMAGE_BASE, L2_IMAGE_MAX, L2_RESULTS_GPA, L2_STACK_TOP, PAYLOAD_PORT, PayloadResults,
 };
-use serde::Serialize;
 
 use crate::loader;
 use crate::machine::MachineError;
@@ -24,22 +24,6 @@ use crate::vcpu::Exit;
 use crate::vm::Vm;
 use crate::watchdog::Watchdog;
 use crate::x86_setup::Cpl;
-
-/// The result of a single-level run.
-#[derive(Clone, Debug, Serialize)]
-pub struct SingleLevelRun {
-    /// The payload's status from DONE_PORT.
-    pub status: u64,
-    /// KVM exits by kind.
-    pub kvm_exits: BTreeMap<String, u64>,
-    /// The payload's results page (`None` if it never wrote it).
-    pub results: Option<crate::events::PayloadResults>,
-    /// Wall time of the run, ns.
-    pub wall_ns: u64,
-    /// How it ended if not through DONE_PORT.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
-}
 
 /// Run the payload at `elf` directly in a VM of L0.
 pub fn run(

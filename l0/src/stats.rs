@@ -5,12 +5,11 @@
 //! name) and data (u64 values). Descriptors are read once; a snapshot re-reads the data
 //! block with one `pread`.
 
+pub use nestbench_protocol::stats::{StatKind, StatsDelta};
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::fs::FileExt;
-
-use serde::Serialize;
 
 /// `KVM_GET_STATS_FD` = `_IO(KVMIO, 0xce)`.
 const KVM_GET_STATS_FD: libc::c_ulong = 0xAECE;
@@ -34,20 +33,6 @@ pub enum StatsError {
     Malformed(&'static str),
 }
 
-/// How a statistic behaves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum StatKind {
-    /// A counter: the delta over a run is meaningful.
-    Cumulative,
-    /// A current value.
-    Instant,
-    /// A high-water mark.
-    Peak,
-    /// A histogram (linear or logarithmic buckets).
-    Histogram,
-}
-
 #[derive(Clone, Debug)]
 struct Desc {
     name: String,
@@ -67,15 +52,6 @@ pub struct StatsFd {
 
 /// Values of every statistic at one moment (histograms summed over buckets).
 pub type Snapshot = BTreeMap<String, (StatKind, u64)>;
-
-/// The change of every statistic between two snapshots.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct StatsDelta {
-    /// Counters (and histogram totals): after minus before.
-    pub counters: BTreeMap<String, u64>,
-    /// Instant and peak values: the value after.
-    pub gauges: BTreeMap<String, u64>,
-}
 
 fn u32_at(b: &[u8], off: usize) -> Result<u32, StatsError> {
     b.get(off..off + 4)

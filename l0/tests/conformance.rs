@@ -153,7 +153,7 @@ type VerdictKey = (&'static str, Option<u32>, Option<u32>, Option<u64>);
 fn verdict(events: &[Event]) -> Option<VerdictKey> {
     events.iter().find_map(|e| match e {
         Event::Verdict { kind, error, exit_reason, qualification, .. } => {
-            Some((*kind, *error, *exit_reason, *qualification))
+            Some((kind.name(), *error, *exit_reason, *qualification))
         }
         _ => None,
     })

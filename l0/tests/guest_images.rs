@@ -1,5 +1,5 @@
 //! The built guest images are static ELFs at their fixed addresses, and contain no
-//! instruction the development hosts' KVM cannot emulate at CPL 0 (shared/HOST-NOTES.md: no
+//! instruction the development hosts' KVM cannot emulate at CPL 0 (docs/kvm-exits.md: no
 //! SSE arithmetic, POPCNT, RDTSCP, CMPXCHG16B, XGETBV, BMI, INT3, INT n; VMCALL hangs the
 //! vCPU, so only the `vmcall` payload, which the soft engine never runs, may contain one).
 //! Every executable byte is disassembled with iced-x86. The L2 payload images are checked

@@ -82,7 +82,7 @@ fn l1_reports_its_own_page_fault_with_vector_error_code_and_cr2() {
     assert!(probe(&events).nestbench_l0);
     match report.outcome {
         Outcome::GuestException { vector, name, error_code, cr2, rip, .. } => {
-            assert_eq!((vector, name), (14, "#PF"));
+            assert_eq!((vector, name.as_str()), (14, "#PF"));
             assert_eq!(cr2, IDENTITY_MAP_SIZE, "the first unmapped linear address");
             assert_eq!(error_code, 0, "not-present read from CPL 0");
             assert!((0x10_0000..0x20_0000).contains(&rip), "RIP {rip:#x} inside the L1 image");

@@ -228,7 +228,7 @@ fn must_fail_cases_get_the_architectural_result() {
     for (scenario, want) in cases {
         match verdict(scenario) {
             Event::Verdict { kind, error, exit_reason, qualification, .. } => {
-                assert_eq!((Some(kind), error, exit_reason, qualification), want, "{scenario:?}");
+                assert_eq!((Some(kind.name()), error, exit_reason, qualification), want, "{scenario:?}");
             }
             _ => unreachable!(),
         }

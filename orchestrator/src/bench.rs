@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use nestbench_protocol::events::{Engine, KvmStats, Outcome};
 use serde_json::Value;
 
 use crate::doctor::EngineStatus;
@@ -28,6 +29,7 @@ use crate::results::{
     self, CalibrationStep, Config, ConfigResult, EngineEntry, ExitMultiplication, Exits, PerLevel, Profile, Repetition,
     Skipped, Summary, Tsc,
 };
+use crate::run::{Figures, RunDoc};
 
 /// `results/schema/summary.schema.json`, built in.
 pub const SCHEMA: &str = include_str!("../../results/schema/summary.schema.json");
@@ -227,61 +229,58 @@ struct OneRun {
     insn_emulation: Option<u64>,
 }
 
-fn map_u64(v: &Value) -> std::collections::BTreeMap<String, u64> {
-    v.as_object().map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_u64()?))).collect()).unwrap_or_default()
-}
-
 /// Why a child run does not count, in words.
-fn failure(child: &ChildRun, doc: &Value) -> Option<String> {
+fn failure(child: &ChildRun, doc: &RunDoc) -> Option<String> {
     if child.interrupted == Some(Interruption::Interrupted) {
         return Some("interrupted (Ctrl-C); nestbench-l0 was stopped".into());
     }
-    if let Some(e) = child.event("error").filter(|_| child.complete()) {
-        return Some(format!("nestbench-l0: {}", e["message"].as_str().unwrap_or("error")));
+    if let Some(e) = child.error().filter(|_| child.complete()) {
+        return Some(format!("nestbench-l0: {e}"));
     }
     if let Some(why) = child.why_incomplete() {
         return Some(why);
     }
-    if doc["engine"] != "single_level" && doc["outcome"]["kind"] != "exited" {
-        return Some(format!("the run failed: {}", crate::boot::describe_outcome(&doc["outcome"])));
+    match (&doc.figures, doc.outcome()) {
+        (Figures::SingleLevel(f), _) => {
+            if let Some(p) = &f.problem {
+                return Some(format!("the single-level run failed: {p:?}"));
+            }
+        }
+        (_, Some(Outcome::Exited { .. })) => {}
+        (_, o) => {
+            return Some(format!(
+                "the run failed: {}",
+                o.map_or_else(|| "no end report".to_owned(), crate::boot::describe_outcome)
+            ));
+        }
     }
-    if doc["engine"] == "single_level" && !doc["problem"].is_null() {
-        return Some(format!("the single-level run failed: {}", doc["problem"]));
-    }
-    if doc["payload_status"] != 0 || doc["payload_failures"] != 0 {
-        return Some(format!(
+    match doc.payload_status() {
+        (Some(0), Some(0)) => None,
+        (status, failures) => Some(format!(
             "the payload reported status {} with {} failures",
-            doc["payload_status"], doc["payload_failures"]
-        ));
+            status.map_or_else(|| "null".to_owned(), |s| s.to_string()),
+            failures.map_or_else(|| "null".to_owned(), |s| s.to_string())
+        )),
     }
-    None
 }
 
 fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Result<OneRun, String> {
-    let doc = match c.engine {
-        "bochs" => crate::run::bochs_json(child, &c.payload, iterations),
-        "single_level" => crate::run::single_json(child, &c.payload, iterations),
-        "kvm" => crate::run::kvm_json(child, &c.payload, iterations),
-        _ => crate::run::nested_json(child, &c.payload, iterations, c.shadowing != Some(false)),
-    };
+    let engine = Engine::from_name(c.engine).unwrap_or(Engine::Soft);
+    let doc = RunDoc::of(child, engine, &c.payload, iterations, c.shadowing != Some(false));
     if let Some(why) = failure(child, &doc) {
         return Err(why);
     }
-    let res = if c.engine == "single_level" {
-        &child.event("end").expect("complete")["single_level"]["results"]
-    } else {
-        &child.event("payload_run").ok_or("no payload_run event")?["results"]
-    };
-    let n = res["iterations"].as_u64().ok_or("the payload reported no iterations")?;
-    let total = res["total_cycles"].as_u64().unwrap_or(0);
-    let hist: Vec<[u64; 2]> = res["hist"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|p| Some([p[0].as_u64()?, p[1].as_u64()?])).collect())
-        .unwrap_or_default();
-    let report = child.event("end").map(|e| &e["report"]).cloned().unwrap_or(Value::Null);
-    let (exits, mult, insn) = match c.engine {
-        "single_level" => {
-            let by_kind = map_u64(&doc["kvm_exits"]);
+    let res = match engine {
+        Engine::SingleLevel => child.single_level().and_then(|s| s.results.as_ref()),
+        _ => child.payload_run().ok_or("no payload_run event")?.results.as_ref(),
+    }
+    .ok_or("the payload reported no iterations")?;
+    let report = child.report();
+    let kvm_by_kind = || report.map(|r| r.kvm_exits.clone()).unwrap_or_default();
+    let insn = |s: &Option<KvmStats>| s.as_ref().and_then(|s| s.vcpu.counters.get("insn_emulation").copied());
+    let (exits, mult, insn) = match &doc.figures {
+        Figures::SingleLevel(f) => {
+            let by_kind = f.kvm_exits.clone().unwrap_or_default();
             let total: u64 = by_kind.values().sum();
             (
                 Exits {
@@ -295,33 +294,33 @@ fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Res
                 None,
             )
         }
-        "kvm" => (
+        Figures::Kvm(f) => (
             Exits {
-                l2_by_reason: map_u64(&doc["exits"]),
-                reflected_by_reason: map_u64(&doc["tracepoints"]["reflected_by_reason"]),
+                l2_by_reason: f.l1.exits.clone().unwrap_or_default(),
+                reflected_by_reason: f.tracepoints.as_ref().map(|t| t.reflected_by_reason.clone()).unwrap_or_default(),
                 per_level: PerLevel {
-                    l0_only: doc["l0_only_exits"].as_u64(),
-                    reflected_to_l1: doc["reflected_exits"].as_u64(),
-                    l1_traps: doc["l1_traps"].as_u64(),
-                    kvm_exits_l1_vm: doc["attribution"]["kvm_exits"].as_u64(),
+                    l0_only: f.l0_only_exits,
+                    reflected_to_l1: f.reflected_exits,
+                    l1_traps: f.l1_traps,
+                    kvm_exits_l1_vm: f.attribution.as_ref().and_then(|a| a.kvm_exits),
                     kvm_exits_l2_vm: None,
                 },
-                kvm_by_kind: map_u64(&report["kvm_exits"]),
+                kvm_by_kind: kvm_by_kind(),
                 stable_across_repetitions: true,
             },
             Some(ExitMultiplication {
-                kvm_exits_per_reflected_exit: doc["kvm_exits_per_reflected_exit"].as_f64(),
-                l1_traps_per_reflected_exit: doc["l1_traps"]
-                    .as_f64()
-                    .zip(doc["reflected_exits"].as_f64())
-                    .filter(|(_, r)| *r > 0.0)
-                    .map(|(t, r)| t / r),
+                kvm_exits_per_reflected_exit: f.kvm_exits_per_reflected_exit,
+                l1_traps_per_reflected_exit: f
+                    .l1_traps
+                    .zip(f.reflected_exits)
+                    .filter(|(_, r)| *r > 0)
+                    .map(|(t, r)| t as f64 / r as f64),
             }),
-            doc["kvm_stats"]["vcpu"]["counters"]["insn_emulation"].as_u64(),
+            insn(&f.kvm_stats),
         ),
-        "bochs" => (
+        Figures::Bochs(f) => (
             Exits {
-                l2_by_reason: map_u64(&doc["exits"]),
+                l2_by_reason: f.l1.exits.clone().unwrap_or_default(),
                 reflected_by_reason: Default::default(),
                 per_level: PerLevel::default(),
                 kvm_by_kind: Default::default(),
@@ -330,44 +329,54 @@ fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Res
             None,
             None,
         ),
-        _ => (
+        Figures::Soft(f) => (
             Exits {
-                l2_by_reason: map_u64(&doc["exits"]),
-                reflected_by_reason: map_u64(&doc["reflected_exits_by_reason"]),
+                l2_by_reason: f.l1.exits.clone().unwrap_or_default(),
+                reflected_by_reason: f.reflected_exits_by_reason.clone().unwrap_or_default(),
                 per_level: PerLevel {
-                    l0_only: doc["l0_only_exits"].as_u64(),
-                    reflected_to_l1: doc["reflected_exits"].as_u64(),
-                    l1_traps: doc["l1_traps"].as_u64(),
-                    kvm_exits_l1_vm: doc["kvm_exits"]["l1_vm"].as_u64(),
-                    kvm_exits_l2_vm: doc["kvm_exits"]["l2_vm"].as_u64(),
+                    l0_only: f.l0_only_exits,
+                    reflected_to_l1: Some(f.reflected_exits),
+                    l1_traps: f.l1_traps,
+                    kvm_exits_l1_vm: f.kvm_exits.l1_vm,
+                    kvm_exits_l2_vm: f.kvm_exits.l2_vm,
                 },
-                kvm_by_kind: map_u64(&report["kvm_exits"]),
+                kvm_by_kind: kvm_by_kind(),
                 stable_across_repetitions: true,
             },
             Some(ExitMultiplication {
-                kvm_exits_per_reflected_exit: doc["kvm_exits"]["per_reflected_exit"].as_f64(),
-                l1_traps_per_reflected_exit: doc["l1_traps_per_reflected_exit"].as_f64(),
+                kvm_exits_per_reflected_exit: f.kvm_exits.per_reflected_exit,
+                l1_traps_per_reflected_exit: f.l1_traps_per_reflected_exit,
             }),
-            doc["kvm_stats"]["vcpu"]["counters"]["insn_emulation"].as_u64(),
+            insn(&f.kvm_stats),
         ),
+    };
+    let n = res.iterations;
+    let wall_ns = match &doc.figures {
+        Figures::Soft(f) => f.time_ns.wall,
+        Figures::Kvm(f) => f.time_ns.wall,
+        Figures::SingleLevel(f) => f.time_ns.wall,
+        Figures::Bochs(_) => report.map(|r| r.wall_ns),
     };
     Ok(OneRun {
         rep: Repetition {
             iterations: n,
-            mean: if n > 0 { total as f64 / n as f64 } else { 0.0 },
-            min: res["min_cycles"].as_u64().unwrap_or(0),
-            max: res["max_cycles"].as_u64().unwrap_or(0),
-            total,
-            histogram_log2: hist,
-            wall_ns: doc["time_ns"]["wall"].as_u64().or_else(|| report["wall_ns"].as_u64()),
+            mean: if n > 0 { res.total_cycles as f64 / n as f64 } else { 0.0 },
+            min: res.min_cycles,
+            max: res.max_cycles,
+            total: res.total_cycles,
+            histogram_log2: res.hist.iter().map(|&(b, c)| [b as u64, c]).collect(),
+            wall_ns,
             started_s,
             exits: exits.l2_by_reason.values().sum(),
-            layers: (c.engine == "soft")
-                .then(|| {
-                    let t = |k: &str| doc["time_ns"][k].as_f64();
-                    Some(results::Layers { l0_ns: t("l0")?, l1_ns: t("l1")?, l2_ns: t("l2")? })
+            layers: match &doc.figures {
+                Figures::Soft(f) => Some(results::Layers {
+                    l0_ns: f.time_ns.l0.unwrap_or(0) as f64,
+                    l1_ns: f.time_ns.l1.unwrap_or(0) as f64,
+                    l2_ns: f.time_ns.l2.unwrap_or(0) as f64,
                 })
-                .flatten(),
+                .filter(|_| f.time_ns.l0.is_some()),
+                _ => None,
+            },
         },
         exits,
         mult,

@@ -2,14 +2,17 @@
 //! state: each payload runs with N and with 2N iterations in the same boot, and every figure
 //! is the difference divided by N, so that boot, L1's set-up and the first exit's cold costs
 //! cancel. On Bochs the TSC ticks once per instruction, so the payload's cycle total is the
-//! instructions KVM's nested code, L1 and L2 execute together (shared/EMULATED-HOSTS.md);
+//! instructions KVM's nested code, L1 and L2 execute together (docs/emulated-hosts.md);
 //! with `clock: sync=none` and the deterministic command line, every count here is the same
 //! on every boot of the same kernel and model.
 
 use std::collections::BTreeMap;
 
+use nestbench_protocol::events::Engine;
+use nestbench_protocol::kvm_engine::KvmAttribution;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
+
+use crate::run::{Figures, KvmFigures, RunDoc};
 
 /// Runs per payload: N and 2N iterations, without and with KVM's tracepoints.
 pub const RUNS_PER_PAYLOAD: usize = 4;
@@ -50,54 +53,55 @@ pub struct ExactRow {
     pub error: Option<String>,
 }
 
-fn u(v: &Value) -> u64 {
-    v.as_u64().unwrap_or(0)
-}
-
 /// The payload's TSC total over its timed loop (its mean times its iterations; the mean is
 /// that total divided by the iterations, so this is exact).
-fn total_cycles(j: &Value) -> u64 {
-    (j["latency_cycles"]["mean"].as_f64().unwrap_or(0.0) * u(&j["iterations"]) as f64).round() as u64
+fn total_cycles(j: &RunDoc) -> u64 {
+    (j.latency().mean.unwrap_or(0.0) * j.iterations as f64).round() as u64
 }
 
-/// The figures from the `run --json` documents (`run::kvm_json`) of the N and 2N runs,
+/// The kvm engine's figures of a run document.
+fn kvm(j: &RunDoc) -> Option<&KvmFigures> {
+    if let Figures::Kvm(k) = &j.figures { Some(k) } else { None }
+}
+
+/// The figures from the `run --json` documents (kvm engine) of the N and 2N runs,
 /// `plain` without KVM's tracepoints and `traced` with them: instructions and KVM's
 /// statistics from the plain pair, exits by level and reason from the traced pair.
 #[must_use]
-pub fn steady_state(payload: &str, n: u64, plain: [&Value; 2], traced: [&Value; 2]) -> ExactRow {
+pub fn steady_state(payload: &str, n: u64, plain: [&RunDoc; 2], traced: [&RunDoc; 2]) -> ExactRow {
     let failed = plain.iter().chain(traced.iter()).find_map(|j| {
-        let ok = j["complete"] == true && j["payload_status"] == 0 && j["payload_failures"] == 0;
+        let ok = j.complete && j.payload_status() == (Some(0), Some(0)) && kvm(j).is_some();
         (!ok).then(|| {
-            j["error"].as_str().map_or_else(
-                || format!("the {} run did not complete: {}", j["iterations"], j["outcome"]),
-                str::to_owned,
-            )
+            j.error.clone().unwrap_or_else(|| {
+                format!(
+                    "the {} run did not complete: {}",
+                    j.iterations,
+                    j.outcome().map_or_else(|| "no end report".to_owned(), crate::boot::describe_outcome)
+                )
+            })
         })
     });
     if let Some(error) = failed {
         return ExactRow { payload: payload.to_owned(), n, error: Some(error), ..ExactRow::default() };
     }
-    if let Some(j) = traced.iter().find(|j| j["tracepoints"].is_null()) {
-        let why = j["tracepoints_unavailable"].as_str().unwrap_or("no tracepoint counts");
+    let (Some(ts), Some(tl)) =
+        (kvm(traced[0]).and_then(|k| k.tracepoints.as_ref()), kvm(traced[1]).and_then(|k| k.tracepoints.as_ref()))
+    else {
+        let why = traced
+            .iter()
+            .find_map(|j| kvm(j).and_then(|k| k.tracepoints_unavailable.clone()))
+            .unwrap_or_else(|| "no tracepoint counts".to_owned());
         return ExactRow {
             payload: payload.to_owned(),
             n,
             error: Some(format!("KVM's tracepoints: {why}")),
             ..ExactRow::default()
         };
-    }
-    let delta = |pair: [&Value; 2], f: &dyn Fn(&Value) -> u64| f(pair[1]).saturating_sub(f(pair[0]));
-    let per = |x: u64| x as f64 / n as f64;
-    let tp = |j: &Value, k: &str| u(&j["tracepoints"][k]);
-    let reflected = delta(traced, &|j| tp(j, "nested_vmexit_inject"));
-    let l0_handled = delta(traced, &|j| tp(j, "nested_vmexit").saturating_sub(tp(j, "nested_vmexit_inject")));
-    let reasons = |j: &Value| -> BTreeMap<String, u64> {
-        j["tracepoints"]["l1_exits_by_reason"]
-            .as_object()
-            .map(|o| o.iter().map(|(k, v)| (k.clone(), u(v))).collect())
-            .unwrap_or_default()
     };
-    let (rs, rl) = (reasons(traced[0]), reasons(traced[1]));
+    let per = |x: u64| x as f64 / n as f64;
+    let reflected = tl.nested_vmexit_inject.saturating_sub(ts.nested_vmexit_inject);
+    let l0_handled = tl.l0_handled().saturating_sub(ts.l0_handled());
+    let (rs, rl) = (&ts.l1_exits_by_reason, &tl.l1_exits_by_reason);
     let l1_exits_per_reflected = rl
         .keys()
         .chain(rs.keys())
@@ -105,16 +109,20 @@ pub fn steady_state(payload: &str, n: u64, plain: [&Value; 2], traced: [&Value; 
         .filter(|(_, v)| *v != 0.0)
         .collect();
     let per_reflected = |x: u64| if reflected == 0 { 0.0 } else { x as f64 / reflected as f64 };
+    let delta = |pair: [&RunDoc; 2], f: &dyn Fn(&RunDoc) -> u64| f(pair[1]).saturating_sub(f(pair[0]));
+    let attribution = |f: fn(&KvmAttribution) -> Option<u64>| {
+        move |j: &RunDoc| kvm(j).and_then(|k| k.attribution.as_ref()).and_then(f).unwrap_or(0)
+    };
     let instructions = per(delta(plain, &total_cycles));
     ExactRow {
         payload: payload.to_owned(),
         n,
         reflected,
         instructions_per_round_trip: instructions,
-        min_round_trip: plain[1]["latency_cycles"]["min"].as_u64(),
+        min_round_trip: plain[1].latency().min,
         tracepoint_instructions_per_round_trip: per(delta(traced, &total_cycles)) - instructions,
-        kvm_exits_per_reflected: per_reflected(delta(plain, &|j| u(&j["attribution"]["kvm_exits"]))),
-        nested_runs_per_reflected: per_reflected(delta(plain, &|j| u(&j["attribution"]["nested_runs"]))),
+        kvm_exits_per_reflected: per_reflected(delta(plain, &attribution(|a| a.kvm_exits))),
+        nested_runs_per_reflected: per_reflected(delta(plain, &attribution(|a| a.nested_runs))),
         l0_handled_per_reflected: per_reflected(l0_handled),
         l1_exits_per_reflected,
         error: None,
@@ -149,7 +157,7 @@ pub async fn measure(
         .iter()
         .enumerate()
         .map(|(i, p)| {
-            let j = |k: usize| crate::run::kvm_json(&session.runs[RUNS_PER_PAYLOAD * i + k], p, n << (k % 2));
+            let j = |k: usize| RunDoc::of(&session.runs[RUNS_PER_PAYLOAD * i + k], Engine::Kvm, p, n << (k % 2), false);
             steady_state(p, n, [&j(0), &j(1)], [&j(2), &j(3)])
         })
         .collect();
@@ -198,16 +206,51 @@ pub fn render(title: &str, rows: &[ExactRow]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use nestbench_protocol::kvm_engine::NestedCounts;
 
-    fn doc(iterations: u64, mean: f64, kvm_exits: u64, inject: u64, vmexit: u64, vmread: u64) -> Value {
-        json!({
-            "complete": true, "payload_status": 0, "payload_failures": 0, "iterations": iterations,
-            "latency_cycles": {"mean": mean, "min": 17000},
-            "attribution": {"kvm_exits": kvm_exits, "nested_runs": inject},
-            "tracepoints": {"nested_vmexit_inject": inject, "nested_vmexit": vmexit,
-                            "l1_exits_by_reason": {"VMREAD": vmread, "VMRESUME": inject, "CPUID": 9}},
-        })
+    fn doc(iterations: u64, mean: f64, kvm_exits: u64, inject: u64, vmexit: u64, vmread: u64) -> RunDoc {
+        let f = KvmFigures {
+            l1: crate::run::L1View { payload_status: Some(0), ..Default::default() },
+            kvm_intel_params: None,
+            vmx_msrs: None,
+            attribution: Some(KvmAttribution {
+                kvm_exits: Some(kvm_exits),
+                nested_runs: Some(inject),
+                ..KvmAttribution::default()
+            }),
+            tracepoints: Some(NestedCounts {
+                nested_vmexit_inject: inject,
+                nested_vmexit: vmexit,
+                l1_exits_by_reason: BTreeMap::from([
+                    ("VMREAD".into(), vmread),
+                    ("VMRESUME".into(), inject),
+                    ("CPUID".into(), 9),
+                ]),
+                ..NestedCounts::default()
+            }),
+            tracepoints_unavailable: None,
+            l0_only_exits: None,
+            reflected_exits: None,
+            l1_traps: None,
+            kvm_exits_per_reflected_exit: None,
+            latency_cycles: crate::run::Latency { mean: Some(mean), min: Some(17000), ..Default::default() },
+            payload_failures: Some(0),
+            kvm_stats: None,
+            time_ns: crate::run::TimeNs::default(),
+            console: Vec::new(),
+        };
+        RunDoc {
+            run_json_version: crate::run::RUN_JSON_VERSION,
+            engine: Engine::Kvm,
+            payload: "outl".into(),
+            iterations,
+            complete: true,
+            incomplete: None,
+            figures: Figures::Kvm(Box::new(f)),
+            error: None,
+            host: None,
+            trace: None,
+        }
     }
 
     #[test]
@@ -237,14 +280,16 @@ mod tests {
     #[test]
     fn a_failed_run_or_missing_tracepoints_give_no_figures() {
         let mut bad = doc(50, 1.0, 1, 1, 1, 1);
-        bad["complete"] = json!(false);
-        bad["error"] = json!("KVM refused");
+        bad.complete = false;
+        bad.error = Some("KVM refused".into());
         let good = doc(100, 1.0, 1, 1, 1, 1);
         let r = steady_state("hlt", 50, [&bad, &good], [&good, &good]);
         assert_eq!(r.error.as_deref(), Some("KVM refused"));
         let mut no_tp = doc(100, 1.0, 1, 1, 1, 1);
-        no_tp["tracepoints"] = Value::Null;
-        no_tp["tracepoints_unavailable"] = json!("tracefs is not mounted");
+        if let Figures::Kvm(k) = &mut no_tp.figures {
+            k.tracepoints = None;
+            k.tracepoints_unavailable = Some("tracefs is not mounted".into());
+        }
         let small = doc(50, 1.0, 1, 1, 1, 1);
         assert!(
             steady_state("hlt", 50, [&small, &good], [&small, &no_tp])

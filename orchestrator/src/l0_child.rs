@@ -1,14 +1,15 @@
 //! Supervising one `nestbench-l0` child: spawn it, read its event stream line by line as it
 //! comes, stop it on timeout or Ctrl-C, and keep whatever it said.
 //!
-//! The child boundary is deliberate (shared/DESIGN.md): a crashing VM cannot take the
+//! The child boundary is deliberate (docs/architecture.md): a crashing VM cannot take the
 //! orchestrator down, and KVM_RUN never runs on a tokio worker thread.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use serde_json::Value;
+use nestbench_protocol::events::{End, Event, Hello, PayloadRun, Probe, RunReport};
+use nestbench_protocol::single_level::SingleLevelRun;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
@@ -44,9 +45,9 @@ pub enum Interruption {
 /// Everything a child said.
 #[derive(Clone, Debug, Default)]
 pub struct ChildRun {
-    /// Each stream line that parsed as JSON, in order.
-    pub events: Vec<Value>,
-    /// Lines that did not parse (kept, never dropped silently).
+    /// Each stream line that parsed as a protocol event, in order.
+    pub events: Vec<Event>,
+    /// Lines that did not parse as an event, with the reason (kept, never dropped silently).
     pub malformed: Vec<String>,
     /// Its exit code (`None` if killed by a signal).
     pub exit_code: Option<i32>,
@@ -64,7 +65,7 @@ pub struct ChildRun {
 #[derive(Debug)]
 pub enum Incoming<'a> {
     /// A control event (kept in [`ChildRun::events`] too).
-    Event(&'a Value),
+    Event(&'a Event),
     /// A decoded `trace` batch (docs/event-stream.md "Traces"); not kept.
     Trace(crate::trace::Batch),
 }
@@ -84,25 +85,71 @@ impl ChildRun {
             }
             return;
         }
-        match serde_json::from_str::<Value>(l) {
+        match serde_json::from_str::<Event>(l) {
             Ok(v) => {
                 on_event(Incoming::Event(&v));
                 self.events.push(v);
+            }
+            // A line that is JSON but not an event of this protocol version (a newer l0, a
+            // renamed field) says why, instead of turning into nulls further on.
+            Err(e) if serde_json::from_str::<serde_json::Value>(l).is_ok() => {
+                self.malformed.push(format!("{e}: {}", l.chars().take(200).collect::<String>()));
             }
             Err(_) => self.malformed.push(l.to_owned()),
         }
     }
 
-    /// The first event of type `kind`.
+    /// The `hello` line.
     #[must_use]
-    pub fn event(&self, kind: &str) -> Option<&Value> {
-        self.events.iter().find(|e| e["event"] == kind)
+    pub fn hello(&self) -> Option<&Hello> {
+        self.events.iter().find_map(|e| if let Event::Hello(h) = e { Some(h) } else { None })
+    }
+
+    /// The `end` line.
+    #[must_use]
+    pub fn end(&self) -> Option<&End> {
+        self.events.iter().find_map(|e| if let Event::End(x) = e { Some(x) } else { None })
+    }
+
+    /// The run report (`end` of a run with L1).
+    #[must_use]
+    pub fn report(&self) -> Option<&RunReport> {
+        self.end().and_then(|e| e.report.as_deref())
+    }
+
+    /// A single-level run's result (`end` of a single-level run).
+    #[must_use]
+    pub fn single_level(&self) -> Option<&SingleLevelRun> {
+        self.end().and_then(|e| e.single_level.as_ref())
+    }
+
+    /// L1's report on the payload.
+    #[must_use]
+    pub fn payload_run(&self) -> Option<&PayloadRun> {
+        self.events.iter().find_map(|e| if let Event::PayloadRun(p) = e { Some(&**p) } else { None })
+    }
+
+    /// L1's CPU probe.
+    #[must_use]
+    pub fn probe(&self) -> Option<&Probe> {
+        self.events.iter().find_map(|e| if let Event::Probe(p) = e { Some(p) } else { None })
+    }
+
+    /// The `error` line's message: l0 could not run.
+    #[must_use]
+    pub fn error(&self) -> Option<&str> {
+        self.events.iter().find_map(|e| if let Event::Error { message } = e { Some(message.as_str()) } else { None })
+    }
+
+    /// L1's console lines.
+    pub fn console(&self) -> impl Iterator<Item = &str> {
+        self.events.iter().filter_map(|e| if let Event::Console { text } = e { Some(text.as_str()) } else { None })
     }
 
     /// Whether the stream is complete: it has an `end` or `error` event and nobody stopped it.
     #[must_use]
     pub fn complete(&self) -> bool {
-        self.interrupted.is_none() && (self.event("end").is_some() || self.event("error").is_some())
+        self.interrupted.is_none() && (self.end().is_some() || self.error().is_some())
     }
 
     /// Why the stream is not complete, for a person: how the child ended (stopped by
@@ -120,16 +167,39 @@ impl ChildRun {
             (None, None, Some(sig)) => format!("was killed by signal {sig} ({})", signal_name(sig)),
             (None, None, None) => "ended (status unknown)".to_owned(),
         };
-        let last = self.events.last().map_or_else(
-            || "it sent no event".to_owned(),
-            |e| format!("its last event was `{}`", e["event"].as_str().unwrap_or("?")),
-        );
+        let last = self
+            .events
+            .last()
+            .map_or_else(|| "it sent no event".to_owned(), |e| format!("its last event was `{}`", event_name(e)));
         let tail: Vec<&str> = self.stderr.lines().filter(|l| !l.trim().is_empty()).collect();
         let stderr = match tail.len() {
             0 => "nothing on stderr".to_owned(),
             n => format!("its stderr ends: {}", tail[n.saturating_sub(5)..].join(" | ")),
         };
-        Some(format!("nestbench-l0 {how} before its final event; {last}; {stderr}"))
+        let malformed = match self.malformed.first() {
+            None => String::new(),
+            Some(m) => format!("; {} line(s) were not events of this protocol, the first: {m}", self.malformed.len()),
+        };
+        Some(format!("nestbench-l0 {how} before its final event; {last}; {stderr}{malformed}"))
+    }
+}
+
+/// An event's name on the stream (its `event` field).
+#[must_use]
+pub fn event_name(e: &Event) -> &'static str {
+    match e {
+        Event::Console { .. } => "console",
+        Event::Probe(_) => "probe",
+        Event::Verdict { .. } => "verdict",
+        Event::PayloadRun(_) => "payload_run",
+        Event::Note { .. } => "note",
+        Event::HypercallError { .. } => "hypercall_error",
+        Event::TraceStart { .. } => "trace_start",
+        Event::Trace(_) => "trace",
+        Event::TraceError { .. } => "trace_error",
+        Event::Hello(_) => "hello",
+        Event::End(_) => "end",
+        Event::Error { .. } => "error",
     }
 }
 
@@ -230,7 +300,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_child_past_its_deadline_is_killed_and_what_it_said_is_kept() {
-        let script = r#"echo '{"event":"hello","stream_version":1}'; echo 'not json'; exec sleep 30"#;
+        let script = r#"echo '{"event":"hello","stream_version":1,"abi_version":2,"l0_version":"0.1.0","timeout_ms":5}'; echo 'not json'; exec sleep 30"#;
         let args = ["-c".to_owned(), script.to_owned()];
         let start = std::time::Instant::now();
         let run = run_l0(Path::new("/bin/sh"), &args, Duration::from_millis(500), |_| {}).await.unwrap();
@@ -238,14 +308,15 @@ mod tests {
         assert_eq!(run.interrupted, Some(Interruption::Timeout));
         assert!(!run.complete(), "partial");
         assert_eq!(run.events.len(), 1);
-        assert_eq!(run.event("hello").unwrap()["stream_version"], 1);
+        assert_eq!(run.hello().unwrap().stream_version, 1);
         assert_eq!(run.malformed, ["not json"]);
         assert_eq!(run.exit_code, None, "killed by a signal");
     }
 
     #[tokio::test]
     async fn a_child_that_dies_without_a_final_event_is_incomplete() {
-        let args = ["-c".to_owned(), r#"echo '{"event":"hello"}'; echo boom >&2; exit 3"#.to_owned()];
+        let hello = r#"{"event":"hello","stream_version":1,"abi_version":2,"l0_version":"0.1.0","timeout_ms":5}"#;
+        let args = ["-c".to_owned(), format!("echo '{hello}'; echo boom >&2; exit 3")];
         let run = run_l0(Path::new("/bin/sh"), &args, Duration::from_secs(10), |_| {}).await.unwrap();
         assert_eq!(run.interrupted, None);
         assert!(!run.complete());

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
+use nestbench_protocol::Engine as ProtocolEngine;
 
 #[derive(Parser)]
 #[command(
@@ -529,9 +530,7 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
     };
     if a.json {
         let mut j = boot::to_json(&run);
-        if let Some(h) = session_host {
-            j["host"] = h;
-        }
+        j.host = session_host.clone();
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         if let Some(h) = &session_host {
@@ -546,13 +545,10 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
         }
         print!("{}", boot::render(&run));
     }
-    let ok = run.complete()
-        && run
-            .event("end")
-            .is_some_and(|e| e["report"]["outcome"]["kind"] == "exited" && e["report"]["outcome"]["status"] == 0);
+    let ok = run.complete() && run.report().is_some_and(|r| r.outcome.is_success());
     Ok(if ok {
         0
-    } else if run.event("error").is_some() {
+    } else if run.error().is_some() {
         2
     } else {
         1
@@ -621,27 +617,25 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     })?;
     let child = session.runs.into_iter().next().unwrap_or_default();
     let traced = a.trace.trace.is_some().then(|| sink.finish(&child));
-    let mut j = if a.engine == Engine::Bochs {
-        run::bochs_json(&child, m.name, iterations)
-    } else if a.engine == Engine::Kvm {
-        run::kvm_json(&child, m.name, iterations)
-    } else if a.single_level {
-        run::single_json(&child, m.name, iterations)
-    } else {
-        run::nested_json(&child, m.name, iterations, a.vmcs_shadowing == OnOff::On)
+    let engine = match a.engine {
+        Engine::Bochs => ProtocolEngine::Bochs,
+        Engine::Kvm => ProtocolEngine::Kvm,
+        Engine::Soft if a.single_level => ProtocolEngine::SingleLevel,
+        Engine::Soft => ProtocolEngine::Soft,
     };
+    let mut j = run::RunDoc::of(&child, engine, m.name, iterations, a.vmcs_shadowing == OnOff::On);
     if host != hosts::HostSpec::Local {
-        j["host"] = serde_json::json!({ "name": host.name(), "boot": session.boot, "facts": session.host });
+        j.host = Some(serde_json::json!({ "name": host.name(), "boot": session.boot, "facts": session.host }));
     }
     let mut trace_ok = true;
     if let Some((end, path, agg)) = &traced {
         trace_ok = end["complete"] == true && path.is_some();
-        j["trace"] = serde_json::json!({
+        j.trace = Some(serde_json::json!({
             "file": path.as_ref().map(|p| p.display().to_string()),
             "format": format!("{:?}", a.trace.format).to_lowercase(),
             "end": end,
             "figures": agg.to_json(),
-        });
+        }));
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&j)?);
@@ -946,8 +940,6 @@ fn main_code(cli: Cli) -> anyhow::Result<i32> {
                 let l0 = l0_child::locate_l0(l0.as_deref())?;
                 let session = on_host(&spec, &opts, &l0, &[], |_, _| {})?;
                 let facts = session.host.context("the emulated host booted but sent no host report")?;
-                let facts: l0::host::HostFacts =
-                    serde_json::from_value(facts).context("reading the emulated host's report")?;
                 doctor::doctor_emulated(spec.name(), facts, session.boot)
             };
             if json {

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use nestbench_protocol::events::{Event, Outcome as RunOutcome};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -64,20 +65,26 @@ impl Outcome {
 /// Turn a finished child into an outcome.
 #[must_use]
 pub fn classify(child: &ChildRun) -> Outcome {
-    if let Some(v) = child.event("verdict") {
+    let verdict = child.events.iter().find_map(|e| match e {
+        Event::Verdict { kind, error, exit_reason, qualification, .. } => {
+            Some((*kind, *error, *exit_reason, *qualification))
+        }
+        _ => None,
+    });
+    if let Some((kind, error, exit_reason, qualification)) = verdict {
         return Outcome {
-            kind: v["kind"].as_str().unwrap_or("invalid").into(),
-            error: v["error"].as_u64(),
-            exit_reason: v["exit_reason"].as_u64(),
-            qualification: v["qualification"].as_u64(),
+            kind: kind.name().into(),
+            error: error.map(u64::from),
+            exit_reason: exit_reason.map(u64::from),
+            qualification,
             detail: None,
         };
     }
     if child.interrupted == Some(Interruption::Timeout) {
         return Outcome::other("hung", "no verdict before the deadline; nestbench-l0 was killed".into());
     }
-    if let Some(e) = child.event("error") {
-        let m = e["message"].as_str().unwrap_or("").to_owned();
+    if let Some(m) = child.error() {
+        let m = m.to_owned();
         let kind = if m.contains("not a VM-entry case") || m.contains("writes[") || m.contains("steps") {
             "malformed_case"
         } else {
@@ -85,14 +92,12 @@ pub fn classify(child: &ChildRun) -> Outcome {
         };
         return Outcome::other(kind, m);
     }
-    let outcome = child.event("end").map(|e| e["report"]["outcome"].clone()).unwrap_or(Value::Null);
-    match outcome["kind"].as_str() {
-        Some("engine_unsupported") => Outcome::other(
-            "engine_unsupported",
-            format!("{}: {}", outcome["what"].as_str().unwrap_or("?"), outcome["why"].as_str().unwrap_or("")),
-        ),
-        Some("timeout") => Outcome::other("hung", crate::boot::describe_outcome(&outcome)),
-        Some(_) => Outcome::other("guest_crashed", crate::boot::describe_outcome(&outcome)),
+    match child.report().map(|r| &r.outcome) {
+        Some(RunOutcome::EngineUnsupported { what, why }) => {
+            Outcome::other("engine_unsupported", format!("{what}: {why}"))
+        }
+        Some(o @ RunOutcome::Timeout { .. }) => Outcome::other("hung", crate::boot::describe_outcome(o)),
+        Some(o) => Outcome::other("guest_crashed", crate::boot::describe_outcome(o)),
         None => Outcome::other(
             "guest_crashed",
             format!("nestbench-l0 ended without a verdict (exit code {:?})", child.exit_code),
@@ -103,12 +108,13 @@ pub fn classify(child: &ChildRun) -> Outcome {
 /// The Bochs log lines that name the failing check (`VMENTER FAIL: ...`, `VMFAIL: ...`).
 #[must_use]
 pub fn bochs_checks(child: &ChildRun) -> Vec<String> {
-    let lines = child.event("end").map(|e| e["report"]["bochs"]["log_lines"].clone()).unwrap_or(Value::Null);
-    lines
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
+    child
+        .report()
+        .and_then(|r| r.bochs.as_ref())
+        .map(|b| {
+            b.log_lines
+                .iter()
+                .map(String::as_str)
                 .filter(|l| l.contains("VMENTER FAIL") || l.contains("VMFAIL") || l.contains("VMEXIT: "))
                 .map(|l| l.split_once("] ").map_or(l, |(_, t)| t).to_owned())
                 .collect()
@@ -259,11 +265,9 @@ impl CaseRunner {
             .await
             .map_err(|e| e.to_string())?;
         let rows: Vec<(String, String, String)> = child
-            .events
-            .iter()
-            .filter(|e| e["event"] == "console")
-            .filter_map(|e| {
-                let t = e["text"].as_str()?.strip_prefix("vmcs ")?;
+            .console()
+            .filter_map(|t| {
+                let t = t.strip_prefix("vmcs ")?;
                 let mut it = t.splitn(3, ' ');
                 Some((it.next()?.to_owned(), it.next()?.to_owned(), it.next().unwrap_or("").to_owned()))
             })
@@ -290,25 +294,38 @@ mod tests {
     use super::*;
 
     fn child(events: Vec<Value>, interrupted: Option<Interruption>) -> ChildRun {
+        let events = events.into_iter().map(|e| serde_json::from_value(e).expect("a protocol event")).collect();
         ChildRun { events, interrupted, ..ChildRun::default() }
+    }
+
+    /// An `end` line whose report has `outcome` and nothing else of note.
+    fn end(outcome: Value) -> Value {
+        serde_json::json!({"event": "end", "report": {"outcome": outcome, "kvm_exits": {}, "kvm_exits_total": 0,
+            "hypercalls": {}, "wall_ns": 0, "kvm_stats": null}})
     }
 
     #[test]
     fn outcomes_from_what_the_child_said() {
-        let v = classify(&child(vec![serde_json::json!({"event": "verdict", "kind": "fail_valid", "error": 7})], None));
+        let v = classify(&child(
+            vec![serde_json::json!({"event": "verdict", "scenario": "Vmentry", "kind": "fail_valid", "error": 7})],
+            None,
+        ));
         assert_eq!(v.short(), "fail_valid(7)");
         let v = classify(&child(
             vec![
-                serde_json::json!({"event": "verdict", "kind": "entry_failure", "exit_reason": 0x8000_0021u64, "qualification": 4}),
+                serde_json::json!({"event": "verdict", "scenario": "Vmentry", "kind": "entry_failure", "exit_reason": 0x8000_0021u64, "qualification": 4}),
             ],
             None,
         ));
         assert_eq!(v.short(), "entry_failure(0x80000021, q=0x4)");
         assert_eq!(classify(&child(vec![], Some(Interruption::Timeout))).kind, "hung");
-        let unsupported = serde_json::json!({"event": "end", "report": {"outcome": {"kind": "engine_unsupported", "what": "vm_entry_msr_load_count", "why": "no"}}});
+        let unsupported =
+            end(serde_json::json!({"kind": "engine_unsupported", "what": "vm_entry_msr_load_count", "why": "no"}));
         let u = classify(&child(vec![unsupported], None));
         assert_eq!((u.kind.as_str(), u.detail.as_deref()), ("engine_unsupported", Some("vm_entry_msr_load_count: no")));
-        let crash = serde_json::json!({"event": "end", "report": {"outcome": {"kind": "triple_fault"}}});
+        let regs = serde_json::to_value(nestbench_protocol::events::Gprs::default()).unwrap();
+        let crash =
+            end(serde_json::json!({"kind": "triple_fault", "regs": regs, "cr0": 0, "cr3": 0, "cr4": 0, "idt": [0, 0]}));
         assert_eq!(classify(&child(vec![crash], None)).kind, "guest_crashed");
     }
 }

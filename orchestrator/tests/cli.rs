@@ -171,7 +171,7 @@ fn payloads_lists_every_payload_with_its_engines() {
     let all: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
     assert_eq!(names, all);
     assert_eq!(&names[..7], ["outl", "inl", "io_encodings", "hlt", "compute", "cpuid", "vmcall"]);
-    // The soft engine's memslot limits (shared/DESIGN.md) are stated with the payloads.
+    // The soft engine's memslot limits (docs/architecture.md) are stated with the payloads.
     let limits = j["soft_engine_memslot_limits"].as_array().unwrap();
     assert!(limits.iter().any(|l| l.as_str().unwrap().contains("execute-only")), "{limits:?}");
     assert!(limits.iter().any(|l| l.as_str().unwrap().contains("read-only flag")), "{limits:?}");

@@ -178,8 +178,9 @@ fn upstream_exits(host: &str) -> Value {
 }
 
 /// Every row of the probe, as measured inside the emulated host by its agent, is upstream's.
-fn assert_upstream_exits(host: &str, kernel: &str, facts: Option<&Value>) {
-    let got = &facts.unwrap_or_else(|| panic!("{host} ({kernel}): no host report"))["exit_semantics"];
+fn assert_upstream_exits(host: &str, kernel: &str, facts: Option<Value>) {
+    let facts = facts.unwrap_or_else(|| panic!("{host} ({kernel}): no host report"));
+    let got = &facts["exit_semantics"];
     assert_eq!(got, &upstream_exits(host), "{host} ({kernel}): every row of docs/kvm-exits.md's upstream column");
     println!("{host} ({kernel}): exit semantics are upstream's, row for row: {got}");
 }
@@ -296,10 +297,10 @@ fn every_payload_on_host(host: &str, kernel: &str, engine: &str, known: &[(&str,
     let opts = EmulatedOptions { kernel: Some(kernel.into()), ..EmulatedOptions::default() };
     let rt = tokio::runtime::Runtime::new().unwrap();
     let session = rt.block_on(run_all(&spec, &opts, &l0, &invocations, |_, _| {})).unwrap();
-    assert_upstream_exits(host, kernel, session.host.as_ref());
+    assert_upstream_exits(host, kernel, session.host.as_ref().map(|f| serde_json::to_value(f).unwrap()));
     let mut failed = Vec::new();
     for (m, run) in payloads.iter().zip(&session.runs) {
-        let p = run.event("payload_run").cloned().unwrap_or(Value::Null);
+        let p = run.payload_run().map_or(Value::Null, |p| serde_json::to_value(p).unwrap());
         let exits: std::collections::BTreeMap<String, u64> = p["exits"]
             .as_object()
             .map(|o| o.iter().map(|(k, v)| (k.clone(), v.as_u64().unwrap_or(0))).collect())
@@ -311,7 +312,7 @@ fn every_payload_on_host(host: &str, kernel: &str, engine: &str, known: &[(&str,
             .filter(|(_, c)| *c > 0)
             .collect();
         let ok = run.exit_code == Some(0) && p["status"] == 0 && p["results"]["failures"] == 0 && exits == want;
-        let outcome = run.event("end").map_or(Value::Null, |e| e["report"]["outcome"].clone());
+        let outcome = run.report().map_or(Value::Null, |r| serde_json::to_value(&r.outcome).unwrap());
         let why = format!(
             "exit code {:?}, outcome {outcome}, status {}, exits {exits:?} (manifest {want:?}), {}",
             run.exit_code,
@@ -434,7 +435,8 @@ fn single_level_twins_on(host: &str, kernel: &str, differs: &[Differs]) {
     let session = rt.block_on(run_all(&HostSpec::parse(host).unwrap(), &opts, &l0, &invocations, |_, _| {})).unwrap();
     let mut failed = Vec::new();
     for (p, run) in payloads.iter().zip(&session.runs) {
-        let up = single_level_outcome(run.event("end").unwrap_or_else(|| panic!("{p} on {host}: no end: {run:?}")));
+        let up = run.end().unwrap_or_else(|| panic!("{p} on {host}: no end: {run:?}"));
+        let up = single_level_outcome(&serde_json::to_value(up).unwrap());
         let local = Command::new(&l0).args(args(p)).output().unwrap();
         let end = String::from_utf8_lossy(&local.stdout)
             .lines()
@@ -531,7 +533,7 @@ fn the_kvm_engine_runs_on_kernel_6_12_too() {
         "20",
         "--json",
     ]);
-    assert_upstream_exits("bochs", "6.12", Some(&a["host"]["facts"]));
+    assert_upstream_exits("bochs", "6.12", Some(a["host"]["facts"].clone()));
     assert_eq!(a["exits"], serde_json::json!({"HLT": 20}), "{a}");
     assert_eq!(a["attribution"]["reflected_exits"], 20);
     assert!(a["host"]["boot"]["kernel_release"].as_str().unwrap().starts_with("6.12."), "{}", a["host"]);

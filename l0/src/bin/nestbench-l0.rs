@@ -12,12 +12,11 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use l0::bochs::BochsConfig;
-use l0::events::STREAM_VERSION;
+use l0::events::{End, Engine, Event, Hello, RunReport};
 use l0::machine::{EngineConfig, Image, Machine, MachineConfig, SoftConfig};
 use l0::trace::TraceConfig;
 use l0::x86_setup::Cpl;
 use nestbench_abi::boot::Scenario;
-use serde_json::json;
 
 #[derive(Parser)]
 #[command(name = "nestbench-l0", version, about = "nestbench's L0: boots L1 on KVM and streams what happens")]
@@ -201,34 +200,26 @@ struct BootArgs {
     keep_bochs_dir: bool,
 }
 
-/// The stream's first event: the common header (stream and ABI versions) plus `fields`.
-fn emit_hello(mut fields: serde_json::Value) {
-    let header = json!({
-        "event": "hello",
-        "stream_version": STREAM_VERSION,
-        "abi_version": nestbench_abi::ABI_VERSION,
-        "l0_version": env!("CARGO_PKG_VERSION"),
-    });
-    if let (Some(f), Some(h)) = (fields.as_object_mut(), header.as_object()) {
-        f.extend(h.clone());
-    }
-    emit(&fields);
+/// The stream's first line: this build's versions plus what `fill` adds.
+fn emit_hello(timeout_ms: u64, fill: impl FnOnce(&mut Hello)) {
+    let mut h = Hello::new(env!("CARGO_PKG_VERSION"), timeout_ms);
+    fill(&mut h);
+    emit(&Event::Hello(h));
 }
 
-/// One event, serialised straight onto stdout (trace batches are large).
-fn emit_event(ev: &l0::events::Event) {
+/// One line of the stream, serialised straight onto stdout (trace batches are large).
+fn emit(ev: &Event) {
     let mut out = std::io::stdout().lock();
+    // A closed stdout (the orchestrator went away) is not worth a panic: the run goes on
+    // and the exit status still tells.
     let _ = serde_json::to_writer(&mut out, ev);
     let _ = out.write_all(b"\n");
     let _ = out.flush();
 }
 
-fn emit(v: &serde_json::Value) {
-    let mut out = std::io::stdout().lock();
-    // A closed stdout (the orchestrator went away) is not worth a panic: the run goes on
-    // and the exit status still tells.
-    let _ = writeln!(out, "{v}");
-    let _ = out.flush();
+/// The `end` line of a run with L1.
+fn emit_end(report: RunReport) {
+    emit(&Event::End(End { report: Some(Box::new(report)), single_level: None }));
 }
 
 fn boot(args: BootArgs) -> anyhow::Result<bool> {
@@ -243,13 +234,12 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
             ..BochsConfig::default()
         };
         let model = l0::bochs::run::preflight(&config)?;
-        emit_hello(json!({
-            "engine": "bochs",
-            "cpu_model": model.name,
-            "l1_image": l1.display().to_string(),
-            "mem_size": config.mem_size,
-            "timeout_ms": args.timeout_ms,
-        }));
+        emit_hello(args.timeout_ms, |h| {
+            h.engine = Some(Engine::Bochs);
+            h.cpu_model = Some(model.name.to_owned());
+            h.l1_image = Some(l1.display().to_string());
+            h.mem_size = Some(config.mem_size);
+        });
         return run_bochs(&config, &l1);
     }
     let config = MachineConfig {
@@ -260,15 +250,14 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
         scenario: args.scenario.into(),
         ..MachineConfig::default()
     };
-    emit_hello(json!({
-        "l1_image": l1.display().to_string(),
-        "mem_size": config.mem_size,
-        "timeout_ms": args.timeout_ms,
-    }));
+    emit_hello(args.timeout_ms, |h| {
+        h.l1_image = Some(l1.display().to_string());
+        h.mem_size = Some(config.mem_size);
+    });
     let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
-    let report = machine.run(|ev| emit_event(&ev))?;
+    let report = machine.run(|ev| emit(&ev))?;
     let ok = report.outcome.is_success();
-    emit(&json!({ "event": "end", "report": report }));
+    emit_end(report);
     Ok(ok)
 }
 
@@ -294,30 +283,34 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
             ..BochsConfig::default()
         };
         let model = l0::bochs::run::preflight(&config)?;
-        emit_hello(json!({
-            "engine": "bochs",
-            "cpu_model": model.name,
-            "payload": manifest.name,
-            "iterations": iterations,
-            "timeout_ms": args.timeout_ms,
-        }));
+        emit_hello(args.timeout_ms, |h| {
+            h.engine = Some(Engine::Bochs);
+            h.cpu_model = Some(model.name.to_owned());
+            h.payload = Some(manifest.name.to_owned());
+            h.iterations = Some(iterations);
+        });
         let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
         return run_bochs(&config, &l1);
     }
     let kvm_engine_hello = args.engine == RunEngine::Kvm;
-    emit_hello(json!({
-        "engine": if args.single_level { "single_level" } else if kvm_engine_hello { "kvm" } else { "soft" },
-        "payload": manifest.name,
-        "iterations": iterations,
-        "vmcs_shadowing": args.vmcs_shadowing == OnOff::On && !args.single_level && !kvm_engine_hello,
-        "trace": args.trace,
-        "timeout_ms": args.timeout_ms,
-    }));
+    emit_hello(args.timeout_ms, |h| {
+        h.engine = Some(if args.single_level {
+            Engine::SingleLevel
+        } else if kvm_engine_hello {
+            Engine::Kvm
+        } else {
+            Engine::Soft
+        });
+        h.payload = Some(manifest.name.to_owned());
+        h.iterations = Some(iterations);
+        h.vmcs_shadowing = Some(args.vmcs_shadowing == OnOff::On && !args.single_level && !kvm_engine_hello);
+        h.trace = Some(args.trace);
+    });
     if args.single_level {
         let r = l0::single_level::run(&args.kvm, &elf, manifest.cpl, iterations, 0, timeout)
             .context("running the payload single-level")?;
         let ok = r.status == 0 && r.problem.is_none() && r.results.as_ref().is_some_and(|x| x.failures == 0);
-        emit(&json!({ "event": "end", "single_level": r }));
+        emit(&Event::End(End { report: None, single_level: Some(r) }));
         return Ok(ok);
     }
     let kvm_engine = args.engine == RunEngine::Kvm;
@@ -351,10 +344,10 @@ fn run(args: RunArgs) -> anyhow::Result<bool> {
         if let l0::events::Event::PayloadRun(p) = &ev {
             payload_ok = p.status == 0 && p.results.as_ref().is_some_and(|r| r.failures == 0);
         }
-        emit_event(&ev);
+        emit(&ev);
     })?;
     let ok = report.outcome.is_success() && payload_ok;
-    emit(&json!({ "event": "end", "report": report }));
+    emit_end(report);
     Ok(ok)
 }
 
@@ -373,15 +366,19 @@ fn vmentry(args: VmentryArgs) -> anyhow::Result<bool> {
     let timeout = Duration::from_millis(args.timeout_ms);
     let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
     let engine = match args.engine {
-        RunEngine::Soft => "soft",
-        RunEngine::Bochs => "bochs",
-        RunEngine::Kvm => "kvm",
+        RunEngine::Soft => Engine::Soft,
+        RunEngine::Bochs => Engine::Bochs,
+        RunEngine::Kvm => Engine::Kvm,
     };
     if args.engine == RunEngine::Bochs {
         let config =
             BochsConfig { model: args.cpu_model, timeout, scenario, vmentry_case: case, ..BochsConfig::default() };
         let model = l0::bochs::run::preflight(&config)?;
-        emit_hello(json!({ "engine": engine, "cpu_model": model.name, "case": name, "timeout_ms": args.timeout_ms }));
+        emit_hello(args.timeout_ms, |h| {
+            h.engine = Some(engine);
+            h.cpu_model = Some(model.name.to_owned());
+            h.case = Some(name);
+        });
         return run_bochs(&config, &l1);
     }
     let config = MachineConfig {
@@ -396,11 +393,14 @@ fn vmentry(args: VmentryArgs) -> anyhow::Result<bool> {
         vmentry_case: case,
         ..MachineConfig::default()
     };
-    emit_hello(json!({ "engine": engine, "case": name, "timeout_ms": args.timeout_ms }));
+    emit_hello(args.timeout_ms, |h| {
+        h.engine = Some(engine);
+        h.case = Some(name);
+    });
     let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
-    let report = machine.run(|ev| emit_event(&ev))?;
+    let report = machine.run(|ev| emit(&ev))?;
     let ok = report.outcome.is_success();
-    emit(&json!({ "event": "end", "report": report }));
+    emit_end(report);
     Ok(ok)
 }
 
@@ -412,12 +412,12 @@ fn run_bochs(config: &BochsConfig, l1: &std::path::Path) -> anyhow::Result<bool>
         if let l0::events::Event::PayloadRun(p) = &ev {
             payload_ok = Some(p.status == 0 && p.results.as_ref().is_some_and(|r| r.failures == 0));
         }
-        emit(&serde_json::to_value(&ev).expect("events serialize"));
+        emit(&ev);
     })
     .context("running L1 on Bochs")?;
     let payload_ok = if config.payload.is_some() { payload_ok == Some(true) } else { payload_ok != Some(false) };
     let ok = report.outcome.is_success() && payload_ok;
-    emit(&json!({ "event": "end", "report": report }));
+    emit_end(report);
     Ok(ok)
 }
 
@@ -438,7 +438,7 @@ fn main() {
         Ok(false) => std::process::exit(1),
         Err(e) => {
             let message = format!("{e:#}");
-            emit(&json!({ "event": "error", "message": message }));
+            emit(&Event::Error { message: message.clone() });
             eprintln!("nestbench-l0: error: {message}");
             std::process::exit(2);
         }

@@ -329,7 +329,8 @@ mod tests {
         let (p, ev) = parse_all(&[out.as_bytes()]);
         assert!(ev.is_empty(), "{ev:?}");
         match p.outcome {
-            Some(Outcome::GuestException { vector: 14, name: "#PF", cr2: 0xdead_0000, rip: 0x10_2000, .. }) => {}
+            Some(Outcome::GuestException { vector: 14, ref name, cr2: 0xdead_0000, rip: 0x10_2000, .. })
+                if name == "#PF" => {}
             other => panic!("{other:?}"),
         }
         assert_eq!(p.after_end, ["@@NB1 exit b0"]);

@@ -274,7 +274,7 @@ pub fn run(config: &BochsConfig, image: &Image, mut on_event: impl FnMut(Event))
     use std::os::unix::process::ExitStatusExt;
     let section = BochsSection {
         model: model.name.to_owned(),
-        lacks: model.lacks(),
+        lacks: model.lacks().into_iter().map(str::to_owned).collect(),
         instructions: parser.instructions,
         exit_status: status.code(),
         signal: status.signal(),

@@ -3,28 +3,8 @@
 //! `nested_run`: L1's VMLAUNCH/VMRESUME that entered L2), the L2 exits L1 says it handled,
 //! and the exits that reached L0's userspace, tagged with KVM_RUN_X86_GUEST_MODE.
 
+pub use nestbench_protocol::kvm_engine::KvmAttribution;
 use std::collections::BTreeMap;
-
-use serde::Serialize;
-
-/// The figures.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct KvmAttribution {
-    /// L2 exits L1's handlers counted (its payload report): the reflected ones.
-    pub reflected_exits: u64,
-    /// KVM's `exits` delta: every exit KVM handled during the run.
-    pub kvm_exits: Option<u64>,
-    /// KVM's `nested_run` delta: L2 entries.
-    pub nested_runs: Option<u64>,
-    /// Exits that reached L0's userspace from L1 (KVM_RUN returns without the guest-mode flag).
-    pub userspace_exits_l1: u64,
-    /// Exits that reached L0's userspace while L2 ran (KVM_RUN_X86_GUEST_MODE; kernels
-    /// before the flag report 0).
-    pub userspace_exits_l2: u64,
-    /// KVM exits per reflected exit: what one L2 exit multiplies into at L0 (the reflected
-    /// exit itself, L1's traps, KVM's own work), boot and setup included.
-    pub kvm_exits_per_reflected_exit: Option<f64>,
-}
 
 /// Attribute a run: `counters` are the vCPU's KVM statistics deltas, `reflected` the exits
 /// L1 handled, `userspace` the KVM_RUN returns as (from L1, from L2).

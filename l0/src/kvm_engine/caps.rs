@@ -18,6 +18,7 @@
 use kvm_bindings::kvm_cpuid_entry2;
 use nestbench_abi::cpuid as hv;
 use nestbench_abi::vmx::msr::{self as vmx_msr, IA32_VMX_BASIC, IA32_VMX_VMFUNC};
+pub use nestbench_protocol::kvm_engine::KvmVmxMsr;
 
 /// Why the kvm engine cannot run here.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -67,20 +68,6 @@ pub const fn kvm_restores(index: u32) -> bool {
             | vmx_msr::IA32_VMX_VMCS_ENUM
             | vmx_msr::IA32_VMX_VMFUNC
     )
-}
-
-/// One VMX capability MSR as L1 sees it on the kvm engine.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct KvmVmxMsr {
-    /// The MSR index.
-    pub index: u32,
-    /// What L1's vCPU reports after the pass-through (KVM_GET_MSRS on the vCPU).
-    pub value: u64,
-    /// Whether L0 wrote it (KVM restores it) or KVM derived it.
-    pub written: bool,
-    /// What /dev/kvm reported (KVM_GET_MSRS on the system fd), where it differs from `value`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub system_value: Option<u64>,
 }
 
 /// CPUID.8000_0001:ECX.SVM.

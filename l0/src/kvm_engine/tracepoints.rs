@@ -14,50 +14,8 @@
 //! are the L1 traps the reflection multiplied into (VMREAD/VMWRITE without shadowing, the
 //! VMRESUME always).
 
+pub use nestbench_protocol::kvm_engine::NestedCounts;
 use std::collections::BTreeMap;
-
-use serde::Serialize;
-
-/// Counts from one trace.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct NestedCounts {
-    /// `kvm_exit` lines.
-    pub kvm_exit: u64,
-    /// `kvm_nested_vmexit` lines: exits while L2 ran.
-    pub nested_vmexit: u64,
-    /// `kvm_nested_vmexit_inject` lines: exits reflected to L1.
-    pub nested_vmexit_inject: u64,
-    /// `kvm_nested_vmenter` lines: entries to L2.
-    pub nested_vmenter: u64,
-    /// kvm_exit reasons of L1 (kvm_exit lines not matched by a nested_vmexit), by name.
-    pub l1_exits_by_reason: BTreeMap<String, u64>,
-    /// nested_vmexit reasons, by name.
-    pub l2_exits_by_reason: BTreeMap<String, u64>,
-    /// nested_vmexit_inject reasons, by name.
-    pub reflected_by_reason: BTreeMap<String, u64>,
-    /// Lines of other events or not in the expected format (kept count, never guessed at).
-    pub other_lines: u64,
-}
-
-impl NestedCounts {
-    /// L2 exits KVM handled without L1.
-    #[must_use]
-    pub fn l0_handled(&self) -> u64 {
-        self.nested_vmexit.saturating_sub(self.nested_vmexit_inject)
-    }
-
-    /// L1's own exits (each one a trap to L0).
-    #[must_use]
-    pub fn l1_exits(&self) -> u64 {
-        self.kvm_exit.saturating_sub(self.nested_vmexit)
-    }
-
-    /// L1 exits per reflected exit.
-    #[must_use]
-    pub fn l1_exits_per_reflected(&self) -> Option<f64> {
-        (self.nested_vmexit_inject > 0).then(|| self.l1_exits() as f64 / self.nested_vmexit_inject as f64)
-    }
-}
 
 /// One parsed trace line: the task's thread id, the event name and its text.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

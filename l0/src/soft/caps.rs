@@ -1,7 +1,7 @@
 //! What the soft engine advertises: the VMX capability MSRs 0x480-0x491 (Intel SDM Vol. 3D,
 //! Appendix A) as L1 reads them with RDMSR.
 //!
-//! The rule (shared/DESIGN.md, "The soft engine"): advertise only what L0 honours. A control
+//! The rule (docs/soft-engine.md): advertise only what L0 honours. A control
 //! may be 1 only if L0 can produce its effect with the KVM of this host (docs/kvm-exits.md):
 //! an exit KVM never hands to userspace (CPUID, RDTSC, CR accesses, MOV DR, NMI windows, MTF,
 //! ...), or hands over inexactly (an interrupt window that opens inside L2), cannot be

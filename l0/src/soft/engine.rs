@@ -7,7 +7,7 @@
 //! Everything runs on the vCPU thread of L1's VM: a VM entry runs VM2's vCPU until an exit
 //! that must be reflected, then returns with L1's registers set for its VM-exit handler.
 
-use std::collections::BTreeMap;
+pub use nestbench_protocol::soft::SoftStats;
 use std::time::{Duration, Instant};
 
 use kvm_bindings::{kvm_regs, kvm_sregs};
@@ -16,16 +16,15 @@ use nestbench_abi::controls;
 use nestbench_abi::softvmx::{self, DOORBELL_LAUNCH, DOORBELL_RESUME, VmxOp, VmxResult};
 use nestbench_abi::vmcs::{self, Field32, Field64};
 use nestbench_abi::vmx::{ExitReason, RawExitReason, VmInstructionError};
-use serde::Serialize;
 
 use super::caps::Caps;
 use super::entry_checks::{self, EntryFailure};
 use super::ept_fault::{self, Fault};
 use super::host_exits::NoSlot;
 use super::io_decode;
-use super::l2vm::{EptShadowError, EptStats, L2Vm};
+use super::l2vm::{EptShadowError, L2Vm};
 use super::msr::{self, MsrExits};
-use super::timer::{PreemptionTimer, TimerStats};
+use super::timer::PreemptionTimer;
 use super::transitions::{self, ExitInfo};
 use super::vmcs12::Vmcs12;
 use super::vmx_ops::VmxState;
@@ -47,67 +46,6 @@ pub enum SoftError {
     /// VM2 could not be created.
     #[error(transparent)]
     Vm(#[from] VmError),
-}
-
-/// Counters of one run, per docs/soft-engine.md "Counting".
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SoftStats {
-    /// Whether VMREAD/VMWRITE are shadowed.
-    pub vmcs_shadowing: bool,
-    /// `Call::Vmx` hypercalls per operation.
-    pub vmx_hypercalls: BTreeMap<String, u64>,
-    /// Capability-MSR reads L0 answered.
-    pub capability_msr_reads: u64,
-    /// VM entries that reached L2.
-    pub entries: u64,
-    /// VM-entry attempts that failed, by outcome (`vmfail_invalid`, `vmfail_valid(7)`,
-    /// `entry_failure(33)`).
-    pub entry_failures: BTreeMap<String, u64>,
-    /// L2 exits reflected to L1, by exit reason.
-    pub reflected_exits: BTreeMap<String, u64>,
-    /// Their total.
-    pub reflected_total: u64,
-    /// L2 exits L0 handled without L1 (none in part 1 but kicks).
-    pub l0_only_exits: u64,
-    /// KVM_RUN returns of VM2.
-    pub l2_kvm_exits: u64,
-    /// What this host's KVM does at an OUT exit (measured at start): RIP already past it
-    /// (kvm_pvm) or still at it with the completion pending (upstream KVM).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub out_rip_past: Option<bool>,
-    /// Reflected exits that L1 resumed from (the ones the trap counts are per).
-    pub reflected_resumed: u64,
-    /// Exits of L1's VM between those reflected exits and the next VM entry, the entry's
-    /// own doorbell included.
-    pub l1_traps: u64,
-    /// Of those, VMREAD/VMWRITE hypercalls (the rest are the doorbells).
-    pub l1_vmx_traps: u64,
-    /// VMREAD/VMWRITE hypercalls after the first VM entry (L1's exit handling; compare
-    /// with the VMREAD/VMWRITE executions L1 counts itself).
-    pub vmx_rw_after_first_entry: u64,
-    /// Memslots VM2 has (after the last exit).
-    pub memslots: u64,
-    /// EPT12 shadow (re)starts: the first entry, an EPTP change, INVEPT.
-    pub ept_shadow_builds: u64,
-    /// VM2's EPT12 shadow: lazy fills (L0-only exits, also in `l0_only_exits`), premapped
-    /// leaves, coalescing, evictions, and the memslot limit.
-    pub ept: EptStats,
-    /// Time inside VM2's KVM_RUN, ns.
-    pub l2_ns: u64,
-    /// Time inside L1's KVM_RUN between a reflected exit and the next entry, ns.
-    pub l1_ns: u64,
-    /// Time in L0 between a reflected exit and the next entry, outside any KVM_RUN, ns.
-    pub l0_ns: u64,
-    /// The VMX-preemption timer: arms, exits, the overshoot of its kicks ([`super::timer`]).
-    pub preemption_timer: TimerStats,
-}
-
-impl SoftStats {
-    /// L1 traps per reflected exit (1 is the minimum: the VMRESUME doorbell).
-    #[must_use]
-    pub fn l1_traps_per_reflected_exit(&self) -> Option<f64> {
-        (self.reflected_resumed > 0).then(|| self.l1_traps as f64 / self.reflected_resumed as f64)
-    }
 }
 
 /// What the machine loop does after a doorbell.

@@ -1,6 +1,6 @@
 //! L2 touches a page VM2 has no memslot for (KVM_EXIT_MMIO): a lazy fill of the EPT12 shadow
 //! (an L0-only exit), an EPT violation (48) or an EPT misconfiguration (49) reflected to L1
-//! (shared/DESIGN.md "EPT-on-EPT as a memslot shadow"; docs/kvm-exits.md rows 6 and 7).
+//! (docs/soft-engine.md; docs/kvm-exits.md rows 6 and 7).
 //!
 //! * **Fill.** EPT12 maps the page with the permissions the access needs: [`L2Vm::fill`]
 //!   maps its leaf and L0 finishes the access KVM reported: a read's data is read from L1

@@ -1,5 +1,5 @@
 //! VM2: the KVM VM that L2 runs in, on the same thread as L1 (never concurrently), with
-//! EPT-on-EPT as a memslot shadow (shared/DESIGN.md): every leaf of L1's EPT12 becomes
+//! EPT-on-EPT as a memslot shadow (docs/architecture.md): every leaf of L1's EPT12 becomes
 //! (part of) a memslot of VM2 whose host memory is the L1 memory the leaf points at,
 //! contiguous runs coalesced, read-only where EPT12 denies writes.
 //!
@@ -12,13 +12,13 @@
 //! ([`L2Vm::reset`]). When KVM's memslot limit is reached the oldest slot that is not
 //! premapped is evicted and refilled on its next touch.
 
+pub use nestbench_protocol::soft::EptStats;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Instant;
 
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, KVM_MEM_READONLY, kvm_sregs, kvm_userspace_memory_region};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 use nestbench_abi::ept::{self, ADDR_MASK, LARGE_PAGE, Misconfig, PhysRead, RWX, Walk};
-use serde::Serialize;
 
 use crate::memory::GuestMem;
 use crate::vcpu::Vcpu;
@@ -153,44 +153,6 @@ impl PhysRead for L1Phys<'_> {
     }
 }
 
-/// Counters of VM2's EPT12 shadow (docs/soft-engine.md "Counting"), with the memslot limits
-/// that bound what this engine can say about EPT (shared/DESIGN.md, "Known limits").
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct EptStats {
-    /// The most memslots VM2 keeps: [`DEFAULT_MEMSLOT_BUDGET`] (or what L0 was told, up to
-    /// KVM's limit).
-    pub memslot_limit: u64,
-    /// KVM's memslot limit for VM2 (KVM_CAP_NR_MEMSLOTS).
-    pub kvm_memslot_limit: u64,
-    /// Memslots VM2 has now.
-    pub memslots: u64,
-    /// The most memslots VM2 had at once.
-    pub memslots_peak: u64,
-    /// Lazy fills: first touches of a page EPT12 maps (L0-only exits).
-    pub fills: u64,
-    /// Time L0 spent in those fills (walk, KVM_SET_USER_MEMORY_REGION, completing the
-    /// access), ns.
-    pub fill_ns: u64,
-    /// Leaves mapped by the premapping at VM entry (paging structures, GDT, IDT, TSS, RIP,
-    /// RSP pages).
-    pub premapped: u64,
-    /// Fills that extended a neighbouring slot instead of adding one.
-    pub coalesced: u64,
-    /// Slots evicted at the memslot limit.
-    pub evictions: u64,
-    /// Times every slot was dropped (INVEPT, a new EPTP).
-    pub resets: u64,
-    /// VM entries at which an L2 paging-structure page had changed since the last exit (L1
-    /// edited L2's page tables: stores KVM cannot see, [`L2Vm::resync_tables`]).
-    pub table_resyncs: u64,
-    /// Slots deleted and re-created by those resyncs.
-    pub table_resync_slots: u64,
-    /// KVM_SET_USER_MEMORY_REGION calls (creates and deletes).
-    pub slot_ioctls: u64,
-    /// [`MEMSLOT_LIMITS`]: what these figures cannot show.
-    pub known_limits: &'static [&'static str],
-}
-
 /// What a first touch found in EPT12.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fill {
@@ -228,7 +190,7 @@ struct Slot {
     seq: u64,
 }
 
-/// What a memslot shadow of EPT12 cannot do (shared/DESIGN.md, "Known limits of memslots"):
+/// What a memslot shadow of EPT12 cannot do (`nestbench payloads` lists them):
 /// stated by `nestbench payloads` and recorded in every soft-engine result ([`EptStats`]).
 pub const MEMSLOT_LIMITS: [&str; 7] = [
     "no execute-only and no X=0 enforcement: a memslot is always executable",
@@ -311,7 +273,7 @@ impl L2Vm {
             stats: EptStats {
                 memslot_limit: max_slots as u64,
                 kvm_memslot_limit: kvm_max as u64,
-                known_limits: &MEMSLOT_LIMITS,
+                known_limits: MEMSLOT_LIMITS.map(str::to_owned).to_vec(),
                 ..EptStats::default()
             },
         })

@@ -24,7 +24,7 @@
 //! L1 may change the bitmap between entries: L0 compares the 4 KiB (and the address) at
 //! every entry with what the installed filter was built from and rebuilds on a change.
 //! An RDMSR of an MSR that L1 does not intercept is KVM's: it returns VM2's value, not L1's
-//! (shared/DESIGN.md).
+//! (docs/architecture.md).
 //!
 //! **Normalising the exit** (docs/kvm-exits.md row 5 and row R): the KVM exit comes with RIP
 //! at the instruction and nothing updated, but a completion pending. L0 decodes the

@@ -26,55 +26,13 @@
 //! stores the arm's generation in [`Shared::fired`]; a kick that matches neither (a late
 //! timer kick of an arm already over) is a spurious L0-only return.
 
+pub use nestbench_protocol::soft::TimerStats;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
-
 use crate::vcpu::Kicker;
-
-/// Preemption-timer figures of one run.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct TimerStats {
-    /// The rate: the timer counts at TSC >> `rate` (IA32_VMX_MISC[4:0]).
-    pub rate: u32,
-    /// The TSC frequency used to turn TSC ticks into host-timer time, kHz (0 until known).
-    pub tsc_khz: u64,
-    /// VM entries with "activate VMX-preemption timer" set.
-    pub arms: u64,
-    /// Preemption-timer exits reflected (basic reason 52).
-    pub exits: u64,
-    /// Of those, entries with timer value 0: the exit came before L2's first instruction,
-    /// VM2 was not run.
-    pub zero_value_exits: u64,
-    /// Host-timer kicks that landed after their arm was over (L0-only returns).
-    pub stale_kicks: u64,
-    /// Overshoot of the timer exits that ran L2 (L2 time at the exit minus the deadline),
-    /// TSC ticks: smallest.
-    pub overshoot_min_tsc: Option<i64>,
-    /// Largest.
-    pub overshoot_max_tsc: Option<i64>,
-    /// Mean.
-    pub overshoot_mean_tsc: Option<f64>,
-    /// Sum (for the mean).
-    #[serde(skip)]
-    overshoot_sum: i128,
-    /// Count (for the mean).
-    #[serde(skip)]
-    overshoot_n: u64,
-}
-
-impl TimerStats {
-    fn overshoot(&mut self, ticks: i64) {
-        self.overshoot_min_tsc = Some(self.overshoot_min_tsc.map_or(ticks, |m| m.min(ticks)));
-        self.overshoot_max_tsc = Some(self.overshoot_max_tsc.map_or(ticks, |m| m.max(ticks)));
-        self.overshoot_sum += i128::from(ticks);
-        self.overshoot_n += 1;
-        self.overshoot_mean_tsc = Some(self.overshoot_sum as f64 / self.overshoot_n as f64);
-    }
-}
 
 /// What the timer thread and the vCPU thread share.
 #[derive(Debug, Default)]
@@ -148,7 +106,7 @@ impl PreemptionTimer {
             generation: 0,
             budget: None,
             run_started: None,
-            stats: TimerStats { rate, ..TimerStats::default() },
+            stats: TimerStats::at_rate(rate),
         }
     }
 

@@ -392,7 +392,7 @@ pub async fn run_all(
                     if let Ok(r) = serde_json::from_str::<l0::emulated::HostReport>(&f.payload) {
                         figures.emulated_boot_to_agent_s = Some(r.uptime_at_agent_s);
                         figures.module_load_ms = r.module_load_ms;
-                        session.host = serde_json::to_value(&r.facts).ok();
+                        session.host = Some(r.facts);
                     }
                 }
                 (Kind::Fail, _) => {

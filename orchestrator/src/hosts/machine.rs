@@ -1,6 +1,6 @@
 //! Staging an emulated machine's boot medium: the initramfs (busybox, the KVM modules,
 //! `nestbench-l0` with its libraries, the guest images, the plan) and the El Torito ISO
-//! that isolinux boots it from (the measured Bochs path, shared/EMULATED-HOSTS.md).
+//! that isolinux boots it from (the measured Bochs path, docs/emulated-hosts.md).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,7 +12,7 @@ use super::cpio::Cpio;
 use super::kernel::{self, Kernel};
 
 /// Bochs' instructions per emulated second; the kernel is told the same (`tsc_early_khz`,
-/// `lpj`), or every delay runs 35x long (shared/EMULATED-HOSTS.md).
+/// `lpj`), or every delay runs 35x long (docs/emulated-hosts.md).
 pub const IPS: u64 = 100_000_000;
 
 /// Linux's tick rate in Debian's cloud kernels (CONFIG_HZ=250), for `lpj`.
@@ -63,7 +63,7 @@ pub fn cmdline(emulator: super::emulated::Emulator, extra: &str, icount: bool) -
     s
 }
 
-/// QEMU's arguments for an emulated AMD host (shared/EMULATED-HOSTS.md): TCG `-cpu max`
+/// QEMU's arguments for an emulated AMD host (docs/emulated-hosts.md): TCG `-cpu max`
 /// (SVM with NPT), the default `pc` machine (microvm hangs), 1 GiB, the kernel and initramfs
 /// loaded directly, COM1 = the console file, the debug port 0xE9 = the frame stream on stdout.
 #[must_use]
@@ -287,7 +287,7 @@ pub fn iso(kernel: &Kernel, initrd: &[u8], cmdline: &str, work: &Path) -> Result
 
 /// The bochsrc of an emulated Intel host: `model` with VMX, 1 GiB, the ISO on the first
 /// ATA channel, COM1 = console, the debug port 0xE9 = the frame stream on Bochs' stdout,
-/// deterministic clock (shared/EMULATED-HOSTS.md, shared/HOST-NOTES.md "Bochs").
+/// deterministic clock (docs/emulated-hosts.md, docs/kvm-exits.md "Bochs").
 ///
 /// The stream left COM2 for the debug port: an emulated 16550 at 115200 baud carries about
 /// 11 KB per emulated second (a soft-engine run's final report is 10-20 KB), and twice the

@@ -173,10 +173,64 @@ pub struct Invocation {
 pub struct Session {
     /// The runs.
     pub runs: Vec<ChildRun>,
-    /// The emulated host's own facts (`l0::host::HostFacts` as JSON), from inside it.
-    pub host: Option<serde_json::Value>,
+    /// The emulated host's own facts, from inside it.
+    pub host: Option<nestbench_protocol::host::HostFacts>,
     /// How its boot went.
     pub boot: Option<emulated::BootFigures>,
+}
+
+/// How l0 invocations reach a host and their streams come back: the only thing that differs
+/// between hosts. Each implementation hands every line of every run's stream to
+/// [`ChildRun::take_line`], so a run is the same [`ChildRun`] wherever it ran; a new kind of
+/// host (an ssh channel to a remote machine) is one more implementation.
+pub trait Transport {
+    /// Run `invocations` in order, handing each event to `on(index, event)` as it arrives.
+    fn session(
+        &self,
+        l0: &Path,
+        invocations: &[Invocation],
+        on: &mut dyn FnMut(usize, Incoming<'_>),
+    ) -> impl Future<Output = Result<Session, HostError>>;
+}
+
+/// This machine: one `nestbench-l0` child per invocation, its stdout the stream.
+#[derive(Clone, Copy, Debug)]
+pub struct LocalChildren;
+
+impl Transport for LocalChildren {
+    async fn session(
+        &self,
+        l0: &Path,
+        invocations: &[Invocation],
+        on: &mut dyn FnMut(usize, Incoming<'_>),
+    ) -> Result<Session, HostError> {
+        let mut s = Session::default();
+        for (i, inv) in invocations.iter().enumerate() {
+            s.runs.push(l0_child::run_l0(l0, &inv.args, inv.deadline + Duration::from_secs(10), |e| on(i, e)).await?);
+        }
+        Ok(s)
+    }
+}
+
+/// An emulated host: one boot runs every invocation; the agent inside frames each run's
+/// stream onto the machine's debug port (docs/emulated-hosts.md).
+#[derive(Clone, Copy, Debug)]
+pub struct EmulatedMachine<'a> {
+    /// Bochs or QEMU.
+    pub emulator: emulated::Emulator,
+    /// Its kernel and options.
+    pub opts: &'a EmulatedOptions,
+}
+
+impl Transport for EmulatedMachine<'_> {
+    async fn session(
+        &self,
+        l0: &Path,
+        invocations: &[Invocation],
+        on: &mut dyn FnMut(usize, Incoming<'_>),
+    ) -> Result<Session, HostError> {
+        emulated::run_all(self.emulator, self.opts, l0, invocations, on).await
+    }
 }
 
 /// Run `invocations` on `host`, in order (one boot for all of them on an emulated host),
@@ -189,14 +243,7 @@ pub async fn run_all(
     mut on: impl FnMut(usize, Incoming<'_>),
 ) -> Result<Session, HostError> {
     match host.emulator() {
-        None => {
-            let mut s = Session::default();
-            for (i, inv) in invocations.iter().enumerate() {
-                s.runs
-                    .push(l0_child::run_l0(l0, &inv.args, inv.deadline + Duration::from_secs(10), |e| on(i, e)).await?);
-            }
-            Ok(s)
-        }
-        Some(e) => emulated::run_all(e, opts, l0, invocations, on).await,
+        None => LocalChildren.session(l0, invocations, &mut on).await,
+        Some(emulator) => EmulatedMachine { emulator, opts }.session(l0, invocations, &mut on).await,
     }
 }

@@ -8,38 +8,15 @@ pub mod writer;
 
 use std::collections::BTreeMap;
 
-use base64::Engine as _;
-use nestbench_abi::Pod;
-use nestbench_abi::trace::TraceRecord;
-use serde::{Deserialize, Serialize};
+pub use nestbench_protocol::trace::L0Counters;
+use nestbench_protocol::trace::{BatchError, TraceBatch, WireBatch};
+use serde::Serialize;
 
 /// The prefix every trace batch line starts with (l0 writes `event` first).
 pub const LINE_PREFIX: &str = r#"{"event":"trace","#;
 
-/// One decoded batch.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
-    /// L1's drop count when it was drained.
-    pub dropped_total: u64,
-    /// L0's cumulative counters when it was cut.
-    pub l0: L0Counters,
-    /// The records.
-    pub records: Vec<TraceRecord>,
-}
-
-/// L0's level, cumulative since the run began (`l0` of a batch line).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct L0Counters {
-    /// KVM exits of L1's VM.
-    pub l1_vm_kvm_exits: u64,
-    /// KVM exits of L2's VM.
-    pub l2_vm_kvm_exits: u64,
-    /// L2 exits L0 handled alone.
-    pub l0_only_exits: u64,
-    /// L2 exits reflected to L1.
-    pub reflected_exits: u64,
-}
+/// One decoded batch (the protocol's [`TraceBatch`]).
+pub type Batch = TraceBatch;
 
 /// A trace line that does not decode.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -60,30 +37,17 @@ pub enum DecodeError {
     },
 }
 
-#[derive(Deserialize)]
-struct Line<'a> {
-    count: usize,
-    dropped_total: u64,
-    #[serde(default)]
-    l0: L0Counters,
-    #[serde(borrow)]
-    records: &'a str,
-}
-
-/// Decode one `trace` line of the l0 stream (docs/event-stream.md "Traces").
+/// Decode one `trace` line of the l0 stream (docs/event-stream.md "Traces") with the
+/// protocol's decoding, borrowing the base64 text instead of copying it.
 pub fn decode_line(line: &str) -> Result<Batch, DecodeError> {
-    let l: Line<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
-    let bytes =
-        base64::engine::general_purpose::STANDARD.decode(l.records).map_err(|e| DecodeError::Base64(e.to_string()))?;
-    let size = size_of::<TraceRecord>();
-    if bytes.len() != l.count * size {
-        return Err(DecodeError::Length { count: l.count, bytes: bytes.len() });
-    }
-    let records = bytes.chunks_exact(size).map(|c| TraceRecord::from_bytes(c).expect("record-sized chunk")).collect();
-    Ok(Batch { dropped_total: l.dropped_total, l0: l.l0, records })
+    let w: WireBatch<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+    TraceBatch::try_from(w).map_err(|e| match e {
+        BatchError::Base64(s) => DecodeError::Base64(s),
+        BatchError::Length { count, bytes } => DecodeError::Length { count, bytes },
+    })
 }
 
-pub use l0::events::reason_name;
+pub use nestbench_protocol::reason_name;
 
 /// Figures of one exit reason.
 #[derive(Clone, Debug, Default, Serialize, PartialEq)]
@@ -232,8 +196,8 @@ impl Sink {
     pub fn on(&mut self, incoming: crate::l0_child::Incoming<'_>) -> bool {
         match incoming {
             crate::l0_child::Incoming::Event(e) => {
-                if e["event"] == "trace_start" {
-                    self.agg.tsc_khz = e["tsc_khz"].as_u64().unwrap_or(0);
+                if let nestbench_protocol::Event::TraceStart { tsc_khz, .. } = e {
+                    self.agg.tsc_khz = *tsc_khz;
                     if let Some(w) = &mut self.writer {
                         w.set_tsc_khz(self.agg.tsc_khz);
                     }
@@ -258,14 +222,14 @@ impl Sink {
         mut self,
         run: &crate::l0_child::ChildRun,
     ) -> (serde_json::Value, Option<std::path::PathBuf>, Aggregate) {
-        let report_trace = run.event("end").map(|e| e["report"]["trace"].clone()).unwrap_or_default();
-        let complete = run.complete() && self.write_error.is_none() && report_trace["error"].is_null();
+        let report_trace = run.report().and_then(|r| r.trace.as_ref());
+        let complete = run.complete() && self.write_error.is_none() && report_trace.is_none_or(|t| t.error.is_none());
         let end = serde_json::json!({
             "complete": complete,
             "interrupted": run.interrupted,
             "exit_code": run.exit_code,
             "records": self.agg.records,
-            "dropped": self.agg.dropped.max(report_trace["dropped"].as_u64().unwrap_or(0)),
+            "dropped": self.agg.dropped.max(report_trace.map_or(0, |t| t.dropped)),
             "gaps": self.agg.gaps,
             "l0": report_trace,
             "write_error": self.write_error,
@@ -284,6 +248,7 @@ impl Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nestbench_abi::trace::TraceRecord;
 
     fn rec(seq: u64, reason: u32, exit: u64) -> TraceRecord {
         TraceRecord {
