@@ -2,18 +2,9 @@
 //!
 //! L1 intercepts reads and writes of two MSRs with its MSR bitmap (SDM 25.6.9; the bitmap is
 //! built by [`crate::vmx::msr_bitmap`]) and keeps their values itself, as a hypervisor that
-//! virtualises an MSR would:
-//!
-//! * IA32_SYSENTER_ESP (0x175, low range): reads return [`RDMSR_VALUE`] until L2 writes it.
-//!   The `rdmsr` payload reads it and checks the value.
-//! * IA32_KERNEL_GS_BASE (0xC000_0102, high range): every write is recorded and checked
-//!   against the sequence the `wrmsr` payload writes ([`WRMSR_FIRST_VALUE`] + n for the n-th
-//!   write); mismatches go into the payload report's failures.
-//!
-//! Both exist on every x86-64 CPU and in every KVM guest, take any canonical value, and are
-//! used by nothing a payload does (no SYSENTER, no SWAPGS), so an access that reached the
-//! real MSR (an engine that ignored the bitmap) would be harmless and visibly wrong. The
-//! values are `l2_payloads::{rdmsr, wrmsr}`'s (a test ties them).
+//! virtualises an MSR would. Which MSRs, their values and the check of the `wrmsr` payload's
+//! writes are the ABI's [`nestbench_abi::msr`] ([`EmulatedMsrs`]), which L0's single-level
+//! twin answers with too.
 //!
 //! RDMSR (SDM Vol. 2B, RDMSR): "Reads the contents of a 64-bit model specific register (MSR)
 //! specified in the ECX register into registers EDX:EAX. ... On processors that support the
@@ -27,65 +18,9 @@ use super::{RunState, advance_rip, must};
 use crate::vmx::entry::GuestRegs;
 use crate::vmx::{Vmcs, VmxBackend};
 
-/// IA32_SYSENTER_ESP.
-pub const IA32_SYSENTER_ESP: u32 = 0x175;
-/// IA32_KERNEL_GS_BASE.
-pub const IA32_KERNEL_GS_BASE: u32 = 0xC000_0102;
-/// The MSRs whose reads and writes L1 intercepts.
-pub const INTERCEPTED: [u32; 2] = [IA32_SYSENTER_ESP, IA32_KERNEL_GS_BASE];
-/// IA32_SYSENTER_ESP as L2 reads it before writing it (= `l2_payloads::rdmsr::VALUE`).
-pub const RDMSR_VALUE: u64 = 0x0000_4E42_5244_0175;
-/// The first value the `wrmsr` payload writes to IA32_KERNEL_GS_BASE; its n-th write is this
-/// plus n (= `l2_payloads::wrmsr::value(n)`).
-pub const WRMSR_FIRST_VALUE: u64 = 0x0000_4E42_5752_0000;
-
-/// L2's view of the intercepted MSRs, and the check of the writes to IA32_KERNEL_GS_BASE.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct EmulatedMsrs {
-    values: [u64; INTERCEPTED.len()],
-    /// Writes to IA32_KERNEL_GS_BASE so far.
-    pub gs_base_writes: u64,
-    /// Of those, how many were not `WRMSR_FIRST_VALUE + n`.
-    pub gs_base_mismatches: u64,
-}
-
-impl EmulatedMsrs {
-    /// Reset values: IA32_SYSENTER_ESP reads [`RDMSR_VALUE`], IA32_KERNEL_GS_BASE 0.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self { values: [RDMSR_VALUE, 0], gs_base_writes: 0, gs_base_mismatches: 0 }
-    }
-
-    fn slot(msr: u32) -> Option<usize> {
-        INTERCEPTED.iter().position(|&m| m == msr)
-    }
-
-    /// The value of `msr`, or `None` for an MSR L1 does not emulate.
-    #[must_use]
-    pub fn read(&self, msr: u32) -> Option<u64> {
-        Self::slot(msr).map(|i| self.values[i])
-    }
-
-    /// Record a write; `false` for an MSR L1 does not emulate. A write to
-    /// IA32_KERNEL_GS_BASE is checked against the `wrmsr` payload's sequence.
-    pub fn write(&mut self, msr: u32, value: u64) -> bool {
-        let Some(i) = Self::slot(msr) else { return false };
-        self.values[i] = value;
-        if msr == IA32_KERNEL_GS_BASE {
-            if value != WRMSR_FIRST_VALUE.wrapping_add(self.gs_base_writes) {
-                self.gs_base_mismatches += 1;
-            }
-            self.gs_base_writes += 1;
-        }
-        true
-    }
-}
-
-impl Default for EmulatedMsrs {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+pub use nestbench_abi::msr::{
+    EmulatedMsrs, IA32_KERNEL_GS_BASE, IA32_SYSENTER_ESP, INTERCEPTED, RDMSR_VALUE, WRMSR_FIRST_VALUE,
+};
 
 /// Record the exit, load EDX:EAX with the emulated MSR, skip the RDMSR. An MSR L1 does not
 /// emulate (only possible without "use MSR bitmaps", or outside the bitmap's ranges) is an
@@ -136,22 +71,5 @@ mod tests {
         assert_eq!(run.report.exits_by_reason[31], 1);
         let rec = run.report.exit_records[0];
         assert_eq!((rec.reason, rec.insn_len, rec.qualification, rec.rip_offset), (31, 2, 0, 0x30));
-    }
-
-    #[test]
-    fn writes_are_recorded_and_checked() {
-        let mut m = EmulatedMsrs::new();
-        assert_eq!(m.read(IA32_KERNEL_GS_BASE), Some(0));
-        assert_eq!(m.read(0x10), None);
-        assert!(!m.write(0x10, 1));
-        assert!(m.write(IA32_KERNEL_GS_BASE, WRMSR_FIRST_VALUE));
-        assert!(m.write(IA32_KERNEL_GS_BASE, WRMSR_FIRST_VALUE + 1));
-        assert_eq!((m.gs_base_writes, m.gs_base_mismatches), (2, 0));
-        assert!(m.write(IA32_KERNEL_GS_BASE, WRMSR_FIRST_VALUE + 1), "a repeated write");
-        assert_eq!((m.gs_base_writes, m.gs_base_mismatches), (3, 1));
-        assert_eq!(m.read(IA32_KERNEL_GS_BASE), Some(WRMSR_FIRST_VALUE + 1));
-        assert!(m.write(IA32_SYSENTER_ESP, 7));
-        assert_eq!(m.read(IA32_SYSENTER_ESP), Some(7));
-        assert_eq!(m.gs_base_writes, 3, "only IA32_KERNEL_GS_BASE is checked");
     }
 }
