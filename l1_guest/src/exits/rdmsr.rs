@@ -12,41 +12,45 @@
 //! bits of each of RAX and RDX are cleared." L1 does exactly that, then advances RIP by the
 //! VM-exit instruction length (SDM 28.2.4).
 
-use nestbench_abi::vmcs::{Field32, FieldNatural};
-
-use super::{RunState, advance_rip, must};
-use crate::vmx::entry::GuestRegs;
-use crate::vmx::{Vmcs, VmxBackend};
+use super::{RunState, advance_rip};
+use crate::exit::Exit;
+use crate::vcpu::Vcpu;
 
 pub use nestbench_abi::msr::{
     EmulatedMsrs, IA32_KERNEL_GS_BASE, IA32_SYSENTER_ESP, INTERCEPTED, RDMSR_VALUE, WRMSR_FIRST_VALUE,
 };
 
-/// Record the exit, load EDX:EAX with the emulated MSR, skip the RDMSR. An MSR L1 does not
-/// emulate (only possible without "use MSR bitmaps", or outside the bitmap's ranges) is an
-/// unexpected exit.
+/// Record the exit, load EDX:EAX with the emulated MSR `msr`, skip the RDMSR. An MSR L1
+/// does not emulate (only possible without "use MSR bitmaps", or outside the bitmap's
+/// ranges) is an unexpected exit. The exit qualification of RDMSR is 0 (SDM 28.2.1: it is
+/// cleared for exits it does not describe), and so is the record's.
 #[inline(always)]
-pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState, reason: u32) {
-    let len = must(b.read32(Field32::VmExitInstructionLength), "VMREAD instruction length");
-    let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
-    let q = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD qualification");
-    run.record(reason, len, q, rip, 0, 0);
-    let Some(value) = run.msrs.read(regs.rcx as u32) else {
-        crate::println!("l1: RDMSR of MSR {:#x}, which L1 does not intercept", regs.rcx as u32);
-        super::unexpected::handle(b, reason)
+pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, msr: u32) {
+    let reason = Exit::MsrRead { msr }.report_reason();
+    let len = vcpu.insn_len();
+    let rip = vcpu.rip();
+    run.record(reason, len, 0, rip, 0, 0);
+    let Some(value) = run.msrs.read(msr) else {
+        crate::println!("l1: RDMSR of MSR {msr:#x}, which L1 does not intercept");
+        super::unexpected::handle(vcpu, reason)
     };
+    let regs = vcpu.regs();
     regs.rax = value & 0xFFFF_FFFF;
     regs.rdx = value >> 32;
-    advance_rip(b, rip, len);
+    advance_rip(vcpu, rip, len);
 }
 
 #[cfg(test)]
 mod tests {
     use nestbench_abi::payload::L2_IMAGE_BASE;
+    use nestbench_abi::vmcs::{Field32, FieldNatural};
     use nestbench_abi::vmx::ExitReason;
 
     use super::*;
+    use crate::vcpu::GuestRegs;
+    use crate::vmx::entry::ExitFrame;
     use crate::vmx::fake::Recording;
+    use crate::vmx::vcpu::VmxVcpu;
 
     #[test]
     fn the_values_are_the_payloads() {
@@ -64,8 +68,13 @@ mod tests {
         b.fields.insert(Field32::VmExitInstructionLength.encoding(), 2);
         b.fields.insert(FieldNatural::GuestRip.encoding(), L2_IMAGE_BASE + 0x30);
         let mut run = RunState::new();
-        let mut regs = GuestRegs { rax: u64::MAX, rcx: 0xFFFF_FFFF_0000_0175, rdx: u64::MAX, ..GuestRegs::default() };
-        handle(&mut b, &mut regs, &mut run, ExitReason::Rdmsr as u32);
+        let mut frame = ExitFrame::default();
+        frame.regs = GuestRegs { rax: u64::MAX, rcx: 0xFFFF_FFFF_0000_0175, rdx: u64::MAX, ..GuestRegs::default() };
+        let mut vcpu = VmxVcpu::for_test(b, &mut frame);
+        let Exit::MsrRead { msr } = vcpu.decode_for_test(ExitReason::Rdmsr) else { panic!("not an RDMSR") };
+        handle(&mut vcpu, &mut run, msr);
+        let b = vcpu.into_backend();
+        let regs = frame.regs;
         assert_eq!((regs.rax, regs.rdx), (0x5244_0175, 0x4E42), "upper halves cleared, ECX only");
         assert_eq!(b.writes, [(FieldNatural::GuestRip.encoding(), L2_IMAGE_BASE + 0x32)]);
         assert_eq!(run.report.exits_by_reason[31], 1);
