@@ -4,7 +4,7 @@
 //! IN from `PAYLOAD_PORT` returns `IN_VALUE`, OUT to it is absorbed, OUT to `DONE_PORT`
 //! ends the run. The MSRs L1 intercepts with its MSR bitmap (IA32_SYSENTER_ESP and
 //! IA32_KERNEL_GS_BASE, `l2_payloads::{rdmsr, wrmsr}`) are sent to L0 with a KVM MSR filter
-//! and emulated as L1 does ([`EmulatedMsrs`]): reads return the emulated value, writes are
+//! and emulated as L1 does (the ABI's [`EmulatedMsrs`], which L1 uses): reads return the emulated value, writes are
 //! recorded and checked against the `wrmsr` payload's sequence (mismatches are added to
 //! the payload's failures).
 
@@ -14,6 +14,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use nestbench_abi::Pod;
+use nestbench_abi::msr::{self, EmulatedMsrs};
 use nestbench_abi::payload::{
     self, DONE_PORT, IN_VALUE, L2_IMAGE_BASE, L2_IMAGE_MAX, L2_RESULTS_GPA, L2_STACK_TOP, PAYLOAD_PORT, PayloadResults,
 };
@@ -53,9 +54,8 @@ pub fn run(
     regs.rsi = arg;
     vcpu.set_regs_now(&regs)?;
 
-    crate::msr_filter::exit_to_userspace(&vm.fd, &EmulatedMsrs::MSRS)
-        .map_err(|e| MachineError::Setup(e.to_string()))?;
-    let mut msrs = EmulatedMsrs::default();
+    crate::msr_filter::exit_to_userspace(&vm.fd, &msr::INTERCEPTED).map_err(|e| MachineError::Setup(e.to_string()))?;
+    let mut msrs = EmulatedMsrs::new();
 
     let kicker = vcpu.bind_to_current_thread()?;
     let watchdog = Watchdog::arm(kicker, timeout);
@@ -94,41 +94,6 @@ pub fn run(
         .and_then(|b| PayloadResults::from_bytes(&b))
         .filter(|r| r.magic == payload::RESULTS_MAGIC)
         .map(|r| crate::events::PayloadResults::from(&r))
-        .map(|r| crate::events::PayloadResults { failures: r.failures + msrs.mismatches, ..r });
+        .map(|r| crate::events::PayloadResults { failures: r.failures + msrs.gs_base_mismatches, ..r });
     Ok(SingleLevelRun { status, kvm_exits: exits, results, wall_ns, problem })
-}
-
-/// The MSRs L1 emulates for L2 (l1_guest's `exits::rdmsr::EmulatedMsrs`), played by L0.
-#[derive(Clone, Copy, Debug)]
-struct EmulatedMsrs {
-    values: [u64; 2],
-    gs_base_writes: u64,
-    mismatches: u64,
-}
-
-impl Default for EmulatedMsrs {
-    fn default() -> Self {
-        Self { values: [l2_payloads::rdmsr::VALUE, 0], gs_base_writes: 0, mismatches: 0 }
-    }
-}
-
-impl EmulatedMsrs {
-    /// IA32_SYSENTER_ESP and IA32_KERNEL_GS_BASE.
-    const MSRS: [u32; 2] = [l2_payloads::rdmsr::MSR, l2_payloads::wrmsr::MSR];
-
-    fn read(&self, msr: u32) -> Option<u64> {
-        Self::MSRS.iter().position(|&m| m == msr).map(|i| self.values[i])
-    }
-
-    fn write(&mut self, msr: u32, value: u64) -> bool {
-        let Some(i) = Self::MSRS.iter().position(|&m| m == msr) else { return false };
-        self.values[i] = value;
-        if msr == l2_payloads::wrmsr::MSR {
-            if value != l2_payloads::wrmsr::value(self.gs_base_writes) {
-                self.mismatches += 1;
-            }
-            self.gs_base_writes += 1;
-        }
-        true
-    }
 }

@@ -1,6 +1,8 @@
 //! Console output: a line buffer flushed with one hypercall per line (or when full), never
 //! an exit per byte.
 
+use crate::static_cell::TryLock;
+
 /// A fixed-size line buffer. `sink` gets each complete line (newline included) or each
 /// full buffer.
 #[derive(Debug)]
@@ -43,16 +45,20 @@ impl<const N: usize> LineBuffer<N> {
 }
 
 /// L1's console: one global line buffer, flushed to L0 with one `ConsoleWrite` hypercall per
-/// line. Use it through [`println!`](crate::println).
+/// line. Use it through [`println!`](crate::println). Text written while the buffer is in use
+/// (by an exception handler that interrupted a `println!`) goes out unbuffered.
 pub struct Console;
 
-static CONSOLE: crate::global::Global<LineBuffer<256>> = crate::global::Global::new(LineBuffer::new());
+static CONSOLE: TryLock<LineBuffer<256>> = TryLock::new(LineBuffer::new());
 
 impl core::fmt::Write for Console {
     fn write_str(&mut self, s: &str) -> core::fmt::Result {
-        CONSOLE.get().write(s.as_bytes(), &mut |line| {
+        let sink = &mut |line: &[u8]| {
             crate::hypercall::console_write(line);
-        });
+        };
+        if CONSOLE.with(|b| b.write(s.as_bytes(), sink)).is_none() {
+            sink(s.as_bytes());
+        }
         Ok(())
     }
 }
@@ -60,8 +66,10 @@ impl core::fmt::Write for Console {
 impl Console {
     /// Send whatever is buffered (a line without its newline yet).
     pub fn flush() {
-        CONSOLE.get().flush(&mut |line| {
-            crate::hypercall::console_write(line);
+        CONSOLE.with(|b| {
+            b.flush(&mut |line| {
+                crate::hypercall::console_write(line);
+            });
         });
     }
 }

@@ -23,6 +23,8 @@ use nestbench_abi::hypercall::{Call, PORT, Status};
 use nestbench_abi::payload::PayloadReport;
 use nestbench_abi::report::{ExceptionReport, ReportKind};
 
+use crate::static_cell::TryLock;
+
 /// How L1 talks to whoever runs it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -175,23 +177,28 @@ pub const E9_LINE_MAX: usize = 2 * size_of::<PayloadReport>() + 64;
 static AT_LINE_START: AtomicBool = AtomicBool::new(true);
 
 /// The buffer structured 0xE9 lines are built in.
-static E9_LINE: crate::global::Global<[u8; E9_LINE_MAX]> = crate::global::Global::new([0; E9_LINE_MAX]);
+static E9_LINE: TryLock<[u8; E9_LINE_MAX]> = TryLock::new([0; E9_LINE_MAX]);
 
 /// Build a structured line with `fill` (after a newline if console text left a line open)
-/// and write it with one `rep outsb`. A line that does not fit is not written (BadArgument).
+/// and write it with one `rep outsb`. A line that does not fit is not written (BadArgument),
+/// nor is one asked for while another is being built (an exception handler's report while a
+/// line was half built: BadArgument too).
 fn e9_line(fill: impl FnOnce(&mut e9::LineWriter<'_>) -> Option<()>) -> Option<Status> {
-    let buf = E9_LINE.get();
-    let mut w = e9::LineWriter::new(buf);
-    if !AT_LINE_START.load(Ordering::Relaxed) {
-        w.push(b"\n")?;
-    }
-    if fill(&mut w).is_none() {
-        return Some(Status::BadArgument);
-    }
-    let len = w.len();
-    e9_out(&buf[..len]);
-    AT_LINE_START.store(true, Ordering::Relaxed);
-    Some(Status::Ok)
+    E9_LINE
+        .with(|buf| {
+            let mut w = e9::LineWriter::new(buf);
+            if !AT_LINE_START.load(Ordering::Relaxed) {
+                w.push(b"\n")?;
+            }
+            if fill(&mut w).is_none() {
+                return Some(Status::BadArgument);
+            }
+            let len = w.len();
+            e9_out(&buf[..len]);
+            AT_LINE_START.store(true, Ordering::Relaxed);
+            Some(Status::Ok)
+        })
+        .unwrap_or(Some(Status::BadArgument))
 }
 
 /// All of `bytes` to port 0xE9 with one `rep outsb`.

@@ -9,13 +9,16 @@
 pub mod console;
 pub mod descriptors;
 pub mod ept_builder;
+pub mod exit;
 pub mod exits;
-pub mod global;
 pub mod hypercall;
 pub mod l2;
 pub mod runner;
 pub mod scenarios;
+pub mod static_cell;
+pub mod svm;
 pub mod trace;
+pub mod vcpu;
 pub mod vmentry;
 pub mod vmx;
 pub mod x86;

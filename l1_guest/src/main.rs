@@ -9,11 +9,12 @@
 #![no_main]
 
 use core::arch::{asm, global_asm};
+use core::cell::UnsafeCell;
 
 use l1::console::Console;
 use l1::descriptors::{self, IdtEntry, TablePointer, Tss};
-use l1::global::Global;
 use l1::runner::HostTables;
+use l1::static_cell::TakeOnce;
 use l1::{hypercall, println, runner, scenarios, x86};
 use nestbench_abi::boot::{BOOT_MAGIC, BootInfo, EXIT_BAD_BOOT_INFO, Scenario};
 use nestbench_abi::report::{
@@ -23,14 +24,28 @@ use nestbench_abi::report::{
 use nestbench_abi::{ABI_VERSION, Pod, cpuid as hv};
 
 const STACK_SIZE: usize = 64 * 1024;
+/// A stack: memory only the CPU uses, through RSP. No Rust reference to its bytes is ever
+/// made; only its address is taken.
 #[repr(C, align(16))]
-struct Stack([u8; STACK_SIZE]);
+struct Stack(UnsafeCell<[u8; STACK_SIZE]>);
 
-static MAIN_STACK: Global<Stack> = Global::new(Stack([0; STACK_SIZE]));
-static FAULT_STACK: Global<Stack> = Global::new(Stack([0; STACK_SIZE]));
-static GDT: Global<[u64; 5]> = Global::new([0; 5]);
-static TSS: Global<Tss> = Global::new(Tss::new(0));
-static IDT: Global<[IdtEntry; 32]> = Global::new([IdtEntry::interrupt_gate(0, 0, 0); 32]);
+// SAFETY: Rust code never reads or writes the bytes (see the type), so sharing the static
+// shares nothing but an address.
+unsafe impl Sync for Stack {}
+
+impl Stack {
+    /// The address just past the stack (its initial RSP).
+    fn top(&self) -> u64 {
+        self.0.get() as u64 + STACK_SIZE as u64
+    }
+}
+
+static MAIN_STACK: Stack = Stack(UnsafeCell::new([0; STACK_SIZE]));
+static FAULT_STACK: Stack = Stack(UnsafeCell::new([0; STACK_SIZE]));
+// The descriptor tables the CPU reads from their fixed addresses, filled once at boot.
+static GDT: TakeOnce<[u64; 5]> = TakeOnce::new([0; 5]);
+static TSS: TakeOnce<Tss> = TakeOnce::new(Tss::new(0));
+static IDT: TakeOnce<[IdtEntry; 32]> = TakeOnce::new([IdtEntry::interrupt_gate(0, 0, 0); 32]);
 
 global_asm!(
     ".section .text.start, \"ax\"",
@@ -147,14 +162,16 @@ extern "C" fn l1_exception(frame: &mut Frame) {
 
 /// Load L1's own GDT (code, data, TSS), reload every segment register, load TR and the IDT
 /// (SDM 3.5.1, 7.2.4, 6.10). #DF runs on its own stack (IST1) so a stack overflow is
-/// reported, not a triple fault.
-fn install_descriptor_tables() {
-    let fault_stack_top = FAULT_STACK.get().0.as_ptr() as u64 + STACK_SIZE as u64;
-    *TSS.get() = Tss::new(fault_stack_top);
-    let tss = descriptors::tss_descriptor(TSS.get() as *const Tss as u64, size_of::<Tss>() as u32 - 1);
-    *GDT.get() = [0, descriptors::CODE64, descriptors::DATA, tss[0], tss[1]];
+/// reported, not a triple fault. Returns where the tables are (the VMCS's host state).
+fn install_descriptor_tables() -> HostTables {
+    let (Some(gdt), Some(tss), Some(idt)) = (GDT.take(), TSS.take(), IDT.take()) else {
+        panic!("the descriptor tables are installed once")
+    };
+    *tss = Tss::new(FAULT_STACK.top());
+    let tss_base = core::ptr::from_mut(tss) as u64;
+    let tss = descriptors::tss_descriptor(tss_base, size_of::<Tss>() as u32 - 1);
+    *gdt = [0, descriptors::CODE64, descriptors::DATA, tss[0], tss[1]];
 
-    let idt = IDT.get();
     // SAFETY: `isr_table` is a read-only table of 32 addresses defined in global_asm above.
     let stubs = unsafe { &isr_table };
     for (v, e) in idt.iter_mut().enumerate() {
@@ -162,7 +179,7 @@ fn install_descriptor_tables() {
         *e = IdtEntry::interrupt_gate(stubs[v], descriptors::SEL_CODE, ist);
     }
 
-    let gdtr = TablePointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: GDT.get().as_ptr() as u64 };
+    let gdtr = TablePointer { limit: (size_of::<[u64; 5]>() - 1) as u16, base: gdt.as_ptr() as u64 };
     let idtr = TablePointer { limit: (size_of::<[IdtEntry; 32]>() - 1) as u16, base: idt.as_ptr() as u64 };
     // SAFETY: the tables are statics that live forever and are filled in above with valid
     // descriptors; the far return reloads CS with the 64-bit code selector of the new GDT and
@@ -191,6 +208,7 @@ fn install_descriptor_tables() {
             tmp = out(reg) _,
         );
     }
+    HostTables { gdt_base: gdt.as_ptr() as u64, idt_base: idt.as_ptr() as u64, tss_base }
 }
 
 fn probe_msr(index: u32) -> MsrProbe {
@@ -243,7 +261,7 @@ fn probe() -> ProbeReport {
 extern "C" fn l1_main(boot: *const BootInfo) -> ! {
     // Hypercalls to a nestbench L0, or lines on port 0xE9 where there is none (Bochs).
     hypercall::init();
-    install_descriptor_tables();
+    let host = install_descriptor_tables();
     // SAFETY: L0 passes the address of the BootInfo it wrote in identity-mapped memory.
     let boot = unsafe { core::ptr::read_volatile(boot) };
     if boot.magic != BOOT_MAGIC || boot.abi_version != ABI_VERSION {
@@ -272,11 +290,6 @@ extern "C" fn l1_main(boot: *const BootInfo) -> ! {
         println!("l1: read {v:#x} from an unmapped address?!");
         hypercall::exit(1);
     }
-    let host = HostTables {
-        gdt_base: GDT.get().as_ptr() as u64,
-        idt_base: IDT.get().as_ptr() as u64,
-        tss_base: TSS.get() as *const Tss as u64,
-    };
     match scenario {
         Scenario::Probe | Scenario::PageFault if boot.payload.present != 0 => runner::run_payload(&boot, host),
         Scenario::Probe | Scenario::PageFault => hypercall::exit(0),

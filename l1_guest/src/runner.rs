@@ -9,19 +9,20 @@ use nestbench_abi::payload::{
     EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, EPT_MISCONFIG_MEMTYPE, EPT_MISCONFIG_PAGES, EPT_PATTERN_OFFSETS, L2_IMAGE_MAX,
     STAGING_GPA, Setup, ept_fetch_code, ept_pattern, setup as flag,
 };
-use nestbench_abi::vmcs::Field32;
 
 use crate::ept_builder::{EptBuilder, FrameMemory};
 use crate::exits::remap::Remap;
-use crate::exits::{self, EXIT_ENTRY_FAILED, EXIT_NO_VMX, EXIT_VMX_SETUP_FAILED, HW, Mode, RUN, SOFT};
-use crate::global::Global;
+use crate::exits::{self, EXIT_NO_VMX, EXIT_VMX_SETUP_FAILED, RunState};
 use crate::l2::{self, FRAMES_END, L1Frames, L2Space, SetupError};
+use crate::vcpu::GuestRegs;
 use crate::vmx::caps::{CapsError, Controls, VmxCaps, compute_controls};
-use crate::vmx::entry::{self, EXIT_STACK_TOP_OFFSET, GuestRegs};
-use crate::vmx::hw::{CR4_VMXE, MSR_FEATURE_CONTROL, feature_control_update};
+use crate::vmx::entry::{self, ExitFrame};
+use crate::vmx::hw::{CR4_VMXE, HwVmx, MSR_FEATURE_CONTROL, feature_control_update};
 use crate::vmx::msr_bitmap;
 use crate::vmx::setup::{self, GUEST_CR0, GUEST_CR4, GuestConfig, HostConfig, Write, Writes};
-use crate::vmx::{BackendKind, Vmcs, VmxBackend, VmxFail, select_backend};
+use crate::vmx::soft::SoftVmx;
+use crate::vmx::vcpu::VmxVcpu;
+use crate::vmx::{BackendKind, VmxBackend, VmxFail, select_backend};
 use crate::x86;
 
 /// Where L1's own descriptor tables are (for the host-state area).
@@ -34,12 +35,6 @@ pub struct HostTables {
     /// L1's TSS (TR base).
     pub tss_base: u64,
 }
-
-const EXIT_STACK_SIZE: usize = 16 * 1024;
-#[repr(C, align(16))]
-struct ExitStack([u8; EXIT_STACK_SIZE]);
-/// The stack the exit stub runs on (HOST_RSP).
-static EXIT_STACK: Global<ExitStack> = Global::new(ExitStack([0; EXIT_STACK_SIZE]));
 
 /// Why L1 could not get L2 running.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +51,8 @@ pub enum RunError {
     FeatureControlLocked(u64),
     /// The payload or scenario cannot run here (the reason says why).
     Refused(&'static str),
+    /// The exit frame was taken already (L1 runs one L2 per boot).
+    FrameTaken,
 }
 
 impl core::fmt::Display for RunError {
@@ -67,6 +64,7 @@ impl core::fmt::Display for RunError {
             Self::VmcsWrite(w, e) => write!(f, "VMWRITE {w:?}: {e}"),
             Self::FeatureControlLocked(v) => write!(f, "IA32_FEATURE_CONTROL {v:#x} is locked with VMXON disabled"),
             Self::Refused(why) => f.write_str(why),
+            Self::FrameTaken => f.write_str("the exit frame is taken: one L2 per boot"),
         }
     }
 }
@@ -158,7 +156,8 @@ fn enable_hw_vmx(caps: &VmxCaps) -> Result<(), RunError> {
     Ok(())
 }
 
-/// The controls, L2's address space and every VMWRITE of its VMCS.
+/// The controls, L2's address space and every VMWRITE of its VMCS; VM exits go to the exit
+/// stub with HOST_RSP `host_rsp` ([`ExitFrame::host_rsp`]).
 pub fn prepare(
     caps: &VmxCaps,
     mem: &mut L1Frames,
@@ -166,6 +165,7 @@ pub fn prepare(
     entry: u64,
     cpl: u8,
     host: HostTables,
+    host_rsp: u64,
 ) -> Result<(Controls, L2Space, Writes), RunError> {
     let controls = compute_controls(caps, cpl == 0)?;
     let space = l2::build(mem, image, entry)?;
@@ -179,7 +179,6 @@ pub fn prepare(
         rsp: space.stack_top,
         rip: entry,
     };
-    let stack_top = EXIT_STACK.as_ptr() as u64 + EXIT_STACK_SIZE as u64;
     let host = HostConfig {
         cr0: caps.adjust_cr0(x86::read_cr0()),
         cr3: x86::read_cr3(),
@@ -188,7 +187,7 @@ pub fn prepare(
         tr_base: host.tss_base,
         gdtr_base: host.gdt_base,
         idtr_base: host.idt_base,
-        rsp: stack_top - EXIT_STACK_TOP_OFFSET,
+        rsp: host_rsp,
         rip: entry::exit_stub_address(),
     };
     // The MSR bitmap (SDM 25.6.9): a page of L1 memory, intercepting what L1 emulates.
@@ -203,27 +202,32 @@ pub fn prepare(
     Ok((controls, space, writes))
 }
 
-/// Point the exit handlers at this L2.
-pub fn arm_exits(mode: Mode, space: &L2Space, accesses: u32, io_check: bool) {
-    let run = RUN.get();
-    run.mode = mode;
-    run.results_pa = space.results_pa;
-    run.eptp = space.ept.eptp();
-    run.cr3 = space.cr3;
-    run.accesses_at_launch = accesses;
-    run.io_check = io_check.then(exits::io::IoCheck::default);
+/// The run's state for this L2 (the handlers read and fill it): where its results page and
+/// paging are, and the VMREAD/VMWRITE count at the first entry.
+fn run_state(space: &L2Space, accesses: u32, io_check: bool) -> RunState {
+    RunState {
+        results_pa: space.results_pa,
+        eptp: space.ept.eptp(),
+        cr3: space.cr3,
+        accesses_at_launch: accesses,
+        io_check: io_check.then(exits::io::IoCheck::default),
+        ..RunState::new()
+    }
 }
 
 /// Register the exit-trace ring when L0 asked for tracing ([`BootInfo::trace_capacity`]);
 /// if L0 refuses it, say so and run untraced.
-fn start_tracing(capacity: u32) {
+fn start_tracing(run: &mut RunState, capacity: u32) {
     if capacity == 0 {
         return;
     }
-    let ring = crate::trace::RING.get();
+    let Some(ring) = crate::trace::RING.take() else { return };
     let cap = crate::trace::Producer::prepare(ring, capacity);
     match crate::hypercall::trace_ring(core::ptr::from_mut(ring) as u64, cap) {
-        Some(nestbench_abi::hypercall::Status::Ok) => RUN.get().trace.enable(cap),
+        Some(nestbench_abi::hypercall::Status::Ok) => {
+            run.trace.enable(cap);
+            run.ring = Some(ring);
+        }
         other => crate::println!("l1: the trace ring ({cap} records) was not accepted ({other:?}): tracing off"),
     }
 }
@@ -231,15 +235,21 @@ fn start_tracing(capacity: u32) {
 /// Run the payload of `boot` to its end (the exit handlers report and exit).
 pub fn run_payload(boot: &BootInfo, host: HostTables) -> ! {
     let kind = detect();
-    entry::set_soft(kind == BackendKind::Soft);
+    let Some(frame) = ExitFrame::take() else { fail(RunError::FrameTaken) };
     let r = match kind {
-        BackendKind::Soft => payload_on(SOFT.get(), kind, boot, host),
-        BackendKind::Hardware => payload_on(HW.get(), kind, boot, host),
+        BackendKind::Soft => payload_on(SoftVmx::new(), kind, frame, boot, host),
+        BackendKind::Hardware => payload_on(HwVmx::new(), kind, frame, boot, host),
     };
     fail(r)
 }
 
-fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host: HostTables) -> RunError {
+fn payload_on<B: VmxBackend>(
+    mut b: B,
+    kind: BackendKind,
+    frame: &'static mut ExitFrame,
+    boot: &BootInfo,
+    host: HostTables,
+) -> RunError {
     let p = boot.payload;
     let cpl = match p.cpl {
         0 => 0,
@@ -257,9 +267,9 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     let image = unsafe { core::slice::from_raw_parts(STAGING_GPA as *const u8, p.size as usize) };
     let mut mem = L1Frames::new();
     let result = (|| {
-        let ready = enter_vmx(b, kind, &mut mem)?;
-        let (_, space, writes) = prepare(&ready.caps, &mut mem, image, p.entry, cpl, host)?;
-        writes.apply(b).map_err(|(w, e)| RunError::VmcsWrite(w, e))?;
+        let ready = enter_vmx(&mut b, kind, &mut mem)?;
+        let (_, space, writes) = prepare(&ready.caps, &mut mem, image, p.entry, cpl, host, frame.host_rsp())?;
+        writes.apply(&mut b).map_err(|(w, e)| RunError::VmcsWrite(w, e))?;
         Ok(space)
     })();
     let space = match result {
@@ -268,8 +278,8 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     };
     // What to set up comes from the payload's manifest (PayloadInfo::setup), never its name.
     let setup = Setup::from_raw(p.setup, p.pool_pages);
-    arm_exits(Mode::Payload, &space, b.accesses(), setup.has(flag::IO_CHECK));
-    start_tracing(boot.trace_capacity);
+    let mut run = run_state(&space, b.accesses(), setup.has(flag::IO_CHECK));
+    start_tracing(&mut run, boot.trace_capacity);
     // The EPT payloads: a seeded pool of L1 pages for the data region, mapped on demand
     // (ept_touch) or before the launch (ept_fill).
     if setup.has(flag::EPT_POOL) {
@@ -277,7 +287,7 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
         let read_only = setup.has(flag::EPT_READ_ONLY);
         let pages = setup.pool_pages.pages(p.iterations);
         match exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), pages, on_demand, read_only) {
-            Ok(pool) => RUN.get().ept = Some(pool),
+            Ok(pool) => run.ept = Some(pool),
             Err(e) => return RunError::Setup(SetupError::Ept(e)),
         }
     }
@@ -285,7 +295,6 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     // repairs it (crate::exits::ept_misconfig).
     if setup.has(flag::EPT_MISCONFIG) {
         let page = EPT_DATA_GPA + p.arg % EPT_MISCONFIG_PAGES * 4096;
-        let run = RUN.get();
         let broken = run.ept.as_mut().is_some_and(|pool| {
             EptBuilder::from_eptp(space.ept.eptp()).set_memory_type(&mut pool.frames, page, EPT_MISCONFIG_MEMTYPE)
         });
@@ -296,7 +305,7 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     }
     // `ept_fetch`: a function in every pool page (l2_payloads::ept_fetch).
     if setup.has(flag::EPT_FETCH_CODE)
-        && let Some(pool) = RUN.get().ept.as_mut()
+        && let Some(pool) = run.ept.as_mut()
     {
         pool.fetch = true;
         for i in 0..pool.pages {
@@ -306,18 +315,18 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
         }
     }
     if setup.has(flag::MMIO_DEVICE) {
-        RUN.get().mmio = Some(exits::ept_violation::MmioDevice::default());
+        run.mmio = Some(exits::ept_violation::MmioDevice::default());
     }
-    match remap_setup(setup, space.ept.eptp(), space.cr3) {
-        Ok(r) => RUN.get().remap = r,
+    match remap_setup(&mut run, setup, space.ept.eptp(), space.cr3) {
+        Ok(r) => run.remap = r,
         Err(e) => return e,
     }
     // `preempt_timer`: the VMX-preemption timer, one exit per arm (crate::exits::preemption_timer).
     if setup.has(flag::PREEMPTION_TIMER) {
         let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
         let value = exits::preemption_timer::value_of(p.arg);
-        match exits::preemption_timer::arm(b, &caps, p.iterations, value) {
-            Ok(()) => {}
+        match exits::preemption_timer::arm(&mut b, &caps, p.iterations, value) {
+            Ok(t) => run.timer = t,
             Err(exits::preemption_timer::ArmError::NotAllowed) => {
                 return RunError::Refused("preempt_timer: 'activate VMX-preemption timer' may not be 1 here");
             }
@@ -328,29 +337,25 @@ fn payload_on<B: VmxBackend>(b: &mut B, kind: BackendKind, boot: &BootInfo, host
     // (crate::exits::interrupt_window).
     if setup.has(flag::INTERRUPT_WINDOW) {
         let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
-        match exits::interrupt_window::arm(b, &caps, p.iterations) {
-            Ok(()) => {}
+        match exits::interrupt_window::arm(&mut b, &caps, p.iterations) {
+            Ok(w) => run.window = w,
             Err(exits::interrupt_window::ArmError::NotAllowed) => {
                 return RunError::Refused("irq_window: 'interrupt-window exiting' may not be 1 here");
             }
             Err(exits::interrupt_window::ArmError::Vmx(e)) => return RunError::Vmx("irq_window setup", e),
         }
     }
-    let regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
-    // SAFETY: the current VMCS is complete, HOST_RIP is the exit stub, HOST_RSP the exit
-    // stack, and USE_SOFT names this backend (set in run_payload).
-    let rflags = unsafe { entry::enter(&regs, false) };
-    let f = entry::entry_failure(rflags, || b.read32(Field32::VmInstructionError).unwrap_or(0));
-    crate::println!("l1: VMLAUNCH failed: {f:?}");
-    exits::unexpected::dump(b);
-    crate::hypercall::exit(EXIT_ENTRY_FAILED)
+    frame.regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
+    // SAFETY: the current VMCS is complete (`writes`), HOST_RIP is the exit stub and HOST_RSP
+    // this frame's (`prepare`), `b` made it current, and the frame is 'static.
+    let mut vcpu = unsafe { VmxVcpu::new(b, frame) };
+    exits::run_loop(&mut vcpu, &mut run)
 }
 
 /// `ept_remap`: a second L1 frame for data page 0, seeded with the complement of the
 /// first's words (crate::exits::remap). `pte_remap`: the L1-physical address of L2's PTE
 /// for linear data page 0.
-fn remap_setup(setup: Setup, eptp: u64, cr3: u64) -> Result<Option<Remap>, RunError> {
-    let run = RUN.get();
+fn remap_setup(run: &mut RunState, setup: Setup, eptp: u64, cr3: u64) -> Result<Option<Remap>, RunError> {
     let Some(pool) = run.ept.as_mut() else { return Ok(None) };
     match (setup.has(flag::REMAP_EPT), setup.has(flag::REMAP_PTE)) {
         (true, _) => {

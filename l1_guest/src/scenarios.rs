@@ -2,7 +2,8 @@
 //! kvm-unit-tests' x86/vmx_tests.c): set up a valid VMCS for a tiny built-in L2, apply the
 //! scenario's one perturbation, execute the instruction under test and report a
 //! [`Verdict`] of what happened, then exit 0 (the verdict, not the exit status, is the
-//! result).
+//! result). They drive VM entries one at a time ([`VmxVcpu::enter`]), not through the run
+//! loop: the first exit, or the entry's failure, is the verdict.
 
 use nestbench_abi::Pod;
 use nestbench_abi::boot::Scenario;
@@ -11,13 +12,15 @@ use nestbench_abi::report::{ReportKind, Verdict, VerdictKind};
 use nestbench_abi::vmcs::{Field32, FieldNatural};
 
 use crate::ept_builder::FrameMemory;
-use crate::exits::{HW, Mode, SOFT};
-use crate::global::Global;
+use crate::exits::must;
 use crate::l2::L1Frames;
 use crate::runner::{self, HostTables, RunError};
 use crate::vmx::caps::disallowed_pin_bit;
-use crate::vmx::entry::{self, GuestRegs};
+use crate::vmx::entry::ExitFrame;
+use crate::vmx::hw::HwVmx;
 use crate::vmx::setup::{GUEST_CR4, RFLAGS_RESERVED1, Write};
+use crate::vmx::soft::SoftVmx;
+use crate::vmx::vcpu::VmxVcpu;
 use crate::vmx::{BackendKind, Vmcs, VmxBackend, VmxFail};
 
 /// The built-in L2: `out DONE_PORT, eax`, then `hlt` and `jmp $` should it ever continue.
@@ -26,9 +29,6 @@ const _: () = assert!(DONE_PORT <= 0xFF, "TINY_L2 encodes DONE_PORT as an imm8")
 
 /// CR4.PAE, which a 64-bit host must have (SDM 27.2.2).
 const CR4_PAE: u64 = GUEST_CR4;
-
-/// The running scenario and whether its second VMLAUNCH happened (FailLaunchLaunched).
-pub(crate) static STATE: Global<(Scenario, bool)> = Global::new((Scenario::Probe, false));
 
 /// The perturbation a scenario applies to the otherwise valid VMCS writes: `None` for the
 /// scenarios that change the instruction, not the VMCS.
@@ -57,33 +57,40 @@ pub fn perturbation(scenario: Scenario, writes: &[Write], disallowed_pin: Option
 /// Run a must-fail scenario. Never returns.
 pub fn run(scenario: Scenario, host: HostTables) -> ! {
     let kind = runner::detect();
-    entry::set_soft(kind == BackendKind::Soft);
-    *STATE.get() = (scenario, false);
+    let Some(frame) = ExitFrame::take() else { runner::fail(RunError::FrameTaken) };
     let e = match kind {
-        BackendKind::Soft => run_on(SOFT.get(), kind, scenario, host),
-        BackendKind::Hardware => run_on(HW.get(), kind, scenario, host),
+        BackendKind::Soft => run_on(SoftVmx::new(), kind, frame, scenario, host),
+        BackendKind::Hardware => run_on(HwVmx::new(), kind, frame, scenario, host),
     };
     runner::fail(e)
 }
 
 /// The valid baseline the scenarios and the VM-entry cases perturb: VMX operation, a
-/// current VMCS, and the VMCS writes for [`TINY_L2`] at CPL 0 (not applied yet).
+/// current VMCS, and the VMCS writes for [`TINY_L2`] at CPL 0 (not applied yet), exiting to
+/// `frame`.
 pub(crate) fn baseline<B: VmxBackend>(
     b: &mut B,
     kind: BackendKind,
     host: HostTables,
+    frame: &ExitFrame,
     mem: &mut L1Frames,
 ) -> Result<(runner::Ready, crate::l2::L2Space, crate::vmx::setup::Writes), RunError> {
     let ready = runner::enter_vmx(b, kind, mem)?;
     let mut page = [0u8; 4096];
     page[..TINY_L2.len()].copy_from_slice(&TINY_L2);
-    let (_, space, writes) = runner::prepare(&ready.caps, mem, &page, L2_IMAGE_BASE, 0, host)?;
+    let (_, space, writes) = runner::prepare(&ready.caps, mem, &page, L2_IMAGE_BASE, 0, host, frame.host_rsp())?;
     Ok((ready, space, writes))
 }
 
-fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, scenario: Scenario, host: HostTables) -> RunError {
+fn run_on<B: VmxBackend>(
+    mut b: B,
+    kind: BackendKind,
+    frame: &'static mut ExitFrame,
+    scenario: Scenario,
+    host: HostTables,
+) -> RunError {
     let mut mem = L1Frames::new();
-    let (ready, space, mut writes) = match baseline(b, kind, host, &mut mem) {
+    let (ready, _, mut writes) = match baseline(&mut b, kind, host, frame, &mut mem) {
         Ok(p) => p,
         Err(e) => return e,
     };
@@ -94,83 +101,92 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, scenario: Scenario, host:
     if let Some(w) = perturbation(scenario, writes.as_slice(), disallowed) {
         writes.replace(w);
     }
-    if let Err((w, e)) = writes.apply(b) {
+    if let Err((w, e)) = writes.apply(&mut b) {
         return RunError::VmcsWrite(w, e);
     }
-    runner::arm_exits(Mode::Scenario, &space, b.accesses(), false);
-    let regs = GuestRegs::default();
     match scenario {
-        Scenario::FailVmptrldUnaligned => verdict_of(b.vmptrld(ready.vmcs + 8)),
+        Scenario::FailVmptrldUnaligned => verdict_of(scenario, b.vmptrld(ready.vmcs + 8)),
         Scenario::FailRevision => {
             let Some(other) = mem.alloc_zeroed_page() else {
                 return RunError::Setup(crate::l2::SetupError::OutOfFrames);
             };
             mem.write_u64(other, u64::from(ready.caps.basic.revision_id() ^ 1));
-            verdict_of(b.vmptrld(other))
+            verdict_of(scenario, b.vmptrld(other))
         }
         Scenario::FailWriteReadOnly => {
             let r = b.write32(Field32::VmExitReason, 0);
             if r.is_ok() {
                 crate::println!("l1: VMWRITE to the exit-reason field succeeded (IA32_VMX_MISC[29] = 1?)");
             }
-            verdict_of(r)
+            verdict_of(scenario, r)
         }
-        Scenario::FailResumeBeforeLaunch => enter_and_judge(b, &regs, true),
-        _ => enter_and_judge(b, &regs, false),
-    }
-}
-
-/// Execute VMLAUNCH/VMRESUME; a return means it failed (an entry goes to the exit handler).
-pub(crate) fn enter_and_judge<B: VmxBackend>(b: &mut B, regs: &GuestRegs, resume: bool) -> ! {
-    // SAFETY: the VMCS is set up by `runner::prepare` (one field perturbed on purpose, which
-    // is what the scenario tests), HOST_RIP/RSP are the exit stub and stack, and USE_SOFT
-    // names the backend.
-    let rflags = unsafe { entry::enter(regs, resume) };
-    match entry::entry_failure(rflags, || b.read32(Field32::VmInstructionError).unwrap_or(0)) {
-        Some(f) => verdict_of(Err(f)),
-        None => {
-            crate::println!("l1: the entry instruction returned without VMfail (RFLAGS {rflags:#x})");
-            send(Verdict { kind: VerdictKind::Entered as u32, ..Verdict::default() })
+        _ => {
+            // SAFETY: the VMCS is set up by `runner::prepare` (one field perturbed on purpose,
+            // which is what the scenario tests), HOST_RIP/RSP are the exit stub and this
+            // 'static frame, and `b` made it current.
+            let mut vcpu = unsafe { VmxVcpu::new(b, frame) };
+            let resume = scenario == Scenario::FailResumeBeforeLaunch;
+            let reason = enter_or_judge(&mut vcpu, scenario, resume);
+            // The entry succeeded (or failed with an entry-failure exit, SDM 27.8).
+            // FailLaunchLaunched then does its second VMLAUNCH of the now-launched VMCS.
+            if scenario == Scenario::FailLaunchLaunched && reason & 1 << 31 == 0 {
+                let second = enter_or_judge(&mut vcpu, scenario, false);
+                exited(&mut vcpu, scenario, second)
+            }
+            exited(&mut vcpu, scenario, reason)
         }
     }
 }
 
-/// A VM exit while a scenario runs (called by the dispatcher): the entry succeeded (or
-/// failed with an entry-failure exit, SDM 27.8). FailLaunchLaunched then does its second
-/// VMLAUNCH of the now-launched VMCS.
-pub fn on_exit<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, reason: u32) -> ! {
-    let (scenario, relaunched) = *STATE.get();
-    if scenario == Scenario::Vmentry {
-        crate::vmentry::on_exit(b, regs, reason);
+/// Execute VMLAUNCH (`resume` false) or VMRESUME: a failed entry is the verdict; after an
+/// exit, its reason is returned.
+pub(crate) fn enter_or_judge<B: VmxBackend>(vcpu: &mut VmxVcpu<'_, B>, scenario: Scenario, resume: bool) -> u32 {
+    match vcpu.enter(resume) {
+        Ok(()) => must(vcpu.backend().read32(Field32::VmExitReason), "VMREAD exit reason"),
+        Err(rflags) => match vcpu.entry_failure(rflags) {
+            Some(f) => verdict_of(scenario, Err(f)),
+            None => {
+                crate::println!("l1: the entry instruction returned without VMfail (RFLAGS {rflags:#x})");
+                send(scenario, Verdict { kind: VerdictKind::Entered as u32, ..Verdict::default() })
+            }
+        },
     }
-    if scenario == Scenario::FailLaunchLaunched && !relaunched && reason & 1 << 31 == 0 {
-        STATE.get().1 = true;
-        enter_and_judge(b, regs, false);
-    }
+}
+
+/// The verdict of an entry that ended in an exit of `reason`: a VM-entry failure (bit 31,
+/// SDM 27.8) with its qualification, or an entry.
+pub(crate) fn exited<B: VmxBackend>(vcpu: &mut VmxVcpu<'_, B>, scenario: Scenario, reason: u32) -> ! {
     if reason & 1 << 31 != 0 {
-        let q = b.read_nat(FieldNatural::ExitQualification).unwrap_or(u64::MAX);
-        send(Verdict {
-            kind: VerdictKind::EntryFailure as u32,
-            exit_reason: reason,
-            qualification: q,
-            ..Verdict::default()
-        })
+        let q = vcpu.backend().read_nat(FieldNatural::ExitQualification).unwrap_or(u64::MAX);
+        send(
+            scenario,
+            Verdict {
+                kind: VerdictKind::EntryFailure as u32,
+                exit_reason: reason,
+                qualification: q,
+                ..Verdict::default()
+            },
+        )
     }
-    send(Verdict { kind: VerdictKind::Entered as u32, exit_reason: reason, ..Verdict::default() })
+    send(scenario, Verdict { kind: VerdictKind::Entered as u32, exit_reason: reason, ..Verdict::default() })
 }
 
 /// The verdict of a VMX instruction's result.
-pub(crate) fn verdict_of(r: Result<(), VmxFail>) -> ! {
-    send(match r {
-        Ok(()) => Verdict { kind: VerdictKind::Succeeded as u32, ..Verdict::default() },
-        Err(VmxFail::FailInvalid) => Verdict { kind: VerdictKind::FailInvalid as u32, ..Verdict::default() },
-        Err(VmxFail::FailValid(e)) => Verdict { kind: VerdictKind::FailValid as u32, error: e, ..Verdict::default() },
-    })
+pub(crate) fn verdict_of(scenario: Scenario, r: Result<(), VmxFail>) -> ! {
+    send(
+        scenario,
+        match r {
+            Ok(()) => Verdict { kind: VerdictKind::Succeeded as u32, ..Verdict::default() },
+            Err(VmxFail::FailInvalid) => Verdict { kind: VerdictKind::FailInvalid as u32, ..Verdict::default() },
+            Err(VmxFail::FailValid(e)) => {
+                Verdict { kind: VerdictKind::FailValid as u32, error: e, ..Verdict::default() }
+            }
+        },
+    )
 }
 
-/// Send the verdict (with the scenario filled in) and exit 0.
-pub(crate) fn send(mut v: Verdict) -> ! {
-    let scenario = STATE.get().0;
+/// Send the verdict (with `scenario` filled in) and exit 0.
+pub(crate) fn send(scenario: Scenario, mut v: Verdict) -> ! {
     v.scenario = scenario as u32;
     crate::println!(
         "l1: verdict for {scenario:?}: kind {}, error {}, exit reason {:#x}, qualification {:#x}",

@@ -11,11 +11,12 @@ use core::sync::atomic::{Ordering, compiler_fence};
 
 use nestbench_abi::trace::{L1_RING_CAPACITY, RECORD_VERSION, RING_MAGIC, RingHeader, TraceRecord};
 
-use crate::global::Global;
+use crate::static_cell::TakeOnce;
 
 /// The ring: header, then the records (4 KiB-aligned, in L1's image, identity-mapped, so its
 /// linear address is its guest-physical address).
 #[repr(C, align(4096))]
+#[derive(Debug)]
 pub struct Ring {
     /// The header L0 checks and reads `head`/`dropped` from and writes `tail` to.
     pub header: RingHeader,
@@ -37,8 +38,9 @@ const EMPTY_RECORD: TraceRecord = TraceRecord {
     entry_tsc: 0,
 };
 
-/// L1's ring.
-pub static RING: Global<Ring> = Global::new(Ring {
+/// L1's ring, at a fixed address L0 is told once (taken by the payload run that registers
+/// it, [`crate::runner`]).
+pub static RING: TakeOnce<Ring> = TakeOnce::new(Ring {
     header: RingHeader { magic: 0, version: 0, capacity: 0, head: 0, tail: 0, dropped: 0, reserved: [0; 3] },
     records: [EMPTY_RECORD; L1_RING_CAPACITY as usize],
 });

@@ -11,25 +11,18 @@ use nestbench_abi::vmcs::{self, Field32, Field64};
 use nestbench_abi::vmentry::{CASE_GPA, Case, Step, WriteOp, apply, need};
 
 use crate::ept_builder::FrameMemory;
-use crate::exits::{HW, Mode, SOFT};
-use crate::global::Global;
 use crate::l2::L1Frames;
 use crate::runner::{self, HostTables, RunError};
-use crate::scenarios::{STATE, enter_and_judge, send, verdict_of};
+use crate::scenarios::{enter_or_judge, exited, send, verdict_of};
 use crate::vmx::caps::VmxCaps;
-use crate::vmx::entry::{self, GuestRegs};
+use crate::vmx::entry::ExitFrame;
+use crate::vmx::hw::HwVmx;
+use crate::vmx::soft::SoftVmx;
+use crate::vmx::vcpu::VmxVcpu;
 use crate::vmx::{BackendKind, Vmcs, VmxBackend};
 
-/// What the steps need after the set-up.
-struct Steps {
-    case: Case,
-    next: usize,
-    vmcs: u64,
-    vmxon: u64,
-    bad_revision: u64,
-}
-
-static STEPS: Global<Option<Steps>> = Global::new(None);
+/// The verdicts name this scenario.
+const SCENARIO: Scenario = Scenario::Vmentry;
 
 /// The [`need`] bits `caps` lacks.
 #[must_use]
@@ -44,16 +37,21 @@ pub fn missing_needs(needs: u32, caps: &VmxCaps) -> u32 {
 /// Never returns.
 pub fn run(host: HostTables, baseline_only: bool) -> ! {
     let kind = runner::detect();
-    entry::set_soft(kind == BackendKind::Soft);
-    *STATE.get() = (Scenario::Vmentry, false);
+    let Some(frame) = ExitFrame::take() else { runner::fail(RunError::FrameTaken) };
     let e = match kind {
-        BackendKind::Soft => run_on(SOFT.get(), kind, host, baseline_only),
-        BackendKind::Hardware => run_on(HW.get(), kind, host, baseline_only),
+        BackendKind::Soft => run_on(SoftVmx::new(), kind, frame, host, baseline_only),
+        BackendKind::Hardware => run_on(HwVmx::new(), kind, frame, host, baseline_only),
     };
     runner::fail(e)
 }
 
-fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baseline_only: bool) -> RunError {
+fn run_on<B: VmxBackend>(
+    mut b: B,
+    kind: BackendKind,
+    frame: &'static mut ExitFrame,
+    host: HostTables,
+    baseline_only: bool,
+) -> RunError {
     // SAFETY: CASE_GPA is identity-mapped L1 memory that L0 wrote before the boot; the read
     // copies plain integers, and the case is checked before use.
     let case = unsafe { core::ptr::read_volatile(CASE_GPA as *const Case) };
@@ -61,11 +59,11 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baselin
         return RunError::Refused("the VM-entry case at CASE_GPA is malformed (magic, counts, steps or ops)");
     }
     let mut mem = L1Frames::new();
-    let (ready, space, writes) = match crate::scenarios::baseline(b, kind, host, &mut mem) {
+    let (ready, _, writes) = match crate::scenarios::baseline(&mut b, kind, host, frame, &mut mem) {
         Ok(p) => p,
         Err(e) => return e,
     };
-    if let Err((w, e)) = writes.apply(b) {
+    if let Err((w, e)) = writes.apply(&mut b) {
         return RunError::VmcsWrite(w, e);
     }
     if baseline_only {
@@ -79,7 +77,7 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baselin
     }
     let missing = missing_needs(case.needs, &ready.caps);
     if missing != 0 {
-        send(Verdict { kind: VerdictKind::Skipped as u32, error: missing, ..Verdict::default() });
+        send(SCENARIO, Verdict { kind: VerdictKind::Skipped as u32, error: missing, ..Verdict::default() });
     }
     let out = || RunError::Setup(crate::l2::SetupError::OutOfFrames);
     if case.n_msr_loads > 0 {
@@ -94,7 +92,7 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baselin
             .write32(Field32::VmEntryMsrLoadCount, case.n_msr_loads)
             .and_then(|()| b.write64(Field64::VmEntryMsrLoadAddr, area));
         if let Err(e) = set {
-            verdict_of(Err(e));
+            verdict_of(SCENARIO, Err(e));
         }
     }
     for w in &case.writes[..case.n_writes as usize] {
@@ -102,57 +100,43 @@ fn run_on<B: VmxBackend>(b: &mut B, kind: BackendKind, host: HostTables, baselin
         let base = b.vmread(w.encoding).unwrap_or(0);
         if let Err(e) = b.vmwrite(w.encoding, apply(op, base, w.value)) {
             crate::println!("l1: VMWRITE of field {:#x} failed: {e}", w.encoding);
-            verdict_of(Err(e));
+            verdict_of(SCENARIO, Err(e));
         }
     }
     // A region with the wrong revision identifier, for VmPtrLdBadRevision (SDM 31.3 VMPTRLD).
     let Some(bad_revision) = mem.alloc_zeroed_page() else { return out() };
     mem.write_u64(bad_revision, u64::from(ready.caps.basic.revision_id() ^ 1));
-    runner::arm_exits(Mode::Scenario, &space, b.accesses(), false);
-    *STEPS.get() = Some(Steps { case, next: 0, vmcs: ready.vmcs, vmxon: ready.vmxon, bad_revision });
-    next_step(b, &GuestRegs::default())
-}
-
-/// Execute the remaining steps; the last one's result (or the first failure) is the verdict.
-fn next_step<B: VmxBackend>(b: &mut B, regs: &GuestRegs) -> ! {
-    let s = STEPS.get().as_mut().expect("set before the first step");
-    loop {
-        let i = s.next;
-        s.next += 1;
-        let last = s.next >= s.case.n_steps as usize;
-        let step = Step::from_raw(s.case.steps[i]).expect("checked by well_formed");
+    // SAFETY: the VMCS is the baseline's with the case's writes (which may make it invalid:
+    // that is what the case tests), HOST_RIP/RSP are the exit stub and this 'static frame,
+    // and `b` made it current.
+    let mut vcpu = unsafe { VmxVcpu::new(b, frame) };
+    let (vmcs, vmxon) = (ready.vmcs, ready.vmxon);
+    // The steps in order; the last one's result (or the first failure) is the verdict. An
+    // entry that exits ends the case at an entry failure, else the next step runs, or the
+    // exit's reason is the verdict after the last.
+    let n = case.n_steps as usize;
+    for (i, raw) in case.steps[..n].iter().enumerate() {
+        let last = i + 1 >= n;
+        let step = Step::from_raw(*raw).expect("checked by well_formed");
         let r = match step {
-            Step::VmLaunch => enter_and_judge(b, regs, false),
-            Step::VmResume => enter_and_judge(b, regs, true),
-            Step::VmClear => b.vmclear(s.vmcs),
-            Step::VmPtrLd => b.vmptrld(s.vmcs),
-            Step::VmPtrLdUnaligned => b.vmptrld(s.vmcs + 8),
-            Step::VmPtrLdVmxon => b.vmptrld(s.vmxon),
-            Step::VmPtrLdBadRevision => b.vmptrld(s.bad_revision),
+            Step::VmLaunch | Step::VmResume => {
+                let reason = enter_or_judge(&mut vcpu, SCENARIO, step == Step::VmResume);
+                if reason & 1 << 31 != 0 || last {
+                    exited(&mut vcpu, SCENARIO, reason)
+                }
+                Ok(())
+            }
+            Step::VmClear => vcpu.backend().vmclear(vmcs),
+            Step::VmPtrLd => vcpu.backend().vmptrld(vmcs),
+            Step::VmPtrLdUnaligned => vcpu.backend().vmptrld(vmcs + 8),
+            Step::VmPtrLdVmxon => vcpu.backend().vmptrld(vmxon),
+            Step::VmPtrLdBadRevision => vcpu.backend().vmptrld(bad_revision),
         };
         if r.is_err() || last {
-            verdict_of(r);
+            verdict_of(SCENARIO, r);
         }
     }
-}
-
-/// A VM exit while a case runs: an entry failure ends the case; after a successful entry
-/// the next step runs, or the first exit's reason is the verdict.
-pub fn on_exit<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, reason: u32) -> ! {
-    if reason & 1 << 31 != 0 {
-        let q = b.read_nat(nestbench_abi::vmcs::FieldNatural::ExitQualification).unwrap_or(u64::MAX);
-        send(Verdict {
-            kind: VerdictKind::EntryFailure as u32,
-            exit_reason: reason,
-            qualification: q,
-            ..Verdict::default()
-        })
-    }
-    let more = STEPS.get().as_ref().is_some_and(|s| s.next < s.case.n_steps as usize);
-    if more {
-        next_step(b, regs);
-    }
-    send(Verdict { kind: VerdictKind::Entered as u32, exit_reason: reason, ..Verdict::default() })
+    verdict_of(SCENARIO, Ok(()))
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@
 //!   [`controls`] (control bits and the capability-MSR rule), [`ept`] (entry format and
 //!   walk), [`softvmx`] (how L1 reaches L0's userspace VMX).
 //! * [`cr`]: control-register and IA32_EFER bits.
+//! * [`msr`]: the MSRs L1 (and L0's single-level twin) intercepts and emulates for L2.
 //! * [`trace`]: the exit-trace ring L1 fills and L0 drains.
 //! * [`vmentry`]: a VM-entry conformance case L0 hands L1.
 //!
@@ -53,6 +54,7 @@ pub mod e9;
 pub mod ept;
 pub mod hypercall;
 pub mod layout;
+pub mod msr;
 pub mod payload;
 pub mod report;
 pub mod softvmx;

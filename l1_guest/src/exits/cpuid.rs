@@ -9,21 +9,19 @@
 //! On the `soft` engine this exit never reaches L1: the host KVM answers L2's CPUID in the
 //! kernel (the `cpuid` payload is skipped there).
 
-use nestbench_abi::vmcs::{Field32, FieldNatural};
-
-use super::{RunState, advance_rip, must};
-use crate::vmx::entry::GuestRegs;
-use crate::vmx::{Vmcs, VmxBackend};
+use super::{RunState, advance_rip};
+use crate::exit::Exit;
+use crate::vcpu::{GuestRegs, Vcpu};
 use crate::x86::Cpuid;
 
 /// Record the exit, answer the CPUID, skip it.
 #[inline(always)]
-pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState, reason: u32) {
-    let len = must(b.read32(Field32::VmExitInstructionLength), "VMREAD instruction length");
-    let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
-    run.record(reason, len, 0, rip, 0, 0);
-    emulate(regs, crate::x86::cpuid_count);
-    advance_rip(b, rip, len);
+pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) {
+    let len = vcpu.insn_len();
+    let rip = vcpu.rip();
+    run.record(Exit::Cpuid.report_reason(), len, 0, rip, 0, 0);
+    emulate(vcpu.regs(), crate::x86::cpuid_count);
+    advance_rip(vcpu, rip, len);
 }
 
 /// L2's registers after its CPUID, with `cpuid(leaf, subleaf)` executing the instruction:
@@ -41,10 +39,12 @@ pub fn emulate(regs: &mut GuestRegs, cpuid: impl FnOnce(u32, u32) -> Cpuid) {
 #[cfg(test)]
 mod tests {
     use nestbench_abi::payload::L2_IMAGE_BASE;
-    use nestbench_abi::vmx::ExitReason;
+    use nestbench_abi::vmcs::{Field32, FieldNatural};
 
     use super::*;
+    use crate::vmx::entry::ExitFrame;
     use crate::vmx::fake::Recording;
+    use crate::vmx::vcpu::VmxVcpu;
 
     #[test]
     fn emulate_passes_eax_ecx_and_zero_extends_the_results() {
@@ -72,8 +72,12 @@ mod tests {
         b.fields.insert(Field32::VmExitInstructionLength.encoding(), 2);
         b.fields.insert(FieldNatural::GuestRip.encoding(), L2_IMAGE_BASE + 0x123);
         let mut run = RunState::new();
-        let mut regs = GuestRegs { rax: 0, rcx: 0, rbx: !0, rdx: !0, ..GuestRegs::default() };
-        handle(&mut b, &mut regs, &mut run, ExitReason::Cpuid as u32);
+        let mut frame = ExitFrame::default();
+        frame.regs = GuestRegs { rax: 0, rcx: 0, rbx: !0, rdx: !0, ..GuestRegs::default() };
+        let mut vcpu = VmxVcpu::for_test(b, &mut frame);
+        handle(&mut vcpu, &mut run);
+        let b = vcpu.into_backend();
+        let regs = frame.regs;
         let want = crate::x86::cpuid(0);
         assert_eq!(
             (regs.rax, regs.rbx, regs.rcx, regs.rdx),

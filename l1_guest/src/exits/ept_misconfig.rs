@@ -11,20 +11,21 @@
 //! is a bug in L1's EPT12: L1 stops with [`EXIT_EPT_MISCONFIG`], which no other exit uses.
 
 use nestbench_abi::ept::MEMTYPE_WB;
-use nestbench_abi::vmcs::{Field64, FieldNatural};
+use nestbench_abi::vmcs::FieldNatural;
 
 use super::{EXIT_EPT_MISCONFIG, RunState, must};
 use crate::ept_builder::EptBuilder;
+use crate::exit::Exit;
 use crate::vmx::{Vmcs, VmxBackend};
 
-/// Record the exit; repair the leaf L1 broke on purpose; stop on anything else.
-pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
+/// Record the exit at guest-physical `gpa` (decoded with the exit, [`Exit::EptMisconfig`]);
+/// repair the leaf L1 broke on purpose; stop on anything else.
+pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, gpa: u64) {
     let q = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
-    let gpa = must(b.read64(Field64::GuestPhysicalAddress), "VMREAD guest-physical address");
     let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
     // SDM 28.2.4: the instruction length is undefined here (not read); the guest-linear
     // address field is not written for this exit (recorded as 0).
-    run.record(reason, 0, q, rip, 0, 0);
+    run.record(Exit::EptMisconfig { gpa }.report_reason(), 0, q, rip, 0, 0);
     let page = gpa & !0xFFF;
     let expected = run.misconfig.take_if(|p| *p == page).is_some();
     let eptp = run.eptp;

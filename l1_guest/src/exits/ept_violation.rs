@@ -18,18 +18,16 @@
 //! qualification (read or write) and the register convention of `nestbench_abi::payload`
 //! (data in EAX, a [`MMIO_INSN_LEN`]-byte `mov`), then skipped.
 
+use super::{EXIT_PAYLOAD_FAILED, EXIT_UNEXPECTED_EXIT, RunState, advance_rip};
+use crate::ept_builder::{EptBuilder, EptError, FrameMemory, PageSize};
+use crate::exit::{Exit, NestedPageFault};
+use crate::l2::L1Frames;
+use crate::vcpu::Vcpu;
 use nestbench_abi::ept::{READ, RWX, WRITE};
 use nestbench_abi::payload::{
     EPT_DATA_GPA, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, EPT_POOL_PAGES, MMIO_GPA, MMIO_INSN_LEN, ept_pattern,
     mmio_read_value, mmio_write_value,
 };
-use nestbench_abi::vmcs::{Field64, FieldNatural};
-
-use super::{EXIT_PAYLOAD_FAILED, EXIT_UNEXPECTED_EXIT, RunState, advance_rip, must};
-use crate::ept_builder::{EptBuilder, EptError, FrameMemory, PageSize};
-use crate::l2::L1Frames;
-use crate::vmx::entry::GuestRegs;
-use crate::vmx::{Vmcs, VmxBackend};
 
 const PAGE: u64 = 4096;
 
@@ -189,20 +187,14 @@ impl MmioDevice {
 
 /// Record the exit; emulate the `mmio` register; map the page for `ept_touch`; anything else
 /// stops the run.
-pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState, reason: u32) {
-    let q = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
-    let gpa = must(b.read64(Field64::GuestPhysicalAddress), "VMREAD guest-physical address");
-    let linear = if q & QUAL_LINEAR_VALID != 0 {
-        must(b.read_nat(FieldNatural::GuestLinearAddress), "VMREAD guest-linear address")
-    } else {
-        0
-    };
-    let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
+pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, fault: NestedPageFault) {
+    let NestedPageFault { gpa, linear, qualification: q } = fault;
+    let rip = vcpu.rip();
     // SDM 28.2.4: the VM-exit instruction length is undefined for EPT violations: not read.
-    run.record(reason, 0, q, rip, 0, linear);
+    run.record(Exit::NestedPageFault(fault).report_reason(), 0, q, rip, 0, linear);
     if let Some(dev) = run.mmio.as_mut() {
-        match dev.access(gpa, q, &mut regs.rax) {
-            MmioAccess::Done => return advance_rip(b, rip, MMIO_INSN_LEN),
+        match dev.access(gpa, q, &mut vcpu.regs().rax) {
+            MmioAccess::Done => return advance_rip(vcpu, rip, MMIO_INSN_LEN),
             MmioAccess::WrongValue { got, want } => {
                 crate::println!("l1: mmio: write {} of {got:#x}, expected {want:#x}", dev.writes - 1);
                 crate::hypercall::exit(EXIT_PAYLOAD_FAILED)

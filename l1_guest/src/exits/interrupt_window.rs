@@ -14,7 +14,7 @@ use nestbench_abi::controls::proc1;
 use nestbench_abi::vmcs::{Field32, FieldNatural};
 
 use super::{RunState, must};
-use crate::global::Global;
+use crate::exit::Exit;
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::{Vmcs, VmxBackend, VmxFail};
 
@@ -30,9 +30,6 @@ pub struct WindowRun {
     pub exits: u64,
 }
 
-/// The `irq_window` run's state.
-pub static WINDOW: Global<WindowRun> = Global::new(WindowRun { target: 0, exits: 0 });
-
 /// Why the window cannot be requested.
 #[derive(Clone, Copy, Debug)]
 pub enum ArmError {
@@ -42,29 +39,31 @@ pub enum ArmError {
     Vmx(VmxFail),
 }
 
-/// Set "interrupt-window exiting" and L2's RFLAGS.IF for `target` exits (none for 0).
-pub fn arm<B: VmxBackend>(b: &mut B, caps: &VmxCaps, target: u64) -> Result<(), ArmError> {
+/// Set "interrupt-window exiting" and L2's RFLAGS.IF for `target` exits (none for 0). The
+/// run goes into [`RunState::window`].
+pub fn arm<B: VmxBackend>(b: &mut B, caps: &VmxCaps, target: u64) -> Result<WindowRun, ArmError> {
     if caps.proc1.may_be_one & proc1::INTERRUPT_WINDOW_EXITING == 0 {
         return Err(ArmError::NotAllowed);
     }
-    *WINDOW.get() = WindowRun { target, exits: 0 };
+    let run = WindowRun { target, exits: 0 };
     if target == 0 {
-        return Ok(());
+        return Ok(run);
     }
     let p = b.read32(Field32::PrimaryProcBasedVmExecControl).map_err(ArmError::Vmx)?;
     b.write32(Field32::PrimaryProcBasedVmExecControl, p | proc1::INTERRUPT_WINDOW_EXITING).map_err(ArmError::Vmx)?;
     let f = b.read_nat(FieldNatural::GuestRflags).map_err(ArmError::Vmx)?;
-    b.write_nat(FieldNatural::GuestRflags, f | RFLAGS_IF).map_err(ArmError::Vmx)
+    b.write_nat(FieldNatural::GuestRflags, f | RFLAGS_IF).map_err(ArmError::Vmx)?;
+    Ok(run)
 }
 
 /// Record the exit; after the last one clear the control and RFLAGS.IF. RIP is not
 /// advanced: no instruction caused the exit.
-pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
+pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState) {
     let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
     let qualification = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
     let len = must(b.read32(Field32::VmExitInstructionLength), "VMREAD instruction length");
-    run.record(reason, len, qualification, rip, 0, 0);
-    let w = WINDOW.get();
+    run.record(Exit::InterruptWindow.report_reason(), len, qualification, rip, 0, 0);
+    let w = &mut run.window;
     w.exits += 1;
     if w.exits >= w.target {
         let p = must(b.read32(Field32::PrimaryProcBasedVmExecControl), "VMREAD primary controls");

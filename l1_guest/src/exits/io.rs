@@ -15,12 +15,11 @@
 use nestbench_abi::Pod;
 use nestbench_abi::payload::{DONE_PORT, IN_VALUE, IO_ENCODINGS, PAYLOAD_PORT, PayloadResults};
 use nestbench_abi::report::ReportKind;
-use nestbench_abi::vmcs::{Field32, FieldNatural};
 use nestbench_abi::vmx::{AddressSize, IoInstructionInfo, IoQualification};
 
-use super::{EXIT_PAYLOAD_FAILED, RunState, advance_rip, must};
-use crate::vmx::entry::GuestRegs;
-use crate::vmx::{Vmcs, VmxBackend};
+use super::{EXIT_PAYLOAD_FAILED, RunState, advance_rip};
+use crate::exit::Exit;
+use crate::vcpu::{GuestRegs, Vcpu};
 
 /// RFLAGS.DF (bit 10).
 const RFLAGS_DF: u64 = 1 << 10;
@@ -174,58 +173,51 @@ impl IoCheck {
     }
 }
 
-/// Handle an I/O exit.
+/// Handle an I/O exit whose facts are `q` (decoded with the exit, [`Exit::Io`]).
 #[inline(always)]
-pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState, reason: u32) {
-    let q = IoQualification::from_raw(must(b.read_nat(FieldNatural::ExitQualification), "VMREAD qualification"));
+pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, q: IoQualification) {
+    let reason = Exit::Io(q).report_reason();
     if q.port() != PAYLOAD_PORT {
         if q.port() == DONE_PORT && !q.is_in() {
-            finish(b, regs, run);
+            finish(vcpu, run);
         }
-        super::unexpected::handle(b, reason);
+        super::unexpected::handle(vcpu, reason);
     }
-    let len = must(b.read32(Field32::VmExitInstructionLength), "VMREAD instruction length");
-    let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
+    let len = vcpu.insn_len();
+    let rip = vcpu.rip();
     if !q.string() {
         run.record(reason, len, q.raw(), rip, 0, 0);
         if let Some(check) = &mut run.io_check {
             check_one(check, q.raw(), len);
         }
         if q.is_in() {
+            let regs = vcpu.regs();
             regs.rax = in_result(regs.rax, q.size_bytes().unwrap_or(1));
         } else if run.remap.is_some() {
-            super::remap::on_port(b, regs, run);
+            super::remap::on_port(vcpu, run);
         }
-        advance_rip(b, rip, len);
+        advance_rip(vcpu, rip, len);
         return;
     }
-    string_io(b, regs, run, reason, q, len, rip);
+    string_io(vcpu, run, reason, q, len, rip);
 }
 
 /// INS/OUTS: the instruction information, guest-linear address and RFLAGS.DF are needed.
 #[inline(never)]
-fn string_io<B: VmxBackend>(
-    b: &mut B,
-    regs: &mut GuestRegs,
-    run: &mut RunState,
-    reason: u32,
-    q: IoQualification,
-    len: u32,
-    rip: u64,
-) {
-    let info = must(b.read32(Field32::VmExitInstructionInfo), "VMREAD instruction information");
-    let linear = must(b.read_nat(FieldNatural::GuestLinearAddress), "VMREAD guest-linear address");
-    let rflags = must(b.read_nat(FieldNatural::GuestRflags), "VMREAD guest RFLAGS");
-    run.record(reason, len, q.raw(), rip, info, linear);
+fn string_io<V: Vcpu>(vcpu: &mut V, run: &mut RunState, reason: u32, q: IoQualification, len: u32, rip: u64) {
+    let s = vcpu.string_io();
+    let rflags = vcpu.rflags();
+    let info = s.info.raw();
+    run.record(reason, len, q.raw(), rip, info, s.linear);
     if let Some(check) = &mut run.io_check {
         check_one(check, q.raw(), len);
     }
-    let e = emulate(q, info, rflags, regs);
+    let e = emulate(q, info, rflags, vcpu.regs());
     if let Some(s) = e.store {
         store_into_l2(run, s);
     }
     if e.complete {
-        advance_rip(b, rip, len);
+        advance_rip(vcpu, rip, len);
     }
 }
 
@@ -267,7 +259,7 @@ fn store_into_l2(run: &RunState, s: InsStore) {
 }
 
 /// `out DONE_PORT, eax`: send the PayloadReport and exit.
-fn finish<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) -> ! {
+fn finish<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
     let mut mismatches = 0;
     if let Some(check) = &mut run.io_check {
         if let Some(m) = check.finish() {
@@ -294,9 +286,9 @@ fn finish<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) -> ! {
     let mut results = PayloadResults::from_bytes(page).unwrap_or(run.report.results);
     results.failures = results.failures.saturating_add(mismatches);
     let r = &mut run.report;
-    r.status = u64::from(regs.rax as u32);
+    r.status = u64::from(vcpu.regs().rax as u32);
     r.results = results;
-    r.vmx_accesses = b.accesses().wrapping_sub(run.accesses_at_launch);
+    r.vmx_accesses = vcpu.accesses().wrapping_sub(run.accesses_at_launch);
     let bytes = r.as_bytes();
     crate::hypercall::report(ReportKind::PayloadRun, bytes);
     let ok = r.status == 0 && r.results.failures == 0;

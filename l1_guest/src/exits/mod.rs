@@ -1,9 +1,11 @@
-//! VM-exit dispatch: one handler per exit reason (barevisor / illusion-rs style), the guest
-//! RIP advanced in one place ([`advance_rip`]), and the run's bookkeeping ([`RunState`]).
+//! The run loop and one handler per exit kind (barevisor / illusion-rs style): [`run_loop`]
+//! enters L2 through the vendor layer ([`Vcpu::run`]), gets the vendor-neutral [`Exit`] back,
+//! and hands it with `&mut` to the run's state ([`RunState`]) to its handler; the guest RIP is
+//! advanced in one place ([`advance_rip`]).
 //!
-//! The exit stub ([`crate::vmx::entry`]) calls [`l1_vmexit`], which picks the backend once
-//! and runs the monomorphised [`dispatch`]: no dynamic dispatch on the exit path, and every
-//! VMREAD/VMWRITE of a shadowed field is a few inlined instructions on the soft engine.
+//! Everything is monomorphised for the one vendor and backend in use and inlined into the
+//! loop: no dynamic dispatch on the exit path, and every VMREAD/VMWRITE of a shadowed field
+//! is a few inlined instructions on the soft engine.
 
 pub mod cpuid;
 pub mod ept_misconfig;
@@ -19,26 +21,13 @@ pub mod unexpected;
 pub mod vmcall;
 pub mod wrmsr;
 
-use core::sync::atomic::Ordering;
-
 use nestbench_abi::payload::{
     ExitRecord, HIST_BUCKETS, L2_IMAGE_BASE, MAX_EXIT_RECORDS, PayloadReport, PayloadResults,
 };
-use nestbench_abi::vmcs::{Field32, FieldNatural};
-use nestbench_abi::vmx::ExitReason;
 
-use crate::global::Global;
-use crate::vmx::entry::{GuestRegs, USE_SOFT};
-use crate::vmx::hw::HwVmx;
-use crate::vmx::soft::SoftVmx;
-use crate::vmx::{Vmcs, VmxBackend, VmxFail};
-
-/// The hardware backend's state (the access counter).
-pub static HW: Global<HwVmx> = Global::new(HwVmx::new());
-/// The soft backend's state (current VMCS, access counter).
-pub static SOFT: Global<SoftVmx> = Global::new(SoftVmx::new());
-/// What the exit handlers need about the current run.
-pub static RUN: Global<RunState> = Global::new(RunState::new());
+use crate::exit::Exit;
+use crate::vcpu::Vcpu;
+use crate::vmx::VmxFail;
 
 /// Exit status: the payload ran and reported failure (status or checks).
 pub const EXIT_PAYLOAD_FAILED: u64 = 1;
@@ -55,22 +44,9 @@ pub const EXIT_ENTRY_FAILED: u64 = 0xB5;
 /// Exit status: an EPT misconfiguration that L1 did not cause on purpose.
 pub const EXIT_EPT_MISCONFIG: u64 = 0xB6;
 
-/// What an exit is handled for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
-    /// Nothing runs yet.
-    Idle,
-    /// A payload: exits are handled per reason until it writes DONE_PORT.
-    Payload,
-    /// A must-fail scenario: the first exit decides the verdict.
-    Scenario,
-}
-
 /// The run's bookkeeping, read and written by the exit handlers.
 #[derive(Debug)]
 pub struct RunState {
-    /// What exits are for.
-    pub mode: Mode,
     /// The report being filled.
     pub report: PayloadReport,
     /// VMREAD/VMWRITE count at the first entry (the report counts those of exit handling).
@@ -94,8 +70,14 @@ pub struct RunState {
     pub mmio: Option<ept_violation::MmioDevice>,
     /// `ept_remap`, `pte_remap`: what L1 changes on each `out PAYLOAD_PORT`.
     pub remap: Option<remap::Remap>,
+    /// `preempt_timer`: the timer's run.
+    pub timer: preemption_timer::TimerRun,
+    /// `irq_window`: the interrupt-window exits' run.
+    pub window: interrupt_window::WindowRun,
     /// The exit-trace ring's producer.
     pub trace: crate::trace::Producer,
+    /// The exit-trace ring, when L0 accepted it ([`crate::trace::RING`]).
+    pub ring: Option<&'static mut crate::trace::Ring>,
 }
 
 impl RunState {
@@ -112,7 +94,6 @@ impl RunState {
             guest_linear: 0,
         };
         Self {
-            mode: Mode::Idle,
             report: PayloadReport {
                 status: 0,
                 exits_by_reason: [0; 80],
@@ -139,8 +120,18 @@ impl RunState {
             misconfig: None,
             mmio: None,
             remap: None,
+            timer: preemption_timer::TimerRun { target: 0, value: 0, exits: 0, save: false },
+            window: interrupt_window::WindowRun { target: 0, exits: 0 },
             trace: crate::trace::Producer::off(),
+            ring: None,
         }
+    }
+
+    /// A handler starts (the trace ring's timing, [`crate::trace::Producer::begin`]).
+    #[inline(always)]
+    pub fn begin(&mut self) -> &mut Self {
+        self.trace.begin();
+        self
     }
 
     /// Count an exit by basic reason and keep its record while there is room.
@@ -163,7 +154,9 @@ impl RunState {
             };
             r.records += 1;
         }
-        self.trace.publish(crate::trace::RING.get(), reason, insn_len, qualification, rip);
+        if let Some(ring) = self.ring.as_deref_mut() {
+            self.trace.publish(ring, reason, insn_len, qualification, rip);
+        }
     }
 }
 
@@ -190,70 +183,39 @@ pub fn must<T>(r: Result<T, VmxFail>, what: &'static str) -> T {
     }
 }
 
-/// The one place guest RIP moves: past the exiting instruction (SDM 28.2.4: the VM-exit
+/// The one place guest RIP moves past the exiting instruction (SDM 28.2.4: the VM-exit
 /// instruction length is the instruction's length in bytes).
 #[inline(always)]
-pub fn advance_rip<B: VmxBackend>(b: &mut B, rip: u64, insn_len: u32) {
-    must(b.write_nat(FieldNatural::GuestRip, rip + u64::from(insn_len)), "VMWRITE guest RIP");
+pub fn advance_rip<V: Vcpu>(vcpu: &mut V, rip: u64, insn_len: u32) {
+    vcpu.set_rip(rip + u64::from(insn_len));
 }
 
-/// The Rust side of the exit stub: L2's GPRs are in `regs` (written back on return).
+/// Run L2 until a handler ends the run: enter, handle the exit, enter again.
 ///
-/// # Safety (for the stub)
-/// Called only by the exit stub, on the exit stack, with a pointer to the saved registers.
-pub extern "C" fn l1_vmexit(regs: &mut GuestRegs) {
-    if USE_SOFT.load(Ordering::Relaxed) != 0 { dispatch(SOFT.get(), regs) } else { dispatch(HW.get(), regs) }
-}
-
-/// VMRESUME (or the resume doorbell) failed: report and stop.
-pub extern "C" fn l1_resume_failed(rflags: u64) -> ! {
-    let f = if USE_SOFT.load(Ordering::Relaxed) != 0 {
-        resume_error(SOFT.get(), rflags)
-    } else {
-        resume_error(HW.get(), rflags)
-    };
-    crate::println!("l1: VMRESUME failed: {f:?} (RFLAGS {rflags:#x})");
-    crate::hypercall::exit(EXIT_ENTRY_FAILED)
-}
-
-fn resume_error<B: VmxBackend>(b: &mut B, rflags: u64) -> Option<VmxFail> {
-    crate::vmx::entry::entry_failure(rflags, || b.read32(Field32::VmInstructionError).unwrap_or(0))
-}
-
-/// Handle one exit (SDM 28.2: the basic exit reason selects the handler).
-///
-/// The exits the `soft` engine reflects every iteration (I/O, HLT) are tested first, with
-/// one compare each; the other reasons only after them. One `match` over every reason would
-/// become a jump table, which adds instructions to the HLT path, and each instruction on the
-/// exit path costs ~0.5 us on the development hosts, where L1 is emulated.
+/// The exits the `soft` engine reflects every iteration (I/O, HLT) come first (the vendor
+/// decodes them first too); the payload ends at its `out DONE_PORT` ([`io`]), any other end
+/// is a handler's verdict.
 #[inline(always)]
-pub fn dispatch<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs) {
-    let run = RUN.get();
-    run.trace.begin();
-    let reason = must(b.read32(Field32::VmExitReason), "VMREAD exit reason");
-    if run.mode != Mode::Payload {
-        crate::scenarios::on_exit(b, regs, reason);
-    }
-    match reason {
-        r if r == ExitReason::IoInstruction as u32 => io::handle(b, regs, run, reason),
-        r if r == ExitReason::Hlt as u32 => hlt::handle(b, run, reason),
-        _ => {
-            // An empty asm statement: no instruction, but the compiler cannot merge the
-            // compares below with the two above into one switch (a jump table).
-            // SAFETY: it contains no instruction.
-            unsafe { core::arch::asm!("", options(nomem, nostack, preserves_flags)) };
-            match reason {
-                r if r == ExitReason::Cpuid as u32 => cpuid::handle(b, regs, run, reason),
-                r if r == ExitReason::Vmcall as u32 => vmcall::handle(b, regs, run, reason),
-                r if r == ExitReason::TripleFault as u32 => triple_fault::handle(b, run, reason),
-                r if r == ExitReason::Rdmsr as u32 => rdmsr::handle(b, regs, run, reason),
-                r if r == ExitReason::Wrmsr as u32 => wrmsr::handle(b, regs, run, reason),
-                r if r == ExitReason::EptViolation as u32 => ept_violation::handle(b, regs, run, reason),
-                r if r == ExitReason::EptMisconfiguration as u32 => ept_misconfig::handle(b, run, reason),
-                r if r == ExitReason::PreemptionTimer as u32 => preemption_timer::handle(b, run, reason),
-                r if r == ExitReason::InterruptWindow as u32 => interrupt_window::handle(b, run, reason),
-                _ => unexpected::handle(b, reason),
-            }
+pub fn run_loop<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
+    loop {
+        let exit = vcpu.run();
+        // Each arm starts the handler's trace timing itself (`begin`): a test between the
+        // decode and this match would keep the compiler from threading the vendor's decode
+        // straight into the arm (it would build the enum and jump through a table instead).
+        match exit {
+            Exit::Io(q) => io::handle(vcpu, run.begin(), q),
+            Exit::Hlt => hlt::handle(vcpu, run.begin()),
+            Exit::Cpuid => cpuid::handle(vcpu, run.begin()),
+            Exit::Hypercall => vmcall::handle(vcpu, run.begin()),
+            Exit::MsrRead { msr } => rdmsr::handle(vcpu, run.begin(), msr),
+            Exit::MsrWrite { msr, value } => wrmsr::handle(vcpu, run.begin(), msr, value),
+            Exit::NestedPageFault(f) => ept_violation::handle(vcpu, run.begin(), f),
+            Exit::TripleFault => triple_fault::handle(vcpu, run.begin()),
+            // Rebuilt in each arm, so that no other arm keeps the exit in memory for them.
+            Exit::EptMisconfig { gpa } => vcpu.vmx_only_exit(Exit::EptMisconfig { gpa }, run.begin()),
+            Exit::PreemptionTimer => vcpu.vmx_only_exit(Exit::PreemptionTimer, run.begin()),
+            Exit::InterruptWindow => vcpu.vmx_only_exit(Exit::InterruptWindow, run.begin()),
+            Exit::Other(raw) => unexpected::handle(vcpu, raw),
         }
     }
 }

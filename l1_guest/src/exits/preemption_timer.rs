@@ -14,7 +14,7 @@ use nestbench_abi::payload::{PREEMPT_DEFAULT_VALUE, PREEMPT_MAILBOX_OFFSET, PREE
 use nestbench_abi::vmcs::{Field32, FieldNatural};
 
 use super::{RunState, must};
-use crate::global::Global;
+use crate::exit::Exit;
 use crate::vmx::caps::VmxCaps;
 use crate::vmx::{Vmcs, VmxBackend, VmxFail};
 
@@ -30,9 +30,6 @@ pub struct TimerRun {
     /// Whether "save VMX-preemption timer value" is set.
     pub save: bool,
 }
-
-/// The `preempt_timer` run's timer.
-pub static TIMER: Global<TimerRun> = Global::new(TimerRun { target: 0, value: 0, exits: 0, save: false });
 
 /// The timer value of payload argument `arg` (the low 32 bits with [`PREEMPT_VALUE_GIVEN`]).
 #[must_use]
@@ -51,8 +48,9 @@ pub enum ArmError {
 
 /// Activate the timer in the current VMCS for `target` exits of `value` each, and "save
 /// VMX-preemption timer value" where allowed (SDM 25.7.1; with it the field holds the
-/// remaining value after each exit, which the handler overwrites anyway).
-pub fn arm<B: VmxBackend>(b: &mut B, caps: &VmxCaps, target: u64, value: u32) -> Result<(), ArmError> {
+/// remaining value after each exit, which the handler overwrites anyway). The timer's run
+/// goes into [`RunState::timer`].
+pub fn arm<B: VmxBackend>(b: &mut B, caps: &VmxCaps, target: u64, value: u32) -> Result<TimerRun, ArmError> {
     if caps.pin.may_be_one & pin::PREEMPTION_TIMER == 0 {
         return Err(ArmError::NotAllowed);
     }
@@ -64,18 +62,18 @@ pub fn arm<B: VmxBackend>(b: &mut B, caps: &VmxCaps, target: u64, value: u32) ->
         b.write32(Field32::VmExitControls, e | exit::SAVE_PREEMPTION_TIMER).map_err(ArmError::Vmx)?;
     }
     b.write32(Field32::VmxPreemptionTimerValue, value).map_err(ArmError::Vmx)?;
-    *TIMER.get() = TimerRun { target, value, exits: 0, save };
-    Ok(())
+    Ok(TimerRun { target, value, exits: 0, save })
 }
 
 /// Record the exit, tell the payload, re-arm or stop the timer. RIP is not advanced: no
 /// instruction caused the exit.
-pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
+pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState) {
     let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
     let qualification = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
     let len = must(b.read32(Field32::VmExitInstructionLength), "VMREAD instruction length");
-    run.record(reason, len, qualification, rip, 0, 0);
-    let t = TIMER.get();
+    run.record(Exit::PreemptionTimer.report_reason(), len, qualification, rip, 0, 0);
+    let results_pa = run.results_pa;
+    let t = &mut run.timer;
     t.exits += 1;
     // SDM 28.3.4: with "save VMX-preemption timer value" the exit stores the timer's value,
     // which is 0 when the timer itself caused the exit.
@@ -88,7 +86,7 @@ pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) {
     }
     // SAFETY: results_pa is the L1 frame behind L2's results page (a whole page, identity
     // mapped in L1); the mailbox word lies inside it, past PayloadResults.
-    unsafe { ((run.results_pa + PREEMPT_MAILBOX_OFFSET) as *mut u64).write_volatile(t.exits) };
+    unsafe { ((results_pa + PREEMPT_MAILBOX_OFFSET) as *mut u64).write_volatile(t.exits) };
     if t.exits >= t.target {
         let pins = must(b.read32(Field32::PinBasedVmExecControl), "VMREAD pin-based controls");
         let e = must(b.read32(Field32::VmExitControls), "VMREAD exit controls");

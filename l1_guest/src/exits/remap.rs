@@ -12,10 +12,9 @@
 
 use nestbench_abi::payload::EPT_DATA_GPA;
 
-use super::{EXIT_PAYLOAD_FAILED, RunState, must};
+use super::{EXIT_PAYLOAD_FAILED, RunState};
 use crate::ept_builder::{EptBuilder, FrameMemory, PageSize};
-use crate::vmx::VmxBackend;
-use crate::vmx::entry::GuestRegs;
+use crate::vcpu::Vcpu;
 
 const PAGE: u64 = 4096;
 /// L2 page-table entry flags of the data region (present, writable, user, A, D).
@@ -46,12 +45,12 @@ pub enum Remap {
 }
 
 /// Remap on the payload's request (the caller records the exit and skips the OUT).
-pub fn on_port<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) {
+pub fn on_port<V: Vcpu>(vcpu: &mut V, run: &mut RunState) {
     let eptp = run.eptp;
     let (Some(remap), Some(pool)) = (run.remap.as_mut(), run.ept.as_mut()) else { return };
     match remap {
         Remap::Ept { frames, current, invepts } => {
-            let kind = regs.rax & 0xFFFF_FFFF;
+            let kind = vcpu.regs().rax & 0xFFFF_FFFF;
             if kind != 1 && kind != 2 {
                 crate::println!("l1: ept_remap: INVEPT type {kind} requested (1 or 2)");
                 crate::hypercall::exit(EXIT_PAYLOAD_FAILED)
@@ -65,7 +64,7 @@ pub fn on_port<B: VmxBackend>(b: &mut B, regs: &GuestRegs, run: &mut RunState) {
                 crate::println!("l1: ept_remap: cannot remap {EPT_DATA_GPA:#x}");
                 crate::hypercall::exit(EXIT_PAYLOAD_FAILED)
             }
-            must(b.invept(kind, eptp), "INVEPT");
+            vcpu.invalidate_nested(kind, eptp);
             invepts[kind as usize - 1] += 1;
         }
         Remap::Pte { pte, current, changes } => {

@@ -2,16 +2,15 @@
 //! L2 escalates to a triple fault, which is a VM exit (SDM 26.2 "Other Causes of VM Exits":
 //! "Triple fault"). L1 reports where L2 was and stops.
 
-use nestbench_abi::vmcs::FieldNatural;
-
 use super::{EXIT_L2_TRIPLE_FAULT, RunState};
-use crate::vmx::{Vmcs, VmxBackend};
+use crate::exit::Exit;
+use crate::vcpu::Vcpu;
 
 /// Report the triple fault (guest RIP, RSP, CR2-less: the SDM saves no fault address) and exit.
-pub fn handle<B: VmxBackend>(b: &mut B, run: &mut RunState, reason: u32) -> ! {
-    let rip = b.read_nat(FieldNatural::GuestRip).unwrap_or(0);
-    let rsp = b.read_nat(FieldNatural::GuestRsp).unwrap_or(0);
-    run.record(reason, 0, 0, rip, 0, 0);
+pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
+    let rip = vcpu.rip();
+    let rsp = vcpu.rsp();
+    run.record(Exit::TripleFault.report_reason(), 0, 0, rip, 0, 0);
     crate::println!(
         "l1: L2 triple fault at RIP {rip:#x} (image offset {:#x}), RSP {rsp:#x}, after {} recorded exits",
         rip.wrapping_sub(nestbench_abi::payload::L2_IMAGE_BASE),

@@ -6,18 +6,21 @@ use nestbench_abi::vmcs::{ALL, FieldKind};
 use nestbench_abi::vmx::RawExitReason;
 
 use super::EXIT_UNEXPECTED_EXIT;
+use crate::vcpu::Vcpu;
 use crate::vmx::VmxBackend;
 
-/// Dump the VMCS and exit with [`EXIT_UNEXPECTED_EXIT`].
+/// Dump the vendor's state ([`Vcpu::dump`]) and exit with [`EXIT_UNEXPECTED_EXIT`]. `reason`
+/// is the exit as the report names it ([`crate::exit::Exit::report_reason`]; for
+/// [`crate::exit::Exit::Other`] the raw exit reason).
 #[cold]
 #[inline(never)]
-pub fn handle<B: VmxBackend>(b: &mut B, reason: u32) -> ! {
+pub fn handle<V: Vcpu>(vcpu: &mut V, reason: u32) -> ! {
     crate::println!("l1: unexpected VM exit: {}", RawExitReason::from_raw(reason));
-    dump(b);
+    vcpu.dump();
     crate::hypercall::exit(EXIT_UNEXPECTED_EXIT)
 }
 
-/// Print every field's value (or why it could not be read).
+/// VMX: print every VMCS field's value (or why it could not be read).
 pub fn dump<B: VmxBackend>(b: &mut B) {
     for (kind, title) in [
         (FieldKind::Control, "control fields"),

@@ -6,31 +6,32 @@
 //! Not on the `soft` engine: a VMCALL hangs the vCPU inside KVM_RUN on the development hosts
 //! (shared/HOST-NOTES.md), so the `vmcall` payload is skipped there.
 
-use nestbench_abi::vmcs::{Field32, FieldNatural};
-
-use super::{RunState, advance_rip, must};
-use crate::vmx::entry::GuestRegs;
-use crate::vmx::{Vmcs, VmxBackend};
+use super::{RunState, advance_rip};
+use crate::exit::Exit;
+use crate::vcpu::Vcpu;
 
 pub use nestbench_abi::payload::VMCALL_RESULT;
 
 /// Record the exit, set RAX, skip the VMCALL.
 #[inline(always)]
-pub fn handle<B: VmxBackend>(b: &mut B, regs: &mut GuestRegs, run: &mut RunState, reason: u32) {
-    let len = must(b.read32(Field32::VmExitInstructionLength), "VMREAD instruction length");
-    let rip = must(b.read_nat(FieldNatural::GuestRip), "VMREAD guest RIP");
-    run.record(reason, len, 0, rip, 0, 0);
-    regs.rax = VMCALL_RESULT;
-    advance_rip(b, rip, len);
+pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) {
+    let len = vcpu.insn_len();
+    let rip = vcpu.rip();
+    run.record(Exit::Hypercall.report_reason(), len, 0, rip, 0, 0);
+    vcpu.regs().rax = VMCALL_RESULT;
+    advance_rip(vcpu, rip, len);
 }
 
 #[cfg(test)]
 mod tests {
     use nestbench_abi::payload::L2_IMAGE_BASE;
-    use nestbench_abi::vmx::ExitReason;
+    use nestbench_abi::vmcs::{Field32, FieldNatural};
 
     use super::*;
+    use crate::vcpu::GuestRegs;
+    use crate::vmx::entry::ExitFrame;
     use crate::vmx::fake::Recording;
+    use crate::vmx::vcpu::VmxVcpu;
 
     #[test]
     fn handler_sets_rax_records_and_advances_rip() {
@@ -38,8 +39,12 @@ mod tests {
         b.fields.insert(Field32::VmExitInstructionLength.encoding(), 3);
         b.fields.insert(FieldNatural::GuestRip.encoding(), L2_IMAGE_BASE + 0x40);
         let mut run = RunState::new();
-        let mut regs = GuestRegs { rax: 0x1234, rcx: 5, rdx: 6, ..GuestRegs::default() };
-        handle(&mut b, &mut regs, &mut run, ExitReason::Vmcall as u32);
+        let mut frame = ExitFrame::default();
+        frame.regs = GuestRegs { rax: 0x1234, rcx: 5, rdx: 6, ..GuestRegs::default() };
+        let mut vcpu = VmxVcpu::for_test(b, &mut frame);
+        handle(&mut vcpu, &mut run);
+        let b = vcpu.into_backend();
+        let regs = frame.regs;
         assert_eq!(regs, GuestRegs { rax: VMCALL_RESULT, rcx: 5, rdx: 6, ..GuestRegs::default() });
         assert_eq!(b.writes, [(FieldNatural::GuestRip.encoding(), L2_IMAGE_BASE + 0x43)]);
         assert_eq!(b.accesses, 3, "two VMREADs and one VMWRITE");

@@ -1,161 +1,114 @@
-//! The one VM-entry/VM-exit path for both backends.
+//! VM entry and VM exit for both backends: [`enter`] enters L2 and returns when L2 exits
+//! (barevisor's shape), so the exit is handled by ordinary Rust code that owns its state.
 //!
-//! * **VM exit** (HOST_RIP = [`exit_stub_address`], HOST_RSP = [`EXIT_STACK_TOP_OFFSET`]
-//!   below the exit stack's top): a VM exit leaves every GPR but RSP as L2 had it (SDM 28.5:
-//!   host state is loaded from the VMCS; RSP and RIP come from it, the other GPRs are not
-//!   touched), and so does the soft engine (docs/soft-engine.md, "VM exit"). The stub pushes
-//!   them into a [`GuestRegs`] on the exit stack, calls the Rust dispatcher
-//!   (`l1_vmexit(&mut GuestRegs)`), pops them back and re-enters: `vmresume` on hardware, the
-//!   register-free doorbell write `mov byte ptr [DOORBELL_GPA], DOORBELL_RESUME` on the soft
-//!   engine. Either way VM entry takes the GPRs as L2's.
+//! * **Entry** ([`enter`], inlined into the run loop): save RBX and RBP (the two registers
+//!   Rust does not let an `asm!` block clobber), push the address to come back to, store RSP
+//!   in the [`ExitFrame`], load L2's GPRs from it and execute the entry: VMLAUNCH or VMRESUME
+//!   on hardware, the register-free doorbell write `mov byte ptr [DOORBELL_GPA], LAUNCH or
+//!   RESUME` on the soft engine. VM entry takes the GPRs as L2's.
+//! * **VM exit** (HOST_RIP = [`exit_stub_address`], HOST_RSP = [`ExitFrame::host_rsp`]): a VM
+//!   exit leaves every GPR but RSP as L2 had it (SDM 28.5: host state is loaded from the
+//!   VMCS; RSP and RIP come from it, the other GPRs are not touched), and so does the soft
+//!   engine (docs/soft-engine.md, "VM exit"). The stub pushes them into the frame's
+//!   [`GuestRegs`] (HOST_RSP is the end of that array), loads L1's RSP from the frame and
+//!   returns to the address [`enter`] pushed; [`enter`] then restores RBP and RBX and returns
+//!   0. The stub needs no stack of its own and touches no global.
 //! * **VM-entry failure** (SDM 31.3 VMLAUNCH/VMRESUME: VMfailInvalid sets CF, VMfailValid
 //!   sets ZF, and execution continues after the instruction; the soft engine resumes L1 after
-//!   the doorbell write with the same flags): the stub hands RFLAGS to `l1_resume_failed`.
-//! * **First entry** ([`enter`]): the same instructions from Rust, VMLAUNCH or VMRESUME
-//!   (the must-fail scenarios resume a never-launched VMCS), returning RFLAGS on failure.
+//!   the doorbell write with the same flags): [`enter`] returns RFLAGS, which always has bit 1
+//!   set, so it is never 0 ([`entry_failure`] decodes it).
 //!
-//! The instruction count of this path is what the soft engine multiplies: the stub is 15
-//! pushes, one call, 15 pops, a compare, a branch and the entry instruction.
+//! The instruction count of this path is what the soft engine multiplies: per round trip
+//! the entry is 2 pushes, a LEA, a push, a store, a compare, 15 loads, a branch and the entry
+//! instruction; the exit is 15 pushes, a load, a return, a clear and 2 pops.
 
-use core::arch::global_asm;
-use core::sync::atomic::{AtomicU8, Ordering};
-
+use super::{VmxBackend, VmxFail};
+use crate::static_cell::TakeOnce;
+use crate::vcpu::GuestRegs;
 use nestbench_abi::softvmx::{DOORBELL_GPA, DOORBELL_LAUNCH, DOORBELL_RESUME};
 
-use super::VmxFail;
-
-/// L2's general-purpose registers as the exit stub saves them (lowest address first: the
-/// stub pushes R15 first and RAX last). RSP is in the VMCS (guest RSP), not here.
+/// What the exit stub and [`enter`] share: L2's GPRs, L1's RSP inside [`enter`], and whether
+/// the next entry resumes. HOST_RSP points into it, so it must not move while L2 runs: the
+/// run's frame is a `&'static mut` ([`ExitFrame::take`]).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct GuestRegs {
-    /// RAX.
-    pub rax: u64,
-    /// RCX.
-    pub rcx: u64,
-    /// RDX.
-    pub rdx: u64,
-    /// RBX.
-    pub rbx: u64,
-    /// RBP.
-    pub rbp: u64,
-    /// RSI.
-    pub rsi: u64,
-    /// RDI.
-    pub rdi: u64,
-    /// R8.
-    pub r8: u64,
-    /// R9.
-    pub r9: u64,
-    /// R10.
-    pub r10: u64,
-    /// R11.
-    pub r11: u64,
-    /// R12.
-    pub r12: u64,
-    /// R13.
-    pub r13: u64,
-    /// R14.
-    pub r14: u64,
-    /// R15.
-    pub r15: u64,
+#[derive(Debug, Default)]
+pub struct ExitFrame {
+    /// L2's GPRs (the stub pushes R15 first, at the highest address, and RAX last).
+    pub regs: GuestRegs,
+    /// L1's RSP inside [`enter`], just below the address the stub returns to.
+    l1_rsp: u64,
+    /// Nonzero: the entry instruction is VMRESUME (the RESUME doorbell), else VMLAUNCH.
+    resume: u64,
 }
 
-const _: () = assert!(size_of::<GuestRegs>() == 15 * 8);
+const L1_RSP: usize = core::mem::offset_of!(ExitFrame, l1_rsp);
+const RESUME: usize = core::mem::offset_of!(ExitFrame, resume);
+const _: () = assert!(L1_RSP == size_of::<GuestRegs>() && RESUME == L1_RSP + 8);
 
-/// Nonzero when L1 uses the soft backend: the stub then rings the doorbell instead of
-/// executing VMRESUME. Set once, before the first VM entry.
-pub static USE_SOFT: AtomicU8 = AtomicU8::new(0);
+/// The one exit frame of L1's one vCPU.
+static FRAME: TakeOnce<ExitFrame> = TakeOnce::new(ExitFrame {
+    regs: GuestRegs {
+        rax: 0,
+        rcx: 0,
+        rdx: 0,
+        rbx: 0,
+        rbp: 0,
+        rsi: 0,
+        rdi: 0,
+        r8: 0,
+        r9: 0,
+        r10: 0,
+        r11: 0,
+        r12: 0,
+        r13: 0,
+        r14: 0,
+        r15: 0,
+    },
+    l1_rsp: 0,
+    resume: 0,
+});
 
-/// Which entry [`enter`] performs: bit 0 = VMRESUME, bit 1 = soft backend.
-static ENTER_KIND: AtomicU8 = AtomicU8::new(0);
+impl ExitFrame {
+    /// The run's frame, the first time; `None` after.
+    pub fn take() -> Option<&'static mut Self> {
+        FRAME.take()
+    }
 
-/// Select the backend the stub re-enters with.
-pub fn set_soft(soft: bool) {
-    USE_SOFT.store(u8::from(soft), Ordering::Relaxed);
+    /// HOST_RSP for this frame: the end of its register array, so the stub's 15 pushes fill it.
+    #[must_use]
+    pub fn host_rsp(&self) -> u64 {
+        core::ptr::from_ref(self) as u64 + L1_RSP as u64
+    }
+
+    /// Whether the next entry resumes (VMRESUME) rather than launches (VMLAUNCH).
+    #[must_use]
+    pub const fn resumes(&self) -> bool {
+        self.resume != 0
+    }
+
+    /// Make the next entry resume (VMRESUME) or launch (VMLAUNCH).
+    #[inline(always)]
+    pub fn set_resume(&mut self, resume: bool) {
+        self.resume = u64::from(resume);
+    }
 }
 
-/// HOST_RSP is this many bytes below the exit stack's (16-byte-aligned) top, so that after
-/// the stub's 15 pushes the stack is 16-byte aligned for the call (SysV ABI).
-pub const EXIT_STACK_TOP_OFFSET: u64 = 8;
-
-/// The exit stub's size of the register area (for documentation and tests).
-pub const SAVED_REGS_BYTES: u64 = size_of::<GuestRegs>() as u64;
-const _: () = assert!((SAVED_REGS_BYTES + EXIT_STACK_TOP_OFFSET) % 16 == 0);
-
-// SAFETY (for the symbols below): `l1_vmexit` and `l1_resume_failed` are defined in
-// crate::exits with the signatures the stub calls them with.
-global_asm!(
+// The exit stub (HOST_RIP). On entry RSP = HOST_RSP = the frame's `l1_rsp` field.
+core::arch::global_asm!(
     ".section .text.nb_vmx, \"ax\"",
     ".global nb_vmexit_stub",
     "nb_vmexit_stub:",
     "push r15", "push r14", "push r13", "push r12", "push r11", "push r10", "push r9", "push r8",
     "push rdi", "push rsi", "push rbp", "push rbx", "push rdx", "push rcx", "push rax",
-    "mov rdi, rsp",
-    "call {dispatch}",
-    "pop rax", "pop rcx", "pop rdx", "pop rbx", "pop rbp", "pop rsi", "pop rdi",
-    "pop r8", "pop r9", "pop r10", "pop r11", "pop r12", "pop r13", "pop r14", "pop r15",
-    "cmp byte ptr [rip + {use_soft}], 0",
-    "jne 2f",
-    "vmresume",
-    "jmp 3f",
-    "2:",
-    "mov byte ptr [{doorbell}], {resume}",
-    "3:",
-    // Only reached when the entry failed: CF/ZF say how.
-    "pushfq",
-    "pop rdi",
-    "and rsp, -16",
-    "call {failed}",
-    "ud2",
-    "",
-    // extern "C" fn nb_vmx_enter(regs: *const GuestRegs, resume: u64) -> u64 (RFLAGS).
-    ".global nb_vmx_enter",
-    "nb_vmx_enter:",
-    "push rbx", "push rbp", "push r12", "push r13", "push r14", "push r15",
-    "movzx eax, byte ptr [rip + {use_soft}]",
-    "and esi, 1",
-    "lea eax, [rsi + 2 * rax]",
-    "mov byte ptr [rip + {kind}], al",
-    "mov rax, [rdi + 0]", "mov rcx, [rdi + 8]", "mov rdx, [rdi + 16]", "mov rbx, [rdi + 24]",
-    "mov rbp, [rdi + 32]", "mov rsi, [rdi + 40]", "mov r8, [rdi + 56]", "mov r9, [rdi + 64]",
-    "mov r10, [rdi + 72]", "mov r11, [rdi + 80]", "mov r12, [rdi + 88]", "mov r13, [rdi + 96]",
-    "mov r14, [rdi + 104]", "mov r15, [rdi + 112]",
-    // From here on only flags and memory change until the entry instruction.
-    "cmp byte ptr [rip + {kind}], 1",
-    "mov rdi, [rdi + 48]",
-    "jb 10f",
-    "je 11f",
-    "cmp byte ptr [rip + {kind}], 2",
-    "je 12f",
-    "mov byte ptr [{doorbell}], {resume}",
-    "jmp 20f",
-    "12:",
-    "mov byte ptr [{doorbell}], {launch}",
-    "jmp 20f",
-    "10:",
-    "vmlaunch",
-    "jmp 20f",
-    "11:",
-    "vmresume",
-    "20:",
-    "pushfq",
-    "pop rax",
-    "pop r15", "pop r14", "pop r13", "pop r12", "pop rbp", "pop rbx",
+    // RSP = the frame; its `l1_rsp` points at the return address `enter` pushed.
+    "mov rsp, [rsp + {l1_rsp}]",
     "ret",
-    dispatch = sym crate::exits::l1_vmexit,
-    failed = sym crate::exits::l1_resume_failed,
-    use_soft = sym USE_SOFT,
-    kind = sym ENTER_KIND,
-    doorbell = const DOORBELL_GPA,
-    resume = const DOORBELL_RESUME,
-    launch = const DOORBELL_LAUNCH,
+    l1_rsp = const L1_RSP,
 );
 
-// SAFETY: both symbols are defined in the global_asm! above with these signatures.
+// SAFETY: defined in the global_asm! above; only its address is used (HOST_RIP).
 unsafe extern "C" {
     fn nb_vmexit_stub();
-    fn nb_vmx_enter(regs: *const GuestRegs, resume: u64) -> u64;
 }
 
 /// HOST_RIP: the exit stub.
@@ -164,18 +117,81 @@ pub fn exit_stub_address() -> u64 {
     nb_vmexit_stub as *const () as u64
 }
 
-/// VMLAUNCH (`resume = false`) or VMRESUME of the current VMCS with L2's GPRs `regs`.
-/// Returns only if the entry failed, with RFLAGS right after the instruction (SDM 31.2: CF
-/// for VMfailInvalid, ZF for VMfailValid). A successful entry never returns here: the next
-/// VM exit arrives at the exit stub.
+/// Enter L2 with the GPRs in `frame.regs`: VMRESUME (or the RESUME doorbell) when the frame
+/// says so, else VMLAUNCH (LAUNCH). Returns 0 after L2's next VM exit, with L2's GPRs saved
+/// in `frame.regs`; else the entry failed and this is RFLAGS right after the instruction
+/// (SDM 31.2: CF for VMfailInvalid, ZF for VMfailValid).
 ///
 /// # Safety
-/// The current VMCS must be fully set up with HOST_RIP = [`exit_stub_address`] and HOST_RSP
-/// on an exit stack nothing else uses, and [`USE_SOFT`] must name the backend in use.
-pub unsafe fn enter(regs: &GuestRegs, resume: bool) -> u64 {
-    // SAFETY: per the caller's contract; `nb_vmx_enter` saves and restores the callee-saved
-    // registers on the failure path, and `regs` is a valid GuestRegs.
-    unsafe { nb_vmx_enter(regs, u64::from(resume)) }
+/// The current VMCS must be set up with HOST_RIP = [`exit_stub_address`] and HOST_RSP =
+/// `frame.host_rsp()`, and `B` must be the backend that made it current.
+#[inline(always)]
+pub unsafe fn enter<B: VmxBackend>(frame: &mut ExitFrame) -> u64 {
+    let frame = core::ptr::from_mut(frame);
+    let ret: u64;
+    // The same sequence for both backends but the entry instruction itself: the compare's
+    // flags survive the loads (MOV changes no flag) and pick VMLAUNCH or VMRESUME.
+    macro_rules! entry_asm {
+        ($launch:literal, $resume:literal $(, $name:ident = const $value:expr)*) => {
+            // SAFETY: per the caller's contract. The block saves RBX and RBP and restores them
+            // on both ways out; it declares every other GPR clobbered (they return with L2's
+            // values or garbage); it returns with RSP as it found it: the exit path pops the
+            // pushed return address with RET, the failure path with POP. The frame is valid
+            // and exclusively ours for the block (from `&mut`).
+            unsafe {
+                core::arch::asm!(
+                    "push rbx",
+                    "push rbp",
+                    "lea rax, [rip + 2f]",
+                    "push rax",
+                    "mov [rdi + {l1_rsp}], rsp",
+                    "cmp qword ptr [rdi + {resume}], 0",
+                    "mov rax, [rdi + 0]", "mov rcx, [rdi + 8]", "mov rdx, [rdi + 16]", "mov rbx, [rdi + 24]",
+                    "mov rbp, [rdi + 32]", "mov rsi, [rdi + 40]", "mov r8, [rdi + 56]", "mov r9, [rdi + 64]",
+                    "mov r10, [rdi + 72]", "mov r11, [rdi + 80]", "mov r12, [rdi + 88]", "mov r13, [rdi + 96]",
+                    "mov r14, [rdi + 104]", "mov r15, [rdi + 112]",
+                    "mov rdi, [rdi + 48]",
+                    "je 3f",
+                    $resume,
+                    "jmp 4f",
+                    "3:",
+                    $launch,
+                    // Only reached when the entry failed: CF/ZF say how.
+                    "4:",
+                    "pushfq",
+                    "pop rax",
+                    "pop rcx",
+                    "jmp 5f",
+                    // The exit stub returns here.
+                    "2:",
+                    "xor eax, eax",
+                    "5:",
+                    "pop rbp",
+                    "pop rbx",
+                    l1_rsp = const L1_RSP,
+                    resume = const RESUME,
+                    $($name = const $value,)*
+                    inout("rdi") frame => _,
+                    out("rax") ret,
+                    out("rcx") _, out("rdx") _, out("rsi") _,
+                    out("r8") _, out("r9") _, out("r10") _, out("r11") _,
+                    out("r12") _, out("r13") _, out("r14") _, out("r15") _,
+                );
+            }
+        };
+    }
+    if B::DOORBELL {
+        entry_asm!(
+            "mov byte ptr [{doorbell}], {launch}",
+            "mov byte ptr [{doorbell}], {resume_bell}",
+            doorbell = const DOORBELL_GPA,
+            launch = const DOORBELL_LAUNCH,
+            resume_bell = const DOORBELL_RESUME
+        );
+    } else {
+        entry_asm!("vmlaunch", "vmresume");
+    }
+    ret
 }
 
 /// Decode the flags a failed VM entry left (SDM 31.2): CF = VMfailInvalid, ZF =
@@ -200,5 +216,11 @@ mod tests {
         assert_eq!(entry_failure(0x2 | 1, || 99), Some(VmxFail::FailInvalid));
         assert_eq!(entry_failure(0x2 | 1 << 6, || 7), Some(VmxFail::FailValid(7)));
         assert_eq!(entry_failure(0x2, || 7), None);
+    }
+
+    #[test]
+    fn host_rsp_is_the_end_of_the_register_array() {
+        let f = ExitFrame::default();
+        assert_eq!(f.host_rsp(), core::ptr::from_ref(&f.regs) as u64 + 15 * 8);
     }
 }

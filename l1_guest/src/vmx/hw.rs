@@ -94,6 +94,8 @@ macro_rules! vmx_m64 {
 }
 
 impl VmxBackend for HwVmx {
+    const DOORBELL: bool = false;
+
     fn vmxon(&mut self, pa: u64) -> Result<(), VmxFail> {
         vmx_m64!("vmxon", pa)
     }

@@ -1,8 +1,9 @@
 //! L1's VMX layer: one [`VmxBackend`] trait over the VMX instructions, two backends
 //! ([`hw`]: the real instructions; [`soft`]: the soft engine's hypercalls and shadowed
 //! VMCS12 page), typed VMCS accessors ([`Vmcs`]), capabilities and control adjustment
-//! ([`caps`]), the VMCS contents ([`setup`]), the MSR bitmap ([`msr_bitmap`]) and the
-//! VM-entry/VM-exit stub ([`entry`]).
+//! ([`caps`]), the VMCS contents ([`setup`]), the MSR bitmap ([`msr_bitmap`]), VM entry and
+//! the VM-exit stub ([`entry`]), and the vCPU the run loop drives ([`vcpu`]: enters L2,
+//! decodes its exits into [`crate::exit::Exit`]).
 //!
 //! Everything above the backend is the same code on every engine (shared/DESIGN.md).
 
@@ -12,6 +13,7 @@ pub mod hw;
 pub mod msr_bitmap;
 pub mod setup;
 pub mod soft;
+pub mod vcpu;
 
 use nestbench_abi::vmcs::{Field16, Field32, Field64, FieldNatural};
 
@@ -41,6 +43,9 @@ impl core::fmt::Display for VmxFail {
 /// here; use [`Vmcs`] for typed access. Every VMREAD/VMWRITE is counted
 /// ([`VmxBackend::accesses`]).
 pub trait VmxBackend {
+    /// Whether VM entry is the soft engine's doorbell write instead of VMLAUNCH/VMRESUME
+    /// ([`entry::enter`]).
+    const DOORBELL: bool;
     /// VMXON with the VMXON region at physical address `pa`.
     fn vmxon(&mut self, pa: u64) -> Result<(), VmxFail>;
     /// VMXOFF.
@@ -159,6 +164,7 @@ pub mod fake {
     }
 
     impl VmxBackend for Recording {
+        const DOORBELL: bool = false;
         fn vmxon(&mut self, _: u64) -> Result<(), VmxFail> {
             Ok(())
         }

@@ -140,7 +140,7 @@ pub struct HostConfig {
     pub gdtr_base: u64,
     /// IDTR base.
     pub idtr_base: u64,
-    /// RSP at a VM exit: the top of the exit stack.
+    /// RSP at a VM exit: the end of the exit frame's register array (`ExitFrame::host_rsp`).
     pub rsp: u64,
     /// RIP at a VM exit: the exit stub.
     pub rip: u64,

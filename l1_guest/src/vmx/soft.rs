@@ -11,7 +11,7 @@
 //!   VMCS"). L1 tracks the current-VMCS pointer itself (set by a successful VMPTRLD,
 //!   cleared by VMCLEAR of that VMCS), as a CPU does.
 //!
-//! VMLAUNCH/VMRESUME are the doorbell write in the shared entry stub ([`super::entry`]).
+//! VMLAUNCH/VMRESUME are the doorbell write in the shared entry sequence ([`super::entry::enter`]).
 
 use core::arch::asm;
 
@@ -140,6 +140,8 @@ impl SoftVmx {
 }
 
 impl VmxBackend for SoftVmx {
+    const DOORBELL: bool = true;
+
     fn vmxon(&mut self, pa: u64) -> Result<(), VmxFail> {
         to_result(vmx_call(VmxOp::VmxOn, pa, 0).0)
     }
