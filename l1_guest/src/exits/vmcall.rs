@@ -3,8 +3,9 @@
 //! like a trivial hypercall: RAX = [`VMCALL_RESULT`], then L2 continues after the VMCALL.
 //! The `vmcall` payload checks the value.
 //!
-//! Not on the `soft` engine: a VMCALL hangs the vCPU inside KVM_RUN on the development hosts
-//! (shared/HOST-NOTES.md), so the `vmcall` payload is skipped there.
+//! Not on the `soft` engine: a VMCALL hangs the vCPU inside KVM_RUN under `kvm_pvm`, the KVM
+//! of this project's development machines (docs/bochs-engine.md), so the `vmcall` payload is
+//! skipped there.
 
 use super::{RunState, advance_rip};
 use crate::exit::Exit;
