@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use nestbench_protocol::events::{Engine, KvmStats, Outcome};
+use nestbench_protocol::request::{EngineRequest, RunRequest, TraceRequest};
 use serde_json::Value;
 
 use crate::doctor::EngineStatus;
@@ -67,8 +68,8 @@ pub fn full_profile() -> Profile {
 /// One configuration to run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Planned {
-    /// `soft`, `single_level` or `bochs`.
-    pub engine: &'static str,
+    /// The engine.
+    pub engine: Engine,
     /// The payload.
     pub payload: String,
     /// VMCS shadowing for nested runs.
@@ -82,9 +83,9 @@ pub struct Planned {
 impl Planned {
     fn config(&self) -> Config {
         match self.engine {
-            "bochs" => Config::Bochs,
-            "single_level" => Config::SingleLevel,
-            _ => Config::Nested,
+            Engine::Bochs => Config::Bochs,
+            Engine::SingleLevel => Config::SingleLevel,
+            Engine::Soft | Engine::Kvm => Config::Nested,
         }
     }
 
@@ -110,7 +111,7 @@ pub struct Plan {
 pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2_payloads::Manifest]) -> Plan {
     let mut p = Plan { configs: Vec::new(), skipped: Vec::new(), engines: Vec::new() };
     for e in engines {
-        let asked = wanted.is_none_or(|w| w.iter().any(|x| x == e.engine));
+        let asked = wanted.is_none_or(|w| w.iter().any(|x| x == e.engine.name()));
         let runnable = e.can_run && e.implemented;
         let benched = asked && runnable;
         let reason = if !asked {
@@ -123,10 +124,10 @@ pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2
             e.reason.clone()
         };
         if asked && !runnable {
-            p.skipped.push(Skipped { engine: e.engine.into(), payload: None, reason: reason.clone() });
+            p.skipped.push(Skipped { engine: e.engine, payload: None, reason: reason.clone() });
         }
         p.engines.push(EngineEntry {
-            engine: e.engine.into(),
+            engine: e.engine,
             can_run: e.can_run,
             implemented: e.implemented,
             benched,
@@ -138,20 +139,21 @@ pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2
         for m in payloads {
             let fixed = m.fixed_iterations;
             match e.engine {
-                "soft" => match m.soft_engine {
+                Engine::Soft => match m.soft_engine {
                     l2_payloads::Support::Runs => {
                         let twin = match m.single_level {
-                            l2_payloads::Twin::Same => Some(("single_level", None)),
+                            l2_payloads::Twin::Same => Some((Engine::SingleLevel, None)),
                             l2_payloads::Twin::None { reason } => {
                                 p.skipped.push(Skipped {
-                                    engine: "single_level".into(),
+                                    engine: Engine::SingleLevel,
                                     payload: Some(m.name.into()),
                                     reason: format!("no single-level twin: {reason}"),
                                 });
                                 None
                             }
                         };
-                        for (engine, shadowing) in twin.into_iter().chain([("soft", Some(true)), ("soft", Some(false))])
+                        for (engine, shadowing) in
+                            twin.into_iter().chain([(Engine::Soft, Some(true)), (Engine::Soft, Some(false))])
                         {
                             p.configs.push(Planned {
                                 engine,
@@ -163,29 +165,22 @@ pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2
                         }
                     }
                     l2_payloads::Support::Unsupported { reason } => p.skipped.push(Skipped {
-                        engine: "soft".into(),
+                        engine: Engine::Soft,
                         payload: Some(m.name.into()),
                         reason: format!("{reason} (its single-level twin is skipped with it)"),
                     }),
                 },
-                "kvm" => p.configs.push(Planned {
-                    engine: "kvm",
+                Engine::Kvm | Engine::Bochs => p.configs.push(Planned {
+                    engine: e.engine,
                     payload: m.name.into(),
                     shadowing: None,
                     fixed_iterations: fixed,
                     pinned_iterations: None,
                 }),
-                "bochs" => p.configs.push(Planned {
-                    engine: "bochs",
-                    payload: m.name.into(),
-                    shadowing: None,
-                    fixed_iterations: fixed,
-                    pinned_iterations: None,
-                }),
-                other => p.skipped.push(Skipped {
-                    engine: other.into(),
+                Engine::SingleLevel => p.skipped.push(Skipped {
+                    engine: e.engine,
                     payload: Some(m.name.into()),
-                    reason: "the bench has no runner for this engine".into(),
+                    reason: "single-level runs are the soft engine's twins, not an engine of their own".into(),
                 }),
             }
         }
@@ -205,19 +200,22 @@ pub struct Runner {
 }
 
 impl Runner {
+    /// The run of configuration `c` with `iterations` (`trace`: with L1's exit trace).
+    fn request(&self, c: &Planned, iterations: u64, trace: bool) -> RunRequest {
+        let engine = match c.engine {
+            Engine::Soft => EngineRequest::Soft {
+                vmcs_shadowing: c.shadowing != Some(false),
+                trace: trace.then(TraceRequest::default),
+            },
+            Engine::Kvm => EngineRequest::Kvm { tracepoints: true },
+            Engine::Bochs => EngineRequest::Bochs { cpu_model: self.cpu_model.clone() },
+            Engine::SingleLevel => EngineRequest::SingleLevel,
+        };
+        RunRequest { payload: c.payload.clone(), iterations, timeout_ms: self.timeout_ms, engine }
+    }
+
     fn args(&self, c: &Planned, iterations: u64) -> Vec<String> {
-        let mut a: Vec<String> = ["run", "--payload", &c.payload, "--iterations", &iterations.to_string()]
-            .iter()
-            .map(|s| (*s).to_owned())
-            .collect();
-        a.extend(["--timeout-ms".into(), self.timeout_ms.to_string()]);
-        match c.engine {
-            "bochs" => a.extend(["--engine".into(), "bochs".into(), "--cpu-model".into(), self.cpu_model.clone()]),
-            "single_level" => a.push("--single-level".into()),
-            "kvm" => a.extend(["--engine".into(), "kvm".into()]),
-            _ => a.extend(["--vmcs-shadowing".into(), if c.shadowing == Some(false) { "off" } else { "on" }.into()]),
-        }
-        a
+        self.request(c, iterations, false).args()
     }
 }
 
@@ -265,7 +263,7 @@ fn failure(child: &ChildRun, doc: &RunDoc) -> Option<String> {
 }
 
 fn digest(c: &Planned, iterations: u64, child: &ChildRun, started_s: f64) -> Result<OneRun, String> {
-    let engine = Engine::from_name(c.engine).unwrap_or(Engine::Soft);
+    let engine = c.engine;
     let doc = RunDoc::of(child, engine, &c.payload, iterations, c.shadowing != Some(false));
     if let Some(why) = failure(child, &doc) {
         return Err(why);
@@ -464,8 +462,7 @@ pub fn stream_incomplete(error: &str) -> bool {
 /// against the sequence gaps the orchestrator saw.
 async fn traced_run(runner: &Runner, c: &Planned, iterations: u64) -> Result<u64, String> {
     let deadline = Duration::from_millis(runner.timeout_ms) + Duration::from_secs(10);
-    let mut args = runner.args(c, iterations);
-    args.push("--trace".into());
+    let args = runner.request(c, iterations, true).args();
     let mut sink = crate::trace::Sink::default();
     let child = l0_child::run_l0(&runner.l0, &args, deadline, |i| {
         sink.on(i);
@@ -494,11 +491,11 @@ async fn run_child(runner: &Runner, c: &Planned, iterations: u64, t0: Instant) -
 fn empty_result(c: &Planned) -> ConfigResult {
     ConfigResult {
         id: c.id(),
-        engine: c.engine.into(),
+        engine: c.engine,
         payload: c.payload.clone(),
         config: c.config(),
         vmcs_shadowing: c.shadowing,
-        unit: if c.engine == "bochs" { "instructions" } else { "cycles" }.into(),
+        unit: if c.engine == Engine::Bochs { "instructions" } else { "cycles" }.into(),
         complete: false,
         errors: Vec::new(),
         iterations: 0,
@@ -530,7 +527,7 @@ fn note_error(x: &Exec<'_>, r: &mut ConfigResult, what: String, e: &str) {
 /// the profile's extra warm-up runs. `false` when the configuration failed.
 async fn calibrate(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant, pb: &Progress) -> bool {
     let p = x.profile;
-    let target = 1u64 << if c.engine == "bochs" { p.target_log2_instructions } else { p.target_log2_cycles };
+    let target = 1u64 << if c.engine == Engine::Bochs { p.target_log2_instructions } else { p.target_log2_cycles };
     let mut iterations = c.fixed_iterations.or(c.pinned_iterations).unwrap_or(p.start_iterations);
     if c.pinned_iterations.is_some() && c.fixed_iterations.is_none() {
         r.iterations_from = "baseline".into();
@@ -678,7 +675,7 @@ pub const STEADY_RUNS: usize = 3;
 /// Whether a configuration gets steady-state figures: nested soft-engine runs of a payload
 /// whose iterations can be halved.
 fn has_steady_state(c: &Planned, iterations: u64) -> bool {
-    c.engine == "soft" && c.fixed_iterations.is_none() && iterations >= 2
+    c.engine == Engine::Soft && c.fixed_iterations.is_none() && iterations >= 2
 }
 
 /// The steady-state figures of a configuration: [`STEADY_RUNS`] runs of half its
@@ -725,7 +722,7 @@ async fn steady(x: &Exec<'_>, c: &Planned, r: &mut ConfigResult, t0: Instant) {
 pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Executed {
     let t0 = Instant::now();
     let reps = x.profile.repetitions as usize;
-    let traced = configs.iter().filter(|c| c.engine == "soft").count();
+    let traced = configs.iter().filter(|c| c.engine == Engine::Soft).count();
     let pb = Progress::new(configs.len() * (1 + reps) + 2 * traced, x.quiet);
     let mut results: Vec<ConfigResult> = Vec::new();
     let mut ok: Vec<bool> = Vec::new();
@@ -782,7 +779,7 @@ pub async fn execute(x: &Exec<'_>, configs: &[Planned], tsc: Option<&Tsc>) -> Ex
             pb.bar.inc(1);
         }
     }
-    for (i, c) in configs.iter().enumerate().take(attempted).filter(|(_, c)| c.engine == "soft") {
+    for (i, c) in configs.iter().enumerate().take(attempted).filter(|(_, c)| c.engine == Engine::Soft) {
         if !ok[i] || x.stop.load(Ordering::SeqCst) {
             continue;
         }
@@ -946,7 +943,7 @@ async fn emulated_hosts(
         let Some(emulator) = t.host.emulator() else { continue };
         if let Err(e) = crate::hosts::emulated::preflight(emulator, &t.opts) {
             skipped.push(results::Skipped {
-                engine: "kvm".into(),
+                engine: Engine::Kvm,
                 payload: None,
                 reason: format!("emulated host {}: {e}", t.name()),
             });
@@ -1138,7 +1135,7 @@ async fn bochs_generations(
             }
             let n = BOCHS_GENERATION_ITERATIONS;
             let c = Planned {
-                engine: "bochs",
+                engine: Engine::Bochs,
                 payload: (*payload).into(),
                 shadowing: None,
                 fixed_iterations: None,
@@ -1281,7 +1278,7 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
         let refused: Vec<String> = plan
             .engines
             .iter()
-            .filter(|e| es.contains(&e.engine) && !e.benched)
+            .filter(|e| es.iter().any(|x| x == e.engine.name()) && !e.benched)
             .map(|e| format!("{}: {}", e.engine, e.reason))
             .collect();
         anyhow::ensure!(refused.is_empty(), "--engines names engines this host cannot run: {}", refused.join("; "));
@@ -1338,7 +1335,7 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
             resume: cfg.resume.as_ref(),
         };
         let e = execute(&x, &plan.configs, info.tsc.as_ref()).await;
-        let bochs_benched = plan.engines.iter().any(|e| e.engine == "bochs" && e.benched);
+        let bochs_benched = plan.engines.iter().any(|e| e.engine == Engine::Bochs && e.benched);
         let wanted: Vec<&str> =
             BOCHS_GENERATION_PAYLOADS.iter().copied().filter(|p| payloads.iter().any(|m| m.name == *p)).collect();
         let models = if bochs_benched && !stop.load(Ordering::SeqCst) {
@@ -1388,35 +1385,38 @@ pub fn bench(cfg: &BenchConfig) -> anyhow::Result<BenchOutcome> {
 mod tests {
     use super::*;
 
-    fn status(engine: &'static str, can_run: bool, implemented: bool) -> EngineStatus {
+    fn status(engine: Engine, can_run: bool, implemented: bool) -> EngineStatus {
         EngineStatus { engine, can_run, implemented, reason: format!("{engine} reason") }
     }
 
     #[test]
     fn the_matrix_covers_every_payload_and_skips_with_reasons() {
-        let engines = [status("soft", true, true), status("kvm", false, false), status("bochs", true, true)];
+        let engines =
+            [status(Engine::Soft, true, true), status(Engine::Kvm, false, false), status(Engine::Bochs, true, true)];
         let payloads: Vec<_> = l2_payloads::all().iter().collect();
         let p = plan(&engines, None, &payloads);
         let soft_runs: Vec<_> = payloads.iter().filter(|m| m.soft_engine == l2_payloads::Support::Runs).collect();
         let twins = soft_runs.iter().filter(|m| m.single_level == l2_payloads::Twin::Same).count();
         assert_eq!(p.configs.len(), 2 * soft_runs.len() + twins + payloads.len());
         for m in soft_runs.iter().filter(|m| m.single_level != l2_payloads::Twin::Same) {
-            assert!(!p.configs.iter().any(|c| c.engine == "single_level" && c.payload == m.name), "{}", m.name);
-            let s = p.skipped.iter().find(|s| s.engine == "single_level" && s.payload.as_deref() == Some(m.name));
+            assert!(!p.configs.iter().any(|c| c.engine == Engine::SingleLevel && c.payload == m.name), "{}", m.name);
+            let s = p.skipped.iter().find(|s| s.engine == Engine::SingleLevel && s.payload.as_deref() == Some(m.name));
             assert!(s.is_some_and(|s| s.reason.starts_with("no single-level twin: ")), "{}: {s:?}", m.name);
         }
-        assert!(p.configs.iter().any(|c| c.engine == "soft" && c.payload == "outl" && c.shadowing == Some(false)));
-        assert!(p.configs.iter().any(|c| c.engine == "single_level" && c.payload == "outl"));
-        assert!(p.configs.iter().any(|c| c.engine == "bochs" && c.payload == "cpuid"));
-        assert!(p.skipped.iter().any(|s| s.engine == "kvm" && s.payload.is_none() && s.reason == "kvm reason"));
+        assert!(
+            p.configs.iter().any(|c| c.engine == Engine::Soft && c.payload == "outl" && c.shadowing == Some(false))
+        );
+        assert!(p.configs.iter().any(|c| c.engine == Engine::SingleLevel && c.payload == "outl"));
+        assert!(p.configs.iter().any(|c| c.engine == Engine::Bochs && c.payload == "cpuid"));
+        assert!(p.skipped.iter().any(|s| s.engine == Engine::Kvm && s.payload.is_none() && s.reason == "kvm reason"));
         for m in payloads.iter().filter(|m| m.soft_engine != l2_payloads::Support::Runs) {
             assert!(p.skipped.iter().any(|s| s.payload.as_deref() == Some(m.name) && s.reason.len() > 20));
         }
         let only_soft = plan(&engines, Some(&["soft".to_owned()]), &payloads);
-        assert!(only_soft.configs.iter().all(|c| c.engine != "bochs"));
-        assert!(only_soft.engines.iter().any(|e| e.engine == "bochs" && !e.benched));
-        let no_bochs = plan(&[status("soft", true, true), status("bochs", false, true)], None, &payloads);
-        assert!(no_bochs.skipped.iter().any(|s| s.engine == "bochs" && s.reason == "bochs reason"));
+        assert!(only_soft.configs.iter().all(|c| c.engine != Engine::Bochs));
+        assert!(only_soft.engines.iter().any(|e| e.engine == Engine::Bochs && !e.benched));
+        let no_bochs = plan(&[status(Engine::Soft, true, true), status(Engine::Bochs, false, true)], None, &payloads);
+        assert!(no_bochs.skipped.iter().any(|s| s.engine == Engine::Bochs && s.reason == "bochs reason"));
     }
 
     fn fake_l0(dir: &Path, script: &str) -> PathBuf {
@@ -1430,7 +1430,7 @@ mod tests {
     fn host() -> HostInfo {
         HostInfo {
             host: serde_json::json!({"cpu_model": "Test CPU", "cpu_vendor": "TestVendor", "kernel": "6.0"}),
-            engines: vec![status("soft", true, true)],
+            engines: vec![status(Engine::Soft, true, true)],
             kvm_module_params: [("kvm".to_owned(), [("tdp_mmu".to_owned(), "N".to_owned())].into())].into(),
             host_class: "Test CPU / kvm_pvm / 2 cpus".into(),
             kernel: "6.0".into(),
@@ -1482,7 +1482,7 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
         let ms: Vec<_> = payloads.iter().map(|p| l2_payloads::find(p).unwrap()).collect();
         let info = host();
         let mut plan = plan(&info.engines, None, &ms);
-        plan.configs.retain(|c| c.engine == "single_level");
+        plan.configs.retain(|c| c.engine == Engine::SingleLevel);
         let x = Exec {
             runner: &runner,
             profile: &profile,
@@ -1527,7 +1527,7 @@ echo "{{\"event\":\"end\",\"single_level\":{{\"kvm_exits\":{{\"io_out\":$((it+1)
         let profile = tiny();
         let ms: Vec<_> = ["outl", "inl"].iter().map(|p| l2_payloads::find(p).unwrap()).collect();
         let mut plan = plan(&info.engines, None, &ms);
-        plan.configs.retain(|c| c.engine == "single_level");
+        plan.configs.retain(|c| c.engine == Engine::SingleLevel);
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         let exec = |l0: PathBuf, journal: &results::OutDir, resume: Option<&crate::journal::Resumed>| {
             let runner = Runner { l0, timeout_ms: 5000, cpu_model: "x".into() };

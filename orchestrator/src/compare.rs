@@ -973,15 +973,18 @@ pub(crate) mod tests {
         assert_eq!((v.verdict, v.group), (Kind::Incomparable, "not selected in the new run"));
         // A payload dropped from the matrix (a twin found unlike): not a regression.
         partial.skipped.push(crate::results::Skipped {
-            engine: "soft".into(),
+            engine: nestbench_protocol::Engine::Soft,
             payload: Some("outl".into()),
             reason: "no twin".into(),
         });
         let c = compare(&base, &partial, &[]);
         assert!(c.verdicts.iter().any(|v| v.id == id && v.verdict == Kind::Incomparable), "{}", render(&c));
         // Its engine skipped on the same host (it stopped working there): a regression.
-        partial.skipped =
-            vec![crate::results::Skipped { engine: "soft".into(), payload: None, reason: "KVM is not usable".into() }];
+        partial.skipped = vec![crate::results::Skipped {
+            engine: nestbench_protocol::Engine::Soft,
+            payload: None,
+            reason: "KVM is not usable".into(),
+        }];
         let c = compare(&base, &partial, &[]);
         assert!(c.verdicts.iter().any(|v| v.id == id && v.verdict == Kind::Regression && v.why.contains("not usable")));
     }

@@ -809,7 +809,7 @@ table{{border-collapse:collapse;font-size:13px}} td,th{{border:1px solid #ccc;pa
             let _ = write!(
                 h,
                 "<li>{} {}: {}</li>",
-                esc(&k.engine),
+                esc(k.engine.name()),
                 esc(k.payload.as_deref().unwrap_or("(engine)")),
                 esc(&k.reason)
             );

@@ -1,5 +1,6 @@
 //! `nestbench doctor`: which engines this host can run, and why not the others.
 
+use nestbench_protocol::Engine;
 use std::fmt::Write;
 
 use l0::host::HostFacts;
@@ -11,8 +12,8 @@ pub const DOCTOR_VERSION: u32 = 1;
 /// One engine's verdict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EngineStatus {
-    /// `soft`, `kvm` or `bochs`.
-    pub engine: &'static str,
+    /// The engine (never single-level: that is the soft engine's twin).
+    pub engine: Engine,
     /// Whether this host has what the engine needs.
     pub can_run: bool,
     /// Whether nestbench has this engine built yet (an engine that is not can still be
@@ -117,7 +118,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
     let soft = if kvm.usable {
         match (&h.exit_semantics, &h.exit_semantics_error) {
             (Some(x), _) if x.gaps().is_empty() => EngineStatus {
-                engine: "soft",
+                engine: Engine::Soft,
                 can_run: true,
                 implemented: true,
                 reason: format!(
@@ -132,7 +133,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
                 ),
             },
             (Some(x), _) => EngineStatus {
-                engine: "soft",
+                engine: Engine::Soft,
                 can_run: false,
                 implemented: true,
                 reason: format!(
@@ -141,7 +142,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
                 ),
             },
             (None, why) => EngineStatus {
-                engine: "soft",
+                engine: Engine::Soft,
                 can_run: false,
                 implemented: true,
                 reason: format!(
@@ -152,7 +153,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
         }
     } else {
         EngineStatus {
-            engine: "soft",
+            engine: Engine::Soft,
             can_run: false,
             implemented: true,
             reason: format!("KVM is not usable: {}", kvm.error.as_deref().unwrap_or("unknown error")),
@@ -188,12 +189,13 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             ),
         )
     };
-    let kvm_engine = EngineStatus { engine: "kvm", can_run: kvm_engine.0, implemented: true, reason: kvm_engine.1 };
+    let kvm_engine =
+        EngineStatus { engine: Engine::Kvm, can_run: kvm_engine.0, implemented: true, reason: kvm_engine.1 };
 
     let bochs_tool = h.tools.get("bochs");
     let bochs = match bochs_tool {
         Some(t) if t.available() => EngineStatus {
-            engine: "bochs",
+            engine: Engine::Bochs,
             can_run: true,
             implemented: true,
             reason: format!(
@@ -202,7 +204,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             ),
         },
         Some(t) if t.path.is_some() => EngineStatus {
-            engine: "bochs",
+            engine: Engine::Bochs,
             can_run: false,
             implemented: true,
             reason: format!(
@@ -211,7 +213,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             ),
         },
         _ => EngineStatus {
-            engine: "bochs",
+            engine: Engine::Bochs,
             can_run: false,
             implemented: true,
             reason: "bochs is not installed (apt-get install bochs bochsbios vgabios)".to_owned(),
@@ -238,7 +240,7 @@ pub fn doctor(host: HostFacts) -> Doctor {
 #[must_use]
 pub fn doctor_emulated(name: String, host: HostFacts, boot: Option<crate::hosts::emulated::BootFigures>) -> Doctor {
     let mut engines = engines(&host);
-    if let Some(b) = engines.iter_mut().find(|e| e.engine == "bochs") {
+    if let Some(b) = engines.iter_mut().find(|e| e.engine == Engine::Bochs) {
         b.can_run = false;
         b.reason = "not inside an emulated host (Bochs runs on the machine that boots it)".into();
     }

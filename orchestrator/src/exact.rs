@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 
 use nestbench_protocol::events::Engine;
 use nestbench_protocol::kvm_engine::KvmAttribution;
+use nestbench_protocol::request::{EngineRequest, RunRequest};
 use serde::{Deserialize, Serialize};
 
 use crate::run::{Figures, KvmFigures, RunDoc};
@@ -142,12 +143,15 @@ pub async fn measure(
 ) -> Result<(crate::hosts::Session, Vec<ExactRow>), crate::hosts::HostError> {
     let mut invocations = Vec::new();
     for p in payloads {
-        for tracepoints in ["off", "on"] {
+        for tracepoints in [false, true] {
             for iterations in [n, 2 * n] {
-                let args = ["run", "--engine", "kvm", "--payload", p, "--iterations", &iterations.to_string()];
-                let mut args: Vec<String> = args.iter().map(|s| (*s).to_owned()).collect();
-                args.extend(["--kvm-tracepoints".to_owned(), tracepoints.to_owned()]);
-                args.extend(["--timeout-ms".to_owned(), timeout.as_millis().to_string()]);
+                let args = RunRequest {
+                    payload: (*p).to_owned(),
+                    iterations,
+                    timeout_ms: u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+                    engine: EngineRequest::Kvm { tracepoints },
+                }
+                .args();
                 invocations.push(crate::hosts::Invocation { args, deadline: timeout, files: Vec::new() });
             }
         }

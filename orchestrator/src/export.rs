@@ -20,7 +20,7 @@ fn label(v: &str) -> String {
 fn labels(r: &ConfigResult) -> String {
     format!(
         r#"engine="{}",payload="{}",config="{}",vmcs_shadowing="{}""#,
-        label(&r.engine),
+        label(r.engine.name()),
         label(&r.payload),
         match r.config {
             crate::results::Config::Nested => "nested",
@@ -231,7 +231,7 @@ pub fn junit(s: &Summary, c: Option<&crate::compare::Comparison>) -> String {
         let _ = write!(
             cases,
             r#"    <testcase classname="nestbench.{}" name="{}" time="{wall:.3}""#,
-            xml(&r.engine),
+            xml(r.engine.name()),
             xml(&r.id)
         );
         if r.complete && r.errors.is_empty() {
@@ -247,7 +247,7 @@ pub fn junit(s: &Summary, c: Option<&crate::compare::Comparison>) -> String {
         let _ = writeln!(
             cases,
             "    <testcase classname=\"nestbench.{}\" name=\"{}\">\n      <skipped message=\"{}\"/>\n    </testcase>",
-            xml(&k.engine),
+            xml(k.engine.name()),
             xml(&name),
             xml(&k.reason)
         );

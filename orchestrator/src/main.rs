@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
-use nestbench_protocol::Engine as ProtocolEngine;
+use nestbench_protocol::request::{EngineRequest, RunRequest, TraceRequest};
 
 #[derive(Parser)]
 #[command(
@@ -346,19 +346,10 @@ struct TraceArgs {
 }
 
 impl TraceArgs {
-    /// The nestbench-l0 flags for tracing (`on`: trace even without a file).
-    fn l0_flags(&self, on: bool) -> Vec<String> {
-        if !on && self.trace.is_none() {
-            return Vec::new();
-        }
-        let mut v = vec!["--trace".to_owned()];
-        if let Some(n) = self.trace_capacity {
-            v.extend(["--trace-capacity".to_owned(), n.to_string()]);
-        }
-        if self.trace_drain_at_end {
-            v.push("--trace-drain-at-end".to_owned());
-        }
-        v
+    /// The trace to ask l0 for (`on`: trace even without a file).
+    fn request(&self, on: bool) -> Option<TraceRequest> {
+        (on || self.trace.is_some())
+            .then_some(TraceRequest { capacity: self.trace_capacity, drain_at_end: self.trace_drain_at_end })
     }
 }
 
@@ -578,27 +569,16 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     }
     let iterations = m.iterations(a.iterations.unwrap_or(m.default_iterations));
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
-    let mut args = vec![
-        "run".to_owned(),
-        "--payload".to_owned(),
-        m.name.to_owned(),
-        "--iterations".to_owned(),
-        iterations.to_string(),
-    ];
-    args.extend(["--timeout-ms".to_owned(), a.timeout_ms.to_string()]);
-    if a.engine == Engine::Bochs {
-        args.extend(["--engine".to_owned(), "bochs".to_owned(), "--cpu-model".to_owned(), a.cpu_model.clone()]);
-    } else if a.engine == Engine::Kvm {
-        args.extend(["--engine".to_owned(), "kvm".to_owned()]);
-    } else if a.single_level {
-        args.push("--single-level".to_owned());
-    } else {
-        args.extend([
-            "--vmcs-shadowing".to_owned(),
-            if a.vmcs_shadowing == OnOff::On { "on" } else { "off" }.to_owned(),
-        ]);
-    }
-    args.extend(a.trace.l0_flags(false));
+    let engine = match a.engine {
+        Engine::Bochs => EngineRequest::Bochs { cpu_model: a.cpu_model.clone() },
+        Engine::Kvm => EngineRequest::Kvm { tracepoints: true },
+        Engine::Soft if a.single_level => EngineRequest::SingleLevel,
+        Engine::Soft => {
+            EngineRequest::Soft { vmcs_shadowing: a.vmcs_shadowing == OnOff::On, trace: a.trace.request(false) }
+        }
+    };
+    let req = RunRequest { payload: m.name.into(), iterations, timeout_ms: a.timeout_ms, engine };
+    let args = req.args();
     let (host, host_opts) = a.host.resolve()?;
     if host != hosts::HostSpec::Local && a.trace.trace.is_some() {
         anyhow::bail!(
@@ -617,13 +597,7 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     })?;
     let child = session.runs.into_iter().next().unwrap_or_default();
     let traced = a.trace.trace.is_some().then(|| sink.finish(&child));
-    let engine = match a.engine {
-        Engine::Bochs => ProtocolEngine::Bochs,
-        Engine::Kvm => ProtocolEngine::Kvm,
-        Engine::Soft if a.single_level => ProtocolEngine::SingleLevel,
-        Engine::Soft => ProtocolEngine::Soft,
-    };
-    let mut j = run::RunDoc::of(&child, engine, m.name, iterations, a.vmcs_shadowing == OnOff::On);
+    let mut j = run::RunDoc::of(&child, req.engine.engine(), m.name, iterations, a.vmcs_shadowing == OnOff::On);
     if host != hosts::HostSpec::Local {
         j.host = Some(serde_json::json!({ "name": host.name(), "boot": session.boot, "facts": session.host }));
     }
@@ -674,16 +648,9 @@ fn top(a: TopArgs) -> anyhow::Result<i32> {
     }
     let iterations = m.iterations(a.iterations.unwrap_or(m.default_iterations.saturating_mul(10)));
     let l0 = l0_child::locate_l0(a.l0.as_deref())?;
-    let mut args = vec!["run".to_owned(), "--payload".to_owned(), m.name.to_owned()];
-    args.extend([
-        "--iterations".to_owned(),
-        iterations.to_string(),
-        "--timeout-ms".to_owned(),
-        a.timeout_ms.to_string(),
-    ]);
     let shadowing = a.vmcs_shadowing == OnOff::On;
-    args.extend(["--vmcs-shadowing".to_owned(), if shadowing { "on" } else { "off" }.to_owned()]);
-    args.extend(a.trace.l0_flags(true));
+    let engine = EngineRequest::Soft { vmcs_shadowing: shadowing, trace: a.trace.request(true) };
+    let args = RunRequest { payload: m.name.into(), iterations, timeout_ms: a.timeout_ms, engine }.args();
     let header =
         serde_json::json!({"engine": "soft", "payload": m.name, "iterations": iterations, "vmcs_shadowing": shadowing});
     let mut sink = trace::Sink::new(trace_writer(&a.trace, header)?);

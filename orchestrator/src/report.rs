@@ -638,7 +638,7 @@ mod tests {
         assert_eq!(report_files(&s, None).len(), 1, "the fixture's report fits");
         s.skipped = (0..2000)
             .map(|i| crate::results::Skipped {
-                engine: "soft".into(),
+                engine: nestbench_protocol::Engine::Soft,
                 payload: Some(format!("p{i}")),
                 reason: "a long reason ".repeat(4),
             })

@@ -11,6 +11,7 @@
 //!   a log2 histogram, so `p50/p90/p99` are the bounds `[2^b, 2^(b+1))` of the bucket the
 //!   percentile falls in.
 
+use nestbench_protocol::Engine;
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -161,8 +162,8 @@ pub struct Tsc {
 /// One engine in this run.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EngineEntry {
-    /// `soft`, `kvm`, `bochs`.
-    pub engine: String,
+    /// The engine.
+    pub engine: Engine,
     /// Whether the host can run it (doctor).
     pub can_run: bool,
     /// Whether nestbench has it built.
@@ -177,7 +178,7 @@ pub struct EngineEntry {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Skipped {
     /// The engine.
-    pub engine: String,
+    pub engine: Engine,
     /// The payload (`null`: the whole engine).
     pub payload: Option<String>,
     /// Why.
@@ -201,8 +202,8 @@ pub enum Config {
 pub struct ConfigResult {
     /// Stable key: `soft/outl/shadowing-on`, `single_level/outl`, `bochs/outl`.
     pub id: String,
-    /// `soft`, `single_level` or `bochs`.
-    pub engine: String,
+    /// The engine.
+    pub engine: Engine,
     /// The payload.
     pub payload: String,
     /// What it measures.
@@ -567,7 +568,7 @@ impl Summary {
 
 /// The id of a configuration.
 #[must_use]
-pub fn config_id(engine: &str, payload: &str, shadowing: Option<bool>) -> String {
+pub fn config_id(engine: Engine, payload: &str, shadowing: Option<bool>) -> String {
     match shadowing {
         Some(true) => format!("{engine}/{payload}/shadowing-on"),
         Some(false) => format!("{engine}/{payload}/shadowing-off"),

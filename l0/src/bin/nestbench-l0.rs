@@ -17,6 +17,7 @@ use l0::machine::{EngineConfig, Image, Machine, MachineConfig, SoftConfig};
 use l0::trace::TraceConfig;
 use l0::x86_setup::Cpl;
 use nestbench_abi::boot::Scenario;
+use nestbench_protocol::request::{EngineRequest, RunRequest, TraceRequest};
 
 #[derive(Parser)]
 #[command(name = "nestbench-l0", version, about = "nestbench's L0: boots L1 on KVM and streams what happens")]
@@ -261,83 +262,112 @@ fn boot(args: BootArgs) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+impl RunArgs {
+    /// The run these flags ask for, checked: an option of another engine is refused here,
+    /// once, with the reason.
+    fn request(&self, manifest: &l2_payloads::Manifest) -> anyhow::Result<RunRequest> {
+        let engine = match (self.single_level, self.engine) {
+            (true, _) => EngineRequest::SingleLevel,
+            (false, RunEngine::Soft) => EngineRequest::Soft {
+                vmcs_shadowing: self.vmcs_shadowing == OnOff::On,
+                trace: self
+                    .trace
+                    .then_some(TraceRequest { capacity: self.trace_capacity, drain_at_end: self.trace_drain_at_end }),
+            },
+            (false, RunEngine::Kvm) => EngineRequest::Kvm { tracepoints: self.kvm_tracepoints == OnOff::On },
+            (false, RunEngine::Bochs) => EngineRequest::Bochs { cpu_model: self.cpu_model.clone() },
+        };
+        match engine {
+            EngineRequest::Bochs { .. } => anyhow::ensure!(
+                !self.trace,
+                "--trace needs the soft engine: L0 drains L1's trace ring from L1's memory while L1 runs, \
+                 and Bochs' memory is not L0's to read during a run"
+            ),
+            EngineRequest::Kvm { .. } => anyhow::ensure!(
+                !self.trace,
+                "--trace needs the soft engine (the kvm engine has KVM's tracepoints instead)"
+            ),
+            EngineRequest::Soft { .. } | EngineRequest::SingleLevel => {}
+        }
+        Ok(RunRequest {
+            payload: manifest.name.to_owned(),
+            iterations: manifest.iterations(self.iterations.unwrap_or(manifest.default_iterations)),
+            timeout_ms: self.timeout_ms,
+            engine,
+        })
+    }
+}
+
 fn run(args: RunArgs) -> anyhow::Result<bool> {
     let manifest = l2_payloads::find(&args.payload).with_context(|| {
         let names: Vec<&str> = l2_payloads::all().iter().map(|m| m.name).collect();
         format!("unknown payload {:?} (known: {})", args.payload, names.join(", "))
     })?;
-    let iterations = manifest.iterations(args.iterations.unwrap_or(manifest.default_iterations));
+    let req = args.request(manifest)?;
+    let iterations = req.iterations;
     let elf = l0::images::payload_elf(manifest.name);
-    let timeout = Duration::from_millis(args.timeout_ms);
-    if args.engine == RunEngine::Bochs {
-        anyhow::ensure!(
-            !args.trace,
-            "--trace needs the soft engine: L0 drains L1's trace ring from L1's memory while L1 runs, \
-             and Bochs' memory is not L0's to read during a run"
-        );
-        let config = BochsConfig {
-            model: args.cpu_model,
-            timeout,
-            payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
-            keep_dir: args.keep_bochs_dir,
-            ..BochsConfig::default()
-        };
-        let model = l0::bochs::run::preflight(&config)?;
-        emit_hello(args.timeout_ms, |h| {
-            h.engine = Some(Engine::Bochs);
-            h.cpu_model = Some(model.name.to_owned());
-            h.payload = Some(manifest.name.to_owned());
-            h.iterations = Some(iterations);
-        });
-        let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
-        return run_bochs(&config, &l1);
-    }
-    let kvm_engine_hello = args.engine == RunEngine::Kvm;
-    emit_hello(args.timeout_ms, |h| {
-        h.engine = Some(if args.single_level {
-            Engine::SingleLevel
-        } else if kvm_engine_hello {
-            Engine::Kvm
-        } else {
-            Engine::Soft
-        });
+    let timeout = Duration::from_millis(req.timeout_ms);
+    let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
+    let kind = req.engine.engine();
+    let (engine, trace) = match req.engine {
+        EngineRequest::Bochs { cpu_model } => {
+            let config = BochsConfig {
+                model: cpu_model,
+                timeout,
+                payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
+                keep_dir: args.keep_bochs_dir,
+                ..BochsConfig::default()
+            };
+            let model = l0::bochs::run::preflight(&config)?;
+            emit_hello(req.timeout_ms, |h| {
+                h.engine = Some(Engine::Bochs);
+                h.cpu_model = Some(model.name.to_owned());
+                h.payload = Some(manifest.name.to_owned());
+                h.iterations = Some(iterations);
+            });
+            return run_bochs(&config, &l1);
+        }
+        EngineRequest::SingleLevel => {
+            emit_hello(req.timeout_ms, |h| {
+                h.engine = Some(Engine::SingleLevel);
+                h.payload = Some(manifest.name.to_owned());
+                h.iterations = Some(iterations);
+                h.vmcs_shadowing = Some(false);
+                h.trace = Some(false);
+            });
+            let r = l0::single_level::run(&args.kvm, &elf, manifest.cpl, iterations, 0, timeout)
+                .context("running the payload single-level")?;
+            let ok = r.status == 0 && r.problem.is_none() && r.results.as_ref().is_some_and(|x| x.failures == 0);
+            emit(&Event::End(End { report: None, single_level: Some(r) }));
+            return Ok(ok);
+        }
+        EngineRequest::Soft { vmcs_shadowing, trace } => {
+            if let l2_payloads::Support::Unsupported { reason } = manifest.soft_engine {
+                anyhow::bail!("payload {} cannot run on the soft engine: {reason}", manifest.name);
+            }
+            (EngineConfig::Soft(SoftConfig { vmcs_shadowing }), trace)
+        }
+        EngineRequest::Kvm { tracepoints } => (EngineConfig::Kvm { tracepoints }, None),
+    };
+    emit_hello(req.timeout_ms, |h| {
+        h.engine = Some(kind);
         h.payload = Some(manifest.name.to_owned());
         h.iterations = Some(iterations);
-        h.vmcs_shadowing = Some(args.vmcs_shadowing == OnOff::On && !args.single_level && !kvm_engine_hello);
-        h.trace = Some(args.trace);
+        h.vmcs_shadowing = Some(matches!(engine, EngineConfig::Soft(SoftConfig { vmcs_shadowing: true })));
+        h.trace = Some(trace.is_some());
     });
-    if args.single_level {
-        let r = l0::single_level::run(&args.kvm, &elf, manifest.cpl, iterations, 0, timeout)
-            .context("running the payload single-level")?;
-        let ok = r.status == 0 && r.problem.is_none() && r.results.as_ref().is_some_and(|x| x.failures == 0);
-        emit(&Event::End(End { report: None, single_level: Some(r) }));
-        return Ok(ok);
-    }
-    let kvm_engine = args.engine == RunEngine::Kvm;
-    anyhow::ensure!(
-        !(kvm_engine && args.trace),
-        "--trace needs the soft engine (the kvm engine has KVM's tracepoints instead)"
-    );
-    if let (false, l2_payloads::Support::Unsupported { reason }) = (kvm_engine, manifest.soft_engine) {
-        anyhow::bail!("payload {} cannot run on the soft engine: {reason}", manifest.name);
-    }
     let config = MachineConfig {
         kvm_path: args.kvm,
         timeout,
-        engine: if kvm_engine {
-            EngineConfig::Kvm { tracepoints: args.kvm_tracepoints == OnOff::On }
-        } else {
-            EngineConfig::Soft(SoftConfig { vmcs_shadowing: args.vmcs_shadowing == OnOff::On })
-        },
+        engine,
         payload: Some(l0::machine::PayloadSpec::of(manifest, iterations, 0)),
         memslot_limit: args.memslot_limit.map(|n| n as usize),
-        trace: args.trace.then(|| TraceConfig {
-            capacity: args.trace_capacity.unwrap_or(nestbench_abi::trace::L1_RING_CAPACITY),
-            drain_at_end: args.trace_drain_at_end,
+        trace: trace.map(|t| TraceConfig {
+            capacity: t.capacity.unwrap_or(nestbench_abi::trace::L1_RING_CAPACITY),
+            drain_at_end: t.drain_at_end,
         }),
         ..MachineConfig::default()
     };
-    let l1 = args.l1.unwrap_or_else(l0::images::l1_elf);
     let machine = Machine::new(config, &Image::Elf(l1)).context("setting up the L1 VM")?;
     let mut payload_ok = false;
     let report = machine.run(|ev| {
@@ -441,6 +471,44 @@ fn main() {
             emit(&Event::Error { message: message.clone() });
             eprintln!("nestbench-l0: error: {message}");
             std::process::exit(2);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The orchestrator's side of the run request and this binary's are the same type: every
+    /// engine's `args()` parses back into the request it came from.
+    #[test]
+    fn every_run_request_parses_back_to_itself() {
+        let m = l2_payloads::find("outl").expect("outl");
+        let trace = TraceRequest { capacity: Some(64), drain_at_end: true };
+        for engine in [
+            EngineRequest::Soft { vmcs_shadowing: true, trace: None },
+            EngineRequest::Soft { vmcs_shadowing: false, trace: Some(trace) },
+            EngineRequest::Soft { vmcs_shadowing: true, trace: Some(TraceRequest::default()) },
+            EngineRequest::Kvm { tracepoints: false },
+            EngineRequest::Kvm { tracepoints: true },
+            EngineRequest::Bochs { cpu_model: "corei7_skylake_x".into() },
+            EngineRequest::SingleLevel,
+        ] {
+            let req = RunRequest { payload: m.name.into(), iterations: m.iterations(123), timeout_ms: 4567, engine };
+            let argv = std::iter::once("nestbench-l0".to_owned()).chain(req.args());
+            let Cmd::Run(args) = Cli::try_parse_from(argv).expect("parses").cmd else { panic!("not a run") };
+            assert_eq!(args.request(m).expect("valid"), req);
+        }
+    }
+
+    #[test]
+    fn a_trace_on_another_engine_is_refused_with_the_reason() {
+        let m = l2_payloads::find("outl").expect("outl");
+        for (engine, why) in [("kvm", "tracepoints"), ("bochs", "Bochs' memory")] {
+            let argv = ["nestbench-l0", "run", "--payload", "outl", "--engine", engine, "--trace"];
+            let Cmd::Run(args) = Cli::try_parse_from(argv).expect("parses").cmd else { panic!("not a run") };
+            let e = args.request(m).expect_err("refused").to_string();
+            assert!(e.starts_with("--trace needs the soft engine") && e.contains(why), "{e}");
         }
     }
 }
