@@ -7,7 +7,8 @@
 //! * `soft`: nested with VMCS shadowing on and off, and the single-level twin (the same image
 //!   as a plain KVM guest of L0), unless the manifest says the soft engine cannot run it;
 //! * `bochs` (when installed): L1 as root hypervisor, figures in instructions per iteration;
-//! * `kvm`: skipped with doctor's reason until the engine is built.
+//! * `kvm` (where the host's KVM offers nested VMX): L1 on KVM's nVMX, with KVM's own exit
+//!   counts; elsewhere skipped with doctor's reason.
 //!
 //! Timing: iterations are doubled from `start_iterations` until one run's loop spans at least
 //! 2^k cycles (judged as the fastest iteration times the count, so a preempted iteration does

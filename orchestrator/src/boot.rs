@@ -40,7 +40,7 @@ pub struct BootDoc<'a> {
     pub l0_stderr: Option<&'a str>,
     /// The emulated host it ran on (`--host`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<serde_json::Value>,
+    pub host: Option<crate::hosts::HostDoc>,
 }
 
 /// The `boot --json` document of `run`.

@@ -516,8 +516,8 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
         }
         let inv = hosts::Invocation { args, deadline: Duration::from_millis(a.timeout_ms), files: Vec::new() };
         let s = on_host(&host, &host_opts, &l0, std::slice::from_ref(&inv), |_, _| {})?;
-        let boot = serde_json::json!({ "name": host.name(), "boot": s.boot, "facts": s.host });
-        (s.runs.into_iter().next().unwrap_or_default(), Some(boot))
+        let doc = hosts::HostDoc::of(&host, &s);
+        (s.runs.into_iter().next().unwrap_or_default(), Some(doc))
     };
     if a.json {
         let mut j = boot::to_json(&run);
@@ -525,14 +525,7 @@ fn boot(a: BootArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&j)?);
     } else {
         if let Some(h) = &session_host {
-            let b = &h["boot"];
-            println!(
-                "host           {}, kernel {}, {} {}",
-                h["name"].as_str().unwrap_or("?"),
-                b["kernel_release"].as_str().unwrap_or("?"),
-                b["kvm_module"].as_str().unwrap_or("?"),
-                b["kvm_module_params"].as_str().unwrap_or("?")
-            );
+            println!("host           {}", h.summary());
         }
         print!("{}", boot::render(&run));
     }
@@ -580,6 +573,13 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     let req = RunRequest { payload: m.name.into(), iterations, timeout_ms: a.timeout_ms, engine };
     let args = req.args();
     let (host, host_opts) = a.host.resolve()?;
+    if host != hosts::HostSpec::Local && a.engine == Engine::Bochs {
+        anyhow::bail!(
+            "--engine bochs runs L1 on Bochs on this machine, not on a KVM host: it does not combine with --host {} \
+             (on an emulated host, L1 runs on its KVM: --engine kvm)",
+            host.name()
+        );
+    }
     if host != hosts::HostSpec::Local && a.trace.trace.is_some() {
         anyhow::bail!(
             "--trace is not available with --host {}: nestbench does not carry trace batches out of an emulated host yet",
@@ -595,12 +595,11 @@ fn run_payload(a: RunArgs) -> anyhow::Result<i32> {
     let session = on_host(&host, &host_opts, &l0, std::slice::from_ref(&inv), |_, i| {
         sink.on(i);
     })?;
+    let host_doc = (host != hosts::HostSpec::Local).then(|| hosts::HostDoc::of(&host, &session));
     let child = session.runs.into_iter().next().unwrap_or_default();
     let traced = a.trace.trace.is_some().then(|| sink.finish(&child));
     let mut j = run::RunDoc::of(&child, req.engine.engine(), m.name, iterations, a.vmcs_shadowing == OnOff::On);
-    if host != hosts::HostSpec::Local {
-        j.host = Some(serde_json::json!({ "name": host.name(), "boot": session.boot, "facts": session.host }));
-    }
+    j.host = host_doc;
     let mut trace_ok = true;
     if let Some((end, path, agg)) = &traced {
         trace_ok = end["complete"] == true && path.is_some();

@@ -282,7 +282,7 @@ pub struct RunDoc {
     pub error: Option<String>,
     /// The emulated host it ran on (`--host`).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub host: Option<Value>,
+    pub host: Option<crate::hosts::HostDoc>,
     /// The exit trace (`--trace`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<Value>,
@@ -517,18 +517,15 @@ pub fn render(j: &RunDoc) -> String {
             _ => String::new(),
         }
     );
-    if let Some(h) = j.host.as_ref().map(|h| &h["boot"]) {
-        if let Some(name) = h["host"].as_str() {
-            let _ = writeln!(
-                s,
-                "  host           {name}, kernel {}, {} {}; boot to ready {:.1} s, session {:.1} s wall",
-                h["kernel_release"].as_str().unwrap_or("?"),
-                h["kvm_module"].as_str().unwrap_or("?"),
-                h["kvm_module_params"].as_str().unwrap_or("?"),
-                h["boot_to_ready_s"].as_f64().unwrap_or(f64::NAN),
-                h["session_s"].as_f64().unwrap_or(f64::NAN)
-            );
-        }
+    if let Some(h) = &j.host {
+        let (ready, session) = h.boot.as_ref().map_or((None, f64::NAN), |b| (b.boot_to_ready_s, b.session_s));
+        let _ = writeln!(
+            s,
+            "  host           {}; boot to ready {:.1} s, session {:.1} s wall",
+            h.summary(),
+            ready.unwrap_or(f64::NAN),
+            session
+        );
     }
     let lat = j.latency();
     let _ = writeln!(

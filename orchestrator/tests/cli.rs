@@ -160,6 +160,10 @@ fn run_refuses_bad_input_clearly() {
     let (code, _, err) = nestbench(&["run", "--payload", "outl", "--iterations", "0"]);
     assert_ne!(code, Some(0));
     assert!(err.contains("--iterations"), "{err}");
+    // Refused by the orchestrator before any emulated host boots: there is no Bochs inside one.
+    let (code, _, err) = nestbench(&["run", "--engine", "bochs", "--host", "qemu", "--payload", "outl"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("does not combine with --host qemu"), "{err}");
 }
 
 #[test]

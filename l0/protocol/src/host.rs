@@ -47,7 +47,7 @@ pub struct Cpl0Probe {
 }
 
 /// Everything `doctor` reports about the host.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostFacts {
     /// /proc/cpuinfo "model name".
     pub cpu_model: String,

@@ -179,6 +179,32 @@ pub struct Session {
     pub boot: Option<emulated::BootFigures>,
 }
 
+/// The emulated host a run ran on, as the `run` and `boot` documents carry it (`--json`).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct HostDoc {
+    /// `bochs:<model>` or `qemu`.
+    pub name: String,
+    /// How its boot and session went.
+    pub boot: Option<emulated::BootFigures>,
+    /// Its facts, from inside it.
+    pub facts: Option<nestbench_protocol::host::HostFacts>,
+}
+
+impl HostDoc {
+    /// The document of `session` on `host`.
+    #[must_use]
+    pub fn of(host: &HostSpec, session: &Session) -> Self {
+        Self { name: host.name(), boot: session.boot.clone(), facts: session.host.clone() }
+    }
+
+    /// One line for a person: name, kernel, KVM module and its parameters.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let b = self.boot.clone().unwrap_or_default();
+        format!("{}, kernel {}, {} {}", self.name, b.kernel_release, b.kvm_module, b.kvm_module_params)
+    }
+}
+
 /// How l0 invocations reach a host and their streams come back: the only thing that differs
 /// between hosts. Each implementation hands every line of every run's stream to
 /// [`ChildRun::take_line`], so a run is the same [`ChildRun`] wherever it ran; a new kind of

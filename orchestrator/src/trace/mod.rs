@@ -24,27 +24,16 @@ pub enum DecodeError {
     /// Not the documented JSON.
     #[error("trace line is not the documented JSON: {0}")]
     Json(String),
-    /// `records` is not base64.
-    #[error("trace records are not base64: {0}")]
-    Base64(String),
-    /// Not a whole number of 64-byte records, or not `count` of them.
-    #[error("trace batch says {count} records but carries {bytes} bytes")]
-    Length {
-        /// `count`.
-        count: usize,
-        /// Decoded bytes.
-        bytes: usize,
-    },
+    /// Its records do not decode.
+    #[error(transparent)]
+    Records(#[from] BatchError),
 }
 
 /// Decode one `trace` line of the l0 stream (docs/event-stream.md "Traces") with the
 /// protocol's decoding, borrowing the base64 text instead of copying it.
 pub fn decode_line(line: &str) -> Result<Batch, DecodeError> {
     let w: WireBatch<'_> = serde_json::from_str(line).map_err(|e| DecodeError::Json(e.to_string()))?;
-    TraceBatch::try_from(w).map_err(|e| match e {
-        BatchError::Base64(s) => DecodeError::Base64(s),
-        BatchError::Length { count, bytes } => DecodeError::Length { count, bytes },
-    })
+    Ok(TraceBatch::try_from(w)?)
 }
 
 pub use nestbench_protocol::reason_name;
@@ -275,11 +264,11 @@ mod tests {
         assert_eq!(decode_line(&line), Ok(Batch { dropped_total: 3, l0, records }));
         assert!(matches!(
             decode_line(r#"{"event":"trace","count":1,"dropped_total":0,"records":"AAAA"}"#),
-            Err(DecodeError::Length { .. })
+            Err(DecodeError::Records(BatchError::Length { .. }))
         ));
         assert!(matches!(
             decode_line(r#"{"event":"trace","count":0,"dropped_total":0,"records":"!"}"#),
-            Err(DecodeError::Base64(_))
+            Err(DecodeError::Records(BatchError::Base64(_)))
         ));
         assert!(matches!(decode_line(r#"{"event":"trace"}"#), Err(DecodeError::Json(_))));
     }
