@@ -264,7 +264,9 @@ pub fn markdown(s: &Summary, cmp: Option<&Comparison>) -> String {
              handler and KVM's handling of L1's exits); L2: inside L2's KVM_RUN (L2's code and KVM's entries and \
              exits of L2's VM). Counts are exact. Boot share: the part of a repetition's wall time its iterations \
              do not explain. \"too noisy\": a layer's difference came out negative (a fixed cost that varies between \
-             runs more than the cost per exit); each repetition's layer times are in summary.json.\n",
+             runs more than the cost per exit); each repetition's layer times are in summary.json. The sum is \
+             below the measured round trip: l0's work outside the three windows (exits it handles without L1, \
+             serving L1's VMREAD/VMWRITE hypercalls with shadowing off, draining the trace) is in no column.\n",
             crate::bench::STEADY_RUNS
         );
         m.push_str(&layers_table(s));
