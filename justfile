@@ -24,7 +24,7 @@ boot *ARGS:
 
 # Every payload on every engine this host can run (VMCS shadowing on and off, the single-level
 # twin, Bochs), calibrated, warmed up, repeated; writes results/runs/<timestamp>-<host>/
-# (summary.json, report.md, dashboard.html) and compares against results/baseline/.
+# (summary.json, report.md, dashboard.html) and compares against results/baseline/<profile>/.
 # The nested benchmark (`nestbench bench`); `just bench-nested --quick` is the CI profile.
 bench-nested *ARGS:
     cargo build --quiet --workspace --release

@@ -861,7 +861,7 @@ pub struct BenchConfig {
     pub quick: bool,
     /// Where runs go (`results/runs`).
     pub out: PathBuf,
-    /// The baseline directory (`results/baseline`) and whether the user named it (then it
+    /// The baseline directory (`results/baseline/<profile>`) and whether the user named it (then it
     /// must exist and be readable); `None`: compare with nothing.
     pub baseline: Option<(PathBuf, bool)>,
     /// `--engines`.

@@ -492,6 +492,16 @@ fn emulated_verdicts(base: &Summary, new: &Summary, out: &mut Vec<Verdict>) {
                 continue;
             };
             let nr = n.rows.iter().find(|r| r.payload == br.payload && r.n == br.n);
+            if nr.is_none() && n.error.is_none() && !new.partial {
+                // The host ran to its end without this payload: the new run did not select it.
+                let v = verdict("configuration", json!("ok"), Value::Null, Kind::Incomparable, String::new());
+                out.push(v.not_compared(
+                    Kind::Incomparable,
+                    "not selected in the new run",
+                    "not in the new run".into(),
+                ));
+                continue;
+            }
             let Some(nr) = nr.filter(|r| r.error.is_none()) else {
                 let why = nr
                     .and_then(|r| r.error.clone())
@@ -796,6 +806,20 @@ pub(crate) mod tests {
         let v = c.verdicts.iter().find(|v| v.metric == "configuration").unwrap();
         assert_eq!(v.verdict, Kind::Regression);
         assert!(v.why.contains("KVM refused"), "{}", v.why);
+        new.emulated_hosts = vec![emulated(17_622.8, None)];
+        new.emulated_hosts[0].rows.clear();
+        let c = compare(&base, &new, &[]);
+        let v = c.verdicts.iter().find(|v| v.metric == "configuration").unwrap();
+        assert_eq!(
+            (v.verdict, v.group),
+            (Kind::Incomparable, "not selected in the new run"),
+            "a payload the new run did not select on a host that ran to its end: {}",
+            v.why
+        );
+        new.partial = true;
+        let c = compare(&base, &new, &[]);
+        assert_eq!(c.regressions(), 1, "the same payload missing from a partial run: {}", render(&c));
+        new.partial = false;
         new.emulated_hosts.clear();
         let c = compare(&base, &new, &[]);
         assert_eq!(c.regressions(), 0, "a host the new run did not measure is not comparable, not a regression");

@@ -59,7 +59,7 @@ enum Cmd {
     /// The nested benchmark: every payload on every engine this host can run (VMCS shadowing
     /// on and off, the single-level twin, Bochs), calibrated, warmed up and repeated; writes
     /// results/runs/<timestamp>-<host>/ (summary.json, report.md, dashboard.html, exports)
-    /// and compares against results/baseline/ when there is one.
+    /// and compares against results/baseline/<profile>/ when there is one.
     Bench(BenchArgs),
     /// Compare two runs (run directories or summary.json files): a noise-aware verdict per
     /// metric; exits 1 on a significant regression (a configuration that worked in BASE and
@@ -134,8 +134,8 @@ struct BenchArgs {
     /// Where run directories go.
     #[arg(long, default_value = "results/runs")]
     out: PathBuf,
-    /// The baseline to compare against, or `none` [default: results/baseline, when it has a
-    /// summary.json]. Compared only when host class, kernel and profile match; a baseline
+    /// The baseline to compare against, or `none` [default: results/baseline/full, or
+    /// results/baseline/quick with --quick, when it has a summary.json]. Compared only when host class, kernel and profile match; a baseline
     /// named here must exist.
     #[arg(long, value_name = "DIR")]
     baseline: Option<PathBuf>,
@@ -828,7 +828,8 @@ fn bench_cmd(mut a: BenchArgs) -> anyhow::Result<i32> {
         baseline: match &a.baseline {
             Some(p) if p.as_os_str() == "none" => None,
             Some(p) => Some((p.clone(), true)),
-            None => Some((PathBuf::from("results/baseline"), false)),
+            // One baseline per profile: a quick run never compares with a full one.
+            None => Some((PathBuf::from("results/baseline").join(if a.quick { "quick" } else { "full" }), false)),
         },
         engines: if one_host.is_some() { Some(Vec::new()) } else { a.engines },
         payloads: a.payloads,

@@ -64,7 +64,7 @@ pub struct Summary {
     pub results: Vec<ConfigResult>,
     /// What was not run, with the reason.
     pub skipped: Vec<Skipped>,
-    /// The comparison against `results/baseline/` when there was one.
+    /// The comparison against `results/baseline/<profile>/` when there was one.
     pub baseline: Option<BaselineRef>,
     /// L1 instructions per iteration on several Bochs CPU generations (when bochs ran): one
     /// run per model and payload, exact counts, no repetitions needed.
