@@ -454,6 +454,11 @@ impl VcpuThread {
             let kvm = crate::vm::open_kvm(&self.config.kvm_path)?;
             let mut soft = SoftVmx::new(cfg.vmcs_shadowing);
             soft.set_memslot_limit(self.config.memslot_limit);
+            // L1's CPUID is KVM's supported set (x86_setup::guest_cpuid keeps leaf 80000008H).
+            let supported = kvm
+                .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+                .map_err(|e| MachineError::Setup(format!("KVM_GET_SUPPORTED_CPUID (L1's MAXPHYADDR): {e}")))?;
+            soft.set_maxphyaddr(crate::x86_setup::maxphyaddr(&supported));
             // Before binding L1's vCPU: the probe's vCPUs bind to this thread too.
             let host = crate::soft::host_exits::probe(&self.config.kvm_path).map_err(MachineError::Setup)?;
             soft.set_host_exits(host);

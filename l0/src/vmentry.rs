@@ -138,8 +138,7 @@ pub struct CaseDoc {
     /// VM-entry MSR-load entries (L1 places them and sets the count and address).
     #[serde(default)]
     pub msr_load: Vec<MsrLoadDoc>,
-    /// The instructions: `vmlaunch`, `vmresume`, `vmclear`, `vmptrld`, `vmptrld_unaligned`,
-    /// `vmptrld_vmxon`, `vmptrld_bad_revision`.
+    /// The instructions, by their names in [`Step::NAMES`].
     pub steps: Vec<String>,
     /// What the SDM says should happen.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -158,19 +157,6 @@ pub const FAMILIES: [&str; 9] = [
     "vmcs_link_pointer",
     "vmx_instruction",
 ];
-
-fn step(name: &str) -> Option<Step> {
-    Some(match name {
-        "vmlaunch" => Step::VmLaunch,
-        "vmresume" => Step::VmResume,
-        "vmclear" => Step::VmClear,
-        "vmptrld" => Step::VmPtrLd,
-        "vmptrld_unaligned" => Step::VmPtrLdUnaligned,
-        "vmptrld_vmxon" => Step::VmPtrLdVmxon,
-        "vmptrld_bad_revision" => Step::VmPtrLdBadRevision,
-        _ => return None,
-    })
-}
 
 fn need_bit(name: &str) -> Option<u32> {
     Some(match name {
@@ -214,7 +200,7 @@ impl CaseDoc {
             })?;
         }
         for (i, s) in self.steps.iter().enumerate() {
-            c.steps[i] = step(s).ok_or_else(|| format!("steps[{i}]: unknown instruction {s:?}"))? as u32;
+            c.steps[i] = Step::from_name(s).ok_or_else(|| format!("steps[{i}]: unknown instruction {s:?}"))? as u32;
         }
         for (i, w) in self.writes.iter().enumerate() {
             let enc64 = w.field.get();
@@ -278,6 +264,20 @@ mod tests {
 
     fn err(text: &str) -> String {
         parse("t.json", text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_schema_names_every_step() {
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../vmentry/case.schema.json")).expect("the schema is JSON");
+        let names: Vec<&str> = schema["properties"]["steps"]["items"]["enum"]
+            .as_array()
+            .expect("steps.items.enum")
+            .iter()
+            .filter_map(serde_json::Value::as_str)
+            .collect();
+        let ours: Vec<&str> = Step::NAMES.iter().map(|(_, n)| *n).collect();
+        assert_eq!(names, ours);
     }
 
     #[test]

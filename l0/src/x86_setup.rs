@@ -146,6 +146,13 @@ pub fn guest_cpuid(supported: &CpuId, l0_features: u32) -> CpuId {
     CpuId::from_entries(&entries).expect("fewer CPUID entries than KVM returned, plus two")
 }
 
+/// The physical-address width (MAXPHYADDR) `cpuid` shows: CPUID.80000008H:EAX[7:0], or 36
+/// where the leaf is absent (SDM Vol. 3A 4.1.4).
+#[must_use]
+pub fn maxphyaddr(cpuid: &CpuId) -> u32 {
+    cpuid.as_slice().iter().find(|e| e.function == 0x8000_0008).map_or(36, |e| e.eax & 0xFF)
+}
+
 /// IA32_MTRR_DEF_TYPE: MTRRs enabled (bit 11), default type write-back (6)
 /// (SDM 13.11.2.1), so a guest that derives memory types from MTRRs picks WB.
 pub const MTRR_DEF_TYPE_WB: u64 = (1 << 11) | 6;

@@ -4,11 +4,15 @@
 //! Each case runs in its own boot, so a case that hangs or kills the guest cannot touch the
 //! next one.
 
+use nestbench_abi::Pod;
 use nestbench_abi::boot::Scenario;
-use nestbench_abi::controls::{pin, proc2};
+use nestbench_abi::controls::{pin, proc1, proc2};
+use nestbench_abi::report::ReportKind;
 use nestbench_abi::report::{Verdict, VerdictKind};
 use nestbench_abi::vmcs::{self, Field32, Field64};
-use nestbench_abi::vmentry::{CASE_GPA, Case, Step, WriteOp, apply, need};
+use nestbench_abi::vmentry::{
+    CASE_GPA, Case, CaseCapabilities, Step, UNSUPPORTED_FIELD, WriteOp, apply, need, outside,
+};
 
 use crate::ept_builder::FrameMemory;
 use crate::l2::L1Frames;
@@ -31,6 +35,42 @@ pub fn missing_needs(needs: u32, caps: &VmxCaps) -> u32 {
     has(need::UNRESTRICTED_GUEST, caps.proc2.may_be_one & proc2::UNRESTRICTED_GUEST != 0)
         | has(need::VMCS_SHADOWING, caps.proc2.may_be_one & proc2::VMCS_SHADOWING != 0)
         | has(need::PREEMPTION_TIMER, caps.pin.may_be_one & pin::PREEMPTION_TIMER != 0)
+}
+
+/// The values of the fields [`outside_capabilities`] looks at, as the case leaves them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CaseControls {
+    /// Pin-based controls.
+    pub pin: u32,
+    /// Primary processor-based controls.
+    pub proc1: u32,
+    /// Secondary processor-based controls.
+    pub proc2: u32,
+    /// VM-exit controls.
+    pub exit: u32,
+    /// VM-entry controls.
+    pub entry: u32,
+    /// Guest activity state.
+    pub activity: u32,
+}
+
+/// The [`outside`] bits of `c` under `caps`: each control field outside its capability MSR
+/// (SDM 27.2.1.1; the secondary controls only when "activate secondary controls" is 1), and an
+/// activity state of 1-3 that IA32_VMX_MISC[8:6] does not list (27.3.1.5, A.6).
+#[must_use]
+pub fn outside_capabilities(c: &CaseControls, caps: &VmxCaps) -> u32 {
+    let bit = |b: u32, bad: bool| if bad { b } else { 0 };
+    let proc2_on = c.proc1 & proc1::ACTIVATE_SECONDARY_CONTROLS != 0;
+    let activity_listed = match c.activity {
+        1..=3 => caps.misc & 1 << (5 + c.activity) != 0,
+        _ => true,
+    };
+    bit(outside::PIN_CONTROLS, caps.pin.check(c.pin).is_err())
+        | bit(outside::PROC_CONTROLS, caps.proc1.check(c.proc1).is_err())
+        | bit(outside::PROC2_CONTROLS, proc2_on && caps.proc2.check(c.proc2).is_err())
+        | bit(outside::EXIT_CONTROLS, caps.exit.check(c.exit).is_err())
+        | bit(outside::ENTRY_CONTROLS, caps.entry.check(c.entry).is_err())
+        | bit(outside::ACTIVITY_STATE, !activity_listed)
 }
 
 /// Run the case L0 placed at [`CASE_GPA`] (or, `baseline_only`, print the baseline VMCS).
@@ -103,6 +143,19 @@ fn run_on<B: VmxBackend>(
             verdict_of(SCENARIO, Err(e));
         }
     }
+    // What the engine's capability MSRs say of the case's VMCS: the expected verdict follows
+    // them (nestbench compares it with the case's `expect` adjusted so).
+    let mut read = |f: Field32| b.read32(f).unwrap_or(0);
+    let controls = CaseControls {
+        pin: read(Field32::PinBasedVmExecControl),
+        proc1: read(Field32::PrimaryProcBasedVmExecControl),
+        proc2: read(Field32::SecondaryProcBasedVmExecControl),
+        exit: read(Field32::VmExitControls),
+        entry: read(Field32::VmEntryControls),
+        activity: read(Field32::GuestActivityState),
+    };
+    let report = CaseCapabilities { outside: outside_capabilities(&controls, &ready.caps), reserved: 0 };
+    crate::hypercall::report(ReportKind::CaseCapabilities, report.as_bytes());
     // A region with the wrong revision identifier, for VmPtrLdBadRevision (SDM 31.3 VMPTRLD).
     let Some(bad_revision) = mem.alloc_zeroed_page() else { return out() };
     mem.write_u64(bad_revision, u64::from(ready.caps.basic.revision_id() ^ 1));
@@ -111,6 +164,10 @@ fn run_on<B: VmxBackend>(
     // and `b` made it current.
     let mut vcpu = unsafe { VmxVcpu::new(b, frame) };
     let (vmcs, vmxon) = (ready.vmcs, ready.vmxon);
+    // Addresses at the edge of the physical-address width L1 is shown: the first beyond it,
+    // and the last page below it (far above any memory this machine gives L1).
+    let beyond = 1u64 << crate::x86::maxphyaddr();
+    let unbacked = beyond - 4096;
     // The steps in order; the last one's result (or the first failure) is the verdict. An
     // entry that exits ends the case at an entry failure, else the next step runs, or the
     // exit's reason is the verdict after the last.
@@ -131,6 +188,15 @@ fn run_on<B: VmxBackend>(
             Step::VmPtrLdUnaligned => vcpu.backend().vmptrld(vmcs + 8),
             Step::VmPtrLdVmxon => vcpu.backend().vmptrld(vmxon),
             Step::VmPtrLdBadRevision => vcpu.backend().vmptrld(bad_revision),
+            Step::VmPtrLdUnbacked => vcpu.backend().vmptrld(unbacked),
+            Step::VmPtrLdBeyondWidth => vcpu.backend().vmptrld(beyond),
+            Step::VmClearUnaligned => vcpu.backend().vmclear(vmcs + 8),
+            Step::VmClearVmxon => vcpu.backend().vmclear(vmxon),
+            Step::VmClearBeyondWidth => vcpu.backend().vmclear(beyond),
+            Step::VmClearUnbacked => vcpu.backend().vmclear(unbacked),
+            Step::VmxOnInRoot => vcpu.backend().vmxon(vmxon),
+            Step::VmReadUnsupported => vcpu.backend().vmread(UNSUPPORTED_FIELD).map(|_| ()),
+            Step::VmWriteUnsupported => vcpu.backend().vmwrite(UNSUPPORTED_FIELD, 0),
         };
         if r.is_err() || last {
             verdict_of(SCENARIO, r);
@@ -155,5 +221,30 @@ mod tests {
             need::UNRESTRICTED_GUEST | need::VMCS_SHADOWING
         );
         assert_eq!(missing_needs(0, &none), 0);
+    }
+
+    #[test]
+    fn controls_and_activity_states_outside_the_capability_msrs_are_named() {
+        let caps = VmxCaps::read(fixtures::kvm_nested_skylake);
+        let ok = CaseControls {
+            pin: caps.pin.must_be_one,
+            proc1: caps.proc1.must_be_one | proc1::ACTIVATE_SECONDARY_CONTROLS,
+            proc2: 0,
+            exit: caps.exit.must_be_one,
+            entry: caps.entry.must_be_one,
+            activity: 0,
+        };
+        assert_eq!(outside_capabilities(&ok, &caps), 0);
+        let no_pin_default1 = CaseControls { pin: 0, ..ok };
+        assert_eq!(outside_capabilities(&no_pin_default1, &caps), outside::PIN_CONTROLS);
+        let proc2_beyond = CaseControls { proc2: !caps.proc2.may_be_one, ..ok };
+        assert_eq!(outside_capabilities(&proc2_beyond, &caps), outside::PROC2_CONTROLS);
+        let proc2_off = CaseControls { proc1: caps.proc1.must_be_one, ..proc2_beyond };
+        assert_eq!(outside_capabilities(&proc2_off, &caps), 0, "secondary controls unused");
+        let mut no_hlt = caps;
+        no_hlt.misc &= !(1 << 6);
+        let hlt = CaseControls { activity: 1, ..ok };
+        assert_eq!(outside_capabilities(&hlt, &no_hlt), outside::ACTIVITY_STATE);
+        assert_eq!(outside_capabilities(&CaseControls { activity: 4, ..ok }, &no_hlt), 0, "4 is reserved everywhere");
     }
 }

@@ -34,6 +34,13 @@ pub fn cpuid_count(leaf: u32, subleaf: u32) -> Cpuid {
     Cpuid { eax: r.eax, ebx: r.ebx, ecx: r.ecx, edx: r.edx }
 }
 
+/// The physical-address width (MAXPHYADDR): CPUID.80000008H:EAX[7:0], or 36 where the leaf is
+/// absent (SDM Vol. 3A 4.1.4).
+#[must_use]
+pub fn maxphyaddr() -> u32 {
+    if cpuid(0x8000_0000).eax >= 0x8000_0008 { cpuid(0x8000_0008).eax & 0xFF } else { 36 }
+}
+
 /// Where the #GP handler resumes a faulting [`rdmsr_safe`]; 0 when no RDMSR is in flight.
 static RECOVERY_RIP: AtomicU64 = AtomicU64::new(0);
 

@@ -192,6 +192,7 @@ pub fn event_name(e: &Event) -> &'static str {
         Event::Probe(_) => "probe",
         Event::Verdict { .. } => "verdict",
         Event::PayloadRun(_) => "payload_run",
+        Event::CaseCapabilities { .. } => "case_capabilities",
         Event::Note { .. } => "note",
         Event::HypercallError { .. } => "hypercall_error",
         Event::TraceStart { .. } => "trace_start",

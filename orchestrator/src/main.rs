@@ -731,12 +731,24 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
     }
     let print = |r: &vmentry::CaseResult| {
         if !a.json {
+            let differs = match (r.as_expected, r.expect_here.as_ref().or(r.expect.as_ref())) {
+                (Some(false), Some(e)) => format!("  (expected {})", vmentry::describe(e)),
+                _ => String::new(),
+            };
             println!(
-                "{:<44} {:<20} {}",
+                "{:<44} {:<20} {}{differs}",
                 r.name.as_deref().unwrap_or(&r.file),
                 r.family.as_deref().unwrap_or("-"),
                 r.outcome.short()
             );
+            if r.expect_here.is_some() {
+                println!(
+                    "{:<44} {:<20}   outside this engine's capability MSRs: {} (the SDM's verdict follows them)",
+                    "",
+                    "",
+                    r.outside_capabilities.join(", ")
+                );
+            }
             for c in &r.bochs_checks {
                 println!("{:<44} {:<20}   bochs: {c}", "", "");
             }
@@ -752,7 +764,13 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
         );
     } else {
         let c: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
-        println!("{} cases on {engine}: {}", results.len(), c.join(", "));
+        let judged = results.iter().filter(|r| r.as_expected.is_some()).count();
+        let met = results.iter().filter(|r| r.as_expected == Some(true)).count();
+        println!(
+            "{} cases on {engine}: {}; {met} of {judged} with an expectation gave it",
+            results.len(),
+            c.join(", ")
+        );
     }
     Ok(i32::from(failed > 0))
 }

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use nestbench_protocol::events::{Event, Outcome as RunOutcome};
 use serde::Serialize;
-use serde_json::Value;
+
+use l0::vmentry::{ExpectDoc, Num};
 
 use crate::hosts::{EmulatedOptions, HostError, HostSpec, Invocation};
 use crate::l0_child::{self, ChildRun, Interruption};
@@ -136,7 +137,18 @@ pub struct CaseResult {
     /// What the engine did.
     pub outcome: Outcome,
     /// What the case says the SDM expects, if it says.
-    pub expect: Option<Value>,
+    pub expect: Option<ExpectDoc>,
+    /// The parts of the case's VMCS outside the engine's capability MSRs (L1's report).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outside_capabilities: Vec<String>,
+    /// `expect` as it applies on this engine, when its capability MSRs change it
+    /// ([`expectation_here`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expect_here: Option<ExpectDoc>,
+    /// Whether the outcome is the expected verdict (`expect_here`, else `expect`); absent
+    /// without an `expect`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub as_expected: Option<bool>,
     /// On Bochs: the log lines naming the failing check.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bochs_checks: Vec<String>,
@@ -147,7 +159,75 @@ impl CaseResult {
     fn take(&mut self, child: &ChildRun) {
         self.outcome = classify(child);
         self.bochs_checks = bochs_checks(child);
+        self.outside_capabilities = child
+            .events
+            .iter()
+            .find_map(|e| match e {
+                Event::CaseCapabilities { outside } => Some(outside.clone()),
+                _ => None,
+            })
+            .unwrap_or_default();
+        if let Some(e) = &self.expect {
+            let here = expectation_here(e, &self.outside_capabilities);
+            self.as_expected = Some(meets(&self.outcome, &here));
+            self.expect_here = (here != *e).then_some(here);
+        }
     }
+}
+
+/// The case's `expect` on an engine whose capability MSRs leave `outside` (L1's
+/// `case_capabilities` report) outside: a control they do not allow fails the entry with
+/// VMfailValid 7 (SDM 27.2.1.1, before the host-state and guest-state checks), and an
+/// activity state IA32_VMX_MISC does not list fails it with reason 33, qualification 0
+/// (27.3.1.5). Only verdicts of the entry checks change: 27.1's (VMfailValid 4, 5, ...) and
+/// the other instructions' come first or do not check.
+#[must_use]
+pub fn expectation_here(expect: &ExpectDoc, outside: &[String]) -> ExpectDoc {
+    let entry_check = match expect.kind.as_str() {
+        "entered" | "entry_failure" => true,
+        "fail_valid" => matches!(expect.error, Some(7 | 8)),
+        _ => false,
+    };
+    let is = |names: &[&str]| outside.iter().any(|o| names.contains(&o.as_str()));
+    let controls: Vec<&str> = nestbench_abi::vmentry::outside::NAMES
+        .iter()
+        .filter(|(bit, _)| bit & nestbench_abi::vmentry::outside::CONTROLS != 0)
+        .map(|(_, n)| *n)
+        .collect();
+    if entry_check && is(&controls) {
+        return ExpectDoc { kind: "fail_valid".into(), error: Some(7), exit_reason: None, qualification: None };
+    }
+    if expect.kind == "entered" && is(&["guest_activity_state"]) {
+        return ExpectDoc {
+            kind: "entry_failure".into(),
+            error: None,
+            exit_reason: Some(Num::Int(0x8000_0021)),
+            qualification: Some(Num::Int(0)),
+        };
+    }
+    expect.clone()
+}
+
+/// One line for an expectation, in [`Outcome::short`]'s words.
+#[must_use]
+pub fn describe(e: &ExpectDoc) -> String {
+    Outcome {
+        kind: e.kind.clone(),
+        error: e.error.map(u64::from),
+        exit_reason: e.exit_reason.map(Num::get),
+        qualification: e.qualification.map(Num::get),
+        detail: None,
+    }
+    .short()
+}
+
+/// Whether `o` is the verdict `e` describes (the fields `e` leaves out are not compared).
+#[must_use]
+pub fn meets(o: &Outcome, e: &ExpectDoc) -> bool {
+    o.kind == e.kind
+        && e.error.is_none_or(|x| o.error == Some(u64::from(x)))
+        && e.exit_reason.is_none_or(|x| o.exit_reason == Some(x.get()))
+        && e.qualification.is_none_or(|x| o.qualification == Some(x.get()))
 }
 
 /// The case files of `dir`, sorted.
@@ -245,6 +325,9 @@ impl CaseRunner {
             sdm: None,
             outcome: Outcome::other("malformed_case", String::new()),
             expect: None,
+            outside_capabilities: Vec::new(),
+            expect_here: None,
+            as_expected: None,
             bochs_checks: Vec::new(),
         };
         match doc {
@@ -252,7 +335,7 @@ impl CaseRunner {
                 r.name = Some(doc.name.clone());
                 r.family = Some(doc.family.clone());
                 r.sdm = Some(doc.sdm.clone());
-                r.expect = doc.expect.as_ref().and_then(|e| serde_json::to_value(e).ok());
+                r.expect.clone_from(&doc.expect);
             }
             Err(e) => r.outcome = Outcome::other("malformed_case", e),
         }
@@ -291,7 +374,45 @@ pub fn counts(results: &[CaseResult]) -> BTreeMap<String, usize> {
 
 #[cfg(test)]
 mod tests {
+    use serde_json::Value;
+
     use super::*;
+
+    fn expect(kind: &str, error: Option<u32>, reason: Option<u64>, q: Option<u64>) -> ExpectDoc {
+        ExpectDoc { kind: kind.into(), error, exit_reason: reason.map(Num::Int), qualification: q.map(Num::Int) }
+    }
+
+    #[test]
+    fn the_expectation_follows_the_engines_capability_msrs() {
+        let guest = expect("entry_failure", None, Some(0x8000_0021), Some(0));
+        let proc2 = vec!["secondary_proc_based_vm_exec_control".to_owned()];
+        assert_eq!(expectation_here(&guest, &[]), guest);
+        assert_eq!(expectation_here(&guest, &proc2), expect("fail_valid", Some(7), None, None));
+        let host = expect("fail_valid", Some(8), None, None);
+        assert_eq!(expectation_here(&host, &proc2), expect("fail_valid", Some(7), None, None));
+        // VMX-instruction errors come before the entry checks.
+        let launched = expect("fail_valid", Some(4), None, None);
+        assert_eq!(expectation_here(&launched, &proc2), launched);
+        let activity = vec!["guest_activity_state".to_owned()];
+        let entered = expect("entered", None, Some(30), None);
+        assert_eq!(expectation_here(&entered, &activity), expect("entry_failure", None, Some(0x8000_0021), Some(0)));
+        assert_eq!(expectation_here(&host, &activity), host, "host state is checked before the guest's");
+    }
+
+    #[test]
+    fn an_outcome_meets_the_fields_its_expectation_names() {
+        let o = Outcome {
+            kind: "entry_failure".into(),
+            error: None,
+            exit_reason: Some(0x8000_0021),
+            qualification: Some(2),
+            detail: None,
+        };
+        assert!(meets(&o, &expect("entry_failure", None, Some(0x8000_0021), Some(2))));
+        assert!(meets(&o, &expect("entry_failure", None, Some(0x8000_0021), None)));
+        assert!(!meets(&o, &expect("entry_failure", None, Some(0x8000_0021), Some(0))));
+        assert!(!meets(&o, &expect("fail_valid", Some(7), None, None)));
+    }
 
     fn child(events: Vec<Value>, interrupted: Option<Interruption>) -> ChildRun {
         let events = events.into_iter().map(|e| serde_json::from_value(e).expect("a protocol event")).collect();

@@ -25,7 +25,7 @@ fn run_dir(engine: &str, dir: &Path, extra: &[&str]) -> (Option<i32>, Value) {
     (code, serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}\n{err}")))
 }
 
-/// file name -> (outcome, expect)
+/// file name -> (outcome, whether it is the expected verdict on that engine)
 fn by_file(doc: &Value) -> BTreeMap<String, (Value, Value)> {
     doc["cases"]
         .as_array()
@@ -33,21 +33,15 @@ fn by_file(doc: &Value) -> BTreeMap<String, (Value, Value)> {
         .iter()
         .map(|c| {
             let f = Path::new(c["file"].as_str().unwrap()).file_name().unwrap().to_string_lossy().into_owned();
-            (f, (c["outcome"].clone(), c["expect"].clone()))
+            (f, (c["outcome"].clone(), c.clone()))
         })
         .collect()
 }
 
-fn num(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_str().and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()))
-}
-
-/// Whether an outcome is what the case's `expect` says.
-fn as_expected(outcome: &Value, expect: &Value) -> bool {
-    outcome["kind"] == expect["kind"]
-        && (expect["error"].is_null() || outcome["error"] == expect["error"])
-        && (expect["exit_reason"].is_null() || outcome["exit_reason"].as_u64() == num(&expect["exit_reason"]))
-        && (expect["qualification"].is_null() || outcome["qualification"].as_u64() == num(&expect["qualification"]))
+/// Whether the case's outcome is its expectation on the engine that ran it (`expect`, or
+/// `expect_here` where the engine's capability MSRs change it).
+fn as_expected(case: &Value) -> bool {
+    case["as_expected"] == Value::Bool(true)
 }
 
 fn bochs_here() -> bool {
@@ -83,8 +77,8 @@ fn soft_and_bochs_agree_on_every_case_but_the_allow_list() {
     assert_eq!(code, Some(0), "{soft:#}");
     let soft = by_file(&soft);
     // The soft engine follows the SDM on every case.
-    for (f, (o, e)) in &soft {
-        assert!(as_expected(o, e), "{f}: soft gave {o}, the SDM says {e}");
+    for (f, (o, c)) in &soft {
+        assert!(as_expected(c), "{f}: soft gave {o}, the SDM says {}", c["expect"]);
     }
     if !bochs_here() {
         return;
@@ -136,6 +130,30 @@ fn malformed_cases_are_named_and_the_batch_goes_on() {
     // A case whose guest runs out of time is reported as hung, and the batch goes on.
     let (_, doc) = run_dir("soft", &dir, &["--timeout-ms", "1"]);
     assert_eq!(doc["cases"][3]["outcome"]["kind"], "hung", "{doc:#}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bochs_keeps_l1s_verdict_after_l2_triple_faults() {
+    if !bochs_here() {
+        return;
+    }
+    // An injected #UD into L2, which has no IDT: its delivery ends in a triple fault, a VM
+    // exit (reason 2) that L1 reports. Bochs' debugger prints a line about the event in the
+    // middle of L1's output; the verdict after it must not be lost. (Not in vmentry/cases:
+    // the soft engine does not inject events yet, so its verdict is engine_unsupported.)
+    let dir = std::env::temp_dir().join(format!("nestbench-vmentry-tf-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("inject-ud.json"),
+        r#"{"name":"inject-ud-triple-fault","family":"event_injection","sdm":"27.6.1.1","writes":[{"field":"0x4016","value":"0x80000306"}],"steps":["vmlaunch"],"expect":{"kind":"entered","exit_reason":2}}"#,
+    )
+    .unwrap();
+    let (code, doc) = run_dir("bochs", &dir, &[]);
+    assert_eq!(code, Some(0), "{doc:#}");
+    let (o, c) = &by_file(&doc)["inject-ud.json"];
+    assert!(as_expected(c), "bochs gave {o}, expected {}", c["expect"]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -9,6 +9,9 @@ abi_enum! {
         PayloadRun = 2,
         /// A [`Verdict`] of a must-fail scenario.
         Verdict = 3,
+        /// A [`crate::vmentry::CaseCapabilities`]: which parts of a VM-entry case's VMCS the
+        /// engine's capability MSRs do not allow (sent before the case's steps run).
+        CaseCapabilities = 4,
     }
 }
 

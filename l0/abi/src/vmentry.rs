@@ -44,6 +44,58 @@ abi_enum! {
         VmPtrLdVmxon = 5,
         /// VMPTRLD of a region whose revision identifier is not the processor's (VMfailValid 11).
         VmPtrLdBadRevision = 6,
+        /// VMPTRLD of the last 4 KiB page below L1's MAXPHYADDR (CPUID.80000008H:EAX[7:0]),
+        /// where no memory is: the revision identifier reads as all ones (VMfailValid 11).
+        VmPtrLdUnbacked = 7,
+        /// VMPTRLD of 1 << MAXPHYADDR, beyond the physical-address width (VMfailValid 9).
+        VmPtrLdBeyondWidth = 8,
+        /// VMCLEAR of the case's VMCS address + 8 (VMfailValid 2).
+        VmClearUnaligned = 9,
+        /// VMCLEAR of the VMXON region (VMfailValid 3).
+        VmClearVmxon = 10,
+        /// VMCLEAR of 1 << MAXPHYADDR (VMfailValid 2).
+        VmClearBeyondWidth = 11,
+        /// VMCLEAR of the last 4 KiB page below MAXPHYADDR, where no memory is (succeeds:
+        /// the launch-state write goes nowhere).
+        VmClearUnbacked = 12,
+        /// VMXON of the VMXON region again, in VMX root operation (VMfailValid 15).
+        VmxOnInRoot = 13,
+        /// VMREAD of [`UNSUPPORTED_FIELD`] (VMfailValid 12).
+        VmReadUnsupported = 14,
+        /// VMWRITE of 0 to [`UNSUPPORTED_FIELD`] (VMfailValid 12).
+        VmWriteUnsupported = 15,
+    }
+}
+
+/// A VMCS field encoding no processor supports (a 32-bit read-only field, index 7FFH), for
+/// [`Step::VmReadUnsupported`] and [`Step::VmWriteUnsupported`].
+pub const UNSUPPORTED_FIELD: u32 = 0x4FFE;
+
+impl Step {
+    /// Every step with its name in case files (docs/vmentry.md, vmentry/case.schema.json).
+    pub const NAMES: [(Self, &'static str); 16] = [
+        (Self::VmLaunch, "vmlaunch"),
+        (Self::VmResume, "vmresume"),
+        (Self::VmClear, "vmclear"),
+        (Self::VmPtrLd, "vmptrld"),
+        (Self::VmPtrLdUnaligned, "vmptrld_unaligned"),
+        (Self::VmPtrLdVmxon, "vmptrld_vmxon"),
+        (Self::VmPtrLdBadRevision, "vmptrld_bad_revision"),
+        (Self::VmPtrLdUnbacked, "vmptrld_unbacked"),
+        (Self::VmPtrLdBeyondWidth, "vmptrld_beyond_maxphyaddr"),
+        (Self::VmClearUnaligned, "vmclear_unaligned"),
+        (Self::VmClearVmxon, "vmclear_vmxon"),
+        (Self::VmClearBeyondWidth, "vmclear_beyond_maxphyaddr"),
+        (Self::VmClearUnbacked, "vmclear_unbacked"),
+        (Self::VmxOnInRoot, "vmxon_in_root"),
+        (Self::VmReadUnsupported, "vmread_unsupported_field"),
+        (Self::VmWriteUnsupported, "vmwrite_unsupported_field"),
+    ];
+
+    /// The step a case file names `name`.
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::NAMES.iter().find(|(_, n)| *n == name).map(|(s, _)| *s)
     }
 }
 
@@ -130,6 +182,50 @@ impl Case {
     }
 }
 
+/// Parts of a case's VMCS (after its writes) that the capability MSRs of the engine running it
+/// do not allow. The SDM's verdict then follows those MSRs, not the case's `expect`: a control
+/// outside them fails the entry with VMfailValid 7 (27.2.1.1), an activity state IA32_VMX_MISC
+/// does not list fails it with reason 33 (27.3.1.5). L1 reports it
+/// ([`crate::report::ReportKind::CaseCapabilities`]) before the steps.
+pub mod outside {
+    /// The pin-based controls (IA32_VMX_(TRUE_)PINBASED_CTLS).
+    pub const PIN_CONTROLS: u32 = 1 << 0;
+    /// The primary processor-based controls.
+    pub const PROC_CONTROLS: u32 = 1 << 1;
+    /// The secondary processor-based controls (checked when "activate secondary controls" is 1).
+    pub const PROC2_CONTROLS: u32 = 1 << 2;
+    /// The VM-exit controls.
+    pub const EXIT_CONTROLS: u32 = 1 << 3;
+    /// The VM-entry controls.
+    pub const ENTRY_CONTROLS: u32 = 1 << 4;
+    /// The guest activity state (HLT, shutdown or wait-for-SIPI, not in IA32_VMX_MISC[8:6]).
+    pub const ACTIVITY_STATE: u32 = 1 << 5;
+    /// Every bit with its name in output.
+    pub const NAMES: [(u32, &str); 6] = [
+        (PIN_CONTROLS, "pin_based_vm_exec_control"),
+        (PROC_CONTROLS, "primary_proc_based_vm_exec_control"),
+        (PROC2_CONTROLS, "secondary_proc_based_vm_exec_control"),
+        (EXIT_CONTROLS, "vm_exit_controls"),
+        (ENTRY_CONTROLS, "vm_entry_controls"),
+        (ACTIVITY_STATE, "guest_activity_state"),
+    ];
+    /// The control bits: any of them makes the verdict VMfailValid 7.
+    pub const CONTROLS: u32 = PIN_CONTROLS | PROC_CONTROLS | PROC2_CONTROLS | EXIT_CONTROLS | ENTRY_CONTROLS;
+}
+
+/// L1's [`outside`] report.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CaseCapabilities {
+    /// [`outside`] bits.
+    pub outside: u32,
+    /// Reserved, 0.
+    pub reserved: u32,
+}
+const _: () = assert!(size_of::<CaseCapabilities>() == 8);
+// SAFETY: `#[repr(C)]`, two u32s, no padding (the size assertion above).
+unsafe impl crate::Pod for CaseCapabilities {}
+
 /// Apply `op` with `value` to the baseline value `base`.
 #[must_use]
 pub const fn apply(op: WriteOp, base: u64, value: u64) -> u64 {
@@ -159,5 +255,14 @@ mod tests {
         c.n_steps = 1;
         c.n_writes = 17;
         assert!(!c.well_formed());
+    }
+
+    #[test]
+    fn every_step_has_one_name() {
+        for (i, (step, name)) in Step::NAMES.iter().enumerate() {
+            assert_eq!(*step as u32, i as u32, "NAMES is in the order of the values");
+            assert_eq!(Step::from_name(name), Some(*step));
+        }
+        assert_eq!(Step::from_raw(Step::NAMES.len() as u32), None, "every step is named");
     }
 }

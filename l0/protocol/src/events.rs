@@ -10,8 +10,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::stats::StatsDelta;
 
-/// Version of the l0 -> orchestrator event stream.
-pub const STREAM_VERSION: u32 = 1;
+/// Version of the l0 -> orchestrator event stream (2: the `case_capabilities` event).
+pub const STREAM_VERSION: u32 = 2;
 
 /// Something L1 or L0 said during a run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -42,6 +42,12 @@ pub enum Event {
     },
     /// L1's report on the payload it ran.
     PayloadRun(Box<PayloadRun>),
+    /// Before a VM-entry case's steps: the parts of its VMCS the engine's capability MSRs do
+    /// not allow (`nestbench_abi::vmentry::outside`, by name; empty: none).
+    CaseCapabilities {
+        /// The VMCS fields outside the capability MSRs.
+        outside: Vec<String>,
+    },
     /// Something L0 noted about the guest that is not an error (for example a VMX
     /// instruction that would have been #UD on hardware).
     Note {
@@ -317,6 +323,7 @@ pub fn report_len(kind: u64) -> Option<usize> {
         ReportKind::Probe => size_of::<ProbeReport>(),
         ReportKind::PayloadRun => size_of::<nestbench_abi::payload::PayloadReport>(),
         ReportKind::Verdict => size_of::<nestbench_abi::report::Verdict>(),
+        ReportKind::CaseCapabilities => size_of::<nestbench_abi::vmentry::CaseCapabilities>(),
     })
 }
 
@@ -335,6 +342,15 @@ impl Event {
         Ok(match ReportKind::from_raw(kind).ok_or(ReportDecodeError::UnknownKind(kind))? {
             ReportKind::Probe => Self::Probe(Probe::from(&ProbeReport::from_bytes(bytes).expect(exact))),
             ReportKind::Verdict => Self::from_verdict(&nestbench_abi::report::Verdict::from_bytes(bytes).expect(exact)),
+            ReportKind::CaseCapabilities => {
+                let c = nestbench_abi::vmentry::CaseCapabilities::from_bytes(bytes).expect(exact);
+                let outside = nestbench_abi::vmentry::outside::NAMES
+                    .iter()
+                    .filter(|(bit, _)| c.outside & bit != 0)
+                    .map(|(_, name)| (*name).to_owned())
+                    .collect();
+                Self::CaseCapabilities { outside }
+            }
             ReportKind::PayloadRun => Self::PayloadRun(Box::new(PayloadRun::from(
                 &nestbench_abi::payload::PayloadReport::from_bytes(bytes).expect(exact),
             ))),

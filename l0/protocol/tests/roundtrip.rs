@@ -68,4 +68,20 @@ fn every_outcome_and_every_report_section_survives_the_wire() {
     roundtrip(&Event::End(End { report: None, single_level: Some(single) }));
     roundtrip(&Event::Hello(Hello::new("0.1.0", 100)));
     roundtrip(&Event::Error { message: "no".into() });
+    roundtrip(&Event::CaseCapabilities { outside: vec![] });
+}
+
+#[test]
+fn case_capabilities_decode_into_field_names() {
+    use nestbench_abi::Pod;
+    use nestbench_abi::vmentry::{CaseCapabilities, outside};
+    let c = CaseCapabilities { outside: outside::PROC2_CONTROLS | outside::ACTIVITY_STATE, reserved: 0 };
+    let e = Event::from_report(nestbench_abi::report::ReportKind::CaseCapabilities as u64, c.as_bytes()).unwrap();
+    assert_eq!(
+        e,
+        Event::CaseCapabilities {
+            outside: vec!["secondary_proc_based_vm_exec_control".into(), "guest_activity_state".into()]
+        }
+    );
+    roundtrip(&e);
 }

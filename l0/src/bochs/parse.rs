@@ -22,7 +22,12 @@ use nestbench_abi::report::ExceptionReport;
 use crate::events::{Event, Gprs, Outcome};
 
 /// Where the debugger's output after the emulation stopped starts.
-const STOP_MARKERS: [&str; 3] = ["(0) Magic breakpoint", "Next at t=", "(0).["];
+const STOP_MARKERS: [&str; 2] = ["(0) Magic breakpoint", "Next at t="];
+/// A line the debugger prints about an event while the emulation goes on, e.g.
+/// `(0).[43481] ??? (physical address not available)` when L2 triple-faults under L1 (a VM
+/// exit, after which L1 still reports its verdict): kept aside, not a stop. After a stop the
+/// debugger prints the same form for the instruction at RIP.
+const EVENT_MARKER: &str = "(0).[";
 /// The longest line kept as one (longer ones are cut: L1's longest structured line is
 /// about 6 KiB).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -142,7 +147,15 @@ impl StdoutParser {
                     self.state = State::Stopped;
                     self.stopped_line(&line[at..]);
                 }
-                None => self.guest_line(line, events),
+                None => match line.find(EVENT_MARKER) {
+                    Some(at) => {
+                        if at > 0 {
+                            self.guest_line(&line[..at], events);
+                        }
+                        keep(&mut self.bochs_lines, line[at..].to_owned());
+                    }
+                    None => self.guest_line(line, events),
+                },
             },
             State::Stopped => self.stopped_line(line),
         }
@@ -360,6 +373,22 @@ mod tests {
         let Event::HypercallError { detail, .. } = &ev[2] else { unreachable!() };
         assert!(detail.contains("length 1 is not the"), "{detail}");
         assert_eq!(p.outcome, None);
+    }
+
+    #[test]
+    fn a_debugger_line_while_l1_runs_does_not_end_l1s_output() {
+        // Recorded: L2 triple-faults after an injected #UD (no IDT); Bochs' debugger prints
+        // the event, then L1 reports its verdict (exit reason 2) and exits.
+        let out = format!(
+            "{BANNER}l1: VMX offered, L0 unknown\n(0).[43481] ??? (physical address not available)\n\
+             l1: verdict for Vmentry: kind 0, error 0, exit reason 0x2, qualification 0x0\n@@NB1 exit 0\n\
+             (0) Magic breakpoint\nNext at t=46923\n"
+        );
+        let (p, ev) = parse_all(&[out.as_bytes()]);
+        assert_eq!(p.outcome, Some(Outcome::Exited { status: 0 }));
+        assert_eq!(ev.len(), 2, "both console lines are L1's: {ev:?}");
+        assert_eq!(p.bochs_lines, ["(0).[43481] ??? (physical address not available)"]);
+        assert_eq!(p.instructions, Some(46_923));
     }
 
     #[test]

@@ -33,7 +33,8 @@ use crate::trace::{Stamps, host_tsc};
 use crate::vcpu::{Exit, Kicker, Vcpu, VcpuError};
 use crate::vm::VmError;
 
-/// The physical-address width the soft engine gives L1 (and checks addresses against).
+/// The physical-address width the soft engine checks addresses against until it is told the
+/// one L1's CPUID shows ([`SoftVmx::set_maxphyaddr`]; l0 does so before L1 runs).
 pub const MAXPHYADDR: u32 = 46;
 
 /// Errors that stop the soft engine (guest misbehaviour gets an architectural answer; these
@@ -92,6 +93,8 @@ pub struct SoftVmx {
     pub stamps: Stamps,
     /// What this host's KVM leaves behind at an exit ([`super::host_exits`]).
     host: super::host_exits::HostExits,
+    /// L1's MAXPHYADDR ([`SoftVmx::set_maxphyaddr`]).
+    maxphyaddr: u32,
 }
 
 /// Fill the VMREAD and VMWRITE bitmaps in L1 memory (SDM 25.6.15: one bit per encoding
@@ -139,7 +142,15 @@ impl SoftVmx {
             timer: PreemptionTimer::new(super::caps::PREEMPTION_TIMER_RATE),
             stamps: Stamps::default(),
             host: super::host_exits::HostExits::kvm_pvm(),
+            maxphyaddr: MAXPHYADDR,
         }
+    }
+
+    /// Check physical addresses against `bits`, the MAXPHYADDR L1's CPUID shows
+    /// (CPUID.80000008H:EAX[7:0]): every VMX check of "beyond the physical-address width"
+    /// (SDM 27.2.1, 31.3) is against the width L1 was told.
+    pub fn set_maxphyaddr(&mut self, bits: u32) {
+        self.maxphyaddr = bits;
     }
 
     /// Normalise exits by `host`'s semantics (measured: [`super::host_exits::probe`]).
@@ -190,7 +201,7 @@ impl SoftVmx {
             }
         }
         let revision = self.caps.vmx_basic().revision_id();
-        let r = self.state.execute(mem, op, a1, a2, revision, MAXPHYADDR);
+        let r = self.state.execute(mem, op, a1, a2, revision, self.maxphyaddr);
         let note = r.would_ud.then(|| format!("{op:?} outside VMX operation: #UD on hardware, VMfailInvalid here"));
         (r.result.to_word(), r.value, note)
     }
@@ -245,7 +256,7 @@ impl SoftVmx {
         };
         let shadowing =
             v.read(Field32::SecondaryProcBasedVmExecControl.encoding()) as u32 & controls::proc2::VMCS_SHADOWING != 0;
-        let checked = entry_checks::check(&v, &self.caps, MAXPHYADDR).and_then(|()| {
+        let checked = entry_checks::check(&v, &self.caps, self.maxphyaddr).and_then(|()| {
             if link == u64::MAX {
                 return Ok(());
             }
@@ -306,19 +317,27 @@ impl SoftVmx {
         // VM-entry failure (27.8) with reason 34 and the entry's number as qualification.
         let msr_count = v.read(Field32::VmEntryMsrLoadCount.encoding()) as u32;
         if msr_count > 0 {
-            if let Err((n, why)) =
-                super::msr_load::load(&l2.vcpu, mem, v.read(Field64::VmEntryMsrLoadAddr.encoding()), msr_count)
-            {
-                let reason = RawExitReason::vm_entry_failure(ExitReason::EntryFailureMsrLoading).map_or(0, |r| r.raw());
-                *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
-                tracing::debug!("VM-entry MSR load failed at entry {n}: {why}");
-                transitions::write_exit_info(
-                    &v,
-                    &ExitInfo { reason, qualification: u64::from(n), ..ExitInfo::default() },
-                );
-                self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
-                self.stamps.delivered(host_tsc());
-                return Ok(EntryOutcome::Resume);
+            match super::msr_load::load(&l2.vcpu, mem, v.read(Field64::VmEntryMsrLoadAddr.encoding()), msr_count) {
+                Ok(()) => {}
+                Err(super::msr_load::LoadError::Unsupported { n, why }) => {
+                    return Ok(EntryOutcome::Unsupported {
+                        what: format!("{} entry {n}", Field64::VmEntryMsrLoadAddr.name()),
+                        why,
+                    });
+                }
+                Err(super::msr_load::LoadError::Fails { n, why }) => {
+                    let reason =
+                        RawExitReason::vm_entry_failure(ExitReason::EntryFailureMsrLoading).map_or(0, |r| r.raw());
+                    *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
+                    tracing::debug!("VM-entry MSR load failed at entry {n}: {why}");
+                    transitions::write_exit_info(
+                        &v,
+                        &ExitInfo { reason, qualification: u64::from(n), ..ExitInfo::default() },
+                    );
+                    self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
+                    self.stamps.delivered(host_tsc());
+                    return Ok(EntryOutcome::Resume);
+                }
             }
         }
         // L1's edits of L2's page tables since the last exit (l2vm::L2Vm::resync_tables), then
@@ -375,7 +394,7 @@ impl SoftVmx {
     /// (premapped at the entry, data pages on first touch).
     fn shadow_ept(&mut self, eptp: u64) -> Result<(), EptShadowError> {
         let l2 = self.l2.as_mut().expect("VM2 exists before its EPT is shadowed");
-        l2.reset(eptp, MAXPHYADDR)?;
+        l2.reset(eptp, self.maxphyaddr)?;
         self.stats.ept_shadow_builds += 1;
         self.mapped_eptp = Some(eptp);
         self.state.invept_pending = false;

@@ -26,7 +26,8 @@
 //!   loaded, SDM 27.4: `super::msr_load`);
 //! * event injection (a valid VM-entry interruption-information field), once the field passes
 //!   the 27.2.1.3 checks;
-//! * a guest that is not IA-32e mode ("IA-32e mode guest" = 0);
+//! * a guest that is not IA-32e mode ("IA-32e mode guest" = 0), once its PDPTE fields pass
+//!   27.3.1.6 (with EPT; [`Checker::guest_pdptes`]);
 //! * a non-zero IA32_DEBUGCTL with "load debug controls" (LBR/BTF are not loaded into VM2);
 //! * a non-zero pending-debug-exceptions field (no way to make VM2 deliver them);
 //!
@@ -777,8 +778,39 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         self.guest_descriptor_tables()?;
         self.guest_rip_rflags()?;
         self.guest_non_register_state()?;
-        // 27.3.1.6 Checks on Guest Page-Directory-Pointer-Table Entries: only for PAE paging
-        // outside IA-32e mode, which part 1 refuses as unsupported (entry_controls).
+        self.guest_pdptes()
+    }
+
+    /// 27.3.1.6 Checks on Guest Page-Directory-Pointer-Table Entries. "A VM entry is to a guest
+    /// that uses PAE paging if (1) bit 31 (PG) is set in the CR0 field in the guest-state
+    /// area; (2) bit 5 (PAE) is set in the CR4 field; and (3) the 'IA-32e mode guest' VM-entry
+    /// control is 0." Such a guest is unsupported here (entry_controls), but a PDPTE failure
+    /// is architectural and wins over that.
+    fn guest_pdptes(&self) -> Result<(), EntryFailure> {
+        let pae_paging = self.rn(FieldNatural::GuestCr0) & CR0_PG != 0
+            && self.rn(FieldNatural::GuestCr4) & CR4_PAE != 0
+            && !self.ia32e_guest();
+        // "If the 'enable EPT' VM-execution control is 1, VM entry checks the validity of the
+        // PDPTE fields in the guest-state area." (With EPT 0 it checks the PDPTEs at CR3 in
+        // memory, which this pure function does not read: that guest stays unsupported.)
+        if !pae_paging || self.proc2() & proc2::ENABLE_EPT == 0 {
+            return Ok(());
+        }
+        // "... uses the same checks that are used when CR3 is loaded with MOV to CR3 when PAE
+        // paging is in use": a present PDPTE with a reserved bit set (SDM 4.4.1, Table 4-8:
+        // bits 2:1, 8:5 and MAXPHYADDR-1:63) is a #GP there, so the entry fails; the exit
+        // qualification is 2 (27.8: "a problem loading the PDPTRs").
+        const PDPTE_RESERVED: u64 = 0b1_1110_0110;
+        for f in [Field64::GuestPdpte0, Field64::GuestPdpte1, Field64::GuestPdpte2, Field64::GuestPdpte3] {
+            let e = self.r64(f);
+            if e & 1 != 0 && (e & PDPTE_RESERVED != 0 || e >> self.maxphyaddr != 0) {
+                return Err(EntryFailure::GuestState {
+                    field: f.name(),
+                    why: format!("{e:#x}: a present PDPTE with reserved bits set"),
+                    qualification: entry_failure::PDPTE_LOAD,
+                });
+            }
+        }
         Ok(())
     }
 
@@ -1890,5 +1922,25 @@ mod tests {
         let cr4 = m.get(FieldNatural::HostCr4.encoding()) & !CR4_PAE;
         host_fails(&m.clone().with(FieldNatural::HostCr4.encoding(), cr4), "host_cr4");
         guest_fails(&m.with(FieldNatural::GuestRflags.encoding(), 0), "guest_rflags", 0);
+    }
+
+    #[test]
+    fn a_pae_guest_with_a_bad_pdpte_fails_before_it_is_unsupported() {
+        // A 32-bit guest with PAE paging (the baseline's CR0.PG and CR4.PAE) under EPT.
+        let entry = baseline().get(Field32::VmEntryControls.encoding()) & !u64::from(entry::IA32E_MODE_GUEST);
+        let pae = baseline()
+            .with(Field32::VmEntryControls.encoding(), entry)
+            .with(Field64::GuestIa32Efer.encoding(), 0)
+            .with(Field32::GuestCsAccessRights.encoding(), 0xC0FB)
+            .with(Field64::GuestPdpte0.encoding(), 0x5000 | 1);
+        unsupported(&pae, "vm_entry_controls");
+        for bad in [1 << 1, 1 << 2, 1 << 5, 1 << 8, 1 << MAXPHYADDR] {
+            let m = pae.clone().with(Field64::GuestPdpte2.encoding(), 0x6000 | 1 | bad);
+            guest_fails(&m, "guest_pdpte2", entry_failure::PDPTE_LOAD);
+        }
+        // Not present: its other bits are not checked.
+        unsupported(&pae.clone().with(Field64::GuestPdpte3.encoding(), 1 << 1), "vm_entry_controls");
+        // In IA-32e mode the PDPTE fields are not used.
+        assert_eq!(run(&baseline().with(Field64::GuestPdpte0.encoding(), 0x7)), Ok(()));
     }
 }

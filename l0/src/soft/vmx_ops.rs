@@ -65,10 +65,13 @@ impl VmxState {
         }
     }
 
-    /// Check a VMCS/VMXON region address operand: 4 KiB-aligned, within the physical-address
-    /// width, and (for L0, which reads it) inside L1 memory.
-    fn region_ok(mem: &GuestMem, pa: u64, maxphyaddr: u32) -> bool {
-        pa & 0xFFF == 0 && pa >> maxphyaddr == 0 && mem.check(pa, 4096).is_ok()
+    /// Check a VMCS/VMXON region address operand as SDM 31.3 does: 4 KiB-aligned and within
+    /// the physical-address width. An address with no memory behind it passes; what the
+    /// instruction then reads there is all ones (so VMXON fails invalid and VMPTRLD finds a
+    /// wrong revision identifier, VMfailValid 11) and what it writes is dropped (VMCLEAR
+    /// succeeds), as reads and writes of unbacked physical memory do.
+    fn region_ok(pa: u64, maxphyaddr: u32) -> bool {
+        pa & 0xFFF == 0 && pa >> maxphyaddr == 0
     }
 
     /// Execute `op` with operands `a1`, `a2` for L1. `revision` is the VMCS revision
@@ -87,9 +90,7 @@ impl VmxState {
                 // "IF addr is not 4KB-aligned or addr sets any bits beyond the
                 // physical-address width or rev[30:0] != VMCS revision identifier ...
                 // THEN VMfailInvalid".
-                if !Self::region_ok(mem, a1, maxphyaddr)
-                    || Vmcs12::new(mem, a1).map_or(true, |v| v.revision() != revision)
-                {
+                if !Self::region_ok(a1, maxphyaddr) || Vmcs12::new(mem, a1).map_or(true, |v| v.revision() != revision) {
                     return invalid();
                 }
                 self.vmxon = Some(a1);
@@ -102,7 +103,7 @@ impl VmxState {
                 ok(0)
             }
             VmxOp::VmClear => {
-                if !Self::region_ok(mem, a1, maxphyaddr) {
+                if !Self::region_ok(a1, maxphyaddr) {
                     return self.fail(mem, Err::VmclearInvalidAddress);
                 }
                 if Some(a1) == self.vmxon {
@@ -117,7 +118,7 @@ impl VmxState {
                 ok(0)
             }
             VmxOp::VmPtrLd => {
-                if !Self::region_ok(mem, a1, maxphyaddr) {
+                if !Self::region_ok(a1, maxphyaddr) {
                     return self.fail(mem, Err::VmptrldInvalidAddress);
                 }
                 if Some(a1) == self.vmxon {
@@ -217,9 +218,12 @@ mod tests {
             (VmxOp::VmPtrLd, 0x3004, 0, Err::VmptrldInvalidAddress),
             (VmxOp::VmPtrLd, 0x1000, 0, Err::VmptrldVmxonPointer),
             (VmxOp::VmPtrLd, 0x4000, 0, Err::VmptrldBadRevision),
-            (VmxOp::VmPtrLd, 0xFFFF_F000, 0, Err::VmptrldInvalidAddress),
+            // Within the width but no memory behind it: the revision reads as all ones.
+            (VmxOp::VmPtrLd, 0xFFFF_F000, 0, Err::VmptrldBadRevision),
+            (VmxOp::VmPtrLd, 1 << 46, 0, Err::VmptrldInvalidAddress),
             (VmxOp::VmClear, 0x1000, 0, Err::VmclearVmxonPointer),
             (VmxOp::VmClear, 0x123, 0, Err::VmclearInvalidAddress),
+            (VmxOp::VmClear, 1 << 46, 0, Err::VmclearInvalidAddress),
             (VmxOp::InvEpt, 3, 0, Err::InvalidInvOperand),
         ];
         for (op, a1, a2, e) in cases {
@@ -227,6 +231,14 @@ mod tests {
             let v = Vmcs12::new(&mem, 0x2000).unwrap();
             assert_eq!(v.read(Field32::VmInstructionError.encoding()), e as u64, "{op:?}");
         }
+    }
+
+    #[test]
+    fn an_unbacked_vmclear_succeeds_and_an_unbacked_vmxon_fails_invalid() {
+        let (mem, mut s) = setup();
+        assert_eq!(exec(&mut s, &mem, VmxOp::VmxOn, 0xFFFF_F000, 0).result, VmxResult::FailInvalid);
+        exec(&mut s, &mem, VmxOp::VmxOn, 0x1000, 0);
+        assert_eq!(exec(&mut s, &mem, VmxOp::VmClear, 0xFFFF_F000, 0).result, VmxResult::Succeed);
     }
 
     #[test]
