@@ -402,6 +402,16 @@ impl Vcpu {
         Ok((ev.exception.injected != 0 || ev.exception.pending != 0).then_some(ev.exception.nr))
     }
 
+    /// The vCPU's pending and injected events (KVM_GET_VCPU_EVENTS).
+    pub fn events(&self) -> Result<kvm_bindings::kvm_vcpu_events, VcpuError> {
+        self.fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))
+    }
+
+    /// Set them (KVM_SET_VCPU_EVENTS).
+    pub fn set_events(&self, events: &kvm_bindings::kvm_vcpu_events) -> Result<(), VcpuError> {
+        self.fd.set_vcpu_events(events).map_err(ioctl("KVM_SET_VCPU_EVENTS"))
+    }
+
     /// Drop the exception KVM holds for the next entry (KVM_SET_VCPU_EVENTS with it neither
     /// injected nor pending, everything else as read).
     pub fn clear_queued_exception(&self) -> Result<(), VcpuError> {

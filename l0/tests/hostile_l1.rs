@@ -65,7 +65,8 @@ proptest! {
         let _ = transitions::guest_regs(&v, &regs);
         let s = transitions::guest_sregs(&v, &Default::default(), efer);
         let _ = transitions::host_sregs(&v, &s);
-        transitions::save_guest(&v, &regs, efer, &s);
+        transitions::save_guest(&v, &regs, efer, &s, efer & 1 != 0);
+        let _ = entry_checks::pdptes_in_memory(&v, MAXPHYADDR, |pa| mem.read_u64(pa).unwrap_or(u64::MAX));
     }
 
     #[test]

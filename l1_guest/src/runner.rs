@@ -279,6 +279,7 @@ fn payload_on<B: VmxBackend>(
     // What to set up comes from the payload's manifest (PayloadInfo::setup), never its name.
     let setup = Setup::from_raw(p.setup, p.pool_pages);
     let mut run = run_state(&space, b.accesses(), setup.has(flag::IO_CHECK));
+    run.inject_events = setup.has(flag::INJECT_EVENTS);
     start_tracing(&mut run, boot.trace_capacity);
     // The EPT payloads: a seeded pool of L1 pages for the data region, mapped on demand
     // (ept_touch) or before the launch (ept_fill).

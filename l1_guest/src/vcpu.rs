@@ -11,6 +11,8 @@
 //! instruction of L1 costs ~0.5 us where L1 is emulated): no dynamic dispatch, and a vendor
 //! reads a field of its exit information only when a handler asks for it.
 
+use nestbench_abi::vmx::intr::Event;
+
 use crate::exit::{Exit, StringIo};
 use crate::exits::RunState;
 
@@ -77,6 +79,10 @@ pub trait Vcpu {
     fn rflags(&mut self) -> u64;
     /// INS/OUTS: the address size and the linear address of the memory operand.
     fn string_io(&mut self) -> StringIo;
+    /// Inject `event` into L2 at the next entry (VMX: the VM-entry interruption-information
+    /// field and exception error code, SDM 25.8.3, delivered as 27.6 says; the entry's VM exit
+    /// clears it again).
+    fn inject(&mut self, event: Event);
     /// Invalidate the cached translations of L2's nested paging rooted at `root` (VMX: INVEPT
     /// of type `kind`, 1 single-context or 2 all-context, SDM 31.3).
     fn invalidate_nested(&mut self, kind: u64, root: u64);

@@ -6,13 +6,14 @@
 
 use nestbench_abi::Pod;
 use nestbench_abi::boot::Scenario;
-use nestbench_abi::controls::{pin, proc1, proc2};
+use nestbench_abi::controls::{ept_cap, pin, proc1, proc2};
 use nestbench_abi::report::ReportKind;
 use nestbench_abi::report::{Verdict, VerdictKind};
 use nestbench_abi::vmcs::{self, Field32, Field64};
 use nestbench_abi::vmentry::{
     CASE_GPA, Case, CaseCapabilities, Step, UNSUPPORTED_FIELD, WriteOp, apply, need, outside,
 };
+use nestbench_abi::vmx::intr;
 
 use crate::ept_builder::FrameMemory;
 use crate::l2::L1Frames;
@@ -52,6 +53,12 @@ pub struct CaseControls {
     pub entry: u32,
     /// Guest activity state.
     pub activity: u32,
+    /// The EPTP.
+    pub eptp: u64,
+    /// The VM-entry interruption-information field.
+    pub injection: u32,
+    /// The VM-entry instruction length.
+    pub insn_len: u32,
 }
 
 /// The [`outside`] bits of `c` under `caps`: each control field outside its capability MSR
@@ -65,7 +72,23 @@ pub fn outside_capabilities(c: &CaseControls, caps: &VmxCaps) -> u32 {
         1..=3 => caps.misc & 1 << (5 + c.activity) != 0,
         _ => true,
     };
-    bit(outside::PIN_CONTROLS, caps.pin.check(c.pin).is_err())
+    // 27.2.1.1: the EPTP's memory type, walk length and A/D flag against IA32_VMX_EPT_VPID_CAP
+    // (only the settings a capability bit allows; reserved values are invalid everywhere).
+    let ept_on = proc2_on && c.proc2 & proc2::ENABLE_EPT != 0;
+    let cap = |b: u64| caps.ept_vpid & b != 0;
+    let eptp_outside = ept_on
+        && ((c.eptp & 7 == 0 && !cap(ept_cap::MEMTYPE_UC))
+            || (c.eptp & 7 == 6 && !cap(ept_cap::MEMTYPE_WB))
+            || (c.eptp >> 3 & 7 == 3 && !cap(ept_cap::WALK_LENGTH_4))
+            || (c.eptp >> 3 & 7 == 4 && !cap(ept_cap::WALK_LENGTH_5))
+            || (c.eptp & 1 << 6 != 0 && !cap(ept_cap::ACCESSED_DIRTY)));
+    // 27.2.1.3: "A VM-entry instruction length of 0 is allowed only if IA32_VMX_MISC[30] is
+    // read as 1", for a valid software interrupt or exception.
+    let software = matches!(intr::kind(c.injection), intr::SOFTWARE_INTERRUPT..=intr::SOFTWARE_EXCEPTION);
+    let length_outside = c.injection & intr::VALID != 0 && software && c.insn_len == 0 && caps.misc & 1 << 30 == 0;
+    bit(outside::EPT_POINTER, eptp_outside)
+        | bit(outside::INSTRUCTION_LENGTH, length_outside)
+        | bit(outside::PIN_CONTROLS, caps.pin.check(c.pin).is_err())
         | bit(outside::PROC_CONTROLS, caps.proc1.check(c.proc1).is_err())
         | bit(outside::PROC2_CONTROLS, proc2_on && caps.proc2.check(c.proc2).is_err())
         | bit(outside::EXIT_CONTROLS, caps.exit.check(c.exit).is_err())
@@ -153,12 +176,18 @@ fn run_on<B: VmxBackend>(
         exit: read(Field32::VmExitControls),
         entry: read(Field32::VmEntryControls),
         activity: read(Field32::GuestActivityState),
+        injection: read(Field32::VmEntryInterruptionInfo),
+        insn_len: read(Field32::VmEntryInstructionLength),
+        eptp: b.read64(Field64::EptPointer).unwrap_or(0),
     };
     let report = CaseCapabilities { outside: outside_capabilities(&controls, &ready.caps), reserved: 0 };
     crate::hypercall::report(ReportKind::CaseCapabilities, report.as_bytes());
-    // A region with the wrong revision identifier, for VmPtrLdBadRevision (SDM 31.3 VMPTRLD).
+    // A region with the wrong revision identifier, for VmPtrLdBadRevision, and one with the
+    // shadow-VMCS indicator (bit 31) set, for VmPtrLdShadow (SDM 31.3 VMPTRLD).
     let Some(bad_revision) = mem.alloc_zeroed_page() else { return out() };
     mem.write_u64(bad_revision, u64::from(ready.caps.basic.revision_id() ^ 1));
+    let Some(shadow) = mem.alloc_zeroed_page() else { return out() };
+    mem.write_u64(shadow, u64::from(ready.caps.basic.revision_id() | 1 << 31));
     // SAFETY: the VMCS is the baseline's with the case's writes (which may make it invalid:
     // that is what the case tests), HOST_RIP/RSP are the exit stub and this 'static frame,
     // and `b` made it current.
@@ -197,6 +226,7 @@ fn run_on<B: VmxBackend>(
             Step::VmxOnInRoot => vcpu.backend().vmxon(vmxon),
             Step::VmReadUnsupported => vcpu.backend().vmread(UNSUPPORTED_FIELD).map(|_| ()),
             Step::VmWriteUnsupported => vcpu.backend().vmwrite(UNSUPPORTED_FIELD, 0),
+            Step::VmPtrLdShadow => vcpu.backend().vmptrld(shadow),
         };
         if r.is_err() || last {
             verdict_of(SCENARIO, r);
@@ -233,8 +263,24 @@ mod tests {
             exit: caps.exit.must_be_one,
             entry: caps.entry.must_be_one,
             activity: 0,
+            eptp: 6 | 3 << 3,
+            injection: 0,
+            insn_len: 0,
         };
         assert_eq!(outside_capabilities(&ok, &caps), 0);
+        let mut no_ad = caps;
+        no_ad.ept_vpid &= !ept_cap::ACCESSED_DIRTY;
+        let ept = CaseControls { proc2: proc2::ENABLE_EPT, ..ok };
+        assert_eq!(outside_capabilities(&ept, &no_ad), 0);
+        assert_eq!(
+            outside_capabilities(&CaseControls { eptp: ept.eptp | 1 << 6, ..ept }, &no_ad),
+            outside::EPT_POINTER
+        );
+        let mut no_zero = caps;
+        no_zero.misc &= !(1 << 30);
+        let int3 = CaseControls { injection: intr::VALID | intr::SOFTWARE_EXCEPTION << 8 | 3, ..ok };
+        assert_eq!(outside_capabilities(&int3, &no_zero), outside::INSTRUCTION_LENGTH);
+        assert_eq!(outside_capabilities(&CaseControls { insn_len: 1, ..int3 }, &no_zero), 0);
         let no_pin_default1 = CaseControls { pin: 0, ..ok };
         assert_eq!(outside_capabilities(&no_pin_default1, &caps), outside::PIN_CONTROLS);
         let proc2_beyond = CaseControls { proc2: !caps.proc2.may_be_one, ..ok };

@@ -33,6 +33,7 @@
 //! | [`preempt_timer`] | 3 | a compute loop L1 preempts with the VMX-preemption timer: one exit (52) per arm, N arms |
 //! | [`irq_window`] | 3 | interrupt-window exiting with IF = 1: one exit (7) before the first instruction per entry, N entries |
 //! | [`wrmsr`] | 0 | `wrmsr` of IA32_KERNEL_GS_BASE: one WRMSR exit per iteration, L1 checks the value |
+//! | [`inject`] | 0 | `out 0xE0, eax`, then L1 injects #UD, #GP, an external interrupt or an NMI into L2's own IDT: one I/O exit per iteration |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
 //! rdtsc` (never CPUID, which exits), and ends with `out DONE_PORT, eax`: that last exit is
@@ -54,6 +55,7 @@ pub mod ept_remap;
 pub mod ept_ro;
 pub mod ept_touch;
 pub mod hlt;
+pub mod inject;
 pub mod inl;
 pub mod io_encodings;
 pub mod irq_window;
@@ -137,7 +139,7 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 19] = [
+static ALL: [Manifest; 20] = [
     outl::MANIFEST,
     inl::MANIFEST,
     io_encodings::MANIFEST,
@@ -157,6 +159,7 @@ static ALL: [Manifest; 19] = [
     pte_remap::MANIFEST,
     ept_fetch::MANIFEST,
     irq_window::MANIFEST,
+    inject::MANIFEST,
 ];
 
 /// Every payload, in a stable order.
@@ -274,8 +277,8 @@ mod tests {
                 }
             }
             // CPL 0 is emulated instruction by instruction on the development hosts: only
-            // what needs it runs there.
-            if m.cpl == Cpl::Kernel {
+            // what needs it runs there (HLT, RDMSR/WRMSR, or loading its own IDT).
+            if m.cpl == Cpl::Kernel && !m.setup.has(nestbench_abi::payload::setup::INJECT_EVENTS) {
                 assert!(
                     m.exits_per_iteration
                         .iter()
@@ -344,7 +347,8 @@ mod tests {
                 "ept_remap",
                 "pte_remap",
                 "ept_fetch",
-                "irq_window"
+                "irq_window",
+                "inject"
             ]
         );
         for m in all() {

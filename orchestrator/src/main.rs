@@ -368,6 +368,11 @@ struct VmentryArgs {
     /// Print the baseline VMCS (every field, encoding and value) the cases' writes apply to.
     #[arg(long)]
     baseline: bool,
+    /// Judge the verdicts against the cases' expectations and this allow-list of known
+    /// departures (vmentry/allow-list.json): exit status 1 when a case departs without an
+    /// entry or an entry no longer departs.
+    #[arg(long, value_name = "FILE.json", conflicts_with = "baseline")]
+    allow_list: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -725,6 +730,7 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
         "no *.json case files in {}",
         a.cases.as_deref().unwrap_or(std::path::Path::new("")).display()
     );
+    let allow = a.allow_list.as_deref().map(vmentry::AllowList::load).transpose().map_err(anyhow::Error::msg)?;
     let (host, host_opts) = a.host.resolve()?;
     if host != hosts::HostSpec::Local {
         eprintln!("nestbench vmentry: {} cases on {} in one boot ...", files.len(), host.name());
@@ -757,11 +763,10 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
     let results = rt.block_on(runner.run_all(&host, &host_opts, &files, print))?;
     let counts = vmentry::counts(&results);
     let failed = results.iter().filter(|r| !r.outcome.is_verdict() && r.outcome.kind != "engine_unsupported").count();
+    let conformance = allow.as_ref().map(|l| vmentry::conformance(engine, &results, l, a.cases.is_some()));
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({"engine": engine, "cases": results, "counts": counts}))?
-        );
+        let doc = serde_json::json!({"engine": engine, "cases": results, "counts": counts, "conformance": conformance});
+        println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let c: Vec<String> = counts.iter().map(|(k, n)| format!("{k} {n}")).collect();
         let judged = results.iter().filter(|r| r.as_expected.is_some()).count();
@@ -771,8 +776,24 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
             results.len(),
             c.join(", ")
         );
+        if let Some(c) = &conformance {
+            println!(
+                "conformance: {} as expected, {} skipped (capabilities missing), {} allow-listed departures ({}), {} \
+                 problems",
+                c.as_expected,
+                c.skipped,
+                c.allowed.len(),
+                c.allowed.join(", "),
+                c.problems.len()
+            );
+            for p in &c.problems {
+                println!("  problem: {p}");
+            }
+        }
     }
-    Ok(i32::from(failed > 0))
+    // With an allow-list, a case without a verdict is a problem unless listed; without one,
+    // any case without a verdict fails the batch.
+    Ok(i32::from(conformance.map_or(failed > 0, |c| !c.problems.is_empty())))
 }
 
 fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {

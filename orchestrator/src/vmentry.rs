@@ -1,14 +1,15 @@
 //! `nestbench vmentry`: run VM-entry conformance cases (docs/vmentry.md) on one engine, one
 //! `nestbench-l0` child per case (a case that hangs or kills the guest costs only itself),
-//! and report each verdict as the engine gave it; with `--compare`, per-case agreement
-//! between two engines.
+//! and report each verdict as the engine gave it; with `--allow-list`, whether each verdict
+//! is the case's expectation as it applies on that engine ([`expectation_here`],
+//! [`conformance`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nestbench_protocol::events::{Event, Outcome as RunOutcome};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use l0::vmentry::{ExpectDoc, Num};
 
@@ -167,7 +168,8 @@ impl CaseResult {
                 _ => None,
             })
             .unwrap_or_default();
-        if let Some(e) = &self.expect {
+        // A skipped case (a capability its `needs` name is missing) ran nothing to judge.
+        if let Some(e) = self.expect.as_ref().filter(|_| self.outcome.kind != "skipped") {
             let here = expectation_here(e, &self.outside_capabilities);
             self.as_expected = Some(meets(&self.outcome, &here));
             self.expect_here = (here != *e).then_some(here);
@@ -362,6 +364,110 @@ impl CaseRunner {
     }
 }
 
+/// The cases where an engine's verdict may depart from the case's expectation
+/// (`vmentry/allow-list.json`), each with the SDM text and what the engine does.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowList {
+    /// What the list is.
+    pub description: String,
+    /// The entries.
+    pub entries: Vec<AllowEntry>,
+}
+
+/// One allowed departure.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowEntry {
+    /// The case's file name.
+    pub case: String,
+    /// The engine (`soft`, `bochs`, `kvm`).
+    pub engine: String,
+    /// `departure` (the engine departs from the SDM), `implementation` (the SDM leaves the
+    /// choice to the implementation) or `unsupported` (the soft engine refuses a valid
+    /// setting as `engine_unsupported`).
+    pub kind: String,
+    /// The SDM text that decides the case.
+    pub sdm: String,
+    /// What the engine does instead.
+    pub observed: String,
+}
+
+impl AllowList {
+    /// Read and check a list: every `kind` known, every `engine` one of the three.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let list: Self = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        for e in &list.entries {
+            if !["departure", "implementation", "unsupported"].contains(&e.kind.as_str())
+                || !["soft", "bochs", "kvm"].contains(&e.engine.as_str())
+            {
+                return Err(format!(
+                    "{}: entry {}: kind {:?} or engine {:?} unknown",
+                    path.display(),
+                    e.case,
+                    e.kind,
+                    e.engine
+                ));
+            }
+        }
+        Ok(list)
+    }
+
+    fn find(&self, engine: &str, file: &str) -> Option<&AllowEntry> {
+        self.entries.iter().find(|e| e.engine == engine && e.case == file)
+    }
+}
+
+/// How an engine's verdicts on a case directory measure up to the cases' expectations.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Conformance {
+    /// Cases with an expectation that gave it.
+    pub as_expected: usize,
+    /// Cases the engine skipped (a capability their `needs` name is missing).
+    pub skipped: usize,
+    /// Allow-listed cases that departed, as the list says they do.
+    pub allowed: Vec<String>,
+    /// What is wrong: a case that departed without an entry, an entry whose case no longer
+    /// departs (the list cannot go stale), an entry whose case is not in the directory.
+    pub problems: Vec<String>,
+}
+
+/// Judge `results` (of `engine`) against their expectations and `allow`; `whole_directory`:
+/// the results are the whole case directory, so every entry's case must be among them.
+#[must_use]
+pub fn conformance(engine: &str, results: &[CaseResult], allow: &AllowList, whole_directory: bool) -> Conformance {
+    let mut c = Conformance::default();
+    let file =
+        |r: &CaseResult| Path::new(&r.file).file_name().map_or_else(String::new, |f| f.to_string_lossy().into_owned());
+    for r in results {
+        let f = file(r);
+        let entry = allow.find(engine, &f);
+        match (r.outcome.kind.as_str(), r.as_expected, entry) {
+            ("skipped", _, None) => c.skipped += 1,
+            (_, None, _) => {}
+            (_, Some(true), None) => c.as_expected += 1,
+            (_, Some(true), Some(_)) => {
+                c.problems.push(format!(
+                    "{f}: allow-listed for {engine}, but it now gives its expectation: remove the entry"
+                ));
+            }
+            (_, Some(false), Some(_)) => c.allowed.push(f),
+            (_, Some(false), None) => c.problems.push(format!(
+                "{f}: {engine} gave {}, expected {}, and it is not allow-listed",
+                r.outcome.short(),
+                r.expect_here.as_ref().or(r.expect.as_ref()).map_or_else(String::new, describe)
+            )),
+        }
+    }
+    for e in allow.entries.iter().filter(|e| whole_directory && e.engine == engine) {
+        if !results.iter().any(|r| file(r) == e.case) {
+            c.problems.push(format!("{}: allow-listed for {engine}, but not among the cases run", e.case));
+        }
+    }
+    c
+}
+
 /// Verdict counts per kind.
 #[must_use]
 pub fn counts(results: &[CaseResult]) -> BTreeMap<String, usize> {
@@ -397,6 +503,49 @@ mod tests {
         let entered = expect("entered", None, Some(30), None);
         assert_eq!(expectation_here(&entered, &activity), expect("entry_failure", None, Some(0x8000_0021), Some(0)));
         assert_eq!(expectation_here(&host, &activity), host, "host state is checked before the guest's");
+    }
+
+    fn result(file: &str, kind: &str, as_expected: Option<bool>) -> CaseResult {
+        CaseResult {
+            file: format!("cases/{file}"),
+            name: Some(file.into()),
+            family: None,
+            sdm: None,
+            outcome: Outcome { kind: kind.into(), error: None, exit_reason: None, qualification: None, detail: None },
+            expect: Some(expect("entered", None, Some(30), None)),
+            outside_capabilities: Vec::new(),
+            expect_here: None,
+            as_expected,
+            bochs_checks: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn conformance_counts_departures_against_the_allow_list_and_finds_stale_entries() {
+        let entry = |case: &str| AllowEntry {
+            case: case.into(),
+            engine: "bochs".into(),
+            kind: "departure".into(),
+            sdm: String::new(),
+            observed: String::new(),
+        };
+        let allow = AllowList { description: String::new(), entries: vec![entry("b.json"), entry("c.json")] };
+        let results = vec![
+            result("a.json", "entered", Some(true)),
+            result("b.json", "fail_valid", Some(false)),
+            result("c.json", "entered", Some(true)),
+            result("d.json", "fail_valid", Some(false)),
+            result("e.json", "skipped", None),
+        ];
+        let c = conformance("bochs", &results, &allow, true);
+        assert_eq!((c.as_expected, c.skipped, c.allowed.clone()), (1, 1, vec!["b.json".to_owned()]));
+        assert_eq!(c.problems.len(), 2, "{:?}", c.problems);
+        assert!(c.problems[0].contains("c.json") && c.problems[0].contains("remove the entry"), "{:?}", c.problems);
+        assert!(c.problems[1].contains("d.json") && c.problems[1].contains("not allow-listed"), "{:?}", c.problems);
+        // Another engine's entries do not apply; a missing case is a problem only for a whole directory.
+        assert_eq!(conformance("soft", &results[..1], &allow, true).problems, Vec::<String>::new());
+        assert_eq!(conformance("bochs", &results[..1], &allow, false).problems, Vec::<String>::new());
+        assert_eq!(conformance("bochs", &results[..1], &allow, true).problems.len(), 2);
     }
 
     #[test]

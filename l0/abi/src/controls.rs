@@ -315,3 +315,31 @@ mod tests {
         );
     }
 }
+
+/// IA32_VMX_EPT_VPID_CAP bits (SDM A.10).
+pub mod ept_cap {
+    /// Bit 0: execute-only EPT translations.
+    pub const EXECUTE_ONLY: u64 = 1 << 0;
+    /// Bit 6: page-walk length of 4.
+    pub const WALK_LENGTH_4: u64 = 1 << 6;
+    /// Bit 7: page-walk length of 5.
+    pub const WALK_LENGTH_5: u64 = 1 << 7;
+    /// Bit 8: uncacheable EPT paging structures.
+    pub const MEMTYPE_UC: u64 = 1 << 8;
+    /// Bit 14: write-back EPT paging structures.
+    pub const MEMTYPE_WB: u64 = 1 << 14;
+    /// Bit 16: 2-Mbyte pages (bit 7 of an EPT PDE).
+    pub const PAGE_2M: u64 = 1 << 16;
+    /// Bit 17: 1-Gbyte pages (bit 7 of an EPT PDPTE).
+    pub const PAGE_1G: u64 = 1 << 17;
+    /// Bit 20: INVEPT.
+    pub const INVEPT: u64 = 1 << 20;
+    /// Bit 21: accessed and dirty flags for EPT.
+    pub const ACCESSED_DIRTY: u64 = 1 << 21;
+    /// Bit 25: single-context INVEPT.
+    pub const INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
+    /// Bit 26: all-context INVEPT.
+    pub const INVEPT_ALL_CONTEXT: u64 = 1 << 26;
+    /// Bit 32: INVVPID.
+    pub const INVVPID: u64 = 1 << 32;
+}

@@ -139,7 +139,23 @@ pub mod setup {
     /// L1 checks each I/O exit's qualification and instruction information against the
     /// payload's table ([`super::IO_ENCODINGS`]).
     pub const IO_CHECK: u32 = 1 << 11;
+    /// On each `out PAYLOAD_PORT`, L1 injects [`super::INJECTED_EVENTS`]`[EAX % 4]` into L2
+    /// at the next entry (SDM 27.6); L2's own IDT handles it.
+    pub const INJECT_EVENTS: u32 = 1 << 12;
 }
+
+/// The events L1 injects for [`setup::INJECT_EVENTS`], by EAX of L2's `out` modulo 4: #UD,
+/// #GP with error code [`INJECTED_ERROR_CODE`], external interrupt [`INJECTED_VECTOR`], NMI.
+pub const INJECTED_EVENTS: [crate::vmx::intr::Event; 4] = [
+    crate::vmx::intr::Event::HardwareException { vector: 6, error_code: None },
+    crate::vmx::intr::Event::HardwareException { vector: 13, error_code: Some(INJECTED_ERROR_CODE) },
+    crate::vmx::intr::Event::ExternalInterrupt(INJECTED_VECTOR),
+    crate::vmx::intr::Event::Nmi,
+];
+/// The #GP error code of [`INJECTED_EVENTS`] (a selector error code: index 3, GDT).
+pub const INJECTED_ERROR_CODE: u32 = 0x18;
+/// The external interrupt's vector in [`INJECTED_EVENTS`] (the first one not an exception).
+pub const INJECTED_VECTOR: u8 = 0x20;
 
 /// How many pages the EPT pool has.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

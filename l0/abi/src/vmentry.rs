@@ -64,6 +64,9 @@ abi_enum! {
         VmReadUnsupported = 14,
         /// VMWRITE of 0 to [`UNSUPPORTED_FIELD`] (VMfailValid 12).
         VmWriteUnsupported = 15,
+        /// VMPTRLD of a fresh region whose revision word has bit 31 (the shadow-VMCS
+        /// indicator) set; a VMLAUNCH or VMRESUME after it is VMfailInvalid (SDM 31.3).
+        VmPtrLdShadow = 16,
     }
 }
 
@@ -73,7 +76,7 @@ pub const UNSUPPORTED_FIELD: u32 = 0x4FFE;
 
 impl Step {
     /// Every step with its name in case files (docs/vmentry.md, vmentry/case.schema.json).
-    pub const NAMES: [(Self, &'static str); 16] = [
+    pub const NAMES: [(Self, &'static str); 17] = [
         (Self::VmLaunch, "vmlaunch"),
         (Self::VmResume, "vmresume"),
         (Self::VmClear, "vmclear"),
@@ -90,6 +93,7 @@ impl Step {
         (Self::VmxOnInRoot, "vmxon_in_root"),
         (Self::VmReadUnsupported, "vmread_unsupported_field"),
         (Self::VmWriteUnsupported, "vmwrite_unsupported_field"),
+        (Self::VmPtrLdShadow, "vmptrld_shadow_vmcs"),
     ];
 
     /// The step a case file names `name`.
@@ -183,9 +187,9 @@ impl Case {
 }
 
 /// Parts of a case's VMCS (after its writes) that the capability MSRs of the engine running it
-/// do not allow. The SDM's verdict then follows those MSRs, not the case's `expect`: a control
-/// outside them fails the entry with VMfailValid 7 (27.2.1.1), an activity state IA32_VMX_MISC
-/// does not list fails it with reason 33 (27.3.1.5). L1 reports it
+/// do not allow. The SDM's verdict then follows those MSRs, not the case's `expect`: a control,
+/// EPTP or injection setting outside them fails the entry with VMfailValid 7 (27.2.1), an
+/// activity state IA32_VMX_MISC does not list fails it with reason 33 (27.3.1.5). L1 reports it
 /// ([`crate::report::ReportKind::CaseCapabilities`]) before the steps.
 pub mod outside {
     /// The pin-based controls (IA32_VMX_(TRUE_)PINBASED_CTLS).
@@ -200,17 +204,32 @@ pub mod outside {
     pub const ENTRY_CONTROLS: u32 = 1 << 4;
     /// The guest activity state (HLT, shutdown or wait-for-SIPI, not in IA32_VMX_MISC[8:6]).
     pub const ACTIVITY_STATE: u32 = 1 << 5;
+    /// The EPTP (with EPT enabled): a memory type (UC, WB), page-walk length (4, 5) or
+    /// accessed-and-dirty flag that IA32_VMX_EPT_VPID_CAP does not list (27.2.1.1).
+    pub const EPT_POINTER: u32 = 1 << 6;
+    /// A software interrupt or exception injected with VM-entry instruction length 0 where
+    /// IA32_VMX_MISC[30] is 0 (27.2.1.3).
+    pub const INSTRUCTION_LENGTH: u32 = 1 << 7;
     /// Every bit with its name in output.
-    pub const NAMES: [(u32, &str); 6] = [
+    pub const NAMES: [(u32, &str); 8] = [
         (PIN_CONTROLS, "pin_based_vm_exec_control"),
         (PROC_CONTROLS, "primary_proc_based_vm_exec_control"),
         (PROC2_CONTROLS, "secondary_proc_based_vm_exec_control"),
         (EXIT_CONTROLS, "vm_exit_controls"),
         (ENTRY_CONTROLS, "vm_entry_controls"),
         (ACTIVITY_STATE, "guest_activity_state"),
+        (EPT_POINTER, "ept_pointer"),
+        (INSTRUCTION_LENGTH, "vm_entry_instruction_length"),
     ];
-    /// The control bits: any of them makes the verdict VMfailValid 7.
-    pub const CONTROLS: u32 = PIN_CONTROLS | PROC_CONTROLS | PROC2_CONTROLS | EXIT_CONTROLS | ENTRY_CONTROLS;
+    /// The bits of the checks on the VMX controls (27.2.1): any of them makes the verdict
+    /// VMfailValid 7.
+    pub const CONTROLS: u32 = PIN_CONTROLS
+        | PROC_CONTROLS
+        | PROC2_CONTROLS
+        | EXIT_CONTROLS
+        | ENTRY_CONTROLS
+        | EPT_POINTER
+        | INSTRUCTION_LENGTH;
 }
 
 /// L1's [`outside`] report.

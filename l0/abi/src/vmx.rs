@@ -426,6 +426,126 @@ impl fmt::Display for VmInstructionError {
     }
 }
 
+/// The interruption-information format shared by the VM-entry interruption-information,
+/// VM-exit interruption-information and IDT-vectoring information fields (SDM 25.8.3, Table
+/// 25-17; 25.9.2, Tables 25-19 and 25-20).
+pub mod intr {
+    /// Bits 7:0: the vector.
+    pub const VECTOR: u32 = 0xFF;
+    /// Bits 10:8: the interruption type.
+    pub const TYPE_SHIFT: u32 = 8;
+    /// Bit 11: deliver (or, on exits, valid) error code.
+    pub const ERROR_CODE: u32 = 1 << 11;
+    /// Bits 30:12 of the VM-entry field: reserved.
+    pub const ENTRY_RESERVED: u32 = 0x7FFF_F000;
+    /// Bit 31: valid.
+    pub const VALID: u32 = 1 << 31;
+    /// Type 0: external interrupt.
+    pub const EXTERNAL_INTERRUPT: u32 = 0;
+    /// Type 2: non-maskable interrupt.
+    pub const NMI: u32 = 2;
+    /// Type 3: hardware exception.
+    pub const HARDWARE_EXCEPTION: u32 = 3;
+    /// Type 4: software interrupt (INT n).
+    pub const SOFTWARE_INTERRUPT: u32 = 4;
+    /// Type 5: privileged software exception (INT1).
+    pub const PRIVILEGED_SOFTWARE_EXCEPTION: u32 = 5;
+    /// Type 6: software exception (INT3, INTO).
+    pub const SOFTWARE_EXCEPTION: u32 = 6;
+    /// Type 7: other event (pending MTF VM exit).
+    pub const OTHER_EVENT: u32 = 7;
+
+    /// The interruption type of `info`.
+    #[must_use]
+    pub const fn kind(info: u32) -> u32 {
+        (info >> TYPE_SHIFT) & 7
+    }
+
+    /// An event of the types L1 injects and L0's soft engine delivers (external interrupt,
+    /// NMI, hardware exception); software interrupts and exceptions are not among them.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Event {
+        /// Type 0, with its vector.
+        ExternalInterrupt(u8),
+        /// Type 2 (vector 2).
+        Nmi,
+        /// Type 3, with its vector and the error code it delivers.
+        HardwareException {
+            /// The vector (0-31).
+            vector: u8,
+            /// The error code, when the event delivers one (bit 11).
+            error_code: Option<u32>,
+        },
+    }
+
+    impl Event {
+        /// The event a VM-entry interruption-information field `info` describes, with the
+        /// VM-entry exception error code `error_code`: `None` when `info` is not valid or of
+        /// another type.
+        #[must_use]
+        pub const fn decode(info: u32, error_code: u32) -> Option<Self> {
+            if info & VALID == 0 {
+                return None;
+            }
+            let vector = (info & VECTOR) as u8;
+            match kind(info) {
+                EXTERNAL_INTERRUPT => Some(Self::ExternalInterrupt(vector)),
+                NMI => Some(Self::Nmi),
+                HARDWARE_EXCEPTION => Some(Self::HardwareException {
+                    vector,
+                    error_code: if info & ERROR_CODE != 0 { Some(error_code) } else { None },
+                }),
+                _ => None,
+            }
+        }
+
+        /// The VM-entry interruption-information field and exception error code that inject it.
+        #[must_use]
+        pub const fn encode(self) -> (u32, u32) {
+            match self {
+                Self::ExternalInterrupt(v) => (VALID | EXTERNAL_INTERRUPT << TYPE_SHIFT | v as u32, 0),
+                Self::Nmi => (VALID | NMI << TYPE_SHIFT | 2, 0),
+                Self::HardwareException { vector, error_code: None } => {
+                    (VALID | HARDWARE_EXCEPTION << TYPE_SHIFT | vector as u32, 0)
+                }
+                Self::HardwareException { vector, error_code: Some(c) } => {
+                    (VALID | ERROR_CODE | HARDWARE_EXCEPTION << TYPE_SHIFT | vector as u32, c)
+                }
+            }
+        }
+
+        /// The vector the event is delivered through.
+        #[must_use]
+        pub const fn vector(self) -> u8 {
+            match self {
+                Self::ExternalInterrupt(v) | Self::HardwareException { vector: v, .. } => v,
+                Self::Nmi => 2,
+            }
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn events_encode_and_decode_back() {
+            for e in [
+                Event::ExternalInterrupt(0x20),
+                Event::Nmi,
+                Event::HardwareException { vector: 6, error_code: None },
+                Event::HardwareException { vector: 13, error_code: Some(0x18) },
+            ] {
+                let (info, code) = e.encode();
+                assert_eq!(Event::decode(info, code), Some(e));
+            }
+            assert_eq!(Event::HardwareException { vector: 6, error_code: None }.encode().0, 0x8000_0306);
+            assert_eq!(Event::decode(VALID | SOFTWARE_INTERRUPT << TYPE_SHIFT | 0x80, 0), None);
+            assert_eq!(Event::decode(0x306, 0), None, "not valid");
+        }
+    }
+}
+
 /// Exit qualifications of a VM-entry failure (SDM 27.8 "VM-Entry Failures During or After
 /// Loading Guest State"). For basic reason 33 (invalid guest state) the qualification is one
 /// of the codes below; for 34 (MSR loading) it is the 1-based index of the failing entry in

@@ -34,32 +34,10 @@ use nestbench_abi::cr::{CR0_NE, CR0_PE, CR0_PG, CR4_VME_TO_OSXMMEXCPT, CR4_VMXE}
 /// IA32_VMX_MISC bit 5 (SDM A.6): VM exits store IA32_EFER.LMA into the "IA-32e mode guest"
 /// VM-entry control.
 pub const MISC_STORE_LMA: u64 = 1 << 5;
+/// IA32_VMX_MISC bit 6: the HLT activity state (SDM A.6).
+pub const MISC_ACTIVITY_HLT: u64 = 1 << 6;
 
-/// IA32_VMX_EPT_VPID_CAP bits (SDM A.10) that the soft engine sets.
-pub mod ept_cap {
-    /// Bit 0: execute-only EPT translations (not advertised).
-    pub const EXECUTE_ONLY: u64 = 1 << 0;
-    /// Bit 6: page-walk length of 4.
-    pub const WALK_LENGTH_4: u64 = 1 << 6;
-    /// Bit 8: uncacheable EPT paging structures (not advertised).
-    pub const MEMTYPE_UC: u64 = 1 << 8;
-    /// Bit 14: write-back EPT paging structures.
-    pub const MEMTYPE_WB: u64 = 1 << 14;
-    /// Bit 16: 2-Mbyte pages (bit 7 of an EPT PDE).
-    pub const PAGE_2M: u64 = 1 << 16;
-    /// Bit 17: 1-Gbyte pages (bit 7 of an EPT PDPTE).
-    pub const PAGE_1G: u64 = 1 << 17;
-    /// Bit 20: INVEPT.
-    pub const INVEPT: u64 = 1 << 20;
-    /// Bit 21: accessed and dirty flags for EPT (not advertised).
-    pub const ACCESSED_DIRTY: u64 = 1 << 21;
-    /// Bit 25: single-context INVEPT.
-    pub const INVEPT_SINGLE_CONTEXT: u64 = 1 << 25;
-    /// Bit 26: all-context INVEPT.
-    pub const INVEPT_ALL_CONTEXT: u64 = 1 << 26;
-    /// Bit 32: INVVPID (not advertised; nor are its types, bits 40-43).
-    pub const INVVPID: u64 = 1 << 32;
-}
+pub use nestbench_abi::controls::ept_cap;
 
 /// Primary processor-based controls the soft engine may honour as 1, beyond the default1
 /// bits: HLT (KVM_EXIT_HLT, docs/kvm-exits.md row 4), port I/O (KVM_EXIT_IO, rows 1-3), MSR
@@ -200,12 +178,12 @@ impl Caps {
                 | ept_cap::INVEPT
                 | ept_cap::INVEPT_SINGLE_CONTEXT
                 | ept_cap::INVEPT_ALL_CONTEXT,
-            // A.6: preemption-timer rate PREEMPTION_TIMER_RATE (bits 4:0), LMA stored on exit (bit 5), no
-            // activity state but active (bits 8:6 = 0), CR3-target count 0 (bits 24:16),
+            // A.6: preemption-timer rate PREEMPTION_TIMER_RATE (bits 4:0), LMA stored on exit (bit 5), the
+            // HLT activity state (bit 6; not shutdown or wait-for-SIPI), CR3-target count 0 (bits 24:16),
             // MSR-list size code 0 (bits 27:25; L0 honours no MSR list at all, the entry
             // checks refuse non-zero counts), no VMWRITE to exit-information fields (bit 29),
             // no zero-length software-interrupt injection (bit 30), MSEG revision 0.
-            misc: MISC_STORE_LMA | PREEMPTION_TIMER_RATE as u64,
+            misc: MISC_STORE_LMA | MISC_ACTIVITY_HLT | PREEMPTION_TIMER_RATE as u64,
             // A.7: no unrestricted guest, so PE, NE and PG are fixed to 1; the upper 32 bits
             // of CR0 are reserved.
             cr0_fixed0: CR0_PE | CR0_NE | CR0_PG,
@@ -357,7 +335,7 @@ mod tests {
         assert_eq!(c.entry, 0x0000_93FF_0000_11FF);
         assert_eq!(c.procbased2, 0x0000_0002_0000_0000);
         assert_eq!(c.ept_vpid, 0x0613_4040);
-        assert_eq!(c.misc, 0x25, "LMA stored, preemption-timer rate 5");
+        assert_eq!(c.misc, 0x65, "LMA stored, HLT, preemption-timer rate 5");
         assert_eq!((c.cr0_fixed0, c.cr0_fixed1), (0x8000_0021, 0xFFFF_FFFF));
         assert_eq!((c.cr4_fixed0, c.cr4_fixed1), (0x2000, 0x27FF));
         assert_eq!(c.vmcs_enum, u64::from(nestbench_abi::vmcs::MAX_INDEX) << 1);
@@ -479,7 +457,7 @@ mod tests {
         let ept_never = ept_cap::EXECUTE_ONLY | ept_cap::MEMTYPE_UC | ept_cap::ACCESSED_DIRTY | 1 << 7;
         assert_eq!(c.ept_vpid & ept_never, 0, "no execute-only, UC, A/D, 5-level");
         assert_eq!(c.ept_vpid >> 32, 0, "no INVVPID");
-        assert_eq!(c.activity_states(), 0);
+        assert_eq!(c.activity_states(), 1, "HLT only (no shutdown, no wait-for-SIPI)");
         assert_eq!(c.cr3_target_count(), 0);
         assert_eq!(c.misc & (1 << 29 | 1 << 30), 0, "no VMWRITE to exit information, no 0-length injection");
         assert_eq!(c.check_cr0(0x8000_0031), Ok(()));

@@ -15,12 +15,13 @@ use kvm_ioctls::Kvm;
 use nestbench_abi::controls;
 use nestbench_abi::softvmx::{self, DOORBELL_LAUNCH, DOORBELL_RESUME, VmxOp, VmxResult};
 use nestbench_abi::vmcs::{self, Field32, Field64};
-use nestbench_abi::vmx::{ExitReason, RawExitReason, VmInstructionError};
+use nestbench_abi::vmx::{ExitReason, RawExitReason, VmInstructionError, intr};
 
 use super::caps::Caps;
 use super::entry_checks::{self, EntryFailure};
 use super::ept_fault::{self, Fault};
 use super::host_exits::NoSlot;
+use super::injection::{self, Event};
 use super::io_decode;
 use super::l2vm::{EptShadowError, L2Vm};
 use super::msr::{self, MsrExits};
@@ -254,14 +255,21 @@ impl SoftVmx {
             let mut w = [0u8; 4];
             mem.read(link, &mut w).ok().map(|()| u32::from_le_bytes(w))
         };
-        let shadowing =
-            v.read(Field32::SecondaryProcBasedVmExecControl.encoding()) as u32 & controls::proc2::VMCS_SHADOWING != 0;
-        let checked = entry_checks::check(&v, &self.caps, self.maxphyaddr).and_then(|()| {
-            if link == u64::MAX {
-                return Ok(());
+        // "VMCS shadowing" counts only when the secondary controls are active (SDM 25.6.2).
+        let proc1 = v.read(Field32::PrimaryProcBasedVmExecControl.encoding()) as u32;
+        let shadowing = proc1 & controls::proc1::ACTIVATE_SECONDARY_CONTROLS != 0
+            && v.read(Field32::SecondaryProcBasedVmExecControl.encoding()) as u32 & controls::proc2::VMCS_SHADOWING
+                != 0;
+        // The link pointer's target (27.3.1.5) is checked after the rest, and also where the
+        // rest found only an unsupported setting: an architectural failure wins over it.
+        let checked = match entry_checks::check(&v, &self.caps, self.maxphyaddr) {
+            r @ (Ok(()) | Err(EntryFailure::Unsupported { .. })) if link != u64::MAX => {
+                entry_checks::link_target(link, link_word(), self.caps.vmx_basic().revision_id(), shadowing, cur).and(r)
             }
-            entry_checks::link_target(link, link_word(), self.caps.vmx_basic().revision_id(), shadowing, cur)
-        });
+            r => r,
+        };
+        let msr_count = v.read(Field32::VmEntryMsrLoadCount.encoding()) as u32;
+        let msr_addr = v.read(Field64::VmEntryMsrLoadAddr.encoding());
         match checked {
             Ok(()) => {}
             Err(EntryFailure::Control { .. }) => {
@@ -273,14 +281,37 @@ impl SoftVmx {
             Err(EntryFailure::GuestState { qualification, .. }) => {
                 // SDM 27.8: the entry fails after the checks on the guest state: a VM exit
                 // with "VM-entry failure due to invalid guest state"; the VMCS stays clear.
-                let reason = RawExitReason::vm_entry_failure(ExitReason::EntryFailureGuestState).map_or(0, |r| r.raw());
-                *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
-                transitions::write_exit_info(&v, &ExitInfo { reason, qualification, ..ExitInfo::default() });
-                self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
-                self.stamps.delivered(host_tsc());
-                return Ok(EntryOutcome::Resume);
+                return self.entry_failure(
+                    l1,
+                    &v,
+                    &l1_regs,
+                    &l1_sregs,
+                    ExitReason::EntryFailureGuestState,
+                    qualification,
+                );
             }
             Err(EntryFailure::Unsupported { field, why }) => {
+                // A PAE guest without EPT: its PDPTEs in memory (27.3.1.6) are checked first.
+                let read = |pa: u64| mem.read_u64(pa).unwrap_or(u64::MAX);
+                if let Err(EntryFailure::GuestState { qualification, .. }) =
+                    entry_checks::pdptes_in_memory(&v, self.maxphyaddr, read)
+                {
+                    return self.entry_failure(
+                        l1,
+                        &v,
+                        &l1_regs,
+                        &l1_sregs,
+                        ExitReason::EntryFailureGuestState,
+                        qualification,
+                    );
+                }
+                // The MSR loading (27.4) would come next on hardware: an entry of the area that
+                // fails is architectural and wins over the unsupported setting.
+                if let Some((n, why)) = super::msr_load::first_failure(mem, msr_addr, msr_count) {
+                    tracing::debug!("VM-entry MSR load fails at entry {n}: {why}");
+                    let q = u64::from(n);
+                    return self.entry_failure(l1, &v, &l1_regs, &l1_sregs, ExitReason::EntryFailureMsrLoading, q);
+                }
                 return Ok(EntryOutcome::Unsupported { what: field.to_owned(), why });
             }
         }
@@ -301,8 +332,7 @@ impl SoftVmx {
         }
         let l2 = self.l2.as_mut().expect("created above");
         // RDMSR/WRMSR exits: VM2's MSR filter follows L1's MSR bitmap (super::msr).
-        let proc = v.read(Field32::PrimaryProcBasedVmExecControl.encoding()) as u32;
-        if let Err(e) = self.msr.sync(l2.fd(), mem, proc, v.read(Field64::MsrBitmap.encoding())) {
+        if let Err(e) = self.msr.sync(l2.fd(), mem, proc1, v.read(Field64::MsrBitmap.encoding())) {
             return Ok(EntryOutcome::Unsupported { what: Field64::MsrBitmap.name().into(), why: e.to_string() });
         }
         // VM entry loads L2's whole state from VMCS12 and L1's GPRs (SDM 27.3.2). What
@@ -315,9 +345,8 @@ impl SoftVmx {
         l2.vcpu.set_sregs(&l2_sregs)?;
         // SDM 27.4: the VM-entry MSR-load area, after the guest state; a failing entry is a
         // VM-entry failure (27.8) with reason 34 and the entry's number as qualification.
-        let msr_count = v.read(Field32::VmEntryMsrLoadCount.encoding()) as u32;
         if msr_count > 0 {
-            match super::msr_load::load(&l2.vcpu, mem, v.read(Field64::VmEntryMsrLoadAddr.encoding()), msr_count) {
+            match super::msr_load::load(&l2.vcpu, mem, msr_addr, msr_count) {
                 Ok(()) => {}
                 Err(super::msr_load::LoadError::Unsupported { n, why }) => {
                     return Ok(EntryOutcome::Unsupported {
@@ -326,17 +355,9 @@ impl SoftVmx {
                     });
                 }
                 Err(super::msr_load::LoadError::Fails { n, why }) => {
-                    let reason =
-                        RawExitReason::vm_entry_failure(ExitReason::EntryFailureMsrLoading).map_or(0, |r| r.raw());
-                    *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
                     tracing::debug!("VM-entry MSR load failed at entry {n}: {why}");
-                    transitions::write_exit_info(
-                        &v,
-                        &ExitInfo { reason, qualification: u64::from(n), ..ExitInfo::default() },
-                    );
-                    self.load_host(l1, &v, &l1_regs, &l1_sregs)?;
-                    self.stamps.delivered(host_tsc());
-                    return Ok(EntryOutcome::Resume);
+                    let q = u64::from(n);
+                    return self.entry_failure(l1, &v, &l1_regs, &l1_sregs, ExitReason::EntryFailureMsrLoading, q);
                 }
             }
         }
@@ -375,11 +396,9 @@ impl SoftVmx {
                 }
             }
         }
-        self.stats.entries += 1;
-        self.stats.l0_ns += ns(entry_started.elapsed());
         // Interrupt-window exiting: the entry checks let it through only with RFLAGS.IF = 1
         // and no blocking, so the window is open before L2's first instruction (SDM 26.7.5).
-        let window = proc & controls::proc1::INTERRUPT_WINDOW_EXITING != 0;
+        let window = proc1 & controls::proc1::INTERRUPT_WINDOW_EXITING != 0;
         let at_entry = if timer_zero {
             Some(ExitReason::PreemptionTimer)
         } else if window {
@@ -387,7 +406,43 @@ impl SoftVmx {
         } else {
             None
         };
-        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired, at_entry)
+        // SDM 27.6: event injection, after the guest state and the MSRs are loaded (types
+        // 4-6 never get here: the entry checks refused them as unsupported).
+        let injection = Event::decode(
+            v.read(Field32::VmEntryInterruptionInfo.encoding()) as u32,
+            v.read(Field32::VmEntryExceptionErrorCode.encoding()) as u32,
+        );
+        // SDM 27.7 (activity state): L2 entered in HLT stays halted until an event wakes it.
+        // An injected event does (it is delivered, and L2 is active after it); a zero
+        // preemption timer exits before L2 runs, still halted (saved so at the exit). Nothing
+        // else can reach VM2 here, so an L2 halted with neither is refused rather than left to
+        // wait forever.
+        let halted = v.read(Field32::GuestActivityState.encoding()) == 1 && injection.is_none();
+        if halted && !timer_zero {
+            return Ok(EntryOutcome::Unsupported {
+                what: Field32::GuestActivityState.name().into(),
+                why: "L2 entered in HLT with no injected event and no zero preemption timer: nothing on this host \
+                      can wake it (docs/soft-engine.md, \"Event injection\")"
+                    .into(),
+            });
+        }
+        if let Some(event) = injection {
+            if let Some(reason) = at_entry {
+                return Ok(EntryOutcome::Unsupported {
+                    what: Field32::VmEntryInterruptionInfo.name().into(),
+                    why: format!(
+                        "an injected event ({event:?}) with a {} VM exit due at entry: the order of the two is not \
+                         implemented",
+                        crate::events::reason_name(reason as u32)
+                    ),
+                });
+            }
+            let l2 = self.l2.as_mut().expect("created above");
+            l2.vcpu.set_events(&injection::apply(event, l2.vcpu.events()?))?;
+        }
+        self.stats.entries += 1;
+        self.stats.l0_ns += ns(entry_started.elapsed());
+        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired, AtEntry { exit: at_entry, injection, halted })
     }
 
     /// Start shadowing the EPT12 at `eptp` afresh: every memslot dropped, filled again lazily
@@ -427,6 +482,25 @@ impl SoftVmx {
         Ok(EntryOutcome::Resume)
     }
 
+    /// A VM-entry failure after the VM-entry checks (SDM 27.8): a VM exit with `reason` and
+    /// bit 31, `qualification`, L1's host state loaded; the VMCS stays not launched.
+    fn entry_failure(
+        &mut self,
+        l1: &mut Vcpu,
+        v: &Vmcs12<'_>,
+        l1_regs: &kvm_regs,
+        l1_sregs: &kvm_sregs,
+        reason: ExitReason,
+        qualification: u64,
+    ) -> Result<EntryOutcome, SoftError> {
+        let reason = RawExitReason::vm_entry_failure(reason).map_or(0, |r| r.raw());
+        *self.stats.entry_failures.entry(format!("entry_failure({})", reason & 0xFFFF)).or_default() += 1;
+        transitions::write_exit_info(v, &ExitInfo { reason, qualification, ..ExitInfo::default() });
+        self.load_host(l1, v, l1_regs, l1_sregs)?;
+        self.stamps.delivered(host_tsc());
+        Ok(EntryOutcome::Resume)
+    }
+
     /// Load L1's host state after a VM exit (or an entry failure) and arm the trap count.
     fn load_host(
         &mut self,
@@ -451,8 +525,9 @@ impl SoftVmx {
         cur: u64,
         l1_sregs: &kvm_sregs,
         watchdog_fired: &dyn Fn() -> bool,
-        at_entry: Option<ExitReason>,
+        at_entry: AtEntry,
     ) -> Result<EntryOutcome, SoftError> {
+        let AtEntry { exit: at_entry, injection, halted } = at_entry;
         // A VM exit before L2's first instruction (a zero preemption timer, an open
         // interrupt window): VM2 does not run.
         let timer_zero = at_entry == Some(ExitReason::PreemptionTimer);
@@ -527,6 +602,26 @@ impl SoftVmx {
                 },
             }
         };
+        // An exit while the injected event was being delivered (VM2's vCPU still holds it):
+        // VMX would report it with IDT-vectoring information (SDM 28.2.4), which L0 does not
+        // write. A triple fault ends the delivery.
+        let result = match (result, injection) {
+            (Ok(Reflect::Exit { info, .. }), Some(event))
+                if info.reason != ExitReason::TripleFault as u32
+                    && injection::still_queued(event, &l2.vcpu.events()?) =>
+            {
+                l2.vcpu.set_events(&kvm_bindings::kvm_vcpu_events::default())?;
+                Ok(Reflect::Stop(EntryOutcome::Unsupported {
+                    what: Field32::IdtVectoringInfo.name().into(),
+                    why: format!(
+                        "L2 exited ({}) while the injected {event:?} was being delivered: L0 does not report \
+                         IDT-vectoring information",
+                        crate::events::reason_name(info.reason)
+                    ),
+                }))
+            }
+            (r, _) => r,
+        };
         l2.snapshot_tables();
         self.stats.ept = l2.stats.clone();
         self.stats.memslots = l2.stats.memslots;
@@ -549,8 +644,12 @@ impl SoftVmx {
         let l2 = self.l2.as_mut().expect("VM2 exists at exit");
         let l2_sregs = l2.vcpu.sregs()?;
         let v = Vmcs12::new(mem, cur).expect("the current VMCS was checked at entry");
-        transitions::save_guest(&v, &l2_regs, rip, &l2_sregs);
+        transitions::save_guest(&v, &l2_regs, rip, &l2_sregs, halted);
         transitions::write_exit_info(&v, &info);
+        // SDM 25.8.3: "VM exits clear the valid bit (bit 31) in the VM-entry
+        // interruption-information field."
+        let entry_info = v.read(Field32::VmEntryInterruptionInfo.encoding());
+        v.set(Field32::VmEntryInterruptionInfo.encoding(), entry_info & !u64::from(intr::VALID));
         if let Some(value) = saved_timer {
             if v.read(Field32::VmExitControls.encoding()) as u32 & controls::exit::SAVE_PREEMPTION_TIMER != 0 {
                 v.set(Field32::VmxPreemptionTimerValue.encoding(), u64::from(value));
@@ -564,6 +663,16 @@ impl SoftVmx {
         self.after_exit = true;
         Ok(EntryOutcome::Resume)
     }
+}
+
+/// What the entry brings besides L2's state: a VM exit due before L2's first instruction (a
+/// zero preemption timer, an open interrupt window) and the event it injects.
+#[derive(Clone, Copy, Debug)]
+struct AtEntry {
+    exit: Option<ExitReason>,
+    injection: Option<Event>,
+    /// L2 entered in HLT and nothing woke it (a zero preemption timer exits first).
+    halted: bool,
 }
 
 fn sregs_equal(a: &kvm_sregs, b: &kvm_sregs) -> bool {

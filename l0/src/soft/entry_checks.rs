@@ -24,10 +24,12 @@
 //! * a non-zero VM-exit MSR-store or VM-exit MSR-load count, once its address passes the
 //!   27.2.1 checks, and more than 512 VM-entry MSR-load entries (fewer are checked and
 //!   loaded, SDM 27.4: `super::msr_load`);
-//! * event injection (a valid VM-entry interruption-information field), once the field passes
-//!   the 27.2.1.3 checks;
+//! * injection of a software interrupt or exception (types 4-6), once the field passes the
+//!   27.2.1.3 checks (external interrupts, NMIs and hardware exceptions are injected:
+//!   `super::injection`);
 //! * a guest that is not IA-32e mode ("IA-32e mode guest" = 0), once its PDPTE fields pass
 //!   27.3.1.6 (with EPT; [`Checker::guest_pdptes`]);
+//! * a guest without EPT ("enable EPT" = 0: VM2's memory comes from EPT12 only);
 //! * a non-zero IA32_DEBUGCTL with "load debug controls" (LBR/BTF are not loaded into VM2);
 //! * a non-zero pending-debug-exceptions field (no way to make VM2 deliver them);
 //!
@@ -136,6 +138,8 @@ const RFLAGS_FIXED_ONE: u64 = 1 << 1;
 const RFLAGS_TF: u64 = 1 << 8;
 const RFLAGS_IF: u64 = 1 << 9;
 const RFLAGS_VM: u64 = 1 << 17;
+/// Activity state 1 (SDM 25.4.2, Table 25-3).
+const ACTIVITY_HLT: u32 = 1;
 
 // Access-rights fields (SDM 25.4.1, Table 25-2).
 const AR_TYPE: u32 = 0xF;
@@ -150,18 +154,13 @@ const AR_UNUSABLE: u32 = 1 << 16;
 const AR_RESERVED_31_17: u32 = 0xFFFE_0000;
 
 // VM-entry interruption-information field (SDM 25.8.3, Table 25-17).
-const INTR_VECTOR: u32 = 0xFF;
-const INTR_TYPE_SHIFT: u32 = 8;
-const INTR_DELIVER_ERROR_CODE: u32 = 1 << 11;
-const INTR_RESERVED_30_12: u32 = 0x7FFF_F000;
-const INTR_VALID: u32 = 1 << 31;
-const INTR_TYPE_EXTERNAL: u32 = 0;
-const INTR_TYPE_NMI: u32 = 2;
-const INTR_TYPE_HW_EXCEPTION: u32 = 3;
-const INTR_TYPE_SW_INTERRUPT: u32 = 4;
-const INTR_TYPE_PRIV_SW_EXCEPTION: u32 = 5;
-const INTR_TYPE_SW_EXCEPTION: u32 = 6;
-const INTR_TYPE_OTHER: u32 = 7;
+use nestbench_abi::vmx::intr::{
+    ENTRY_RESERVED as INTR_RESERVED_30_12, ERROR_CODE as INTR_DELIVER_ERROR_CODE,
+    EXTERNAL_INTERRUPT as INTR_TYPE_EXTERNAL, HARDWARE_EXCEPTION as INTR_TYPE_HW_EXCEPTION, NMI as INTR_TYPE_NMI,
+    OTHER_EVENT as INTR_TYPE_OTHER, PRIVILEGED_SOFTWARE_EXCEPTION as INTR_TYPE_PRIV_SW_EXCEPTION,
+    SOFTWARE_EXCEPTION as INTR_TYPE_SW_EXCEPTION, SOFTWARE_INTERRUPT as INTR_TYPE_SW_INTERRUPT,
+    TYPE_SHIFT as INTR_TYPE_SHIFT, VALID as INTR_VALID, VECTOR as INTR_VECTOR,
+};
 
 // Interruptibility state (SDM 25.4.2, Table 25-3).
 const BLOCKING_BY_STI: u32 = 1 << 0;
@@ -377,6 +376,13 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // (see Table 25-9 in Section 25.6.11) must satisfy the following checks:"
         if proc2 & proc2::ENABLE_EPT != 0 {
             self.check_eptp(caps)?;
+        } else {
+            // Valid but not honoured: without EPT, L2-physical addresses are L1-physical ones;
+            // L0 builds VM2's memory from EPT12 only.
+            self.unsupported(
+                Field32::SecondaryProcBasedVmExecControl.name(),
+                "a guest without EPT ('enable EPT' = 0, L2-physical = L1-physical) is not implemented",
+            );
         }
 
         // Valid but not honoured: CR3-load/store exiting are default1 bits, so the capability
@@ -540,10 +546,18 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         let info = self.r32(Field32::VmEntryInterruptionInfo);
         if info & INTR_VALID != 0 {
             self.check_injection(info)?;
-            self.unsupported(
-                Field32::VmEntryInterruptionInfo.name(),
-                format!("event injection ({info:#010x}) is not implemented in part 1"),
-            );
+            // Injected through KVM_SET_VCPU_EVENTS (super::injection), which has no place for
+            // the instruction length a software event pushes.
+            let kind = (info >> INTR_TYPE_SHIFT) & 7;
+            if matches!(kind, INTR_TYPE_SW_INTERRUPT | INTR_TYPE_PRIV_SW_EXCEPTION | INTR_TYPE_SW_EXCEPTION) {
+                self.unsupported(
+                    Field32::VmEntryInterruptionInfo.name(),
+                    format!(
+                        "injection of a software interrupt or exception ({info:#010x}): KVM_SET_VCPU_EVENTS cannot give \
+                         VM2 the instruction length it pushes"
+                    ),
+                );
+            }
         }
 
         // "The following checks are performed for the VM-entry MSR-load address if the
@@ -796,20 +810,8 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         if !pae_paging || self.proc2() & proc2::ENABLE_EPT == 0 {
             return Ok(());
         }
-        // "... uses the same checks that are used when CR3 is loaded with MOV to CR3 when PAE
-        // paging is in use": a present PDPTE with a reserved bit set (SDM 4.4.1, Table 4-8:
-        // bits 2:1, 8:5 and MAXPHYADDR-1:63) is a #GP there, so the entry fails; the exit
-        // qualification is 2 (27.8: "a problem loading the PDPTRs").
-        const PDPTE_RESERVED: u64 = 0b1_1110_0110;
         for f in [Field64::GuestPdpte0, Field64::GuestPdpte1, Field64::GuestPdpte2, Field64::GuestPdpte3] {
-            let e = self.r64(f);
-            if e & 1 != 0 && (e & PDPTE_RESERVED != 0 || e >> self.maxphyaddr != 0) {
-                return Err(EntryFailure::GuestState {
-                    field: f.name(),
-                    why: format!("{e:#x}: a present PDPTE with reserved bits set"),
-                    qualification: entry_failure::PDPTE_LOAD,
-                });
-            }
+            check_pdpte(f.name(), self.r64(f), self.maxphyaddr)?;
         }
         Ok(())
     }
@@ -1265,11 +1267,39 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
                 format!("activity state {activity} is not supported (IA32_VMX_MISC[8:6] = 0: active only)"),
             ));
         }
-        // The other activity-state bullets ("must not indicate the HLT state if the DPL ...
-        // for SS is not 0", "must indicate the active state if the interruptibility-state
-        // field indicates blocking by either MOV-SS or by STI", the events allowed per
-        // activity state, "must not indicate the wait-for-SIPI state if the 'entry to SMM'
-        // VM-entry control is 1") concern states other than active: vacuous here.
+        let field = Field32::GuestActivityState.name();
+        // "The activity-state field must not indicate the HLT state if the DPL (bits 6:5) in
+        // the access-rights field for SS is not 0."
+        let ss_dpl = (self.r32(Field32::GuestSsAccessRights) >> AR_DPL_SHIFT) & 3;
+        if activity == ACTIVITY_HLT && ss_dpl != 0 {
+            return Err(guest(field, format!("HLT with SS.DPL {ss_dpl}")));
+        }
+        // "The activity-state field must indicate the active state if the interruptibility-
+        // state field indicates blocking by either MOV-SS or by STI (if either bit 0 or bit 1
+        // in that field is 1)."
+        let blocking = self.r32(Field32::GuestInterruptibilityState) & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS);
+        if activity != 0 && blocking != 0 {
+            return Err(guest(field, format!("activity state {activity} with STI or MOV-SS blocking")));
+        }
+        // "If the valid bit (bit 31) in the VM-entry interruption-information field is 1, the
+        // interruption to be delivered ... must not be one that would normally be blocked while
+        // a logical processor is in the activity state corresponding to the contents of the
+        // activity-state field. ... HLT. The only events allowed are the following: external
+        // interrupts (interruption type 0), non-maskable interrupts (interruption type 2),
+        // exceptions with vector 1 (debug exception) or vector 18 (machine-check exception)
+        // (interruption type 3), pending MTF VM exit (interruption type 7 with vector 0)."
+        let vector = info & INTR_VECTOR;
+        let allowed_in_hlt = match inj_type {
+            INTR_TYPE_EXTERNAL | INTR_TYPE_NMI => true,
+            INTR_TYPE_HW_EXCEPTION => vector == 1 || vector == 18,
+            INTR_TYPE_OTHER => vector == 0,
+            _ => false,
+        };
+        if activity == ACTIVITY_HLT && injecting && !allowed_in_hlt {
+            return Err(guest(field, format!("HLT with an injected event ({info:#010x}) that HLT blocks")));
+        }
+        // ("must not indicate the wait-for-SIPI state if the 'entry to SMM' VM-entry control is
+        // 1": wait-for-SIPI is not advertised.)
 
         // "Interruptibility state."
         let intr = self.r32(Field32::GuestInterruptibilityState);
@@ -1412,6 +1442,51 @@ pub fn link_target(
         Some(w) => Err(link_failure(field, format!("the VMCS at {link:#x} has revision word {w:#x}, not {want:#x}"))),
         None => Err(link_failure(field, format!("{link:#x} is outside L1's memory"))),
     }
+}
+
+/// "... uses the same checks that are used when CR3 is loaded with MOV to CR3 when PAE paging
+/// is in use" (27.3.1.6): a present PDPTE with a reserved bit set (SDM 4.4.1, Table 4-8: bits
+/// 2:1, 8:5 and MAXPHYADDR-1:63) is a #GP there, so the entry fails; the exit qualification is
+/// 2 (27.8: "a problem loading the PDPTRs").
+fn check_pdpte(field: &'static str, e: u64, maxphyaddr: u32) -> Result<(), EntryFailure> {
+    const PDPTE_RESERVED: u64 = 0b1_1110_0110;
+    if e & 1 != 0 && (e & PDPTE_RESERVED != 0 || e >> maxphyaddr != 0) {
+        return Err(EntryFailure::GuestState {
+            field,
+            why: format!("{e:#x}: a present PDPTE with reserved bits set"),
+            qualification: entry_failure::PDPTE_LOAD,
+        });
+    }
+    Ok(())
+}
+
+/// 27.3.1.6 with "enable EPT" 0: "VM entry checks the validity of the PDPTEs referenced by
+/// the CR3 field in the guest-state area if ... PAE paging was not in use before the VM entry"
+/// (L1 runs in IA-32e mode, so it was not). `read` gives the quadword at an L1-physical address
+/// (all ones where no memory is). For a guest the pure checks found only unsupported (a PAE
+/// guest without EPT): a PDPTE failure is architectural and wins.
+pub fn pdptes_in_memory(
+    vmcs: &impl Vmcs12Read,
+    maxphyaddr: u32,
+    read: impl Fn(u64) -> u64,
+) -> Result<(), EntryFailure> {
+    let get = |f: FieldNatural| vmcs.read(f.encoding());
+    let entry = vmcs.read(Field32::VmEntryControls.encoding()) as u32;
+    let proc = vmcs.read(Field32::PrimaryProcBasedVmExecControl.encoding()) as u32;
+    let ept = proc & proc1::ACTIVATE_SECONDARY_CONTROLS != 0
+        && vmcs.read(Field32::SecondaryProcBasedVmExecControl.encoding()) as u32 & proc2::ENABLE_EPT != 0;
+    let pae_paging = get(FieldNatural::GuestCr0) & CR0_PG != 0
+        && get(FieldNatural::GuestCr4) & CR4_PAE != 0
+        && entry & entry::IA32E_MODE_GUEST == 0;
+    if !pae_paging || ept {
+        return Ok(());
+    }
+    // PAE paging: CR3 bits 31:5 locate the 32-byte PDPT (SDM 4.4.1).
+    let pdpt = get(FieldNatural::GuestCr3) & 0xFFFF_FFE0;
+    for i in 0..4 {
+        check_pdpte(FieldNatural::GuestCr3.name(), read(pdpt + 8 * i), maxphyaddr)?;
+    }
+    Ok(())
 }
 
 /// The name of a field by encoding (the encodings here all come from the typed enums).
@@ -1620,7 +1695,8 @@ mod tests {
     #[test]
     fn the_baseline_enters() {
         assert_eq!(run(&baseline()), Ok(()));
-        // Without the secondary controls, EPT and its EPTP are not looked at.
+        // Without the secondary controls, EPT and its EPTP are not looked at: a guest without
+        // EPT, valid and not honoured.
         let b = baseline();
         let proc =
             b.get(Field32::PrimaryProcBasedVmExecControl.encoding()) & !u64::from(proc1::ACTIVATE_SECONDARY_CONTROLS);
@@ -1628,7 +1704,7 @@ mod tests {
             .with(Field32::PrimaryProcBasedVmExecControl.encoding(), proc)
             .with(Field32::SecondaryProcBasedVmExecControl.encoding(), 0xFFFF_FFFF)
             .with(Field64::EptPointer.encoding(), 0xFFF);
-        assert_eq!(run(&m), Ok(()));
+        unsupported(&m, "secondary_proc_based_vm_exec_control");
         // 16/32-bit fields are masked to their width.
         let m = baseline().with(Field16::GuestCsSelector.encoding(), 0xABCD_0000_001B);
         assert_eq!(run(&m), Ok(()));
@@ -1711,10 +1787,20 @@ mod tests {
     }
 
     #[test]
-    fn event_injection_is_checked_then_unsupported() {
+    fn event_injection_is_checked_and_software_events_are_unsupported() {
         let info = |v: u32| baseline().with(Field32::VmEntryInterruptionInfo.encoding(), v.into());
-        // #GP with its error code: valid, not honoured.
-        unsupported(&info(INTR_VALID | 3 << 8 | INTR_DELIVER_ERROR_CODE | 13), "vm_entry_interruption_info");
+        // #GP with its error code, #UD, an external interrupt, an NMI: valid and injected.
+        for ok in [
+            INTR_VALID | 3 << 8 | INTR_DELIVER_ERROR_CODE | 13,
+            INTR_VALID | 3 << 8 | 6,
+            INTR_VALID | 0x20,
+            INTR_VALID | 2 << 8 | 2,
+        ] {
+            assert_eq!(run(&info(ok)), Ok(()), "{ok:#x}");
+        }
+        // INT 80h with a length: valid, not honoured (KVM cannot push RIP + length).
+        let int80 = info(INTR_VALID | 4 << 8 | 0x80).with(Field32::VmEntryInstructionLength.encoding(), 2);
+        unsupported(&int80, "vm_entry_interruption_info");
         // #GP without error code, #UD with one, type 1, type 7 (no MTF), NMI vector 3,
         // hardware exception vector 32, reserved bit 12.
         for bad in [
@@ -1846,8 +1932,20 @@ mod tests {
     #[test]
     fn guest_non_register_state() {
         let f = |field: Field32, v: u64| baseline().with(field.encoding(), v);
-        guest_fails(&f(Field32::GuestActivityState, 1), "guest_activity_state", 0); // HLT not advertised
+        guest_fails(&f(Field32::GuestActivityState, 2), "guest_activity_state", 0); // shutdown is not
         guest_fails(&f(Field32::GuestActivityState, 4), "guest_activity_state", 0);
+        // HLT is advertised, at CPL 0 only (the baseline's SS.DPL is 3).
+        guest_fails(&f(Field32::GuestActivityState, 1), "guest_activity_state", 0);
+        let hlt = f(Field32::GuestActivityState, 1)
+            .with(Field16::GuestCsSelector.encoding(), 0x18)
+            .with(Field32::GuestCsAccessRights.encoding(), 0xA09B)
+            .with(Field16::GuestSsSelector.encoding(), 0x20)
+            .with(Field32::GuestSsAccessRights.encoding(), 0xC093);
+        assert_eq!(run(&hlt), Ok(()));
+        let info = |v: u32| hlt.clone().with(Field32::VmEntryInterruptionInfo.encoding(), v.into());
+        guest_fails(&info(INTR_VALID | 3 << 8 | 6), "guest_activity_state", 0); // #UD: blocked in HLT
+        let irq = info(INTR_VALID | 0x20).with(FieldNatural::GuestRflags.encoding(), 0x202);
+        assert_eq!(run(&irq), Ok(()), "an external interrupt wakes HLT");
         guest_fails(&f(Field32::GuestInterruptibilityState, 1 << 5), "guest_interruptibility_state", 0);
         guest_fails(&f(Field32::GuestInterruptibilityState, 3), "guest_interruptibility_state", 0);
         guest_fails(&f(Field32::GuestInterruptibilityState, 4), "guest_interruptibility_state", 0); // SMI

@@ -5,6 +5,7 @@ pub mod engine;
 pub mod entry_checks;
 pub mod ept_fault;
 pub mod host_exits;
+pub mod injection;
 pub mod io_decode;
 pub mod l2vm;
 pub mod msr;

@@ -101,48 +101,63 @@ pub enum LoadError {
     },
 }
 
+/// Entry `i` (from 0) of the area at L1-physical `addr`: its MSR index and value when 27.4
+/// lets it load, or why not.
+fn judge(mem: &GuestMem, addr: u64, i: u32) -> Result<(u32, u64), LoadError> {
+    let at = addr + 16 * u64::from(i);
+    let n = i + 1;
+    let (Ok(first), Ok(value)) = (mem.read_u64(at), mem.read_u64(at + 8)) else {
+        return Err(LoadError::Fails { n, why: format!("entry at {at:#x} is outside L1's memory") });
+    };
+    let (index, high) = (first as u32, (first >> 32) as u32);
+    if let Some(why) = refuse(index, high) {
+        return Err(LoadError::Fails { n, why: format!("MSR {index:#x}: {why}") });
+    }
+    match wrmsr(index, value) {
+        Wrmsr::Writes => Ok((index, value)),
+        Wrmsr::Faults(why) => {
+            Err(LoadError::Fails { n, why: format!("MSR {index:#x} = {value:#x}: WRMSR would #GP: {why}") })
+        }
+        Wrmsr::Unknown => Err(LoadError::Unsupported {
+            n,
+            why: format!("MSR {index:#x}: L0 does not know the WRMSR rules of this MSR, so it does not load it"),
+        }),
+    }
+}
+
 /// Load the `count` entries at L1-physical `addr` into `vcpu`.
 pub fn load(vcpu: &Vcpu, mem: &GuestMem, addr: u64, count: u32) -> Result<(), LoadError> {
     for i in 0..count.min(MAX_ENTRIES) {
-        let at = addr + 16 * u64::from(i);
-        let n = i + 1;
-        let (Ok(first), Ok(value)) = (mem.read_u64(at), mem.read_u64(at + 8)) else {
-            return Err(LoadError::Fails { n, why: format!("entry at {at:#x} is outside L1's memory") });
-        };
-        let (index, high) = (first as u32, (first >> 32) as u32);
-        if let Some(why) = refuse(index, high) {
-            return Err(LoadError::Fails { n, why: format!("MSR {index:#x}: {why}") });
-        }
-        match wrmsr(index, value) {
-            Wrmsr::Writes => {}
-            Wrmsr::Faults(why) => {
-                return Err(LoadError::Fails {
-                    n,
-                    why: format!("MSR {index:#x} = {value:#x}: WRMSR would #GP: {why}"),
-                });
-            }
-            Wrmsr::Unknown => {
-                return Err(LoadError::Unsupported {
-                    n,
-                    why: format!(
-                        "MSR {index:#x}: L0 does not know the WRMSR rules of this MSR, so it does not load it"
-                    ),
-                });
-            }
-        }
+        let (index, value) = judge(mem, addr, i)?;
         let msrs =
             Msrs::from_entries(&[kvm_msr_entry { index, data: value, ..Default::default() }]).expect("one entry fits");
         match vcpu.fd().set_msrs(&msrs) {
             Ok(1) => {}
             r => {
                 return Err(LoadError::Unsupported {
-                    n,
+                    n: i + 1,
                     why: format!("MSR {index:#x} = {value:#x}: KVM_SET_MSRS on L2's vCPU refused it ({r:?})"),
                 });
             }
         }
     }
     Ok(())
+}
+
+/// Without loading anything: the first entry that fails the load (its number from 1, and
+/// why), when every entry before it is one L0 knows the rules of. For an entry L0 refuses as
+/// unsupported for another reason: the MSR loading comes after the guest state on hardware
+/// (27.4), so its failure is architectural and wins.
+#[must_use]
+pub fn first_failure(mem: &GuestMem, addr: u64, count: u32) -> Option<(u32, String)> {
+    for i in 0..count.min(MAX_ENTRIES) {
+        match judge(mem, addr, i) {
+            Ok(_) => {}
+            Err(LoadError::Fails { n, why }) => return Some((n, why)),
+            Err(LoadError::Unsupported { .. }) => return None,
+        }
+    }
+    None
 }
 
 #[cfg(test)]

@@ -130,8 +130,9 @@ pub fn guest_sregs(v: &Vmcs12<'_>, base: &kvm_sregs, l1_efer: u64) -> kvm_sregs 
 
 /// Save L2's state into VMCS12's guest-state area at VM exit (SDM 28.3): RIP (as the exit
 /// presents it), RSP, RFLAGS, control registers (CR4.VMXE as VMCS12 had it), segments,
-/// GDTR/IDTR, EFER when "save IA32_EFER", activity state active.
-pub fn save_guest(v: &Vmcs12<'_>, regs: &kvm_regs, rip: u64, s: &kvm_sregs) {
+/// GDTR/IDTR, EFER when "save IA32_EFER", and the activity state: HLT when L2 never left it
+/// (`halted`), else active.
+pub fn save_guest(v: &Vmcs12<'_>, regs: &kvm_regs, rip: u64, s: &kvm_sregs, halted: bool) {
     v.set(FieldNatural::GuestRip.encoding(), rip);
     v.set(FieldNatural::GuestRsp.encoding(), regs.rsp);
     v.set(FieldNatural::GuestRflags.encoding(), regs.rflags);
@@ -153,7 +154,7 @@ pub fn save_guest(v: &Vmcs12<'_>, regs: &kvm_regs, rip: u64, s: &kvm_sregs) {
     if v.read(Field32::VmExitControls.encoding()) as u32 & exit::SAVE_EFER != 0 {
         v.set(Field64::GuestIa32Efer.encoding(), s.efer);
     }
-    v.set(Field32::GuestActivityState.encoding(), 0);
+    v.set(Field32::GuestActivityState.encoding(), u64::from(halted));
 }
 
 /// The exit-information fields of a VM exit (SDM 28.2).
@@ -313,7 +314,7 @@ mod tests {
         assert_eq!(gs.cs.l, 1);
         assert_eq!(gs.ldt.unusable, 1);
 
-        save_guest(&v, &g, 0x40_0010, &gs);
+        save_guest(&v, &g, 0x40_0010, &gs, false);
         assert_eq!(v.read(FieldNatural::GuestCr4.encoding()), 0x2020, "VMXE as VMCS12 had it");
         assert_eq!(v.read(Field32::GuestCsAccessRights.encoding()), 0xA0FB);
         assert_eq!(v.read(Field64::GuestIa32Efer.encoding()), gs.efer);

@@ -4,6 +4,8 @@
 //! * `out DONE_PORT, eax`: the payload is done. L1 reads L2's `PayloadResults` through its
 //!   own mapping of the results page, fills the `PayloadReport` and exits (0 if the status
 //!   and every check passed).
+//! * `PAYLOAD_PORT` with the `INJECT_EVENTS` set-up (`inject`): L1 also injects the event
+//!   `INJECTED_EVENTS[EAX % 4]` at the next entry.
 //! * `PAYLOAD_PORT`: recorded, then emulated the way the instruction would have run: IN
 //!   writes [`IN_VALUE`] into AL/AX (merged) or EAX (zero-extended into RAX, SDM 3.4.1.1);
 //!   INS/OUTS do ONE iteration (RSI/RDI step by the size, down when RFLAGS.DF; INS stores the
@@ -13,7 +15,7 @@
 //!   each iteration).
 
 use nestbench_abi::Pod;
-use nestbench_abi::payload::{DONE_PORT, IN_VALUE, IO_ENCODINGS, PAYLOAD_PORT, PayloadResults};
+use nestbench_abi::payload::{DONE_PORT, IN_VALUE, INJECTED_EVENTS, IO_ENCODINGS, PAYLOAD_PORT, PayloadResults};
 use nestbench_abi::report::ReportKind;
 use nestbench_abi::vmx::{AddressSize, IoInstructionInfo, IoQualification};
 
@@ -195,6 +197,9 @@ pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, q: IoQualification) {
             regs.rax = in_result(regs.rax, q.size_bytes().unwrap_or(1));
         } else if run.remap.is_some() {
             super::remap::on_port(vcpu, run);
+        } else if run.inject_events {
+            let i = vcpu.regs().rax as usize % INJECTED_EVENTS.len();
+            vcpu.inject(INJECTED_EVENTS[i]);
         }
         advance_rip(vcpu, rip, len);
         return;

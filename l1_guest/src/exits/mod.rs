@@ -59,6 +59,8 @@ pub struct RunState {
     pub cr3: u64,
     /// The io_encodings check, when that payload runs.
     pub io_check: Option<io::IoCheck>,
+    /// `inject`: inject an event on each `out PAYLOAD_PORT` (`setup::INJECT_EVENTS`).
+    pub inject_events: bool,
     /// The MSRs L1 intercepts and emulates (RDMSR/WRMSR exits).
     pub msrs: rdmsr::EmulatedMsrs,
     /// The EPT payloads' pool and L1's frame allocator, when one of them runs.
@@ -115,6 +117,7 @@ impl RunState {
             eptp: 0,
             cr3: 0,
             io_check: None,
+            inject_events: false,
             msrs: rdmsr::EmulatedMsrs::new(),
             ept: None,
             misconfig: None,

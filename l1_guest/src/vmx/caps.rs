@@ -6,17 +6,8 @@
 //! error naming the field, an optional bit that is not allowed is dropped, and every bit
 //! that must be 1 is added (SDM A.3-A.5, 27.2.1.1).
 
-use nestbench_abi::controls::{Allowed, ControlError, entry, exit, proc1, proc2};
+use nestbench_abi::controls::{Allowed, ControlError, entry, ept_cap, exit, proc1, proc2};
 use nestbench_abi::vmx::{VmxBasic, msr};
-
-/// IA32_VMX_EPT_VPID_CAP bit 6: page-walk length 4 supported (SDM A.10).
-pub const EPT_CAP_WALK_4: u64 = 1 << 6;
-/// IA32_VMX_EPT_VPID_CAP bit 14: write-back EPT paging structures (SDM A.10).
-pub const EPT_CAP_WB: u64 = 1 << 14;
-/// IA32_VMX_EPT_VPID_CAP bit 20: INVEPT supported (SDM A.10).
-pub const EPT_CAP_INVEPT: u64 = 1 << 20;
-/// IA32_VMX_EPT_VPID_CAP bit 25: single-context INVEPT (SDM A.10).
-pub const EPT_CAP_INVEPT_SINGLE: u64 = 1 << 25;
 
 /// The VMX capability MSRs L1 needs, as read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -167,7 +158,7 @@ pub fn compute_controls(caps: &VmxCaps, cpl0: bool) -> Result<Controls, CapsErro
     let adjust = |field, allowed: Allowed, required, optional| {
         allowed.adjust(required, optional).map_err(|error| CapsError::Control { field, error })
     };
-    let want = EPT_CAP_WALK_4 | EPT_CAP_WB;
+    let want = ept_cap::WALK_LENGTH_4 | ept_cap::MEMTYPE_WB;
     if caps.ept_vpid & want != want {
         return Err(CapsError::Ept(caps.ept_vpid));
     }
@@ -332,7 +323,7 @@ mod tests {
             })
         );
         let mut caps = VmxCaps::read(fixtures::kvm_nested_skylake);
-        caps.ept_vpid &= !EPT_CAP_WB;
+        caps.ept_vpid &= !ept_cap::MEMTYPE_WB;
         assert!(matches!(compute_controls(&caps, true), Err(CapsError::Ept(_))));
     }
 

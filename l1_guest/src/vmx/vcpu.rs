@@ -10,6 +10,7 @@
 //! no exit pays a VMREAD its handler does not need.
 
 use nestbench_abi::vmcs::{Field32, Field64, FieldNatural};
+use nestbench_abi::vmx::intr::Event;
 use nestbench_abi::vmx::{ExitReason, IoInstructionInfo, IoQualification};
 
 use super::entry::{self, ExitFrame};
@@ -204,6 +205,12 @@ impl<B: VmxBackend> Vcpu for VmxVcpu<'_, B> {
         let info = must(self.backend.read32(Field32::VmExitInstructionInfo), "VMREAD instruction information");
         let linear = must(self.backend.read_nat(FieldNatural::GuestLinearAddress), "VMREAD guest-linear address");
         StringIo { info: IoInstructionInfo::from_raw(info), linear }
+    }
+
+    fn inject(&mut self, event: Event) {
+        let (info, error_code) = event.encode();
+        must(self.backend.write32(Field32::VmEntryExceptionErrorCode, error_code), "VMWRITE entry error code");
+        must(self.backend.write32(Field32::VmEntryInterruptionInfo, info), "VMWRITE entry interruption info");
     }
 
     fn invalidate_nested(&mut self, kind: u64, root: u64) {
