@@ -159,12 +159,7 @@ pub const FAMILIES: [&str; 9] = [
 ];
 
 fn need_bit(name: &str) -> Option<u32> {
-    Some(match name {
-        "unrestricted_guest" => need::UNRESTRICTED_GUEST,
-        "vmcs_shadowing" => need::VMCS_SHADOWING,
-        "preemption_timer" => need::PREEMPTION_TIMER,
-        _ => return None,
-    })
+    need::NAMES.iter().find(|(_, n)| *n == name).map(|(bit, _)| *bit)
 }
 
 /// Parse `text` (from `path`, for messages) into a checked case document.

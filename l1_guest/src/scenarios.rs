@@ -16,7 +16,7 @@ use crate::exits::must;
 use crate::l2::L1Frames;
 use crate::runner::{self, HostTables, RunError};
 use crate::vmx::caps::disallowed_pin_bit;
-use crate::vmx::entry::ExitFrame;
+use crate::vmx::entry::{EntryInstruction, ExitFrame};
 use crate::vmx::hw::HwVmx;
 use crate::vmx::setup::{GUEST_CR4, RFLAGS_RESERVED1, Write};
 use crate::vmx::soft::SoftVmx;
@@ -125,12 +125,16 @@ fn run_on<B: VmxBackend>(
             // which is what the scenario tests), HOST_RIP/RSP are the exit stub and this
             // 'static frame, and `b` made it current.
             let mut vcpu = unsafe { VmxVcpu::new(b, frame) };
-            let resume = scenario == Scenario::FailResumeBeforeLaunch;
-            let reason = enter_or_judge(&mut vcpu, scenario, resume);
+            let how = if scenario == Scenario::FailResumeBeforeLaunch {
+                EntryInstruction::Resume
+            } else {
+                EntryInstruction::Launch
+            };
+            let reason = enter_or_judge(&mut vcpu, scenario, how);
             // The entry succeeded (or failed with an entry-failure exit, SDM 27.8).
             // FailLaunchLaunched then does its second VMLAUNCH of the now-launched VMCS.
             if scenario == Scenario::FailLaunchLaunched && reason & 1 << 31 == 0 {
-                let second = enter_or_judge(&mut vcpu, scenario, false);
+                let second = enter_or_judge(&mut vcpu, scenario, EntryInstruction::Launch);
                 exited(&mut vcpu, scenario, second)
             }
             exited(&mut vcpu, scenario, reason)
@@ -138,10 +142,14 @@ fn run_on<B: VmxBackend>(
     }
 }
 
-/// Execute VMLAUNCH (`resume` false) or VMRESUME: a failed entry is the verdict; after an
-/// exit, its reason is returned.
-pub(crate) fn enter_or_judge<B: VmxBackend>(vcpu: &mut VmxVcpu<'_, B>, scenario: Scenario, resume: bool) -> u32 {
-    match vcpu.enter(resume) {
+/// Execute the entry instruction `how` names: a failed entry is the verdict; after an exit,
+/// its reason is returned.
+pub(crate) fn enter_or_judge<B: VmxBackend>(
+    vcpu: &mut VmxVcpu<'_, B>,
+    scenario: Scenario,
+    how: EntryInstruction,
+) -> u32 {
+    match vcpu.enter(how) {
         Ok(()) => must(vcpu.backend().read32(Field32::VmExitReason), "VMREAD exit reason"),
         Err(rflags) => match vcpu.entry_failure(rflags) {
             Some(f) => verdict_of(scenario, Err(f)),

@@ -20,7 +20,7 @@ use crate::l2::L1Frames;
 use crate::runner::{self, HostTables, RunError};
 use crate::scenarios::{enter_or_judge, exited, send, verdict_of};
 use crate::vmx::caps::VmxCaps;
-use crate::vmx::entry::ExitFrame;
+use crate::vmx::entry::{EntryInstruction, ExitFrame};
 use crate::vmx::hw::HwVmx;
 use crate::vmx::soft::SoftVmx;
 use crate::vmx::vcpu::VmxVcpu;
@@ -29,13 +29,15 @@ use crate::vmx::{BackendKind, Vmcs, VmxBackend};
 /// The verdicts name this scenario.
 const SCENARIO: Scenario = Scenario::Vmentry;
 
-/// The [`need`] bits `caps` lacks.
+/// The [`need`] bits an engine with `caps` lacks; `doorbell`: its VM entry is the soft
+/// engine's doorbell write.
 #[must_use]
-pub fn missing_needs(needs: u32, caps: &VmxCaps) -> u32 {
+pub fn missing_needs(needs: u32, caps: &VmxCaps, doorbell: bool) -> u32 {
     let has = |bit: u32, ok: bool| if needs & bit != 0 && !ok { bit } else { 0 };
     has(need::UNRESTRICTED_GUEST, caps.proc2.may_be_one & proc2::UNRESTRICTED_GUEST != 0)
         | has(need::VMCS_SHADOWING, caps.proc2.may_be_one & proc2::VMCS_SHADOWING != 0)
         | has(need::PREEMPTION_TIMER, caps.pin.may_be_one & pin::PREEMPTION_TIMER != 0)
+        | has(need::MOV_SS_SHADOW, !doorbell)
 }
 
 /// The values of the fields [`outside_capabilities`] looks at, as the case leaves them.
@@ -138,7 +140,7 @@ fn run_on<B: VmxBackend>(
         }
         crate::hypercall::exit(0);
     }
-    let missing = missing_needs(case.needs, &ready.caps);
+    let missing = missing_needs(case.needs, &ready.caps, B::DOORBELL);
     if missing != 0 {
         send(SCENARIO, Verdict { kind: VerdictKind::Skipped as u32, error: missing, ..Verdict::default() });
     }
@@ -180,7 +182,12 @@ fn run_on<B: VmxBackend>(
         insn_len: read(Field32::VmEntryInstructionLength),
         eptp: b.read64(Field64::EptPointer).unwrap_or(0),
     };
-    let report = CaseCapabilities { outside: outside_capabilities(&controls, &ready.caps), reserved: 0 };
+    // A.6: "If bit 29 [of IA32_VMX_MISC] is read as 1, software can use VMWRITE to write to
+    // any supported field in the VMCS": said for the cases that do.
+    let n = case.n_steps as usize;
+    let writes_read_only = case.steps[..n].contains(&(Step::VmWriteReadOnly as u32));
+    let any_field = if writes_read_only && ready.caps.misc & 1 << 29 != 0 { outside::VMWRITE_ANY_FIELD } else { 0 };
+    let report = CaseCapabilities { outside: outside_capabilities(&controls, &ready.caps) | any_field, reserved: 0 };
     crate::hypercall::report(ReportKind::CaseCapabilities, report.as_bytes());
     // A region with the wrong revision identifier, for VmPtrLdBadRevision, and one with the
     // shadow-VMCS indicator (bit 31) set, for VmPtrLdShadow (SDM 31.3 VMPTRLD).
@@ -200,13 +207,17 @@ fn run_on<B: VmxBackend>(
     // The steps in order; the last one's result (or the first failure) is the verdict. An
     // entry that exits ends the case at an entry failure, else the next step runs, or the
     // exit's reason is the verdict after the last.
-    let n = case.n_steps as usize;
     for (i, raw) in case.steps[..n].iter().enumerate() {
         let last = i + 1 >= n;
         let step = Step::from_raw(*raw).expect("checked by well_formed");
         let r = match step {
-            Step::VmLaunch | Step::VmResume => {
-                let reason = enter_or_judge(&mut vcpu, SCENARIO, step == Step::VmResume);
+            Step::VmLaunch | Step::VmResume | Step::VmLaunchAfterMovSs => {
+                let how = match step {
+                    Step::VmResume => EntryInstruction::Resume,
+                    Step::VmLaunchAfterMovSs => EntryInstruction::LaunchAfterMovSs,
+                    _ => EntryInstruction::Launch,
+                };
+                let reason = enter_or_judge(&mut vcpu, SCENARIO, how);
                 if reason & 1 << 31 != 0 || last {
                     exited(&mut vcpu, SCENARIO, reason)
                 }
@@ -227,6 +238,7 @@ fn run_on<B: VmxBackend>(
             Step::VmReadUnsupported => vcpu.backend().vmread(UNSUPPORTED_FIELD).map(|_| ()),
             Step::VmWriteUnsupported => vcpu.backend().vmwrite(UNSUPPORTED_FIELD, 0),
             Step::VmPtrLdShadow => vcpu.backend().vmptrld(shadow),
+            Step::VmWriteReadOnly => vcpu.backend().vmwrite(Field32::VmExitReason.encoding(), 0),
         };
         if r.is_err() || last {
             verdict_of(SCENARIO, r);
@@ -243,14 +255,15 @@ mod tests {
     #[test]
     fn needs_are_checked_against_the_capability_msrs() {
         let caps = VmxCaps::read(fixtures::kvm_nested_skylake);
-        assert_eq!(missing_needs(need::ALL, &caps) & need::PREEMPTION_TIMER, 0);
+        assert_eq!(missing_needs(need::ALL, &caps, false), 0);
+        assert_eq!(missing_needs(need::ALL, &caps, true), need::MOV_SS_SHADOW);
         let mut none = caps;
         none.proc2.may_be_one = 0;
         assert_eq!(
-            missing_needs(need::UNRESTRICTED_GUEST | need::VMCS_SHADOWING, &none),
+            missing_needs(need::UNRESTRICTED_GUEST | need::VMCS_SHADOWING, &none, false),
             need::UNRESTRICTED_GUEST | need::VMCS_SHADOWING
         );
-        assert_eq!(missing_needs(0, &none), 0);
+        assert_eq!(missing_needs(0, &none, true), 0);
     }
 
     #[test]

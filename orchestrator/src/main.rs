@@ -749,7 +749,7 @@ fn vmentry_cmd(a: VmentryArgs) -> anyhow::Result<i32> {
             );
             if r.expect_here.is_some() {
                 println!(
-                    "{:<44} {:<20}   outside this engine's capability MSRs: {} (the SDM's verdict follows them)",
+                    "{:<44} {:<20}   this engine's capability MSRs decide: {} (the SDM's verdict follows them)",
                     "",
                     "",
                     r.outside_capabilities.join(", ")

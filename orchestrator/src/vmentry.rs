@@ -53,7 +53,15 @@ impl Outcome {
     pub fn short(&self) -> String {
         match self.kind.as_str() {
             "fail_valid" => format!("fail_valid({})", self.error.unwrap_or(0)),
-            "skipped" => format!("skipped (needs {:#x})", self.error.unwrap_or(0)),
+            "skipped" => {
+                let missing = self.error.unwrap_or(0);
+                let names: Vec<&str> = nestbench_abi::vmentry::need::NAMES
+                    .iter()
+                    .filter(|(bit, _)| missing & u64::from(*bit) != 0)
+                    .map(|(_, n)| *n)
+                    .collect();
+                format!("skipped (needs {})", names.join(", "))
+            }
             "entry_failure" => {
                 format!("entry_failure({:#x}, q={:#x})", self.exit_reason.unwrap_or(0), self.qualification.unwrap_or(0))
             }
@@ -182,7 +190,8 @@ impl CaseResult {
 /// VMfailValid 7 (SDM 27.2.1.1, before the host-state and guest-state checks), and an
 /// activity state IA32_VMX_MISC does not list fails it with reason 33, qualification 0
 /// (27.3.1.5). Only verdicts of the entry checks change: 27.1's (VMfailValid 4, 5, ...) and
-/// the other instructions' come first or do not check.
+/// the other instructions' come first or do not check; but a VMWRITE to a read-only field
+/// (VMfailValid 13) succeeds where IA32_VMX_MISC[29] grants it (`vmwrite_any_field`).
 #[must_use]
 pub fn expectation_here(expect: &ExpectDoc, outside: &[String]) -> ExpectDoc {
     let entry_check = match expect.kind.as_str() {
@@ -198,6 +207,11 @@ pub fn expectation_here(expect: &ExpectDoc, outside: &[String]) -> ExpectDoc {
         .collect();
     if entry_check && is(&controls) {
         return ExpectDoc { kind: "fail_valid".into(), error: Some(7), exit_reason: None, qualification: None };
+    }
+    // 31.3 VMWRITE: error 13 is for "VMWRITE to read-only VMCS component" only where
+    // IA32_VMX_MISC[29] is 0.
+    if expect.kind == "fail_valid" && expect.error == Some(13) && is(&["vmwrite_any_field"]) {
+        return ExpectDoc { kind: "succeeded".into(), error: None, exit_reason: None, qualification: None };
     }
     if expect.kind == "entered" && is(&["guest_activity_state"]) {
         return ExpectDoc {
@@ -503,6 +517,11 @@ mod tests {
         let entered = expect("entered", None, Some(30), None);
         assert_eq!(expectation_here(&entered, &activity), expect("entry_failure", None, Some(0x8000_0021), Some(0)));
         assert_eq!(expectation_here(&host, &activity), host, "host state is checked before the guest's");
+        let read_only = expect("fail_valid", Some(13), None, None);
+        assert_eq!(expectation_here(&read_only, &[]), read_only);
+        let any_field = ["vmwrite_any_field".to_owned()];
+        assert_eq!(expectation_here(&read_only, &any_field), expect("succeeded", None, None, None));
+        assert_eq!(expectation_here(&host, &any_field), host);
     }
 
     fn result(file: &str, kind: &str, as_expected: Option<bool>) -> CaseResult {

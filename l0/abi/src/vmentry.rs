@@ -67,6 +67,13 @@ abi_enum! {
         /// VMPTRLD of a fresh region whose revision word has bit 31 (the shadow-VMCS
         /// indicator) set; a VMLAUNCH or VMRESUME after it is VMfailInvalid (SDM 31.3).
         VmPtrLdShadow = 16,
+        /// VMWRITE of 0 to the VM-exit reason field, read-only (VMfailValid 13 unless
+        /// IA32_VMX_MISC[29] lets VMWRITE write any supported field, SDM 31.3 VMWRITE).
+        VmWriteReadOnly = 17,
+        /// VMLAUNCH right after a MOV to SS that reloads SS (SDM 31.3 VMLAUNCH: "ELSIF events
+        /// are being blocked by MOV SS THEN VMfailValid(VM entry with events blocked by MOV
+        /// SS)", error 26).
+        VmLaunchAfterMovSs = 18,
     }
 }
 
@@ -76,7 +83,7 @@ pub const UNSUPPORTED_FIELD: u32 = 0x4FFE;
 
 impl Step {
     /// Every step with its name in case files (docs/vmentry.md, vmentry/case.schema.json).
-    pub const NAMES: [(Self, &'static str); 17] = [
+    pub const NAMES: [(Self, &'static str); 19] = [
         (Self::VmLaunch, "vmlaunch"),
         (Self::VmResume, "vmresume"),
         (Self::VmClear, "vmclear"),
@@ -94,6 +101,8 @@ impl Step {
         (Self::VmReadUnsupported, "vmread_unsupported_field"),
         (Self::VmWriteUnsupported, "vmwrite_unsupported_field"),
         (Self::VmPtrLdShadow, "vmptrld_shadow_vmcs"),
+        (Self::VmWriteReadOnly, "vmwrite_read_only_field"),
+        (Self::VmLaunchAfterMovSs, "vmlaunch_after_mov_ss"),
     ];
 
     /// The step a case file names `name`.
@@ -112,8 +121,19 @@ pub mod need {
     pub const VMCS_SHADOWING: u32 = 1 << 1;
     /// "activate VMX-preemption timer" may be 1 (IA32_VMX_PINBASED_CTLS bit 38).
     pub const PREEMPTION_TIMER: u32 = 1 << 2;
+    /// The engine's VM-entry instruction sees a MOV SS shadow right before it (SDM 31.3
+    /// VMLAUNCH, error 26): VMLAUNCH on hardware does; the soft engine's doorbell write does
+    /// not, since KVM completes an emulated MMIO write, ending the shadow, before L0 sees it.
+    pub const MOV_SS_SHADOW: u32 = 1 << 3;
     /// Every bit this ABI defines.
-    pub const ALL: u32 = UNRESTRICTED_GUEST | VMCS_SHADOWING | PREEMPTION_TIMER;
+    pub const ALL: u32 = UNRESTRICTED_GUEST | VMCS_SHADOWING | PREEMPTION_TIMER | MOV_SS_SHADOW;
+    /// Every bit with its name in case files and output.
+    pub const NAMES: [(u32, &str); 4] = [
+        (UNRESTRICTED_GUEST, "unrestricted_guest"),
+        (VMCS_SHADOWING, "vmcs_shadowing"),
+        (PREEMPTION_TIMER, "preemption_timer"),
+        (MOV_SS_SHADOW, "mov_ss_shadow"),
+    ];
 }
 
 /// One VMCS write.
@@ -186,10 +206,12 @@ impl Case {
     }
 }
 
-/// Parts of a case's VMCS (after its writes) that the capability MSRs of the engine running it
-/// do not allow. The SDM's verdict then follows those MSRs, not the case's `expect`: a control,
-/// EPTP or injection setting outside them fails the entry with VMfailValid 7 (27.2.1), an
-/// activity state IA32_VMX_MISC does not list fails it with reason 33 (27.3.1.5). L1 reports it
+/// Where the capability MSRs of the engine running a case change its SDM verdict: parts of the
+/// case's VMCS (after its writes) they do not allow, and one permission they grant. The
+/// verdict then follows those MSRs, not the case's `expect`: a control, EPTP or injection
+/// setting outside them fails the entry with VMfailValid 7 (27.2.1), an activity state
+/// IA32_VMX_MISC does not list fails it with reason 33 (27.3.1.5), a VMWRITE to a read-only
+/// field succeeds where IA32_VMX_MISC[29] is 1. L1 reports it
 /// ([`crate::report::ReportKind::CaseCapabilities`]) before the steps.
 pub mod outside {
     /// The pin-based controls (IA32_VMX_(TRUE_)PINBASED_CTLS).
@@ -210,8 +232,12 @@ pub mod outside {
     /// A software interrupt or exception injected with VM-entry instruction length 0 where
     /// IA32_VMX_MISC[30] is 0 (27.2.1.3).
     pub const INSTRUCTION_LENGTH: u32 = 1 << 7;
+    /// Not a setting the MSRs forbid but one they grant: IA32_VMX_MISC[29] is 1, so VMWRITE
+    /// may write read-only fields and [`super::Step::VmWriteReadOnly`] succeeds rather than
+    /// failing with error 13 (SDM 31.3 VMWRITE, A.6).
+    pub const VMWRITE_ANY_FIELD: u32 = 1 << 8;
     /// Every bit with its name in output.
-    pub const NAMES: [(u32, &str); 8] = [
+    pub const NAMES: [(u32, &str); 9] = [
         (PIN_CONTROLS, "pin_based_vm_exec_control"),
         (PROC_CONTROLS, "primary_proc_based_vm_exec_control"),
         (PROC2_CONTROLS, "secondary_proc_based_vm_exec_control"),
@@ -220,6 +246,7 @@ pub mod outside {
         (ACTIVITY_STATE, "guest_activity_state"),
         (EPT_POINTER, "ept_pointer"),
         (INSTRUCTION_LENGTH, "vm_entry_instruction_length"),
+        (VMWRITE_ANY_FIELD, "vmwrite_any_field"),
     ];
     /// The bits of the checks on the VMX controls (27.2.1): any of them makes the verdict
     /// VMfailValid 7.

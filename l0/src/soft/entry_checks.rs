@@ -46,7 +46,7 @@
 
 use nestbench_abi::controls::{Allowed, entry, exit, pin, proc1, proc2};
 use nestbench_abi::vmcs::{Field16, Field32, Field64, FieldNatural};
-use nestbench_abi::vmx::{VmInstructionError, entry_failure};
+use nestbench_abi::vmx::{VmInstructionError, entry_failure, intr};
 
 use super::caps::{Caps, ept_cap};
 
@@ -152,15 +152,6 @@ const AR_DB: u32 = 1 << 14;
 const AR_G: u32 = 1 << 15;
 const AR_UNUSABLE: u32 = 1 << 16;
 const AR_RESERVED_31_17: u32 = 0xFFFE_0000;
-
-// VM-entry interruption-information field (SDM 25.8.3, Table 25-17).
-use nestbench_abi::vmx::intr::{
-    ENTRY_RESERVED as INTR_RESERVED_30_12, ERROR_CODE as INTR_DELIVER_ERROR_CODE,
-    EXTERNAL_INTERRUPT as INTR_TYPE_EXTERNAL, HARDWARE_EXCEPTION as INTR_TYPE_HW_EXCEPTION, NMI as INTR_TYPE_NMI,
-    OTHER_EVENT as INTR_TYPE_OTHER, PRIVILEGED_SOFTWARE_EXCEPTION as INTR_TYPE_PRIV_SW_EXCEPTION,
-    SOFTWARE_EXCEPTION as INTR_TYPE_SW_EXCEPTION, SOFTWARE_INTERRUPT as INTR_TYPE_SW_INTERRUPT,
-    TYPE_SHIFT as INTR_TYPE_SHIFT, VALID as INTR_VALID, VECTOR as INTR_VECTOR,
-};
 
 // Interruptibility state (SDM 25.4.2, Table 25-3).
 const BLOCKING_BY_STI: u32 = 1 << 0;
@@ -544,12 +535,13 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // If the valid bit (bit 31) in the VM-entry interruption-information field is 1, the
         // following must hold:"
         let info = self.r32(Field32::VmEntryInterruptionInfo);
-        if info & INTR_VALID != 0 {
+        if info & intr::VALID != 0 {
             self.check_injection(info)?;
             // Injected through KVM_SET_VCPU_EVENTS (super::injection), which has no place for
             // the instruction length a software event pushes.
-            let kind = (info >> INTR_TYPE_SHIFT) & 7;
-            if matches!(kind, INTR_TYPE_SW_INTERRUPT | INTR_TYPE_PRIV_SW_EXCEPTION | INTR_TYPE_SW_EXCEPTION) {
+            let kind = (info >> intr::TYPE_SHIFT) & 7;
+            if matches!(kind, intr::SOFTWARE_INTERRUPT | intr::PRIVILEGED_SOFTWARE_EXCEPTION | intr::SOFTWARE_EXCEPTION)
+            {
                 self.unsupported(
                     Field32::VmEntryInterruptionInfo.name(),
                     format!(
@@ -581,14 +573,14 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
     /// The event-injection bullets of 27.2.1.3, for a valid interruption-information field.
     fn check_injection(&self, info: u32) -> Result<(), EntryFailure> {
         let field = Field32::VmEntryInterruptionInfo.name();
-        let kind = (info >> INTR_TYPE_SHIFT) & 7;
-        let vector = info & INTR_VECTOR;
+        let kind = (info >> intr::TYPE_SHIFT) & 7;
+        let vector = info & intr::VECTOR;
         // "The field's interruption type (bits 10:8) is not set to a reserved value. Value 1
         // is reserved on all logical processors; value 7 (other event) is reserved on logical
         // processors that do not support the 1-setting of the 'monitor trap flag' VM-execution
         // control."
         let mtf = self.caps.allowed_procbased().may_be_one & proc1::MONITOR_TRAP_FLAG != 0;
-        if kind == 1 || (kind == INTR_TYPE_OTHER && !mtf) {
+        if kind == 1 || (kind == intr::OTHER_EVENT && !mtf) {
             return Err(control(field, format!("{info:#010x}: interruption type {kind} is reserved")));
         }
         // "The field's vector (bits 7:0) is consistent with the interruption type: If the
@@ -596,9 +588,9 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // interruption type is hardware exception, the vector is at most 31. If the
         // interruption type is other event, the vector is 0 (pending MTF VM exit)."
         let vector_ok = match kind {
-            INTR_TYPE_NMI => vector == 2,
-            INTR_TYPE_HW_EXCEPTION => vector <= 31,
-            INTR_TYPE_OTHER => vector == 0,
+            intr::NMI => vector == 2,
+            intr::HARDWARE_EXCEPTION => vector <= 31,
+            intr::OTHER_EVENT => vector == 0,
             _ => true,
         };
         if !vector_ok {
@@ -614,11 +606,11 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // interruption type is not hardware exception; (2) bit 0 is clear in the CR0 field in
         // the guest-state area; or (3) IA32_VMX_BASIC[56] is read as 0 and the vector is in
         // one of the following ranges: 0–7, 9, 15, 16, or 18–31."
-        let deliver = info & INTR_DELIVER_ERROR_CODE != 0;
+        let deliver = info & intr::ERROR_CODE != 0;
         let pe = self.rn(FieldNatural::GuestCr0) & CR0_PE != 0;
         let strict = !self.caps.vmx_basic().no_error_code_check();
         let has_code = matches!(vector, 8 | 10 | 11 | 12 | 13 | 14 | 17);
-        let hw = kind == INTR_TYPE_HW_EXCEPTION;
+        let hw = kind == intr::HARDWARE_EXCEPTION;
         if hw && pe && strict && has_code && !deliver {
             return Err(control(field, format!("{info:#010x}: exception {vector} must deliver an error code")));
         }
@@ -626,7 +618,7 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
             return Err(control(field, format!("{info:#010x}: deliver-error-code must be 0 here")));
         }
         // "Reserved bits in the field (30:12) are 0."
-        if info & INTR_RESERVED_30_12 != 0 {
+        if info & intr::ENTRY_RESERVED != 0 {
             return Err(control(field, format!("{info:#010x}: reserved bits 30:12 are set")));
         }
         // "If the deliver-error-code bit (bit 11) is 1, bits 31:16 of the VM-entry exception
@@ -642,7 +634,7 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // software exception, the VM-entry instruction-length field is in the range 0–15. A
         // VM-entry instruction length of 0 is allowed only if IA32_VMX_MISC[30] is read as 1;
         // see Appendix A.6."
-        if matches!(kind, INTR_TYPE_SW_INTERRUPT | INTR_TYPE_PRIV_SW_EXCEPTION | INTR_TYPE_SW_EXCEPTION) {
+        if matches!(kind, intr::SOFTWARE_INTERRUPT | intr::PRIVILEGED_SOFTWARE_EXCEPTION | intr::SOFTWARE_EXCEPTION) {
             let len = self.r32(Field32::VmEntryInstructionLength);
             let zero_ok = self.caps.misc & (1 << 30) != 0;
             if len > 15 || (len == 0 && !zero_ok) {
@@ -1239,7 +1231,7 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // interruption-information field is 1 and the interruption type (bits 10:8) is
         // external interrupt."
         let info = self.r32(Field32::VmEntryInterruptionInfo);
-        let injecting_ext = info & INTR_VALID != 0 && (info >> INTR_TYPE_SHIFT) & 7 == INTR_TYPE_EXTERNAL;
+        let injecting_ext = info & intr::VALID != 0 && (info >> intr::TYPE_SHIFT) & 7 == intr::EXTERNAL_INTERRUPT;
         if injecting_ext && rflags & RFLAGS_IF == 0 {
             return Err(guest(field, format!("{rflags:#x}: IF must be 1 to inject an external interrupt")));
         }
@@ -1250,8 +1242,8 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
     /// 27.3.1.5 Checks on Guest Non-Register State.
     fn guest_non_register_state(&mut self) -> Result<(), EntryFailure> {
         let info = self.r32(Field32::VmEntryInterruptionInfo);
-        let injecting = info & INTR_VALID != 0;
-        let inj_type = (info >> INTR_TYPE_SHIFT) & 7;
+        let injecting = info & intr::VALID != 0;
+        let inj_type = (info >> intr::TYPE_SHIFT) & 7;
         let rflags = self.rn(FieldNatural::GuestRflags);
 
         // "Activity state. The activity-state field must contain a value in the range 0 – 3,
@@ -1288,11 +1280,11 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // interrupts (interruption type 0), non-maskable interrupts (interruption type 2),
         // exceptions with vector 1 (debug exception) or vector 18 (machine-check exception)
         // (interruption type 3), pending MTF VM exit (interruption type 7 with vector 0)."
-        let vector = info & INTR_VECTOR;
+        let vector = info & intr::VECTOR;
         let allowed_in_hlt = match inj_type {
-            INTR_TYPE_EXTERNAL | INTR_TYPE_NMI => true,
-            INTR_TYPE_HW_EXCEPTION => vector == 1 || vector == 18,
-            INTR_TYPE_OTHER => vector == 0,
+            intr::EXTERNAL_INTERRUPT | intr::NMI => true,
+            intr::HARDWARE_EXCEPTION => vector == 1 || vector == 18,
+            intr::OTHER_EVENT => vector == 0,
             _ => false,
         };
         if activity == ACTIVITY_HLT && injecting && !allowed_in_hlt {
@@ -1324,13 +1316,13 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
         // bit (bit 31) in the VM-entry interruption-information field is 1 and the
         // interruption type (bits 10:8) in that field has value 0, indicating external
         // interrupt."
-        if injecting && inj_type == INTR_TYPE_EXTERNAL && intr & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS) != 0 {
+        if injecting && inj_type == intr::EXTERNAL_INTERRUPT && intr & (BLOCKING_BY_STI | BLOCKING_BY_MOV_SS) != 0 {
             return Err(guest(field, format!("{intr:#x}: STI/MOV-SS blocking while injecting an external interrupt")));
         }
         // "Bit 1 (blocking by MOV-SS) must be 0 if the valid bit (bit 31) in the VM-entry
         // interruption-information field is 1 and the interruption type (bits 10:8) in that
         // field has value 2, indicating non-maskable interrupt (NMI)."
-        if injecting && inj_type == INTR_TYPE_NMI && intr & BLOCKING_BY_MOV_SS != 0 {
+        if injecting && inj_type == intr::NMI && intr & BLOCKING_BY_MOV_SS != 0 {
             return Err(guest(field, format!("{intr:#x}: MOV-SS blocking while injecting an NMI")));
         }
         // "Bit 2 (blocking by SMI) must be 0 if the processor is not in SMM."
@@ -1791,38 +1783,38 @@ mod tests {
         let info = |v: u32| baseline().with(Field32::VmEntryInterruptionInfo.encoding(), v.into());
         // #GP with its error code, #UD, an external interrupt, an NMI: valid and injected.
         for ok in [
-            INTR_VALID | 3 << 8 | INTR_DELIVER_ERROR_CODE | 13,
-            INTR_VALID | 3 << 8 | 6,
-            INTR_VALID | 0x20,
-            INTR_VALID | 2 << 8 | 2,
+            intr::VALID | 3 << 8 | intr::ERROR_CODE | 13,
+            intr::VALID | 3 << 8 | 6,
+            intr::VALID | 0x20,
+            intr::VALID | 2 << 8 | 2,
         ] {
             assert_eq!(run(&info(ok)), Ok(()), "{ok:#x}");
         }
         // INT 80h with a length: valid, not honoured (KVM cannot push RIP + length).
-        let int80 = info(INTR_VALID | 4 << 8 | 0x80).with(Field32::VmEntryInstructionLength.encoding(), 2);
+        let int80 = info(intr::VALID | 4 << 8 | 0x80).with(Field32::VmEntryInstructionLength.encoding(), 2);
         unsupported(&int80, "vm_entry_interruption_info");
         // #GP without error code, #UD with one, type 1, type 7 (no MTF), NMI vector 3,
         // hardware exception vector 32, reserved bit 12.
         for bad in [
-            INTR_VALID | 3 << 8 | 13,
-            INTR_VALID | 3 << 8 | INTR_DELIVER_ERROR_CODE | 6,
-            INTR_VALID | 1 << 8 | 32,
-            INTR_VALID | 7 << 8,
-            INTR_VALID | 2 << 8 | 3,
-            INTR_VALID | 3 << 8 | 32,
-            INTR_VALID | 1 << 12 | 32,
+            intr::VALID | 3 << 8 | 13,
+            intr::VALID | 3 << 8 | intr::ERROR_CODE | 6,
+            intr::VALID | 1 << 8 | 32,
+            intr::VALID | 7 << 8,
+            intr::VALID | 2 << 8 | 3,
+            intr::VALID | 3 << 8 | 32,
+            intr::VALID | 1 << 12 | 32,
         ] {
             control_fails(&info(bad), "vm_entry_interruption_info");
         }
         // Error code bits 31:16; software interrupt with length 0 and 16.
-        let m = info(INTR_VALID | 3 << 8 | INTR_DELIVER_ERROR_CODE | 13)
+        let m = info(intr::VALID | 3 << 8 | intr::ERROR_CODE | 13)
             .with(Field32::VmEntryExceptionErrorCode.encoding(), 0x1_0000);
         control_fails(&m, "vm_entry_exception_error_code");
-        control_fails(&info(INTR_VALID | 4 << 8 | 0x80), "vm_entry_instruction_length");
-        let m = info(INTR_VALID | 4 << 8 | 0x80).with(Field32::VmEntryInstructionLength.encoding(), 16);
+        control_fails(&info(intr::VALID | 4 << 8 | 0x80), "vm_entry_instruction_length");
+        let m = info(intr::VALID | 4 << 8 | 0x80).with(Field32::VmEntryInstructionLength.encoding(), 16);
         control_fails(&m, "vm_entry_instruction_length");
         // An external interrupt with RFLAGS.IF = 0 fails in the guest-state checks.
-        let m = info(INTR_VALID | 0x20).with(FieldNatural::GuestRflags.encoding(), 2);
+        let m = info(intr::VALID | 0x20).with(FieldNatural::GuestRflags.encoding(), 2);
         guest_fails(&m, "guest_rflags", 0);
         // Without the valid bit nothing is looked at.
         assert_eq!(run(&info(0x7FFF_FFFF)), Ok(()));
@@ -1943,8 +1935,8 @@ mod tests {
             .with(Field32::GuestSsAccessRights.encoding(), 0xC093);
         assert_eq!(run(&hlt), Ok(()));
         let info = |v: u32| hlt.clone().with(Field32::VmEntryInterruptionInfo.encoding(), v.into());
-        guest_fails(&info(INTR_VALID | 3 << 8 | 6), "guest_activity_state", 0); // #UD: blocked in HLT
-        let irq = info(INTR_VALID | 0x20).with(FieldNatural::GuestRflags.encoding(), 0x202);
+        guest_fails(&info(intr::VALID | 3 << 8 | 6), "guest_activity_state", 0); // #UD: blocked in HLT
+        let irq = info(intr::VALID | 0x20).with(FieldNatural::GuestRflags.encoding(), 0x202);
         assert_eq!(run(&irq), Ok(()), "an external interrupt wakes HLT");
         guest_fails(&f(Field32::GuestInterruptibilityState, 1 << 5), "guest_interruptibility_state", 0);
         guest_fails(&f(Field32::GuestInterruptibilityState, 3), "guest_interruptibility_state", 0);

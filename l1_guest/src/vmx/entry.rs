@@ -37,13 +37,30 @@ pub struct ExitFrame {
     pub regs: GuestRegs,
     /// L1's RSP inside [`enter`], just below the address the stub returns to.
     l1_rsp: u64,
-    /// Nonzero: the entry instruction is VMRESUME (the RESUME doorbell), else VMLAUNCH.
-    resume: u64,
+    /// The next entry's [`EntryInstruction`].
+    entry: u64,
+}
+
+/// Which entry instruction [`enter`] executes.
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EntryInstruction {
+    /// VMLAUNCH (the LAUNCH doorbell).
+    Launch = 0,
+    /// VMRESUME (the RESUME doorbell).
+    Resume = 1,
+    /// A MOV to SS that reloads L1's SS, then VMLAUNCH: the VMLAUNCH is in the MOV SS shadow
+    /// (SDM 31.3 VMLAUNCH, VMfailValid 26). Only the VM-entry cases use it.
+    LaunchAfterMovSs = 2,
 }
 
 const L1_RSP: usize = core::mem::offset_of!(ExitFrame, l1_rsp);
-const RESUME: usize = core::mem::offset_of!(ExitFrame, resume);
-const _: () = assert!(L1_RSP == size_of::<GuestRegs>() && RESUME == L1_RSP + 8);
+const ENTRY: usize = core::mem::offset_of!(ExitFrame, entry);
+const _: () = assert!(L1_RSP == size_of::<GuestRegs>() && ENTRY == L1_RSP + 8);
+
+/// L1's SS selector, for the MOV SS of [`EntryInstruction::LaunchAfterMovSs`] (a memory
+/// operand: every GPR holds L2's value at that point).
+static L1_SS: core::sync::atomic::AtomicU16 = core::sync::atomic::AtomicU16::new(0);
 
 /// The one exit frame of L1's one vCPU.
 static FRAME: TakeOnce<ExitFrame> = TakeOnce::new(ExitFrame {
@@ -65,7 +82,7 @@ static FRAME: TakeOnce<ExitFrame> = TakeOnce::new(ExitFrame {
         r15: 0,
     },
     l1_rsp: 0,
-    resume: 0,
+    entry: 0,
 });
 
 impl ExitFrame {
@@ -83,13 +100,24 @@ impl ExitFrame {
     /// Whether the next entry resumes (VMRESUME) rather than launches (VMLAUNCH).
     #[must_use]
     pub const fn resumes(&self) -> bool {
-        self.resume != 0
+        self.entry == EntryInstruction::Resume as u64
     }
 
     /// Make the next entry resume (VMRESUME) or launch (VMLAUNCH).
     #[inline(always)]
     pub fn set_resume(&mut self, resume: bool) {
-        self.resume = u64::from(resume);
+        self.entry = u64::from(resume);
+    }
+
+    /// Make the next entry execute `how`.
+    pub fn set_entry(&mut self, how: EntryInstruction) {
+        if how == EntryInstruction::LaunchAfterMovSs {
+            let ss: u16;
+            // SAFETY: reads SS into a register.
+            unsafe { core::arch::asm!("mov {0:x}, ss", out(reg) ss, options(nomem, nostack, preserves_flags)) };
+            L1_SS.store(ss, core::sync::atomic::Ordering::Relaxed);
+        }
+        self.entry = how as u64;
     }
 }
 
@@ -117,8 +145,8 @@ pub fn exit_stub_address() -> u64 {
     nb_vmexit_stub as *const () as u64
 }
 
-/// Enter L2 with the GPRs in `frame.regs`: VMRESUME (or the RESUME doorbell) when the frame
-/// says so, else VMLAUNCH (LAUNCH). Returns 0 after L2's next VM exit, with L2's GPRs saved
+/// Enter L2 with the GPRs in `frame.regs` by the frame's [`EntryInstruction`]: VMRESUME (or
+/// the RESUME doorbell), VMLAUNCH (LAUNCH), or MOV SS then VMLAUNCH. Returns 0 after L2's next VM exit, with L2's GPRs saved
 /// in `frame.regs`; else the entry failed and this is RFLAGS right after the instruction
 /// (SDM 31.2: CF for VMfailInvalid, ZF for VMfailValid).
 ///
@@ -130,7 +158,8 @@ pub unsafe fn enter<B: VmxBackend>(frame: &mut ExitFrame) -> u64 {
     let frame = core::ptr::from_mut(frame);
     let ret: u64;
     // The same sequence for both backends but the entry instruction itself: the compare's
-    // flags survive the loads (MOV changes no flag) and pick VMLAUNCH or VMRESUME.
+    // flags survive the loads (MOV changes no flag) and pick VMRESUME (equal, one taken
+    // branch: the run loop's path), VMLAUNCH (below) or MOV SS + VMLAUNCH (above).
     macro_rules! entry_asm {
         ($launch:literal, $resume:literal $(, $name:ident = const $value:expr)*) => {
             // SAFETY: per the caller's contract. The block saves RBX and RBP and restores them
@@ -145,17 +174,22 @@ pub unsafe fn enter<B: VmxBackend>(frame: &mut ExitFrame) -> u64 {
                     "lea rax, [rip + 2f]",
                     "push rax",
                     "mov [rdi + {l1_rsp}], rsp",
-                    "cmp qword ptr [rdi + {resume}], 0",
+                    "cmp qword ptr [rdi + {entry}], 1",
                     "mov rax, [rdi + 0]", "mov rcx, [rdi + 8]", "mov rdx, [rdi + 16]", "mov rbx, [rdi + 24]",
                     "mov rbp, [rdi + 32]", "mov rsi, [rdi + 40]", "mov r8, [rdi + 56]", "mov r9, [rdi + 64]",
                     "mov r10, [rdi + 72]", "mov r11, [rdi + 80]", "mov r12, [rdi + 88]", "mov r13, [rdi + 96]",
                     "mov r14, [rdi + 104]", "mov r15, [rdi + 112]",
                     "mov rdi, [rdi + 48]",
                     "je 3f",
-                    $resume,
+                    "ja 6f",
+                    $launch,
+                    "jmp 4f",
+                    "6:",
+                    "mov ss, word ptr [rip + {l1_ss}]",
+                    $launch,
                     "jmp 4f",
                     "3:",
-                    $launch,
+                    $resume,
                     // Only reached when the entry failed: CF/ZF say how.
                     "4:",
                     "pushfq",
@@ -169,7 +203,8 @@ pub unsafe fn enter<B: VmxBackend>(frame: &mut ExitFrame) -> u64 {
                     "pop rbp",
                     "pop rbx",
                     l1_rsp = const L1_RSP,
-                    resume = const RESUME,
+                    entry = const ENTRY,
+                    l1_ss = sym L1_SS,
                     $($name = const $value,)*
                     inout("rdi") frame => _,
                     out("rax") ret,

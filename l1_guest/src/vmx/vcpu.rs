@@ -57,12 +57,12 @@ impl<'f, B: VmxBackend> VmxVcpu<'f, B> {
         &mut self.backend
     }
 
-    /// One VM entry with the instruction the caller names: VMLAUNCH (`resume` false) or
-    /// VMRESUME. `Ok` after L2's next VM exit (the exit-reason field says which); `Err` with
-    /// RFLAGS when the entry failed (SDM 31.2, decoded by [`entry::entry_failure`]). The
-    /// must-fail scenarios and the VM-entry cases drive entries this way.
-    pub fn enter(&mut self, resume: bool) -> Result<(), u64> {
-        self.frame.set_resume(resume);
+    /// One VM entry with the instruction the caller names. `Ok` after L2's next VM exit (the
+    /// exit-reason field says which); `Err` with RFLAGS when the entry failed (SDM 31.2,
+    /// decoded by [`entry::entry_failure`]). The must-fail scenarios and the VM-entry cases
+    /// drive entries this way.
+    pub fn enter(&mut self, how: entry::EntryInstruction) -> Result<(), u64> {
+        self.frame.set_entry(how);
         // SAFETY: `new`'s contract: the VMCS's host RIP/RSP are the stub and this frame, and
         // `B` made it current.
         match unsafe { entry::enter::<B>(self.frame) } {
