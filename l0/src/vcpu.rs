@@ -402,6 +402,23 @@ impl Vcpu {
         Ok((ev.exception.injected != 0 || ev.exception.pending != 0).then_some(ev.exception.nr))
     }
 
+    /// Single-step the vCPU (KVM_SET_GUEST_DEBUG with KVM_GUESTDBG_SINGLESTEP): each
+    /// instruction it completes is a KVM_EXIT_DEBUG ([`Exit::Debug`]).
+    ///
+    /// KVM sets RFLAGS.TF for it and keeps TF through a later register write only while RIP
+    /// is the one of this call (`__kvm_set_rflags()`, `singlestep_rip`): general registers
+    /// still waiting in sync regs are applied first, so that the step starts at their RIP.
+    pub fn set_single_step(&mut self, on: bool) -> Result<(), VcpuError> {
+        if on && self.sync_regs && self.run_struct().kvm_dirty_regs & u64::from(kvm_bindings::KVM_SYNC_X86_REGS) != 0 {
+            let regs = self.fd.sync_regs().regs;
+            self.fd.set_regs(&regs).map_err(ioctl("KVM_SET_REGS"))?;
+            self.fd.clear_sync_dirty_reg(SyncReg::Register);
+        }
+        let control = if on { kvm_bindings::KVM_GUESTDBG_ENABLE | kvm_bindings::KVM_GUESTDBG_SINGLESTEP } else { 0 };
+        let dbg = kvm_bindings::kvm_guest_debug { control, ..Default::default() };
+        self.fd.set_guest_debug(&dbg).map_err(ioctl("KVM_SET_GUEST_DEBUG"))
+    }
+
     /// The vCPU's pending and injected events (KVM_GET_VCPU_EVENTS).
     pub fn events(&self) -> Result<kvm_bindings::kvm_vcpu_events, VcpuError> {
         self.fd.get_vcpu_events().map_err(ioctl("KVM_GET_VCPU_EVENTS"))

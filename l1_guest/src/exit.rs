@@ -42,6 +42,8 @@ pub enum Exit {
         /// The guest-physical address whose translation hit the entry.
         gpa: u64,
     },
+    /// MOV to or from a control register.
+    ControlRegister(ControlRegister),
     /// VMX only: the VMX-preemption timer expired (SDM 26.5.1).
     PreemptionTimer,
     /// VMX only: interrupt window (SDM 26.7.5).
@@ -67,10 +69,42 @@ impl Exit {
             Self::NestedPageFault(_) => ExitReason::EptViolation,
             Self::TripleFault => ExitReason::TripleFault,
             Self::EptMisconfig { .. } => ExitReason::EptMisconfiguration,
+            Self::ControlRegister(_) => ExitReason::ControlRegisterAccess,
             Self::PreemptionTimer => ExitReason::PreemptionTimer,
             Self::InterruptWindow => ExitReason::InterruptWindow,
             Self::Other(raw) => return *raw,
         }) as u32
+    }
+}
+
+/// A MOV to or from a control register (VMX: the qualification of SDM 28.2.1, Table 28-3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ControlRegister {
+    /// The control register.
+    pub cr: u8,
+    /// MOV to CR (`true`) or MOV from CR.
+    pub load: bool,
+    /// The general-purpose register (0 = RAX ... 15 = R15, as instructions encode it).
+    pub gpr: u8,
+}
+
+impl ControlRegister {
+    /// Table 28-3: bits 3:0 the control register, 5:4 the access type (0 = MOV to CR, 1 = MOV
+    /// from CR), 11:8 the register.
+    #[must_use]
+    pub const fn qualification(&self) -> u64 {
+        (self.cr as u64 & 0xF) | if self.load { 0 } else { 1 << 4 } | (self.gpr as u64 & 0xF) << 8
+    }
+
+    /// The access a qualification describes; `None` for CLTS and LMSW (access types 2, 3).
+    #[must_use]
+    pub const fn from_qualification(q: u64) -> Option<Self> {
+        let load = match (q >> 4) & 3 {
+            0 => true,
+            1 => false,
+            _ => return None,
+        };
+        Some(Self { cr: (q & 0xF) as u8, load, gpr: ((q >> 8) & 0xF) as u8 })
     }
 }
 

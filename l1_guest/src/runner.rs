@@ -346,6 +346,17 @@ fn payload_on<B: VmxBackend>(
             Err(exits::interrupt_window::ArmError::Vmx(e)) => return RunError::Vmx("irq_window setup", e),
         }
     }
+    // `cr3`: CR3-load/store exiting (crate::exits::cr_access).
+    if setup.has(flag::CR3_EXITING) {
+        let caps = VmxCaps::read(|m| x86::rdmsr_safe(m).unwrap_or(0));
+        match exits::cr_access::arm(&mut b, &caps) {
+            Ok(()) => {}
+            Err(exits::cr_access::ArmError::NotAllowed) => {
+                return RunError::Refused("cr3: 'CR3-load exiting' and 'CR3-store exiting' may not be 1 here");
+            }
+            Err(exits::cr_access::ArmError::Vmx(e)) => return RunError::Vmx("cr3 setup", e),
+        }
+    }
     frame.regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
     // SAFETY: the current VMCS is complete (`writes`), HOST_RIP is the exit stub and HOST_RSP
     // this frame's (`prepare`), `b` made it current, and the frame is 'static.

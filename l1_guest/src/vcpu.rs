@@ -56,6 +56,32 @@ pub struct GuestRegs {
 
 const _: () = assert!(size_of::<GuestRegs>() == 15 * 8);
 
+impl GuestRegs {
+    /// The register numbered `n` as instructions encode it (0 = RAX, 1 = RCX, 2 = RDX, 3 = RBX,
+    /// 5 = RBP, 6 = RSI, 7 = RDI, 8-15 = R8-R15; SDM 28.2.1, Table 28-3); `None` for 4 (RSP,
+    /// which lives in the guest-state area) and beyond 15.
+    pub fn gpr_mut(&mut self, n: u8) -> Option<&mut u64> {
+        Some(match n {
+            0 => &mut self.rax,
+            1 => &mut self.rcx,
+            2 => &mut self.rdx,
+            3 => &mut self.rbx,
+            5 => &mut self.rbp,
+            6 => &mut self.rsi,
+            7 => &mut self.rdi,
+            8 => &mut self.r8,
+            9 => &mut self.r9,
+            10 => &mut self.r10,
+            11 => &mut self.r11,
+            12 => &mut self.r12,
+            13 => &mut self.r13,
+            14 => &mut self.r14,
+            15 => &mut self.r15,
+            _ => return None,
+        })
+    }
+}
+
 /// One virtual CPU of L2, as the run loop drives it. A failed VMX instruction on the exit
 /// path (a VMREAD, VMWRITE or INVEPT) is fatal inside these methods ([`crate::exits::fatal`]).
 pub trait Vcpu {
@@ -79,6 +105,10 @@ pub trait Vcpu {
     fn rflags(&mut self) -> u64;
     /// INS/OUTS: the address size and the linear address of the memory operand.
     fn string_io(&mut self) -> StringIo;
+    /// L2's CR3 (VMX: the guest-state CR3 field).
+    fn guest_cr3(&mut self) -> u64;
+    /// Set L2's CR3 for the next entry.
+    fn set_guest_cr3(&mut self, cr3: u64);
     /// Inject `event` into L2 at the next entry (VMX: the VM-entry interruption-information
     /// field and exception error code, SDM 25.8.3, delivered as 27.6 says; the entry's VM exit
     /// clears it again).

@@ -34,6 +34,7 @@
 //! | [`irq_window`] | 3 | interrupt-window exiting with IF = 1: one exit (7) before the first instruction per entry, N entries |
 //! | [`wrmsr`] | 0 | `wrmsr` of IA32_KERNEL_GS_BASE: one WRMSR exit per iteration, L1 checks the value |
 //! | [`inject`] | 0 | `out 0xE0, eax`, then L1 injects #UD, #GP, an external interrupt or an NMI into L2's own IDT: one I/O exit per iteration |
+//! | [`cr3`] | 0 | `mov rcx, cr3; mov cr3, rcx` with CR3-load/store exiting: two control-register-access exits per iteration, L1 emulates them |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
 //! rdtsc` (never CPUID, which exits), and ends with `out DONE_PORT, eax`: that last exit is
@@ -48,6 +49,7 @@ pub mod rt;
 
 pub mod compute;
 pub mod cpuid;
+pub mod cr3;
 pub mod ept_fetch;
 pub mod ept_fill;
 pub mod ept_misconfig;
@@ -139,7 +141,7 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 20] = [
+static ALL: [Manifest; 21] = [
     outl::MANIFEST,
     inl::MANIFEST,
     io_encodings::MANIFEST,
@@ -160,6 +162,7 @@ static ALL: [Manifest; 20] = [
     ept_fetch::MANIFEST,
     irq_window::MANIFEST,
     inject::MANIFEST,
+    cr3::MANIFEST,
 ];
 
 /// Every payload, in a stable order.
@@ -271,18 +274,22 @@ mod tests {
             for (i, (reason, n)) in m.exits_per_iteration.iter().enumerate() {
                 assert!(*n > 0, "{}: {reason:?} listed with 0 exits", m.name);
                 assert!(m.exits_per_iteration[..i].iter().all(|(r, _)| r != reason), "{}: {reason:?} twice", m.name);
-                // HLT, RDMSR and WRMSR are #GP at CPL 3: they never exit from there.
-                if matches!(reason, ExitReason::Hlt | ExitReason::Rdmsr | ExitReason::Wrmsr) {
+                // HLT, RDMSR, WRMSR and MOV CR are #GP at CPL 3: they never exit from there.
+                if matches!(
+                    reason,
+                    ExitReason::Hlt | ExitReason::Rdmsr | ExitReason::Wrmsr | ExitReason::ControlRegisterAccess
+                ) {
                     assert_eq!(m.cpl, Cpl::Kernel, "{}: {reason:?} needs CPL 0", m.name);
                 }
             }
             // CPL 0 is emulated instruction by instruction on the development hosts: only
-            // what needs it runs there (HLT, RDMSR/WRMSR, or loading its own IDT).
+            // what needs it runs there (HLT, RDMSR/WRMSR, MOV CR, or loading its own IDT).
             if m.cpl == Cpl::Kernel && !m.setup.has(nestbench_abi::payload::setup::INJECT_EVENTS) {
                 assert!(
-                    m.exits_per_iteration
-                        .iter()
-                        .any(|(r, _)| matches!(r, ExitReason::Hlt | ExitReason::Rdmsr | ExitReason::Wrmsr)),
+                    m.exits_per_iteration.iter().any(|(r, _)| matches!(
+                        r,
+                        ExitReason::Hlt | ExitReason::Rdmsr | ExitReason::Wrmsr | ExitReason::ControlRegisterAccess
+                    )),
                     "{}: runs at CPL 0 without needing to",
                     m.name
                 );
@@ -348,7 +355,8 @@ mod tests {
                 "pte_remap",
                 "ept_fetch",
                 "irq_window",
-                "inject"
+                "inject",
+                "cr3"
             ]
         );
         for m in all() {

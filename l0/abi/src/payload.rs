@@ -142,6 +142,9 @@ pub mod setup {
     /// On each `out PAYLOAD_PORT`, L1 injects [`super::INJECTED_EVENTS`]`[EAX % 4]` into L2
     /// at the next entry (SDM 27.6); L2's own IDT handles it.
     pub const INJECT_EVENTS: u32 = 1 << 12;
+    /// L1 sets "CR3-load exiting" and "CR3-store exiting" (CR3-target count 0) and emulates
+    /// L2's MOV to and from CR3 on its guest-state CR3 (`cr3`).
+    pub const CR3_EXITING: u32 = 1 << 13;
 }
 
 /// The events L1 injects for [`setup::INJECT_EVENTS`], by EAX of L2's `out` modulo 4: #UD,

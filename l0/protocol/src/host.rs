@@ -202,6 +202,11 @@ pub struct HostExits {
     pub walk_no_slot: NoSlot,
     /// Row K.
     pub kick: Kick,
+    /// Row S: KVM_GUESTDBG_SINGLESTEP gives a KVM_EXIT_DEBUG after one instruction of a CPL-0
+    /// guest, RIP past it (the soft engine's CR3-load/store exiting steps VM2). Absent from
+    /// results written before the row existed.
+    #[serde(default)]
+    pub single_step: bool,
 }
 
 impl HostExits {
@@ -224,6 +229,7 @@ impl HostExits {
             fetch_no_slot_cpl3: NoSlot::EmulationFailure { rip_is_target: true, queued_exception: None },
             walk_no_slot: NoSlot::GuestPageFault,
             kick: Kick::Eintr,
+            single_step: true,
         }
     }
 
@@ -308,14 +314,16 @@ impl std::fmt::Display for NoSlot {
     }
 }
 
-/// One line: where RIP is per exit kind, and what the no-memslot cases and a kick give.
+/// One line: where RIP is per exit kind, and what the no-memslot cases, a kick and a single
+/// step give.
 impl std::fmt::Display for HostExits {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let rep = |r: &RepString| format!("{} per exit, RIP {}, RCX {}", r.per_exit, r.rip, r.rcx);
         write!(
             f,
             "RIP after OUT {}, OUTS {}, IN {}, HLT {}, RDMSR {}, WRMSR {}, MMIO read {}, MMIO write {}; \
-             REP OUTS {}; REP INS {}; fetch without memslot: {} (CPL 0), {} (CPL 3){}; walk without memslot: {}; kick: {}",
+             REP OUTS {}; REP INS {}; fetch without memslot: {} (CPL 0), {} (CPL 3){}; walk without memslot: {}; kick: {}; \
+             single-step: {}",
             self.out,
             self.outs,
             self.r#in,
@@ -334,7 +342,8 @@ impl std::fmt::Display for HostExits {
                 Kick::Eintr => "EINTR at an instruction boundary",
                 Kick::NotKicked => "not delivered while the guest runs",
                 Kick::Other { seen } => seen,
-            }
+            },
+            if self.single_step { "a debug exit per instruction" } else { "no debug exit" }
         )
     }
 }
@@ -345,5 +354,14 @@ impl HostExits {
     #[must_use]
     pub fn kicks(&self) -> bool {
         self.kick == Kick::Eintr
+    }
+
+    /// Why the soft engine cannot single-step VM2 here (row S), if it cannot.
+    #[must_use]
+    pub fn no_single_step(&self) -> Option<&'static str> {
+        (!self.single_step).then_some(
+            "this host's KVM gives no KVM_EXIT_DEBUG after a single-stepped instruction (KVM_GUESTDBG_SINGLESTEP, \
+             measured: docs/kvm-exits.md row S)",
+        )
     }
 }

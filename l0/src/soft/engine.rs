@@ -14,10 +14,11 @@ use kvm_bindings::{kvm_regs, kvm_sregs};
 use kvm_ioctls::Kvm;
 use nestbench_abi::controls;
 use nestbench_abi::softvmx::{self, DOORBELL_LAUNCH, DOORBELL_RESUME, VmxOp, VmxResult};
-use nestbench_abi::vmcs::{self, Field32, Field64};
+use nestbench_abi::vmcs::{self, Field32, Field64, FieldNatural};
 use nestbench_abi::vmx::{ExitReason, RawExitReason, VmInstructionError, intr};
 
 use super::caps::Caps;
+use super::cr3_exiting::Cr3Exiting;
 use super::entry_checks::{self, EntryFailure};
 use super::ept_fault::{self, Fault};
 use super::host_exits::NoSlot;
@@ -426,6 +427,34 @@ impl SoftVmx {
                     .into(),
             });
         }
+        // SDM 26.1.3: CR3-load/store exiting, by single-stepping VM2 (super::cr3_exiting).
+        let targets = [
+            FieldNatural::Cr3TargetValue0,
+            FieldNatural::Cr3TargetValue1,
+            FieldNatural::Cr3TargetValue2,
+            FieldNatural::Cr3TargetValue3,
+        ];
+        let count = (v.read(Field32::Cr3TargetCount.encoding()) as usize).min(targets.len());
+        let cr3 = Cr3Exiting {
+            load: proc1 & controls::proc1::CR3_LOAD_EXITING != 0,
+            store: proc1 & controls::proc1::CR3_STORE_EXITING != 0,
+            targets: targets[..count].iter().map(|f| v.read(f.encoding())).collect(),
+        };
+        if let (true, Some(why)) = (cr3.on(), self.host.no_single_step()) {
+            return Ok(EntryOutcome::Unsupported {
+                what: Field32::PrimaryProcBasedVmExecControl.name().into(),
+                why: format!("CR3-load/store exiting single-steps VM2, but {why}"),
+            });
+        }
+        if let (Some(event), true) = (injection, cr3.on()) {
+            return Ok(EntryOutcome::Unsupported {
+                what: Field32::PrimaryProcBasedVmExecControl.name().into(),
+                why: format!(
+                    "CR3-load/store exiting with an injected event ({event:?}): VM2 is single-stepped for them, and \
+                     an event handler entered through an interrupt gate runs with TF clear, unstepped"
+                ),
+            });
+        }
         if let Some(event) = injection {
             if let Some(reason) = at_entry {
                 return Ok(EntryOutcome::Unsupported {
@@ -442,7 +471,7 @@ impl SoftVmx {
         }
         self.stats.entries += 1;
         self.stats.l0_ns += ns(entry_started.elapsed());
-        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired, AtEntry { exit: at_entry, injection, halted })
+        self.run_l2(l1, mem, cur, &l1_sregs, watchdog_fired, AtEntry { exit: at_entry, injection, halted, cr3 })
     }
 
     /// Start shadowing the EPT12 at `eptp` afresh: every memslot dropped, filled again lazily
@@ -527,12 +556,13 @@ impl SoftVmx {
         watchdog_fired: &dyn Fn() -> bool,
         at_entry: AtEntry,
     ) -> Result<EntryOutcome, SoftError> {
-        let AtEntry { exit: at_entry, injection, halted } = at_entry;
+        let AtEntry { exit: at_entry, injection, halted, cr3 } = at_entry;
         // A VM exit before L2's first instruction (a zero preemption timer, an open
         // interrupt window): VM2 does not run.
         let timer_zero = at_entry == Some(ExitReason::PreemptionTimer);
         let window = at_entry == Some(ExitReason::InterruptWindow);
         let l2 = self.l2.as_mut().expect("VM2 exists at entry");
+        l2.single_step(cr3.on())?;
         l2.vcpu.make_kick_target();
         let kicker = if self.timer.active() { Some(Kicker::current_thread()?) } else { None };
         let timer = &mut self.timer;
@@ -562,6 +592,14 @@ impl SoftVmx {
                     })
                     .map_err(Into::into);
             }
+            // Before each step of a single-stepped VM2: does the instruction at RIP exit?
+            if cr3.on() {
+                match cr3_exit(l2, &cr3) {
+                    Ok(None) => {}
+                    Ok(Some(exit)) => break Ok(exit),
+                    Err(e) => break Err(e.into()),
+                }
+            }
             if let Some(k) = kicker {
                 timer.before_run(k);
             }
@@ -590,6 +628,11 @@ impl SoftVmx {
                     if kicker.is_some() {
                         timer.note_stale_kick();
                     }
+                    self.stats.l0_only_exits += 1;
+                    stamps.l0_only();
+                }
+                // One single-step of VM2 (CR3-load/store exiting): L0's own.
+                Exit::Debug if cr3.on() => {
                     self.stats.l0_only_exits += 1;
                     stamps.l0_only();
                 }
@@ -667,12 +710,32 @@ impl SoftVmx {
 
 /// What the entry brings besides L2's state: a VM exit due before L2's first instruction (a
 /// zero preemption timer, an open interrupt window) and the event it injects.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct AtEntry {
     exit: Option<ExitReason>,
     injection: Option<Event>,
     /// L2 entered in HLT and nothing woke it (a zero preemption timer exits first).
     halted: bool,
+    /// CR3-load/store exiting (VM2 single-stepped while on).
+    cr3: Cr3Exiting,
+}
+
+/// The CR-access VM exit (SDM 28.2.1, Table 28-3) that the instruction at VM2's RIP causes,
+/// before it runs; `None` when it runs.
+fn cr3_exit(l2: &L2Vm, cr3: &Cr3Exiting) -> Result<Option<Reflect>, VcpuError> {
+    let regs = l2.vcpu.regs()?;
+    let sregs = l2.vcpu.sregs()?;
+    let bytes = l2.read_linear(sregs.cr3, regs.rip, 15);
+    let cpl = (sregs.cs.selector & 3) as u8;
+    Ok(cr3.exit_for(&bytes, regs.rip, cpl, |n| super::cr3_exiting::gpr(&regs, n)).map(|a| {
+        let info = ExitInfo {
+            reason: ExitReason::ControlRegisterAccess as u32,
+            qualification: a.qualification,
+            insn_len: a.insn_len,
+            ..ExitInfo::default()
+        };
+        Reflect::Exit { info, regs, rip: regs.rip }
+    }))
 }
 
 fn sregs_equal(a: &kvm_sregs, b: &kvm_sregs) -> bool {

@@ -17,8 +17,6 @@
 //! architectural failure found later wins, because hardware would fail that entry anyway
 //! and the unsupported setting would never take effect. Unsupported in part 1:
 //!
-//! * CR3-load / CR3-store exiting (default1 bits, so allowed-1, but KVM handles MOV CR3 of
-//!   L2 without exiting to userspace);
 //! * a non-zero exception bitmap, or a page-fault error-code mask/match that makes some #PF
 //!   exit (KVM does not surface L2's exceptions to L0);
 //! * a non-zero VM-exit MSR-store or VM-exit MSR-load count, once its address passes the
@@ -376,18 +374,6 @@ impl<'a, V: Vmcs12Read> Checker<'a, V> {
             );
         }
 
-        // Valid but not honoured: CR3-load/store exiting are default1 bits, so the capability
-        // MSRs must allow them to be 1, but L2's MOV to/from CR3 never reaches L0.
-        let cr3_exiting = proc & (proc1::CR3_LOAD_EXITING | proc1::CR3_STORE_EXITING);
-        if cr3_exiting != 0 {
-            self.unsupported(
-                Field32::PrimaryProcBasedVmExecControl.name(),
-                format!(
-                    "CR3-load/CR3-store exiting ({cr3_exiting:#x}): KVM does not surface L2's MOV CR3 to L0 \
-                     (use the TRUE capability MSRs, which let these default1 bits be 0)"
-                ),
-            );
-        }
         // Valid but not honoured: exceptions of L2 never reach L0 (KVM handles them in VM2;
         // only a triple fault is seen, as a shutdown). SDM 26.2 (exception bitmap): a #PF
         // exits iff bit 14 of the bitmap equals ((PFEC & PFEC_MASK) == PFEC_MATCH).
@@ -1978,13 +1964,10 @@ mod tests {
 
     #[test]
     fn not_honoured_settings() {
-        // CR3-load/store exiting: the non-TRUE default1 value.
+        // CR3-load/store exiting (the non-TRUE default1 value) is honoured (super::cr3_exiting).
         let b = baseline();
         let proc = b.get(Field32::PrimaryProcBasedVmExecControl.encoding()) | u64::from(default1::PROC1);
-        unsupported(
-            &b.with(Field32::PrimaryProcBasedVmExecControl.encoding(), proc),
-            "primary_proc_based_vm_exec_control",
-        );
+        assert_eq!(run(&b.with(Field32::PrimaryProcBasedVmExecControl.encoding(), proc)), Ok(()));
         // Exceptions, and #PF filtering that lets some page faults exit.
         unsupported(&baseline().with(Field32::ExceptionBitmap.encoding(), 1 << 6), "exception_bitmap");
         unsupported(&baseline().with(Field32::ExceptionBitmap.encoding(), 1 << 14), "exception_bitmap");

@@ -239,6 +239,8 @@ pub struct L2Vm {
     tables: BTreeMap<u64, Vec<u8>>,
     /// Counters.
     pub stats: EptStats,
+    /// Whether the vCPU is single-stepped ([`L2Vm::single_step`]).
+    stepping: bool,
 }
 
 impl L2Vm {
@@ -270,6 +272,7 @@ impl L2Vm {
             max_slots,
             tables: BTreeMap::new(),
             kvm_max_slots: kvm_max,
+            stepping: false,
             stats: EptStats {
                 memslot_limit: max_slots as u64,
                 kvm_memslot_limit: kvm_max as u64,
@@ -277,6 +280,17 @@ impl L2Vm {
                 ..EptStats::default()
             },
         })
+    }
+
+    /// Single-step the vCPU or stop (`super::cr3_exiting`): at every entry while on (KVM
+    /// keeps stepping only from the RIP it was asked at: [`Vcpu::set_single_step`]), when
+    /// off only to turn it off.
+    pub fn single_step(&mut self, on: bool) -> Result<(), crate::vcpu::VcpuError> {
+        if on || self.stepping {
+            self.vcpu.set_single_step(on)?;
+            self.stepping = on;
+        }
+        Ok(())
     }
 
     /// VM2's fd (statistics).

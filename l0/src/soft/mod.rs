@@ -1,6 +1,7 @@
 //! The `soft` engine: VMX emulated in userspace for L1 (docs/soft-engine.md).
 
 pub mod caps;
+pub mod cr3_exiting;
 pub mod engine;
 pub mod entry_checks;
 pub mod ept_fault;

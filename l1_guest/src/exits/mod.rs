@@ -8,6 +8,7 @@
 //! is a few inlined instructions on the soft engine.
 
 pub mod cpuid;
+pub mod cr_access;
 pub mod ept_misconfig;
 pub mod ept_violation;
 pub mod hlt;
@@ -216,6 +217,7 @@ pub fn run_loop<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
             Exit::TripleFault => triple_fault::handle(vcpu, run.begin()),
             // Rebuilt in each arm, so that no other arm keeps the exit in memory for them.
             Exit::EptMisconfig { gpa } => vcpu.vmx_only_exit(Exit::EptMisconfig { gpa }, run.begin()),
+            Exit::ControlRegister(access) => cr_access::handle(vcpu, run.begin(), access),
             Exit::PreemptionTimer => vcpu.vmx_only_exit(Exit::PreemptionTimer, run.begin()),
             Exit::InterruptWindow => vcpu.vmx_only_exit(Exit::InterruptWindow, run.begin()),
             Exit::Other(raw) => unexpected::handle(vcpu, raw),

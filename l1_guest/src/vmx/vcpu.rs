@@ -15,7 +15,7 @@ use nestbench_abi::vmx::{ExitReason, IoInstructionInfo, IoQualification};
 
 use super::entry::{self, ExitFrame};
 use super::{Vmcs, VmxBackend, VmxFail};
-use crate::exit::{Exit, NestedPageFault, StringIo};
+use crate::exit::{ControlRegister, Exit, NestedPageFault, StringIo};
 use crate::exits::{self, EXIT_ENTRY_FAILED, RunState, must};
 use crate::vcpu::{GuestRegs, Vcpu};
 
@@ -143,6 +143,10 @@ impl<'f, B: VmxBackend> VmxVcpu<'f, B> {
             r if r == ExitReason::EptMisconfiguration as u32 => Exit::EptMisconfig {
                 gpa: must(b.read64(Field64::GuestPhysicalAddress), "VMREAD guest-physical address"),
             },
+            r if r == ExitReason::ControlRegisterAccess as u32 => {
+                let q = must(b.read_nat(FieldNatural::ExitQualification), "VMREAD exit qualification");
+                ControlRegister::from_qualification(q).map_or(Exit::Other(reason), Exit::ControlRegister)
+            }
             r if r == ExitReason::PreemptionTimer as u32 => Exit::PreemptionTimer,
             r if r == ExitReason::InterruptWindow as u32 => Exit::InterruptWindow,
             _ => Exit::Other(reason),
@@ -205,6 +209,14 @@ impl<B: VmxBackend> Vcpu for VmxVcpu<'_, B> {
         let info = must(self.backend.read32(Field32::VmExitInstructionInfo), "VMREAD instruction information");
         let linear = must(self.backend.read_nat(FieldNatural::GuestLinearAddress), "VMREAD guest-linear address");
         StringIo { info: IoInstructionInfo::from_raw(info), linear }
+    }
+
+    fn guest_cr3(&mut self) -> u64 {
+        must(self.backend.read_nat(FieldNatural::GuestCr3), "VMREAD guest CR3")
+    }
+
+    fn set_guest_cr3(&mut self, cr3: u64) {
+        must(self.backend.write_nat(FieldNatural::GuestCr3, cr3), "VMWRITE guest CR3");
     }
 
     fn inject(&mut self, event: Event) {
