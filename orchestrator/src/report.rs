@@ -56,8 +56,13 @@ pub fn loop_holds_its_exits(r: &ConfigResult) -> Option<bool> {
 /// figures include the boot).
 pub(crate) fn row_note(r: Option<&ConfigResult>) -> &'static str {
     let Some(r) = r else { return "" };
-    if l2_payloads::find(&r.payload).is_some_and(|m| m.fixed_iterations.is_some()) {
+    let manifest = l2_payloads::find(&r.payload);
+    if manifest.is_some_and(|m| m.fixed_iterations.is_some()) {
         return "fixed work: boot included";
+    }
+    // docs/soft-engine.md, "CR3-load and CR3-store exiting".
+    if manifest.is_some_and(|m| m.setup.has(nestbench_abi::payload::setup::CR3_EXITING)) {
+        return "L0 single-steps L2: a KVM exit per L2 instruction";
     }
     match (
         r.steady_state.as_ref().map(|s| (s.reflected_per_iteration, s.l0_only_per_iteration)),
