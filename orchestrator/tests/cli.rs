@@ -274,7 +274,10 @@ fn bench_quick_writes_a_valid_run_and_compare_judges_it() {
         for layer in ["l0_ns", "l1_ns", "l2_ns"] {
             assert!(st["per_reflected_exit"]["layers"][layer].as_f64().unwrap() > 0.0, "{layer}: {st}");
         }
-        assert!((0.0..1.0).contains(&st["boot_share"].as_f64().unwrap()), "{st}");
+        // A share, clamped: at the quick profile's 16 iterations the boot is nearly all of a
+        // repetition's wall time, and the noise of two medians can put it at 1 (seen on a
+        // fresh clone's test run).
+        assert!((0.0..=1.0).contains(&st["boot_share"].as_f64().unwrap()), "{st}");
     }
     assert!(on["nested_over_single"].as_f64().unwrap() > 1.0);
     assert!(summary["engines"].as_array().unwrap().iter().any(|e| e["engine"] == "bochs" && e["benched"] == false));
