@@ -125,19 +125,20 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
                     "{} is usable; L0 provides VMX to L1 in userspace, so no nested support is needed from KVM; \
                      this KVM's exits, measured, can all be normalised{} ({x})",
                     kvm.path.display(),
-                    match (x.kicks(), x.single_step) {
-                        (true, true) => "",
-                        (false, true) => {
-                            ", but a kick does not stop a running guest here, so the VMX-preemption timer is refused"
-                        }
-                        (true, false) => {
-                            ", but single-stepping gives no debug exit here, so CR3-load/store exiting is refused"
-                        }
-                        (false, false) => {
-                            ", but a kick does not stop a running guest and single-stepping gives no debug exit \
-                             here, so the VMX-preemption timer and CR3-load/store exiting are refused"
-                        }
-                    },
+                    [
+                        (
+                            x.kicks(),
+                            "a kick does not stop a running guest here, so the VMX-preemption timer is refused"
+                        ),
+                        (
+                            x.single_step,
+                            "single-stepping gives no debug exit here, so CR3-load/store exiting is refused",
+                        ),
+                    ]
+                    .iter()
+                    .filter(|(has, _)| !has)
+                    .map(|(_, refused)| format!(", but {refused}"))
+                    .collect::<String>(),
                 ),
             },
             (Some(x), _) => EngineStatus {

@@ -269,6 +269,14 @@ impl SoftVmx {
             }
             r => r,
         };
+        // A PAE guest without EPT, refused as unsupported: its PDPTEs in memory (27.3.1.6) are
+        // checked first, and a failure there is architectural and wins.
+        let checked = match checked {
+            r @ Err(EntryFailure::Unsupported { .. }) => {
+                entry_checks::pdptes_in_memory(&v, self.maxphyaddr, |pa| mem.read_u64(pa).unwrap_or(u64::MAX)).and(r)
+            }
+            r => r,
+        };
         let msr_count = v.read(Field32::VmEntryMsrLoadCount.encoding()) as u32;
         let msr_addr = v.read(Field64::VmEntryMsrLoadAddr.encoding());
         match checked {
@@ -292,20 +300,6 @@ impl SoftVmx {
                 );
             }
             Err(EntryFailure::Unsupported { field, why }) => {
-                // A PAE guest without EPT: its PDPTEs in memory (27.3.1.6) are checked first.
-                let read = |pa: u64| mem.read_u64(pa).unwrap_or(u64::MAX);
-                if let Err(EntryFailure::GuestState { qualification, .. }) =
-                    entry_checks::pdptes_in_memory(&v, self.maxphyaddr, read)
-                {
-                    return self.entry_failure(
-                        l1,
-                        &v,
-                        &l1_regs,
-                        &l1_sregs,
-                        ExitReason::EntryFailureGuestState,
-                        qualification,
-                    );
-                }
                 // The MSR loading (27.4) would come next on hardware: an entry of the area that
                 // fails is architectural and wins over the unsupported setting.
                 if let Some((n, why)) = super::msr_load::first_failure(mem, msr_addr, msr_count) {
