@@ -62,7 +62,7 @@ pub enum MachineError {
     Setup(String),
     /// The kvm engine cannot run on this host.
     #[error(transparent)]
-    NoNestedVmx(#[from] crate::kvm_engine::caps::NoNestedVmx),
+    NoNesting(#[from] crate::kvm_engine::caps::NoNesting),
     /// The vCPU thread panicked (a bug in L0).
     #[error("the vCPU thread panicked: {0}")]
     VcpuThreadPanicked(String),
@@ -297,17 +297,21 @@ impl Machine {
     }
 }
 
-/// The kvm engine: check that KVM offers VMX, write the VMX capability MSRs KVM lets a host
-/// restore on L1's vCPU (its CPUID already carries KVM's VMX bit: `x86_setup::guest_cpuid`),
-/// and read back every one of them as L1 will see it.
+/// The kvm engine: check that KVM offers VMX or SVM; on VMX write the VMX capability MSRs
+/// KVM lets a host restore on L1's vCPU (its CPUID already carries KVM's VMX or SVM bit:
+/// `x86_setup::guest_cpuid`), and read back every one of them as L1 will see it.
 fn pass_vmx_through(vm: &Vm, vcpu: &Vcpu) -> Result<Vec<KvmVmxMsr>, MachineError> {
     use crate::kvm_engine::caps;
     let supported = vm
         .kvm
         .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
-        .map_err(|e| caps::NoNestedVmx(format!("KVM_GET_SUPPORTED_CPUID failed: {e}")))?;
+        .map_err(|e| caps::NoNesting(format!("KVM_GET_SUPPORTED_CPUID failed: {e}")))?;
     let feature_msrs = caps::read_vmx_feature_msrs(&vm.kvm)?;
     let plan = caps::plan(supported.as_slice(), &feature_msrs)?;
+    if plan.vmx_msrs.is_empty() {
+        // SVM: nothing beyond the CPUID (`caps::plan`).
+        return Ok(Vec::new());
+    }
     let writes = plan.writes();
     let entries: Vec<kvm_bindings::kvm_msr_entry> =
         writes.iter().map(|&(index, data)| kvm_bindings::kvm_msr_entry { index, data, ..Default::default() }).collect();
@@ -678,6 +682,7 @@ impl VcpuThread {
         };
         crate::events::KvmEngineSection {
             kvm_intel_params: crate::host::module_params("kvm_intel").unwrap_or_default(),
+            kvm_amd_params: crate::host::module_params("kvm_amd").unwrap_or_default(),
             vmx_msrs: self.nested_msrs.take().unwrap_or_default(),
             attribution: crate::kvm_engine::attribution::attribute(
                 counters.unwrap_or(&BTreeMap::new()),

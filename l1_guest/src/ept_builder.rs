@@ -1,9 +1,12 @@
-//! L1's EPT builder: maps L2-physical pages onto L1-physical pages in 4-level extended page
-//! tables (Intel SDM Vol. 3C, 29.3), over a [`FrameMemory`] so the same code runs in the
-//! guest (identity-mapped L1 memory) and in host tests (a map).
+//! L1's nested-paging builder: maps L2-physical pages onto L1-physical pages in 4-level
+//! extended page tables (VMX: Intel SDM Vol. 3C, 29.3) or nested page tables (SVM: AMD APM
+//! Vol. 2, 15.25, which are ordinary long-mode page tables), over a [`FrameMemory`] so the
+//! same code runs in the guest (identity-mapped L1 memory) and in host tests (a map).
 //!
-//! The entry encodings are `nestbench_abi::ept`'s, so what L1 builds is exactly what L0's
-//! soft engine walks.
+//! One builder, two entry formats ([`Format`]): the walk, allocation and the errors are the
+//! same; only the bits of an entry differ. Permissions are given as EPT R/W/X bits in both.
+//! The EPT encodings are `nestbench_abi::ept`'s, so what L1 builds is exactly what L0's soft
+//! engine walks.
 
 use nestbench_abi::ept::{self, ADDR_MASK, LARGE_PAGE, RWX};
 
@@ -84,10 +87,77 @@ impl PageSize {
     }
 }
 
-/// An EPT hierarchy under construction.
+/// The entry format of a nested-paging hierarchy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// VMX extended page tables (SDM 29.3.2): R/W/X bits, memory type in a leaf.
+    Ept,
+    /// SVM nested page tables (APM 15.25.5): long-mode page-table entries (P, R/W, U/S; APM
+    /// 15.25.5: "nested page table entries are treated as user-level accesses", so every
+    /// entry has U/S set). Execute is always allowed: NX would need EFER.NXE.
+    Npt,
+}
+
+/// A long-mode page-table entry's present bit.
+const NPT_P: u64 = 1 << 0;
+/// Read/write.
+const NPT_RW: u64 = 1 << 1;
+/// User/supervisor.
+const NPT_US: u64 = 1 << 2;
+
+impl Format {
+    /// The format of the hierarchy a root pointer names, as L1 builds its pointers: an EPT
+    /// pointer always has its memory type and walk length in bits 5:0
+    /// ([`nestbench_abi::ept::eptp`]), an nCR3 from [`EptBuilder::root`] never does.
+    #[must_use]
+    pub const fn of_root(root: u64) -> Self {
+        if root & 0x3F == 0 { Self::Npt } else { Self::Ept }
+    }
+
+    /// Whether `entry` is present (EPT: any of R/W/X, SDM 29.3.2; NPT: P).
+    const fn present(self, entry: u64) -> bool {
+        match self {
+            Self::Ept => entry & RWX != 0,
+            Self::Npt => entry & NPT_P != 0,
+        }
+    }
+
+    /// A non-leaf entry pointing at the table at `pa`, allowing everything below.
+    const fn table(self, pa: u64) -> u64 {
+        match self {
+            Self::Ept => ept::table(pa),
+            Self::Npt => (pa & ADDR_MASK) | NPT_P | NPT_RW | NPT_US,
+        }
+    }
+
+    /// A leaf mapping `pa` with `perms` (EPT R/W/X bits).
+    const fn leaf(self, pa: u64, perms: u64, large: bool) -> u64 {
+        match self {
+            Self::Ept => ept::leaf(pa, perms, large),
+            Self::Npt => {
+                (pa & ADDR_MASK)
+                    | NPT_P
+                    | NPT_US
+                    | if perms & ept::WRITE != 0 { NPT_RW } else { 0 }
+                    | if large { LARGE_PAGE } else { 0 }
+            }
+        }
+    }
+
+    /// `entry` with `perms` (EPT R/W/X bits) instead of its own.
+    const fn with_permissions(self, entry: u64, perms: u64) -> u64 {
+        match self {
+            Self::Ept => entry & !RWX | perms,
+            Self::Npt => entry & !NPT_RW | if perms & ept::WRITE != 0 { NPT_RW } else { 0 },
+        }
+    }
+}
+
+/// A nested-paging hierarchy under construction.
 #[derive(Debug)]
 pub struct EptBuilder {
     pml4: u64,
+    format: Format,
 }
 
 fn index(gpa: u64, level: u8) -> u64 {
@@ -105,22 +175,38 @@ fn valid_permissions(perms: u64) -> Result<u64, EptError> {
 }
 
 impl EptBuilder {
-    /// An empty hierarchy (one zeroed PML4 table).
+    /// An empty EPT hierarchy (one zeroed PML4 table).
     pub fn new(mem: &mut impl FrameMemory) -> Result<Self, EptError> {
-        Ok(Self { pml4: mem.alloc_zeroed_page().ok_or(EptError::OutOfFrames)? })
+        Self::with_format(mem, Format::Ept)
     }
 
-    /// The hierarchy whose PML4 table `eptp` points at (an exit handler editing the EPT12
-    /// it built before VM entry).
+    /// An empty hierarchy of `format`.
+    pub fn with_format(mem: &mut impl FrameMemory, format: Format) -> Result<Self, EptError> {
+        Ok(Self { pml4: mem.alloc_zeroed_page().ok_or(EptError::OutOfFrames)?, format })
+    }
+
+    /// The hierarchy whose PML4 table the root pointer `root` (an EPTP or an nCR3, as
+    /// [`EptBuilder::root`] gave it) points at: an exit handler editing the nested paging it
+    /// built before the first entry.
     #[must_use]
-    pub const fn from_eptp(eptp: u64) -> Self {
-        Self { pml4: eptp & ADDR_MASK }
+    pub const fn from_eptp(root: u64) -> Self {
+        Self { pml4: root & ADDR_MASK, format: Format::of_root(root) }
     }
 
-    /// The EPT pointer to put in the VMCS.
+    /// The root pointer for the VMCS (EPTP) or the VMCB (N_CR3, APM 15.25.3: the PML4's
+    /// physical address, PWT and PCD clear).
+    #[must_use]
+    pub const fn root(&self) -> u64 {
+        match self.format {
+            Format::Ept => ept::eptp(self.pml4),
+            Format::Npt => self.pml4,
+        }
+    }
+
+    /// The EPT pointer to put in the VMCS ([`EptBuilder::root`]).
     #[must_use]
     pub const fn eptp(&self) -> u64 {
-        ept::eptp(self.pml4)
+        self.root()
     }
 
     /// Map `[gpa, gpa + size)` to `[pa, pa + size)` with `perms` (R/W/X bits).
@@ -141,9 +227,9 @@ impl EptBuilder {
         for level in (size.level() + 1..=4).rev() {
             let slot = table + index(gpa, level) * 8;
             let entry = mem.read_u64(slot);
-            table = if entry & RWX == 0 {
+            table = if !self.format.present(entry) {
                 let t = mem.alloc_zeroed_page().ok_or(EptError::OutOfFrames)?;
-                mem.write_u64(slot, ept::table(t));
+                mem.write_u64(slot, self.format.table(t));
                 t
             } else if entry & LARGE_PAGE != 0 {
                 return Err(EptError::AlreadyMapped { gpa });
@@ -152,10 +238,10 @@ impl EptBuilder {
             };
         }
         let slot = table + index(gpa, size.level()) * 8;
-        if mem.read_u64(slot) & RWX != 0 {
+        if self.format.present(mem.read_u64(slot)) {
             return Err(EptError::AlreadyMapped { gpa });
         }
-        mem.write_u64(slot, ept::leaf(pa, p, size != PageSize::Size4K));
+        mem.write_u64(slot, self.format.leaf(pa, p, size != PageSize::Size4K));
         Ok(())
     }
 
@@ -165,7 +251,7 @@ impl EptBuilder {
         for level in (1..=4u8).rev() {
             let slot = table + index(gpa, level) * 8;
             let entry = mem.read_u64(slot);
-            if entry & RWX == 0 {
+            if !self.format.present(entry) {
                 return None;
             }
             if level == 1 || entry & LARGE_PAGE != 0 {
@@ -192,7 +278,7 @@ impl EptBuilder {
         let slot = self.leaf_slot(mem, gpa);
         if let Some(slot) = slot {
             let entry = mem.read_u64(slot);
-            mem.write_u64(slot, entry & !RWX | p);
+            mem.write_u64(slot, self.format.with_permissions(entry, p));
         }
         Ok(slot.is_some())
     }
@@ -201,7 +287,11 @@ impl EptBuilder {
     /// bits 5:3 of the leaf that maps `gpa`. Returns whether one was there. A repair of a
     /// misconfigured leaf needs no INVEPT: the walk that hit it ended in the VM exit and
     /// created no translation to cache (SDM 29.4, "Caching Translation Information").
+    /// EPT only: an NPT leaf has no memory-type field (false).
     pub fn set_memory_type(&mut self, mem: &mut impl FrameMemory, gpa: u64, memtype: u64) -> bool {
+        if self.format != Format::Ept {
+            return false;
+        }
         let slot = self.leaf_slot(mem, gpa);
         if let Some(slot) = slot {
             let entry = mem.read_u64(slot);

@@ -367,6 +367,8 @@ mod tests {
             exits_by_reason,
             records: 64,
             vmx_accesses: 4321,
+            vendor: 1,
+            reserved: 0,
             results: PayloadResults {
                 magic: nestbench_abi::payload::RESULTS_MAGIC,
                 iterations: 1000,

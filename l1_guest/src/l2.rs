@@ -25,7 +25,7 @@ use nestbench_abi::payload::{
     EPT_DATA_GPA, EPT_DATA_PAGES, L2_IMAGE_BASE, L2_IMAGE_MAX, L2_RESULTS_GPA, L2_STACK_TOP, STAGING_GPA,
 };
 
-use crate::ept_builder::{EptBuilder, EptError, FrameMemory, PageSize};
+use crate::ept_builder::{EptBuilder, EptError, Format, FrameMemory, PageSize};
 use crate::vmx::setup::{ar, sel};
 
 const PAGE: u64 = 4096;
@@ -239,13 +239,14 @@ const PTE: u64 = 0x67;
 /// Non-leaf entry flags: present, writable, user, accessed.
 const PDE: u64 = 0x27;
 
-/// Build L2's address space for `image` (linked at `L2_IMAGE_BASE`) with entry point `entry`.
-pub fn build<M: FrameMemory>(mem: &mut M, image: &[u8], entry: u64) -> Result<L2Space, SetupError> {
+/// Build L2's address space for `image` (linked at `L2_IMAGE_BASE`) with entry point `entry`,
+/// its nested paging in `format` (EPT12 on VMX, NPT12 on SVM).
+pub fn build<M: FrameMemory>(mem: &mut M, image: &[u8], entry: u64, format: Format) -> Result<L2Space, SetupError> {
     let size = image.len() as u64;
     if size == 0 || size > L2_IMAGE_MAX || entry < L2_IMAGE_BASE || entry >= L2_IMAGE_BASE + size {
         return Err(SetupError::BadImage { size, entry });
     }
-    let mut ept = EptBuilder::new(mem)?;
+    let mut ept = EptBuilder::with_format(mem, format)?;
     let mut map_new = |mem: &mut M, gpa: u64| -> Result<u64, SetupError> {
         let pa = mem.alloc_zeroed_page().ok_or(SetupError::OutOfFrames)?;
         ept.map(mem, gpa, pa, PageSize::Size4K, RWX)?;
@@ -315,32 +316,44 @@ pub fn build<M: FrameMemory>(mem: &mut M, image: &[u8], entry: u64) -> Result<L2
     })
 }
 
-/// Translate an L2-physical address to L1-physical through EPT12 (`None` if not mapped).
-pub fn l2_phys_to_l1(mem: &impl PhysRead, eptp: u64, gpa: u64) -> Option<u64> {
-    match ept::walk(mem, eptp, gpa, 52) {
-        Walk::Mapped { pa, .. } => Some(pa),
-        _ => None,
+/// Translate an L2-physical address to L1-physical through EPT12 or NPT12, whichever `root`
+/// names ([`Format::of_root`]; `None` if not mapped).
+pub fn l2_phys_to_l1(mem: &impl PhysRead, root: u64, gpa: u64) -> Option<u64> {
+    match Format::of_root(root) {
+        Format::Ept => match ept::walk(mem, root, gpa, 52) {
+            Walk::Mapped { pa, .. } => Some(pa),
+            _ => None,
+        },
+        Format::Npt => long_mode_walk(mem, root, gpa, Some),
     }
 }
 
-/// Translate an L2-linear address to L1-physical: L2's 4-level paging from `cr3` (SDM 4.5,
-/// with 2 MiB and 1 GiB pages), each table read through EPT12. `None` if not present.
-pub fn l2_linear_to_l1(mem: &impl PhysRead, eptp: u64, cr3: u64, linear: u64) -> Option<u64> {
-    let mut table = cr3 & ept::ADDR_MASK;
+/// A 4-level long-mode page walk from `cr3` (SDM 4.5, APM 5.3: present bit, 2 MiB and 1 GiB
+/// pages), each table's address passed through `table` first (the identity for NPT12, whose
+/// tables are L1-physical; the nested translation for L2's own tables). `None` if not
+/// present.
+fn long_mode_walk(mem: &impl PhysRead, cr3: u64, linear: u64, table: impl Fn(u64) -> Option<u64>) -> Option<u64> {
+    let mut base = cr3 & ept::ADDR_MASK;
     for level in (1..=4u32).rev() {
         let shift = 12 + 9 * (level - 1);
-        let slot = l2_phys_to_l1(mem, eptp, table + ((linear >> shift) & 0x1FF) * 8)?;
-        let e = mem.read_u64(slot)?;
+        let e = mem.read_u64(table(base + ((linear >> shift) & 0x1FF) * 8)?)?;
         if e & 1 == 0 {
             return None;
         }
         if level == 1 || (level <= 3 && e & 1 << 7 != 0) {
             let size = 1u64 << shift;
-            return l2_phys_to_l1(mem, eptp, (e & ept::ADDR_MASK & !(size - 1)) | (linear & (size - 1)));
+            return Some((e & ept::ADDR_MASK & !(size - 1)) | (linear & (size - 1)));
         }
-        table = e & ept::ADDR_MASK;
+        base = e & ept::ADDR_MASK;
     }
     None
+}
+
+/// Translate an L2-linear address to L1-physical: L2's 4-level paging from `cr3` (SDM 4.5,
+/// with 2 MiB and 1 GiB pages), each table read through EPT12. `None` if not present.
+pub fn l2_linear_to_l1(mem: &impl PhysRead, eptp: u64, cr3: u64, linear: u64) -> Option<u64> {
+    let gpa = long_mode_walk(mem, cr3, linear, |gpa| l2_phys_to_l1(mem, eptp, gpa))?;
+    l2_phys_to_l1(mem, eptp, gpa)
 }
 
 #[cfg(test)]
@@ -404,7 +417,7 @@ mod tests {
     fn image_pages_are_copied_to_scattered_frames_and_mapped_at_their_l2_addresses() {
         let mut m = MapMem::new();
         let img = image(5);
-        let s = build(&mut m, &img, L2_IMAGE_BASE + 0x10).unwrap();
+        let s = build(&mut m, &img, L2_IMAGE_BASE + 0x10, Format::Ept).unwrap();
         let eptp = s.ept.eptp();
         let mut frames = Vec::new();
         for p in 0..5u64 {
@@ -428,7 +441,7 @@ mod tests {
     #[test]
     fn l2_paging_is_an_identity_map_of_the_used_pages_and_user_accessible() {
         let mut m = MapMem::new();
-        let s = build(&mut m, &image(3), L2_IMAGE_BASE).unwrap();
+        let s = build(&mut m, &image(3), L2_IMAGE_BASE, Format::Ept).unwrap();
         let eptp = s.ept.eptp();
         let used = [L2_PML4, L2_GDT, L2_TSS, L2_TSS + 0x2000, L2_STACK_TOP - 8, L2_RESULTS_GPA, L2_IMAGE_BASE + 0x2FFF];
         for lin in used {
@@ -452,7 +465,7 @@ mod tests {
     #[test]
     fn gdt_tss_and_results_page() {
         let mut m = MapMem::new();
-        let s = build(&mut m, &image(1), L2_IMAGE_BASE).unwrap();
+        let s = build(&mut m, &image(1), L2_IMAGE_BASE, Format::Ept).unwrap();
         let eptp = s.ept.eptp();
         let at = |gpa: u64| l2_phys_to_l1(&m, eptp, gpa).unwrap();
         assert_eq!(s.gdt, (L2_GDT, 55));
@@ -485,16 +498,19 @@ mod tests {
     #[test]
     fn bad_images_are_refused() {
         let mut m = MapMem::new();
-        assert!(matches!(build(&mut m, &[], L2_IMAGE_BASE), Err(SetupError::BadImage { .. })));
-        assert!(matches!(build(&mut m, &image(1), L2_IMAGE_BASE + 4096), Err(SetupError::BadImage { .. })));
+        assert!(matches!(build(&mut m, &[], L2_IMAGE_BASE, Format::Ept), Err(SetupError::BadImage { .. })));
+        assert!(matches!(
+            build(&mut m, &image(1), L2_IMAGE_BASE + 4096, Format::Ept),
+            Err(SetupError::BadImage { .. })
+        ));
         let big = std::vec![0u8; (L2_IMAGE_MAX + 1) as usize];
-        assert!(matches!(build(&mut m, &big, L2_IMAGE_BASE), Err(SetupError::BadImage { .. })));
+        assert!(matches!(build(&mut m, &big, L2_IMAGE_BASE, Format::Ept), Err(SetupError::BadImage { .. })));
     }
 
     #[test]
     fn a_full_size_image_fits_in_the_frame_region() {
         let mut m = MapMem::new();
         let img = std::vec![0x90u8; L2_IMAGE_MAX as usize];
-        assert!(build(&mut m, &img, L2_IMAGE_BASE).is_ok());
+        assert!(build(&mut m, &img, L2_IMAGE_BASE, Format::Ept).is_ok());
     }
 }

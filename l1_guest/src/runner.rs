@@ -10,7 +10,7 @@ use nestbench_abi::payload::{
     STAGING_GPA, Setup, ept_fetch_code, ept_pattern, setup as flag,
 };
 
-use crate::ept_builder::{EptBuilder, FrameMemory};
+use crate::ept_builder::{EptBuilder, Format, FrameMemory};
 use crate::exits::remap::Remap;
 use crate::exits::{self, EXIT_NO_VMX, EXIT_VMX_SETUP_FAILED, RunState};
 use crate::l2::{self, FRAMES_END, L1Frames, L2Space, SetupError};
@@ -23,7 +23,7 @@ use crate::vmx::setup::{self, GUEST_CR0, GUEST_CR4, GuestConfig, HostConfig, Wri
 use crate::vmx::soft::SoftVmx;
 use crate::vmx::vcpu::VmxVcpu;
 use crate::vmx::{BackendKind, VmxBackend, VmxFail, select_backend};
-use crate::x86;
+use crate::{svm, x86};
 
 /// Where L1's own descriptor tables are (for the host-state area).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -53,6 +53,8 @@ pub enum RunError {
     Refused(&'static str),
     /// The exit frame was taken already (L1 runs one L2 per boot).
     FrameTaken,
+    /// SVM could not be enabled.
+    Svm(svm::EnableError),
 }
 
 impl core::fmt::Display for RunError {
@@ -65,6 +67,7 @@ impl core::fmt::Display for RunError {
             Self::FeatureControlLocked(v) => write!(f, "IA32_FEATURE_CONTROL {v:#x} is locked with VMXON disabled"),
             Self::Refused(why) => f.write_str(why),
             Self::FrameTaken => f.write_str("the exit frame is taken: one L2 per boot"),
+            Self::Svm(e) => write!(f, "SVM: {e}"),
         }
     }
 }
@@ -87,22 +90,30 @@ pub fn fail(e: RunError) -> ! {
     crate::hypercall::exit(EXIT_VMX_SETUP_FAILED)
 }
 
-/// Pick the backend from CPUID (docs/soft-engine.md "Discovery"); without one, say so and
-/// exit with [`EXIT_NO_VMX`].
-pub fn detect() -> BackendKind {
+/// The VMX backend CPUID offers (docs/soft-engine.md "Discovery"), if any.
+fn vmx_backend() -> Option<BackendKind> {
     let l1 = x86::cpuid(1);
     let sig = x86::cpuid(hv::LEAF_SIGNATURE);
     let ours = hv::signature_from_words(sig.ebx, sig.ecx, sig.edx) == hv::SIGNATURE;
     let features = if ours { x86::cpuid(hv::LEAF_INFO).ebx } else { 0 };
-    match select_backend(l1.ecx, ours, features) {
-        Some(k) => k,
-        None => {
-            crate::println!(
-                "l1: no VMX: L0 does not advertise the soft engine (CPUID 0x4000_0001 EBX bit 1) and CPUID.1:ECX.VMX is clear"
-            );
-            crate::hypercall::exit(EXIT_NO_VMX)
-        }
-    }
+    select_backend(l1.ecx, ours, features)
+}
+
+/// Say that there is no VMX (and whether SVM is there instead) and exit with
+/// [`EXIT_NO_VMX`].
+fn no_vmx(what: &str) -> ! {
+    crate::println!(
+        "l1: no VMX: L0 does not advertise the soft engine (CPUID 0x4000_0001 EBX bit 1) and CPUID.1:ECX.VMX is clear{}",
+        if svm::offered() { what } else { "" }
+    );
+    crate::hypercall::exit(EXIT_NO_VMX)
+}
+
+/// Pick the VMX backend from CPUID (docs/soft-engine.md "Discovery") for what only VMX runs
+/// (the VM-entry cases, the must-fail scenarios); without one, say so and exit with
+/// [`EXIT_NO_VMX`].
+pub fn detect() -> BackendKind {
+    vmx_backend().unwrap_or_else(|| no_vmx(" (the CPU offers SVM: this is a VMX-only run)"))
 }
 
 /// L1 in VMX operation with a current VMCS.
@@ -168,7 +179,7 @@ pub fn prepare(
     host_rsp: u64,
 ) -> Result<(Controls, L2Space, Writes), RunError> {
     let controls = compute_controls(caps, cpl == 0)?;
-    let space = l2::build(mem, image, entry)?;
+    let space = l2::build(mem, image, entry, Format::Ept)?;
     let guest = GuestConfig {
         cpl,
         cr0: caps.adjust_cr0(GUEST_CR0),
@@ -232,15 +243,40 @@ fn start_tracing(run: &mut RunState, capacity: u32) {
     }
 }
 
-/// Run the payload of `boot` to its end (the exit handlers report and exit).
+/// Run the payload of `boot` to its end (the exit handlers report and exit): on VMX when
+/// the CPU (or the soft engine) offers it, else on SVM.
 pub fn run_payload(boot: &BootInfo, host: HostTables) -> ! {
-    let kind = detect();
-    let Some(frame) = ExitFrame::take() else { fail(RunError::FrameTaken) };
-    let r = match kind {
-        BackendKind::Soft => payload_on(SoftVmx::new(), kind, frame, boot, host),
-        BackendKind::Hardware => payload_on(HwVmx::new(), kind, frame, boot, host),
+    let r = match vmx_backend() {
+        Some(kind) => {
+            let Some(frame) = ExitFrame::take() else { fail(RunError::FrameTaken) };
+            match kind {
+                BackendKind::Soft => payload_on(SoftVmx::new(), kind, frame, boot, host),
+                BackendKind::Hardware => payload_on(HwVmx::new(), kind, frame, boot, host),
+            }
+        }
+        None if svm::offered() => payload_on_svm(boot),
+        None => no_vmx(""),
     };
     fail(r)
+}
+
+/// The payload's CPL and image, checked.
+fn payload_image(boot: &BootInfo) -> Result<(u8, &'static [u8]), RunError> {
+    let p = boot.payload;
+    let cpl = match p.cpl {
+        0 => 0,
+        3 => 3,
+        _ => return Err(RunError::Refused("CPL is neither 0 nor 3")),
+    };
+    if p.size == 0 || p.size > L2_IMAGE_MAX {
+        return Err(RunError::Refused("image size is 0 or above L2_IMAGE_MAX"));
+    }
+    if boot.mem_size < FRAMES_END {
+        return Err(RunError::Refused("guest memory does not reach the end of L1's frame region"));
+    }
+    // SAFETY: L0 staged `size` bytes at STAGING_GPA (identity-mapped L1 memory, below the
+    // frame region, size checked against L2_IMAGE_MAX above); nothing writes there.
+    Ok((cpl, unsafe { core::slice::from_raw_parts(STAGING_GPA as *const u8, p.size as usize) }))
 }
 
 fn payload_on<B: VmxBackend>(
@@ -251,20 +287,10 @@ fn payload_on<B: VmxBackend>(
     host: HostTables,
 ) -> RunError {
     let p = boot.payload;
-    let cpl = match p.cpl {
-        0 => 0,
-        3 => 3,
-        _ => return RunError::Refused("CPL is neither 0 nor 3"),
+    let (cpl, image) = match payload_image(boot) {
+        Ok(v) => v,
+        Err(e) => return e,
     };
-    if p.size == 0 || p.size > L2_IMAGE_MAX {
-        return RunError::Refused("image size is 0 or above L2_IMAGE_MAX");
-    }
-    if boot.mem_size < FRAMES_END {
-        return RunError::Refused("guest memory does not reach the end of L1's frame region");
-    }
-    // SAFETY: L0 staged `size` bytes at STAGING_GPA (identity-mapped L1 memory, below the
-    // frame region, size checked against L2_IMAGE_MAX above); nothing writes there.
-    let image = unsafe { core::slice::from_raw_parts(STAGING_GPA as *const u8, p.size as usize) };
     let mut mem = L1Frames::new();
     let result = (|| {
         let ready = enter_vmx(&mut b, kind, &mut mem)?;
@@ -281,16 +307,8 @@ fn payload_on<B: VmxBackend>(
     let mut run = run_state(&space, b.accesses(), setup.has(flag::IO_CHECK));
     run.inject_events = setup.has(flag::INJECT_EVENTS);
     start_tracing(&mut run, boot.trace_capacity);
-    // The EPT payloads: a seeded pool of L1 pages for the data region, mapped on demand
-    // (ept_touch) or before the launch (ept_fill).
-    if setup.has(flag::EPT_POOL) {
-        let on_demand = setup.has(flag::EPT_ON_DEMAND) || (setup.has(flag::EPT_ON_DEMAND_IF_ARG_0) && p.arg == 0);
-        let read_only = setup.has(flag::EPT_READ_ONLY);
-        let pages = setup.pool_pages.pages(p.iterations);
-        match exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), pages, on_demand, read_only) {
-            Ok(pool) => run.ept = Some(pool),
-            Err(e) => return RunError::Setup(SetupError::Ept(e)),
-        }
+    if let Err(e) = nested_paging_setup(&mut run, mem, setup, boot, &space) {
+        return e;
     }
     // `ept_misconfig`: one leaf gets a reserved memory type (SDM 29.3.3.1); the exit handler
     // repairs it (crate::exits::ept_misconfig).
@@ -303,24 +321,6 @@ fn payload_on<B: VmxBackend>(
             return RunError::Refused("ept_misconfig: the data page to misconfigure is not mapped");
         }
         run.misconfig = Some(page);
-    }
-    // `ept_fetch`: a function in every pool page (l2_payloads::ept_fetch).
-    if setup.has(flag::EPT_FETCH_CODE)
-        && let Some(pool) = run.ept.as_mut()
-    {
-        pool.fetch = true;
-        for i in 0..pool.pages {
-            let gpa = EPT_DATA_GPA + i * 4096;
-            let pa = pool.frame_for(gpa).unwrap_or(0) + EPT_FETCH_CODE_OFFSET;
-            pool.frames.write_bytes(pa, &ept_fetch_code(gpa));
-        }
-    }
-    if setup.has(flag::MMIO_DEVICE) {
-        run.mmio = Some(exits::ept_violation::MmioDevice::default());
-    }
-    match remap_setup(&mut run, setup, space.ept.eptp(), space.cr3) {
-        Ok(r) => run.remap = r,
-        Err(e) => return e,
     }
     // `preempt_timer`: the VMX-preemption timer, one exit per arm (crate::exits::preemption_timer).
     if setup.has(flag::PREEMPTION_TIMER) {
@@ -362,6 +362,132 @@ fn payload_on<B: VmxBackend>(
     // this frame's (`prepare`), `b` made it current, and the frame is 'static.
     let mut vcpu = unsafe { VmxVcpu::new(b, frame) };
     exits::run_loop(&mut vcpu, &mut run)
+}
+
+/// What the payload's manifest asks of L2's nested paging (EPT12 or NPT12) and memory, the
+/// same on both vendors: the EPT payloads' seeded pool of L1 pages for the data region,
+/// mapped on demand (ept_touch) or before the launch (ept_fill); `ept_fetch`'s function in
+/// every pool page; the `mmio` device; the remaps.
+fn nested_paging_setup(
+    run: &mut RunState,
+    mem: L1Frames,
+    setup: Setup,
+    boot: &BootInfo,
+    space: &L2Space,
+) -> Result<(), RunError> {
+    let p = boot.payload;
+    if setup.has(flag::EPT_POOL) {
+        let on_demand = setup.has(flag::EPT_ON_DEMAND) || (setup.has(flag::EPT_ON_DEMAND_IF_ARG_0) && p.arg == 0);
+        let read_only = setup.has(flag::EPT_READ_ONLY);
+        let pages = setup.pool_pages.pages(p.iterations);
+        let pool = exits::ept_violation::EptPool::setup(mem, space.ept.eptp(), pages, on_demand, read_only)
+            .map_err(|e| RunError::Setup(SetupError::Ept(e)))?;
+        run.ept = Some(pool);
+    }
+    if setup.has(flag::EPT_FETCH_CODE)
+        && let Some(pool) = run.ept.as_mut()
+    {
+        pool.fetch = true;
+        for i in 0..pool.pages {
+            let gpa = EPT_DATA_GPA + i * 4096;
+            let pa = pool.frame_for(gpa).unwrap_or(0) + EPT_FETCH_CODE_OFFSET;
+            pool.frames.write_bytes(pa, &ept_fetch_code(gpa));
+        }
+    }
+    if setup.has(flag::MMIO_DEVICE) {
+        run.mmio = Some(exits::ept_violation::MmioDevice::default());
+    }
+    run.remap = remap_setup(run, setup, space.ept.eptp(), space.cr3)?;
+    Ok(())
+}
+
+/// The payload on SVM: enable it, build L2 with NPT12, fill the VMCB, run.
+fn payload_on_svm(boot: &BootInfo) -> RunError {
+    let p = boot.payload;
+    let (cpl, image) = match payload_image(boot) {
+        Ok(v) => v,
+        Err(e) => return e,
+    };
+    let setup = Setup::from_raw(p.setup, p.pool_pages);
+    for (f, why) in [
+        (flag::EPT_MISCONFIG, "ept_misconfig: an NPT entry has no memory type to misconfigure (VMX only)"),
+        (flag::PREEMPTION_TIMER, "preempt_timer: SVM has no VMX-preemption timer (VMX only)"),
+        (flag::INTERRUPT_WINDOW, "irq_window: VMX's interrupt-window exiting; SVM's VINTR is not built (VMX only)"),
+        (flag::CR3_EXITING, "cr3: CR3 intercepts on SVM are not built (VMX only)"),
+        (flag::INJECT_EVENTS, "inject: SVM event injection is not checked yet (VMX only)"),
+    ] {
+        if setup.has(f) {
+            return RunError::Refused(why);
+        }
+    }
+    let mut mem = L1Frames::new();
+    let out = RunError::Setup(SetupError::OutOfFrames);
+    let Some(hsave) = mem.alloc_zeroed_page() else { return out };
+    let features = match svm::enable(hsave) {
+        Ok(f) => f,
+        Err(e) => return RunError::Svm(e),
+    };
+    let Some(host_state) = mem.alloc_zeroed_page() else { return out };
+    svm::save_host_state(host_state);
+    let space = match l2::build(&mut mem, image, p.entry, Format::Npt) {
+        Ok(s) => s,
+        Err(e) => return e.into(),
+    };
+    // The permission maps: physically contiguous (15.10.1, 15.11); the allocator goes down,
+    // so the last page of a run is the map's base.
+    let Some(iopm) = contiguous(&mut mem, nestbench_abi::svm::IOPM_BYTES) else { return out };
+    mem.write_bytes(iopm, &[0xFF; 4096]);
+    mem.write_bytes(iopm + 4096, &[0xFF; 4096]);
+    mem.write_bytes(iopm + 8192, &[0xFF; 4096]);
+    let Some(msrpm) = contiguous(&mut mem, nestbench_abi::svm::MSRPM_BYTES) else { return out };
+    for (byte, bit) in svm::setup::msrpm_bits() {
+        let word = msrpm + (byte as u64 & !7);
+        let v = mem.read_u64(word);
+        mem.write_u64(word, v | 1 << ((byte as u64 & 7) * 8 + u64::from(bit)));
+    }
+    let Some(vmcb_pa) = mem.alloc_zeroed_page() else { return out };
+    // SAFETY: a fresh page of L1's identity-mapped frame region, used only as this VMCB.
+    let mut vmcb = unsafe { svm::vmcb::Vmcb::new(vmcb_pa as *mut u8) };
+    svm::setup::fill(
+        &mut vmcb,
+        &svm::setup::VmcbConfig {
+            cpl,
+            cr3: space.cr3,
+            gdt: space.gdt,
+            tss: space.tss,
+            rsp: space.stack_top,
+            rip: p.entry,
+            ncr3: space.ept.root(),
+            iopm,
+            msrpm,
+            asid: 1,
+        },
+    );
+    let mut run = run_state(&space, 0, setup.has(flag::IO_CHECK));
+    run.report.vendor = nestbench_abi::payload::Vendor::Svm as u32;
+    start_tracing(&mut run, boot.trace_capacity);
+    if let Err(e) = nested_paging_setup(&mut run, mem, setup, boot, &space) {
+        return e;
+    }
+    let regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
+    // SAFETY: the VMCB is complete (`fill`), SVM is enabled with VM_HSAVE_PA set, and
+    // `host_state` holds L1's VMSAVEd state.
+    let mut vcpu = unsafe { svm::vcpu::SvmVcpu::new(vmcb, host_state, space.ept.root(), features, regs) };
+    exits::run_loop(&mut vcpu, &mut run)
+}
+
+/// `bytes` of physically contiguous, zeroed frames (the allocator hands out descending
+/// frames: consecutive allocations are contiguous downwards); the lowest address.
+fn contiguous(mem: &mut L1Frames, bytes: usize) -> Option<u64> {
+    let mut low = mem.alloc_zeroed_page()?;
+    for _ in 1..bytes.div_ceil(4096) {
+        let next = mem.alloc_zeroed_page()?;
+        if next + 4096 != low {
+            return None;
+        }
+        low = next;
+    }
+    Some(low)
 }
 
 /// `ept_remap`: a second L1 frame for data page 0, seeded with the complement of the

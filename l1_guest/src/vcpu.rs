@@ -121,6 +121,25 @@ pub trait Vcpu {
     fn vmx_only_exit(&mut self, exit: Exit, run: &mut RunState);
     /// Print the vendor's guest and control state (an exit L1 has no handler for).
     fn dump(&mut self);
+    /// Count and record the exit being handled ([`RunState::record`]): the handler passes
+    /// its kind as the ABI's exit-reason number and the facts in VMX's encoding; a vendor
+    /// with its own encoding records its own exit information instead.
+    // The handler's facts as `RunState::record` takes them, plus the state: a struct would be
+    // built on every exit path for nothing.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn record(
+        &mut self,
+        run: &mut RunState,
+        reason: u32,
+        insn_len: u32,
+        qualification: u64,
+        rip: u64,
+        insn_info: u32,
+        linear: u64,
+    ) {
+        run.record(reason, insn_len, qualification, rip, insn_info, linear);
+    }
     /// Accesses to the vendor's control structure so far (VMX: VMREAD + VMWRITE), for the
     /// payload report.
     fn accesses(&self) -> u32;

@@ -14,7 +14,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::Setup;
 
 /// The manifest.
@@ -28,6 +28,7 @@ pub const MANIFEST: Manifest = Manifest {
     soft_engine: Support::Unsupported {
         reason: "this host's KVM handles CPUID in the kernel: L0 never sees L2's CPUID, so it cannot reflect it",
     },
+    vendors: Vendors::Both,
     single_level: Twin::Same,
     setup: Setup::NONE,
 };

@@ -14,7 +14,7 @@ use nestbench_abi::payload::{Cpl, Setup, setup};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -25,6 +25,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::VmxOnly { reason: "L1's SVM CR3 intercepts are not built" },
     single_level: Twin::None {
         reason: "single-level, MOV CR3 runs in the kernel's KVM without an exit: there is no L1 to intercept it",
     },

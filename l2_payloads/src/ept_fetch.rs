@@ -15,7 +15,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, EPT_FETCH_CODE_OFFSET, ept_fetch_valu
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest (for `arg` 0).
@@ -27,6 +27,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::None { reason: "its code pages exist only through EPT12: single-level the first call faults" },
     setup: Setup {
         flags: setup::EPT_POOL | setup::EPT_ON_DEMAND_IF_ARG_0 | setup::EPT_FETCH_CODE,

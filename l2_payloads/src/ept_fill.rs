@@ -9,7 +9,7 @@
 use nestbench_abi::payload::Cpl;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
@@ -21,6 +21,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::None { reason: "single-level there is no EPT12 to fill: a twin would time plain reads" },
     setup: Setup::flags(setup::EPT_POOL),
 };

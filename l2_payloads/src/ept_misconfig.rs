@@ -14,7 +14,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, EPT_PATTERN_OFFSETS};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
@@ -26,6 +26,9 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1,
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
+    vendors: Vendors::VmxOnly {
+        reason: "an NPT entry has no memory type to misconfigure (EPT misconfiguration is VMX-only)",
+    },
     single_level: Twin::None { reason: "single-level there is no EPT12 to misconfigure: the access takes no exit" },
     setup: Setup {
         flags: setup::EPT_POOL | setup::EPT_MISCONFIG,

@@ -12,7 +12,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, ept_pattern};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
@@ -24,6 +24,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::None { reason: "single-level there is no read-only EPT12 mapping: the write takes no exit" },
     setup: Setup { flags: setup::EPT_POOL | setup::EPT_READ_ONLY, pool_pages: PoolPages::IterationsUpToPool },
 };

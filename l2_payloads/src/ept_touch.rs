@@ -17,7 +17,7 @@ use nestbench_abi::payload::{Cpl, EPT_DATA_PAGES, EPT_PATTERN_OFFSETS, EPT_POOL_
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
@@ -29,6 +29,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::None {
         reason: "single-level there is no EPT12: the first touch of a page takes no exit, so a twin would time a plain read",
     },

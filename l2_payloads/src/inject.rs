@@ -15,7 +15,7 @@ use nestbench_abi::vmx::ExitReason;
 use nestbench_abi::vmx::intr::Event;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -26,6 +26,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::VmxOnly { reason: "its checks are of VMX event injection; L1's SVM EVENTINJ is not checked yet" },
     single_level: Twin::None {
         reason: "the events come from L1's VM-entry injection: single-level nothing injects them and every check fails",
     },

@@ -17,7 +17,7 @@ use nestbench_abi::payload::{Cpl, IO_ENCODINGS, IO_REP_COUNT, PAYLOAD_PORT};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{Setup, setup};
 
 /// I/O-instruction exits of one pass: one per instruction, RCX per REP form.
@@ -40,6 +40,9 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1,
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
+    vendors: Vendors::VmxOnly {
+        reason: "its expected exit information is VMX's (SDM Table 28-5 operand encoding, INS/OUTS instruction information); the SVM expectations (IOIO EXITINFO1) are not built",
+    },
     single_level: Twin::Same,
     setup: Setup::flags(setup::IO_CHECK),
 };

@@ -12,7 +12,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
@@ -24,6 +24,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 100,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::VmxOnly { reason: "VMX interrupt-window exiting; L1's SVM VINTR path is not built" },
     single_level: Twin::None {
         reason: "its exits come at VM entry, before the timed loop, which has none: a twin would time the loop alone",
     },

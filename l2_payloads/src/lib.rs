@@ -34,6 +34,7 @@
 //! | [`irq_window`] | 3 | interrupt-window exiting with IF = 1: one exit (7) before the first instruction per entry, N entries |
 //! | [`wrmsr`] | 0 | `wrmsr` of IA32_KERNEL_GS_BASE: one WRMSR exit per iteration, L1 checks the value |
 //! | [`inject`] | 0 | `out 0xE0, eax`, then L1 injects #UD, #GP, an external interrupt or an NMI into L2's own IDT: one I/O exit per iteration |
+//! | [`vmmcall`] | 3 | `vmmcall` (AMD): one VMMCALL intercept per iteration, checks L1's RAX (SVM only) |
 //! | [`cr3`] | 0 | `mov rcx, cr3; mov cr3, rcx` with CR3-load/store exiting: two control-register-access exits per iteration, L1 emulates them |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
@@ -67,6 +68,7 @@ pub mod preempt_timer;
 pub mod pte_remap;
 pub mod rdmsr;
 pub mod vmcall;
+pub mod vmmcall;
 pub mod wrmsr;
 
 /// Whether the `soft` engine (L0's userspace nested VMX) can run a payload.
@@ -94,6 +96,42 @@ pub enum Twin {
     },
 }
 
+/// Which virtualization extensions L1 runs a payload on (the payload binaries are shared
+/// where the instruction is the same: an EPT payload is the NPT payload on SVM).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Vendors {
+    /// VMX and SVM.
+    Both,
+    /// VMX only, for this reason on SVM.
+    VmxOnly {
+        /// Why not on SVM.
+        reason: &'static str,
+    },
+    /// SVM only, for this reason on VMX.
+    SvmOnly {
+        /// Why not on VMX.
+        reason: &'static str,
+    },
+}
+
+impl Vendors {
+    /// `Err(why not)` where it does not run on SVM.
+    pub const fn svm(self) -> Result<(), &'static str> {
+        match self {
+            Self::VmxOnly { reason } => Err(reason),
+            _ => Ok(()),
+        }
+    }
+
+    /// `Err(why not)` where it does not run on VMX.
+    pub const fn vmx(self) -> Result<(), &'static str> {
+        match self {
+            Self::SvmOnly { reason } => Err(reason),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// What a payload is and what running it must cause.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Manifest {
@@ -115,6 +153,8 @@ pub struct Manifest {
     pub fixed_iterations: Option<u64>,
     /// Whether the `soft` engine can run it.
     pub soft_engine: Support,
+    /// Whether L1 runs it on VMX, SVM or both.
+    pub vendors: Vendors,
     /// Whether it has a single-level twin.
     pub single_level: Twin,
     /// What L1 sets up before it launches it (EPT pool, MMIO device, timer, remaps, ...):
@@ -141,7 +181,7 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 21] = [
+static ALL: [Manifest; 22] = [
     outl::MANIFEST,
     inl::MANIFEST,
     io_encodings::MANIFEST,
@@ -163,6 +203,7 @@ static ALL: [Manifest; 21] = [
     irq_window::MANIFEST,
     inject::MANIFEST,
     cr3::MANIFEST,
+    vmmcall::MANIFEST,
 ];
 
 /// Every payload, in a stable order.
@@ -356,7 +397,8 @@ mod tests {
                 "ept_fetch",
                 "irq_window",
                 "inject",
-                "cr3"
+                "cr3",
+                "vmmcall"
             ]
         );
         for m in all() {

@@ -14,7 +14,7 @@ use nestbench_abi::payload::{MMIO_GPA, mmio_read_value, mmio_write_value};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
@@ -26,6 +26,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::None {
         reason: "its device is L1's: single-level nothing emulates it at that GPA and every check fails",
     },

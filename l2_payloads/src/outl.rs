@@ -8,7 +8,7 @@ use nestbench_abi::payload::{Cpl, PAYLOAD_PORT};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::Setup;
 
 /// The manifest.
@@ -20,6 +20,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1000,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::Same,
     setup: Setup::NONE,
 };

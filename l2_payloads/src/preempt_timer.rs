@@ -15,7 +15,7 @@ use nestbench_abi::payload::{Cpl, L2_RESULTS_GPA, PREEMPT_MAILBOX_OFFSET, PREEMP
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{Setup, setup};
 
 /// The manifest.
@@ -27,6 +27,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 100,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::VmxOnly { reason: "SVM has no VMX-preemption timer" },
     single_level: Twin::None {
         reason: "its loop ends only on L1's VMX-preemption timer: single-level nothing ends it",
     },

@@ -16,7 +16,7 @@ use nestbench_abi::payload::{EPT_DATA_GPA, PAYLOAD_PORT, ept_pattern};
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::{PoolPages, Setup, setup};
 
 /// The manifest.
@@ -28,6 +28,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 64,
     fixed_iterations: None,
     soft_engine: Support::Runs,
+    vendors: Vendors::Both,
     single_level: Twin::None {
         reason: "L1 swaps the EPT12 leaves under L2's page table between iterations: single-level half the checks fail",
     },

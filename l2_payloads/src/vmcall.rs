@@ -13,7 +13,7 @@ use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
 
 use crate::rt::Recorder;
-use crate::{Manifest, Support, Twin};
+use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::Setup;
 
 pub use nestbench_abi::payload::VMCALL_RESULT;
@@ -29,6 +29,7 @@ pub const MANIFEST: Manifest = Manifest {
     soft_engine: Support::Unsupported {
         reason: "VMCALL hangs the vCPU inside KVM_RUN on this host (HOST-NOTES), so the soft engine cannot run it",
     },
+    vendors: Vendors::VmxOnly { reason: "VMCALL is Intel's: on AMD it raises #UD (run vmmcall there)" },
     single_level: Twin::Same,
     setup: Setup::NONE,
 };

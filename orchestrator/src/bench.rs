@@ -171,13 +171,20 @@ pub fn plan(engines: &[EngineStatus], wanted: Option<&[String]>, payloads: &[&l2
                         reason: format!("{reason} (its single-level twin is skipped with it)"),
                     }),
                 },
-                Engine::Kvm | Engine::Bochs => p.configs.push(Planned {
-                    engine: e.engine,
-                    payload: m.name.into(),
-                    shadowing: None,
-                    fixed_iterations: fixed,
-                    pinned_iterations: None,
-                }),
+                Engine::Kvm | Engine::Bochs => match if e.svm { m.vendors.svm() } else { m.vendors.vmx() } {
+                    Ok(()) => p.configs.push(Planned {
+                        engine: e.engine,
+                        payload: m.name.into(),
+                        shadowing: None,
+                        fixed_iterations: fixed,
+                        pinned_iterations: None,
+                    }),
+                    Err(reason) => p.skipped.push(Skipped {
+                        engine: e.engine,
+                        payload: Some(m.name.into()),
+                        reason: format!("{} only: {reason}", if e.svm { "VMX" } else { "SVM" }),
+                    }),
+                },
                 Engine::SingleLevel => p.skipped.push(Skipped {
                     engine: e.engine,
                     payload: Some(m.name.into()),
@@ -1387,7 +1394,7 @@ mod tests {
     use super::*;
 
     fn status(engine: Engine, can_run: bool, implemented: bool) -> EngineStatus {
-        EngineStatus { engine, can_run, implemented, reason: format!("{engine} reason") }
+        EngineStatus { engine, can_run, implemented, reason: format!("{engine} reason"), svm: false }
     }
 
     #[test]
@@ -1398,7 +1405,10 @@ mod tests {
         let p = plan(&engines, None, &payloads);
         let soft_runs: Vec<_> = payloads.iter().filter(|m| m.soft_engine == l2_payloads::Support::Runs).collect();
         let twins = soft_runs.iter().filter(|m| m.single_level == l2_payloads::Twin::Same).count();
-        assert_eq!(p.configs.len(), 2 * soft_runs.len() + twins + payloads.len());
+        let vmx = payloads.iter().filter(|m| m.vendors.vmx().is_ok()).count();
+        assert_eq!(p.configs.len(), 2 * soft_runs.len() + twins + vmx);
+        let vmmcall = p.skipped.iter().find(|s| s.engine == Engine::Bochs && s.payload.as_deref() == Some("vmmcall"));
+        assert!(vmmcall.is_some_and(|s| s.reason.starts_with("SVM only: ")), "{vmmcall:?}");
         for m in soft_runs.iter().filter(|m| m.single_level != l2_payloads::Twin::Same) {
             assert!(!p.configs.iter().any(|c| c.engine == Engine::SingleLevel && c.payload == m.name), "{}", m.name);
             let s = p.skipped.iter().find(|s| s.engine == Engine::SingleLevel && s.payload.as_deref() == Some(m.name));

@@ -21,6 +21,10 @@ pub struct EngineStatus {
     pub implemented: bool,
     /// Why it can or cannot run.
     pub reason: String,
+    /// The engine runs L2 with SVM (the kvm engine on an AMD host), not VMX: it runs the
+    /// payloads whose [`l2_payloads::Vendors`] include SVM.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub svm: bool,
 }
 
 /// The doctor's report.
@@ -89,8 +93,8 @@ pub fn emulated_hosts() -> Vec<HostStatus> {
                             k.release
                         ),
                         Emulator::Qemu => format!(
-                            "QEMU TCG boots Debian's {} with {module} {params} (the soft engine on upstream KVM; the kvm \
-                         engine needs nestbench's SVM path, not built yet)",
+                            "QEMU TCG boots Debian's {} with {module} {params} (the soft engine on upstream KVM, and \
+                         the kvm engine on nested SVM)",
                             k.release
                         ),
                     },
@@ -119,6 +123,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
         match (&h.exit_semantics, &h.exit_semantics_error) {
             (Some(x), _) if x.gaps().is_empty() => EngineStatus {
                 engine: Engine::Soft,
+                svm: false,
                 can_run: true,
                 implemented: true,
                 reason: format!(
@@ -143,6 +148,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             },
             (Some(x), _) => EngineStatus {
                 engine: Engine::Soft,
+                svm: false,
                 can_run: false,
                 implemented: true,
                 reason: format!(
@@ -152,6 +158,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             },
             (None, why) => EngineStatus {
                 engine: Engine::Soft,
+                svm: false,
                 can_run: false,
                 implemented: true,
                 reason: format!(
@@ -163,6 +170,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
     } else {
         EngineStatus {
             engine: Engine::Soft,
+            svm: false,
             can_run: false,
             implemented: true,
             reason: format!("KVM is not usable: {}", kvm.error.as_deref().unwrap_or("unknown error")),
@@ -179,10 +187,12 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
             (false, format!("KVM lists VMX but kvm_intel nested={}", nested.unwrap_or("absent")))
         }
     } else if kvm.offers_svm {
-        (
-            false,
-            "KVM offers SVM (AMD nested virtualization): nestbench's SVM path is not built yet, only VMX".to_owned(),
-        )
+        let nested = param(h, "kvm_amd", "nested");
+        if yes(nested) {
+            (true, "KVM offers SVM to guests (kvm_amd nested=1): L1 runs L2 with its SVM backend".to_owned())
+        } else {
+            (false, format!("KVM lists SVM but kvm_amd nested={}", nested.unwrap_or("absent")))
+        }
     } else {
         let backend = ["kvm_intel", "kvm_amd", "kvm_pvm"]
             .iter()
@@ -192,19 +202,26 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
         (
             false,
             format!(
-                "KVM offers no VMX to guests (CPUID.1:ECX.VMX clear in KVM_GET_SUPPORTED_CPUID; backend {backend}, \
+                "KVM offers neither VMX nor SVM to guests (CPUID.1:ECX.VMX and 8000_0001h:ECX.SVM clear in \
+                 KVM_GET_SUPPORTED_CPUID; backend {backend}, \
                  KVM_CAP_NESTED_STATE={})",
                 kvm.nested_state
             ),
         )
     };
-    let kvm_engine =
-        EngineStatus { engine: Engine::Kvm, can_run: kvm_engine.0, implemented: true, reason: kvm_engine.1 };
+    let kvm_engine = EngineStatus {
+        engine: Engine::Kvm,
+        can_run: kvm_engine.0,
+        implemented: true,
+        reason: kvm_engine.1,
+        svm: kvm.offers_svm && !kvm.offers_vmx,
+    };
 
     let bochs_tool = h.tools.get("bochs");
     let bochs = match bochs_tool {
         Some(t) if t.available() => EngineStatus {
             engine: Engine::Bochs,
+            svm: false,
             can_run: true,
             implemented: true,
             reason: format!(
@@ -214,6 +231,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
         },
         Some(t) if t.path.is_some() => EngineStatus {
             engine: Engine::Bochs,
+            svm: false,
             can_run: false,
             implemented: true,
             reason: format!(
@@ -223,6 +241,7 @@ pub fn engines(h: &HostFacts) -> Vec<EngineStatus> {
         },
         _ => EngineStatus {
             engine: Engine::Bochs,
+            svm: false,
             can_run: false,
             implemented: true,
             reason: "bochs is not installed (apt-get install bochs bochsbios vgabios)".to_owned(),
@@ -391,7 +410,7 @@ mod tests {
         let e = engines(&host(usable(false, false), &[("kvm", &[]), ("kvm_pvm", &[])], None));
         assert!(e[0].can_run, "soft");
         assert!(!e[1].can_run);
-        assert!(e[1].reason.contains("no VMX"), "{}", e[1].reason);
+        assert!(e[1].reason.contains("neither VMX nor SVM"), "{}", e[1].reason);
         assert!(e[1].reason.contains("kvm_pvm"));
         assert!(!e[2].can_run);
         assert!(e[2].reason.contains("not installed"));
@@ -429,11 +448,13 @@ mod tests {
     }
 
     #[test]
-    fn amd_host_says_svm_is_not_built() {
+    fn amd_nested_host_runs_kvm_with_nested_on() {
         let e = engines(&host(usable(false, true), &[("kvm_amd", &[("nested", "1")])], None));
-        assert!(!e[1].can_run);
-        assert!(e[1].reason.contains("SVM path is not built yet"));
-        assert!(e[1].implemented, "the kvm engine exists; the host is what lacks");
+        assert!(e[1].can_run, "{}", e[1].reason);
+        assert!(e[1].reason.contains("SVM"));
+        let off = engines(&host(usable(false, true), &[("kvm_amd", &[("nested", "0")])], None));
+        assert!(!off[1].can_run);
+        assert!(off[1].reason.contains("kvm_amd nested=0"));
     }
 
     #[test]

@@ -216,6 +216,7 @@ mod tests {
         let f = KvmFigures {
             l1: crate::run::L1View { payload_status: Some(0), ..Default::default() },
             kvm_intel_params: None,
+            kvm_amd_params: None,
             vmx_msrs: None,
             attribution: Some(KvmAttribution {
                 kvm_exits: Some(kvm_exits),

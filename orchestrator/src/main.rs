@@ -311,7 +311,7 @@ impl HostArgs {
 
 /// A Bochs CPU model L1 can run on (VMX with EPT), checked before any child starts.
 fn parse_cpu_model(s: &str) -> Result<String, String> {
-    l0::bochs::config::cpu_model(s).map(|m| m.name.to_owned()).map_err(|e| e.to_string())
+    l0::bochs::config::l1_cpu_model(s).map(|m| m.name.to_owned()).map_err(|e| e.to_string())
 }
 
 /// Run `invocations` on a host under a runtime of our own, handing what arrives to `on`.

@@ -182,6 +182,9 @@ pub struct KvmFigures {
     pub l1: L1View,
     /// kvm_intel's parameters.
     pub kvm_intel_params: Option<BTreeMap<String, String>>,
+    /// kvm_amd's parameters (AMD hosts).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kvm_amd_params: Option<BTreeMap<String, String>>,
     /// The VMX capability MSRs L1 saw.
     pub vmx_msrs: Option<Vec<KvmVmxMsr>>,
     /// From KVM's statistics.
@@ -395,6 +398,7 @@ fn kvm_figures(run: &ChildRun) -> KvmFigures {
     KvmFigures {
         l1: L1View::of(run),
         kvm_intel_params: k.map(|k| k.kvm_intel_params.clone()),
+        kvm_amd_params: k.map(|k| k.kvm_amd_params.clone()).filter(|m| !m.is_empty()),
         vmx_msrs: k.map(|k| k.vmx_msrs.clone()),
         attribution: k.map(|k| k.attribution.clone()),
         tracepoints: tp.cloned(),
@@ -589,14 +593,29 @@ pub fn render(j: &RunDoc) -> String {
                     );
                 }
             }
-            let p = |k: &str| f.kvm_intel_params.as_ref().and_then(|m| m.get(k)).map_or("null", String::as_str);
-            let _ = writeln!(
-                s,
-                "  kvm_intel      nested={} ept={} enable_shadow_vmcs={}",
-                p("nested"),
-                p("ept"),
-                p("enable_shadow_vmcs")
-            );
+            if let Some(amd) = &f.kvm_amd_params {
+                let p = |k: &str| amd.get(k).map_or("null", String::as_str);
+                let _ = writeln!(
+                    s,
+                    "  kvm_amd        nested={} npt={} nrips={} vgif={} avic={} lbrv={} vls={}",
+                    p("nested"),
+                    p("npt"),
+                    p("nrips"),
+                    p("vgif"),
+                    p("avic"),
+                    p("lbrv"),
+                    p("vls")
+                );
+            } else {
+                let p = |k: &str| f.kvm_intel_params.as_ref().and_then(|m| m.get(k)).map_or("null", String::as_str);
+                let _ = writeln!(
+                    s,
+                    "  kvm_intel      nested={} ept={} enable_shadow_vmcs={}",
+                    p("nested"),
+                    p("ept"),
+                    p("enable_shadow_vmcs")
+                );
+            }
             let _ = writeln!(s, "  outcome        {}", describe(f.l1.outcome.as_ref()));
         }
         Figures::SingleLevel(f) => {
@@ -623,7 +642,7 @@ fn render_bochs(j: &RunDoc, b: &BochsFigures) -> String {
     let i = &b.instructions_per_iteration;
     let _ = writeln!(
         s,
-        "{} on bochs {} ({} iterations): L1 on a CPU that executes VMX; figures are instructions, not a nested cost",
+        "{} on bochs {} ({} iterations): L1 on a CPU that executes VMX or SVM; figures are instructions, not a nested cost",
         j.payload,
         b.cpu_model.as_deref().unwrap_or("?"),
         j.iterations
@@ -647,7 +666,8 @@ fn render_bochs(j: &RunDoc, b: &BochsFigures) -> String {
     s
 }
 
-/// `nestbench payloads`: every payload and which engines run it.
+/// `nestbench payloads`: every payload and which engines run it, per vendor (`kvm` is the
+/// kvm engine on nested VMX, `kvm_svm` on nested SVM).
 #[must_use]
 pub fn payloads(json: bool) -> String {
     let rows: Vec<Value> = l2_payloads::all()
@@ -675,10 +695,18 @@ pub fn payloads(json: bool) -> String {
                         l2_payloads::Twin::Same => json!({ "runs": true }),
                         l2_payloads::Twin::None { reason } => json!({ "runs": false, "reason": format!("no twin: {reason}") }),
                     },
-                    "bochs": { "runs": true },
-                    "kvm": match wedge {
-                        None => json!({ "runs": true, "reason": "where KVM offers nested VMX (kvm_intel nested=1; here: --host bochs)" }),
-                        Some((_, why)) => json!({ "runs": true, "reason": format!("where KVM offers nested VMX, but not on --host bochs: {why}") }),
+                    "bochs": match m.vendors.vmx() {
+                        Ok(()) => json!({ "runs": true }),
+                        Err(why) => json!({ "runs": false, "reason": why }),
+                    },
+                    "kvm": match (m.vendors.vmx(), wedge) {
+                        (Err(why), _) => json!({ "runs": false, "reason": why }),
+                        (Ok(()), None) => json!({ "runs": true, "reason": "where KVM offers nested VMX (kvm_intel nested=1; here: --host bochs)" }),
+                        (Ok(()), Some((_, why))) => json!({ "runs": true, "reason": format!("where KVM offers nested VMX, but not on --host bochs: {why}") }),
+                    },
+                    "kvm_svm": match m.vendors.svm() {
+                        Ok(()) => json!({ "runs": true, "reason": "where KVM offers nested SVM (kvm_amd nested=1; here: --host qemu)" }),
+                        Err(why) => json!({ "runs": false, "reason": why }),
                     },
                 },
             })
@@ -698,7 +726,7 @@ pub fn payloads(json: bool) -> String {
             r["cpl"],
             r["description"].as_str().unwrap_or("")
         );
-        for e in ["soft", "single_level", "bochs", "kvm"] {
+        for e in ["soft", "single_level", "bochs", "kvm", "kvm_svm"] {
             let x = &r["engines"][e];
             let _ = writeln!(
                 s,

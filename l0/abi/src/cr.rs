@@ -33,6 +33,8 @@ pub const EFER_LME: u64 = 1 << 8;
 pub const EFER_LMA: u64 = 1 << 10;
 /// IA32_EFER.NXE (bit 11): execute-disable enable.
 pub const EFER_NXE: u64 = 1 << 11;
+/// IA32_EFER.SVME (bit 12): SVM enabled (AMD APM Vol. 2, 15.4).
+pub const EFER_SVME: u64 = 1 << 12;
 /// The IA32_EFER bits an Intel 64 processor defines; every other bit is reserved (Vol. 4,
 /// Table 2-2).
 pub const EFER_DEFINED: u64 = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;

@@ -11,6 +11,8 @@
 //!   VMCS12 page layout), [`vmx`] (exit reasons, instruction errors, qualifications),
 //!   [`controls`] (control bits and the capability-MSR rule), [`ept`] (entry format and
 //!   walk), [`softvmx`] (how L1 reaches L0's userspace VMX).
+//! * AMD SVM, for L1's SVM backend and L0's reading of its reports: [`svm`] (exit codes,
+//!   VMCB offsets, intercepts, EXITINFO1 encodings).
 //! * [`cr`]: control-register and IA32_EFER bits.
 //! * [`msr`]: the MSRs L1 (and L0's single-level twin) intercepts and emulates for L2.
 //! * [`trace`]: the exit-trace ring L1 fills and L0 drains.
@@ -58,6 +60,7 @@ pub mod msr;
 pub mod payload;
 pub mod report;
 pub mod softvmx;
+pub mod svm;
 pub mod trace;
 pub mod vmcs;
 pub mod vmcs12;
@@ -66,7 +69,7 @@ pub mod vmx;
 
 /// Version of this ABI. L0 publishes it in CPUID leaf [`cpuid::LEAF_INFO`] and in
 /// [`boot::BootInfo::abi_version`]; L1 refuses to run on a different version.
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 
 /// Reinterpret a plain-old-data ABI structure as bytes.
 ///

@@ -251,8 +251,23 @@ pub const fn bucket(cycles: u64) -> usize {
     if b < HIST_BUCKETS { b } else { HIST_BUCKETS - 1 }
 }
 
-/// One L2 exit as L1 saw it (from its VMCS), for the tests and the conformance check.
-/// Integer-only.
+abi_enum! {
+    /// The virtualization extension L1 runs L2 with ([`PayloadReport::vendor`]).
+    pub enum Vendor: u32 {
+        /// Intel VMX (hardware, Bochs, or the soft engine's userspace VMX).
+        Vmx = 0,
+        /// AMD SVM (APM Vol. 2, chapter 15).
+        Svm = 1,
+    }
+}
+
+/// One L2 exit as L1 saw it (from its VMCS or VMCB), for the tests and the conformance
+/// check. Integer-only.
+///
+/// On VMX the fields are the VMCS's exit information. On SVM (APM 15.7): `reason` is
+/// EXITCODE (low 32 bits), `insn_len` nRIP - RIP for the instruction intercepts (0 for the
+/// others), `qualification` EXITINFO1, `guest_linear` EXITINFO2, `insn_info` EXITINTINFO's
+/// low 32 bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExitRecord {
@@ -286,13 +301,20 @@ pub const MAX_EXIT_RECORDS: usize = 64;
 pub struct PayloadReport {
     /// The payload's status from DONE_PORT (0 = ok).
     pub status: u64,
-    /// L2 exits L1 handled, by basic reason 0..=79 (index = reason).
+    /// L2 exits L1 handled, by kind: the index is the VMX basic exit reason of the kind
+    /// (0..=79) on every vendor; on SVM the kind's exit code is
+    /// [`crate::svm::code_of_kind`].
     pub exits_by_reason: [u32; 80],
     /// How many exit records follow in `records` (at most [`MAX_EXIT_RECORDS`]).
     pub records: u32,
     /// L1's VMREAD/VMWRITE instructions executed while handling exits (the hardware and
     /// soft backends both count; shadowed ones included).
     pub vmx_accesses: u32,
+    /// Which virtualization extension L1 ran L2 with ([`Vendor`]): it says how to read the
+    /// exit records and name the counts.
+    pub vendor: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
     /// The payload's results page as L1 read it.
     pub results: PayloadResults,
     /// The first exit records.
@@ -302,7 +324,7 @@ pub struct PayloadReport {
 // SAFETY: `PayloadReport` is `#[repr(C)]`, integers only, and the assertion of its size next to
 // this implementation rules out padding.
 unsafe impl crate::Pod for PayloadReport {}
-const _: () = assert!(size_of::<PayloadReport>() == 8 + 320 + 8 + size_of::<PayloadResults>() + 40 * MAX_EXIT_RECORDS);
+const _: () = assert!(size_of::<PayloadReport>() == 8 + 320 + 16 + size_of::<PayloadResults>() + 40 * MAX_EXIT_RECORDS);
 
 #[cfg(test)]
 mod tests {

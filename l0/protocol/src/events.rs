@@ -408,6 +408,14 @@ pub struct PayloadRun {
     pub results: Option<PayloadResults>,
     /// The first exit records.
     pub exit_records: Vec<ExitRecord>,
+    /// The virtualization extension L1 ran L2 with: `vmx` or `svm` (absent in results of
+    /// builds before SVM: `vmx`).
+    #[serde(default = "vmx")]
+    pub vendor: String,
+}
+
+fn vmx() -> String {
+    "vmx".into()
 }
 
 impl From<&nestbench_abi::payload::PayloadResults> for PayloadResults {
@@ -435,26 +443,45 @@ pub fn reason_name(reason: u32) -> String {
     if reason & (1 << 31) != 0 { format!("{name} (VM-entry failure)") } else { name }
 }
 
+/// The name of an SVM EXITCODE (low 32 bits) in every output: the kernel's
+/// (`SVM_EXIT_REASONS`, as `kvm_exit` prints it on AMD hosts), `exit code 0xN` for one the
+/// ABI does not name.
+#[must_use]
+pub fn svm_code_name(code: u32) -> String {
+    nestbench_abi::svm::code_name(code).to_string()
+}
+
 impl From<&nestbench_abi::payload::PayloadReport> for PayloadRun {
     fn from(r: &nestbench_abi::payload::PayloadReport) -> Self {
+        use nestbench_abi::payload::Vendor;
         let n = (r.records as usize).min(r.exit_records.len());
         let res = &r.results;
+        let svm = Vendor::from_raw(r.vendor) == Some(Vendor::Svm);
+        // On SVM the counts are by kind (the VMX reason of the same event), named by the
+        // kind's SVM exit code: RDMSR and WRMSR add up under `msr`.
+        let kind_name = |kind: usize| {
+            if svm {
+                nestbench_abi::svm::code_of_kind(kind as u16)
+                    .map_or_else(|| format!("kind {kind}"), |c| c.kernel_name().to_owned())
+            } else {
+                reason_name(kind as u32)
+            }
+        };
+        let mut exits = BTreeMap::new();
+        for (kind, c) in r.exits_by_reason.iter().enumerate().filter(|(_, c)| **c > 0) {
+            *exits.entry(kind_name(kind)).or_default() += u64::from(*c);
+        }
         Self {
             status: r.status,
-            exits: r
-                .exits_by_reason
-                .iter()
-                .enumerate()
-                .filter(|(_, c)| **c > 0)
-                .map(|(reason, c)| (reason_name(reason as u32), u64::from(*c)))
-                .collect(),
+            exits,
+            vendor: if svm { "svm" } else { "vmx" }.into(),
             vmx_accesses: r.vmx_accesses,
             results: (res.magic == nestbench_abi::payload::RESULTS_MAGIC).then(|| PayloadResults::from(res)),
             exit_records: r.exit_records[..n]
                 .iter()
                 .map(|e| ExitRecord {
                     reason: e.reason,
-                    reason_name: reason_name(e.reason),
+                    reason_name: if svm { svm_code_name(e.reason) } else { reason_name(e.reason) },
                     qualification: e.qualification,
                     rip_offset: e.rip_offset,
                     insn_len: e.insn_len,
@@ -751,6 +778,10 @@ pub struct KvmEngineSection {
     /// kvm_intel's `nested`, `ept`, `enable_shadow_vmcs` (and the rest of its parameters),
     /// so a result says which Turtles ablation it is.
     pub kvm_intel_params: BTreeMap<String, String>,
+    /// kvm_amd's parameters (`nested`, `npt`, `nrips`, `vgif`, `avic`, `lbrv`, `vls`, ...)
+    /// on an AMD host: empty where kvm_amd is not loaded.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub kvm_amd_params: BTreeMap<String, String>,
     /// The VMX capability MSRs as L1's vCPU reports them after the pass-through, each
     /// saying whether L0 wrote it or KVM derived it.
     pub vmx_msrs: Vec<crate::kvm_engine::KvmVmxMsr>,

@@ -16,6 +16,9 @@ pub struct CpuModel {
     pub name: &'static str,
     /// CPUID.1:ECX.VMX[5].
     pub vmx: bool,
+    /// SVM with nested paging (CPUID 8000_0001h ECX.SVM, 8000_000Ah EDX.NP): L1 runs its
+    /// payloads with its SVM backend there.
+    pub svm: bool,
     /// Secondary control 1, "enable EPT".
     pub ept: bool,
     /// Secondary control 5, "enable VPID".
@@ -36,6 +39,7 @@ const fn no_vmx(name: &'static str) -> CpuModel {
     CpuModel {
         name,
         vmx: false,
+        svm: false,
         ept: false,
         vpid: false,
         unrestricted_guest: false,
@@ -44,6 +48,12 @@ const fn no_vmx(name: &'static str) -> CpuModel {
         ept_accessed_dirty: false,
         pml: false,
     }
+}
+
+/// An AMD model with SVM and nested paging (Bochs 2.7's `phenom_8650_toliman`, `zambezi`,
+/// `trinity_apu`, `ryzen`; NRIP_SAVE from `zambezi` on).
+const fn svm(name: &'static str) -> CpuModel {
+    CpuModel { svm: true, ..no_vmx(name) }
 }
 
 const fn vmx_only(name: &'static str) -> CpuModel {
@@ -55,6 +65,7 @@ const fn ept(name: &'static str, unrestricted_guest: bool, vmcs_shadowing: bool,
     CpuModel {
         name,
         vmx: true,
+        svm: false,
         ept: true,
         vpid: true,
         unrestricted_guest,
@@ -80,14 +91,14 @@ pub const CPU_MODELS: [CpuModel; 28] = [
     no_vmx("athlon64_clawhammer"),
     no_vmx("athlon64_venice"),
     no_vmx("turion64_tyler"),
-    no_vmx("phenom_8650_toliman"),
+    svm("phenom_8650_toliman"),
     vmx_only("core2_penryn_t9600"),
     ept("corei5_lynnfield_750", false, false, false, false),
     ept("corei5_arrandale_m520", true, false, false, false),
     ept("corei7_sandy_bridge_2600k", true, false, false, false),
-    no_vmx("zambezi"),
-    no_vmx("trinity_apu"),
-    no_vmx("ryzen"),
+    svm("zambezi"),
+    svm("trinity_apu"),
+    svm("ryzen"),
     ept("corei7_ivy_bridge_3770k", true, false, false, false),
     ept("corei7_haswell_4770", true, true, true, false),
     ept("broadwell_ult", true, true, true, false),
@@ -128,6 +139,12 @@ pub fn models_with_ept() -> Vec<&'static str> {
     CPU_MODELS.iter().filter(|m| m.ept).map(|m| m.name).collect()
 }
 
+/// The models L1 runs its SVM backend on (SVM with nested paging), for messages.
+#[must_use]
+pub fn models_with_svm() -> Vec<&'static str> {
+    CPU_MODELS.iter().filter(|m| m.svm).map(|m| m.name).collect()
+}
+
 /// Errors of choosing a model and writing a run's files.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -138,7 +155,7 @@ pub enum ConfigError {
         name: String,
     },
     /// The model has no VMX, or VMX without EPT (L1's hardware backend needs EPT).
-    #[error("{name} has no {missing}; models with EPT: {}", models_with_ept().join(", "))]
+    #[error("{name} has no {missing}; models with EPT: {} (and, for the bochs engine, models with SVM: {})", models_with_ept().join(", "), models_with_svm().join(", "))]
     Unsuitable {
         /// The model.
         name: &'static str,
@@ -172,6 +189,17 @@ pub fn cpu_model(name: &str) -> Result<&'static CpuModel, ConfigError> {
         (false, _) => Err(ConfigError::Unsuitable { name: m.name, missing: "VMX" }),
         (true, false) => Err(ConfigError::Unsuitable { name: m.name, missing: "EPT" }),
         (true, true) => Ok(m),
+    }
+}
+
+/// Look up `name` for the bochs engine, where L1 is the root hypervisor: a model with VMX
+/// and EPT (as [`cpu_model`]) or with SVM and nested paging.
+pub fn l1_cpu_model(name: &str) -> Result<&'static CpuModel, ConfigError> {
+    match cpu_model(name) {
+        Err(ConfigError::Unsuitable { name, .. }) if CPU_MODELS.iter().any(|m| m.name == name && m.svm) => {
+            Ok(CPU_MODELS.iter().find(|m| m.name == name).expect("found above"))
+        }
+        other => other,
     }
 }
 

@@ -124,7 +124,7 @@ fn require(what: &'static str, path: &Path) -> Result<(), BochsError> {
 
 /// Check the model (refusing unknown ones and those without EPT) and the Bochs files.
 pub fn preflight(config: &BochsConfig) -> Result<&'static CpuModel, BochsError> {
-    let model = config::cpu_model(&config.model)?;
+    let model = config::l1_cpu_model(&config.model)?;
     require("Bochs", &config.bochs)?;
     require("the VGA BIOS", &config.vgabios)?;
     Ok(model)

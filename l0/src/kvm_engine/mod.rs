@@ -8,7 +8,7 @@
 //! [`tracepoints`]).
 //!
 //! Where KVM offers no VMX (this project's development hosts: AMD with `kvm_pvm`), the
-//! engine refuses with the reason (`caps::NoNestedVmx`), and every kvm-engine test and bench
+//! engine refuses with the reason (`caps::NoNesting`), and every kvm-engine test and bench
 //! entry skips with it. Everything here that does not need nested hardware is tested with
 //! fixtures (`l0/tests/fixtures/kvm/`).
 

@@ -19,7 +19,7 @@ use crate::x86::Cpuid;
 pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) {
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
-    run.record(Exit::Cpuid.report_reason(), len, 0, rip, 0, 0);
+    vcpu.record(run, Exit::Cpuid.report_reason(), len, 0, rip, 0, 0);
     emulate(vcpu.regs(), crate::x86::cpuid_count);
     advance_rip(vcpu, rip, len);
 }

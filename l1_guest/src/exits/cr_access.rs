@@ -43,7 +43,7 @@ pub fn arm<B: VmxBackend>(b: &mut B, caps: &VmxCaps) -> Result<(), ArmError> {
 pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, access: ControlRegister) {
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
-    run.record(Exit::ControlRegister(access).report_reason(), len, access.qualification(), rip, 0, 0);
+    vcpu.record(run, Exit::ControlRegister(access).report_reason(), len, access.qualification(), rip, 0, 0);
     if access.cr != 3 {
         super::unexpected::handle(vcpu, Exit::ControlRegister(access).report_reason());
     }

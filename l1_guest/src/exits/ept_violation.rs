@@ -191,7 +191,7 @@ pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, fault: NestedPageFault)
     let NestedPageFault { gpa, linear, qualification: q } = fault;
     let rip = vcpu.rip();
     // SDM 28.2.4: the VM-exit instruction length is undefined for EPT violations: not read.
-    run.record(Exit::NestedPageFault(fault).report_reason(), 0, q, rip, 0, linear);
+    vcpu.record(run, Exit::NestedPageFault(fault).report_reason(), 0, q, rip, 0, linear);
     if let Some(dev) = run.mmio.as_mut() {
         match dev.access(gpa, q, &mut vcpu.regs().rax) {
             MmioAccess::Done => return advance_rip(vcpu, rip, MMIO_INSN_LEN),

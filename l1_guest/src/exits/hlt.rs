@@ -10,6 +10,6 @@ use crate::vcpu::Vcpu;
 pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) {
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
-    run.record(Exit::Hlt.report_reason(), len, 0, rip, 0, 0);
+    vcpu.record(run, Exit::Hlt.report_reason(), len, 0, rip, 0, 0);
     advance_rip(vcpu, rip, len);
 }

@@ -188,7 +188,7 @@ pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, q: IoQualification) {
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
     if !q.string() {
-        run.record(reason, len, q.raw(), rip, 0, 0);
+        vcpu.record(run, reason, len, q.raw(), rip, 0, 0);
         if let Some(check) = &mut run.io_check {
             check_one(check, q.raw(), len);
         }
@@ -213,7 +213,7 @@ fn string_io<V: Vcpu>(vcpu: &mut V, run: &mut RunState, reason: u32, q: IoQualif
     let s = vcpu.string_io();
     let rflags = vcpu.rflags();
     let info = s.info.raw();
-    run.record(reason, len, q.raw(), rip, info, s.linear);
+    vcpu.record(run, reason, len, q.raw(), rip, info, s.linear);
     if let Some(check) = &mut run.io_check {
         check_one(check, q.raw(), len);
     }
@@ -236,8 +236,9 @@ fn check_one(check: &mut IoCheck, qualification: u64, len: u32) {
     }
 }
 
-/// Identity-mapped L1 memory as the EPT walker's reader (L1 runs 1:1 over all its memory).
-struct L1Phys;
+/// Identity-mapped L1 memory as the nested-paging walker's reader (L1 runs 1:1 over all its
+/// memory).
+pub(crate) struct L1Phys;
 
 impl nestbench_abi::ept::PhysRead for L1Phys {
     fn read_u64(&self, pa: u64) -> Option<u64> {

@@ -102,6 +102,8 @@ impl RunState {
                 exits_by_reason: [0; 80],
                 records: 0,
                 vmx_accesses: 0,
+                vendor: nestbench_abi::payload::Vendor::Vmx as u32,
+                reserved: 0,
                 results: PayloadResults {
                     magic: 0,
                     iterations: 0,
@@ -160,6 +162,34 @@ impl RunState {
         }
         if let Some(ring) = self.ring.as_deref_mut() {
             self.trace.publish(ring, reason, insn_len, qualification, rip);
+        }
+    }
+
+    /// Count an SVM exit under its vendor-neutral `kind` (the VMX reason of the same event)
+    /// and keep the vendor's record of it (EXITCODE, nRIP - RIP, EXITINFO1, EXITINTINFO,
+    /// EXITINFO2; [`ExitRecord`]).
+    #[allow(clippy::too_many_arguments)] // the VMCB's exit fields, as `record`'s are the VMCS's
+    #[inline(always)]
+    pub fn record_svm(&mut self, kind: u32, code: u32, insn_len: u32, info1: u64, rip: u64, intinfo: u32, info2: u64) {
+        let r = &mut self.report;
+        if let Some(c) = r.exits_by_reason.get_mut((kind & 0xFFFF) as usize) {
+            *c += 1;
+        }
+        let n = r.records as usize;
+        if n < MAX_EXIT_RECORDS {
+            r.exit_records[n] = ExitRecord {
+                reason: code,
+                insn_len,
+                qualification: info1,
+                rip_offset: rip.wrapping_sub(L2_IMAGE_BASE),
+                insn_info: intinfo,
+                reserved: 0,
+                guest_linear: info2,
+            };
+            r.records += 1;
+        }
+        if let Some(ring) = self.ring.as_deref_mut() {
+            self.trace.publish(ring, code, insn_len, info1, rip);
         }
     }
 }

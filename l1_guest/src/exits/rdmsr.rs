@@ -29,7 +29,7 @@ pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, msr: u32) {
     let reason = Exit::MsrRead { msr }.report_reason();
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
-    run.record(reason, len, 0, rip, 0, 0);
+    vcpu.record(run, reason, len, 0, rip, 0, 0);
     let Some(value) = run.msrs.read(msr) else {
         crate::println!("l1: RDMSR of MSR {msr:#x}, which L1 does not intercept");
         super::unexpected::handle(vcpu, reason)

@@ -10,7 +10,7 @@ use crate::vcpu::Vcpu;
 pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
     let rip = vcpu.rip();
     let rsp = vcpu.rsp();
-    run.record(Exit::TripleFault.report_reason(), 0, 0, rip, 0, 0);
+    vcpu.record(run, Exit::TripleFault.report_reason(), 0, 0, rip, 0, 0);
     crate::println!(
         "l1: L2 triple fault at RIP {rip:#x} (image offset {:#x}), RSP {rsp:#x}, after {} recorded exits",
         rip.wrapping_sub(nestbench_abi::payload::L2_IMAGE_BASE),

@@ -18,7 +18,7 @@ pub use nestbench_abi::payload::VMCALL_RESULT;
 pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState) {
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
-    run.record(Exit::Hypercall.report_reason(), len, 0, rip, 0, 0);
+    vcpu.record(run, Exit::Hypercall.report_reason(), len, 0, rip, 0, 0);
     vcpu.regs().rax = VMCALL_RESULT;
     advance_rip(vcpu, rip, len);
 }

@@ -15,7 +15,7 @@ pub fn handle<V: Vcpu>(vcpu: &mut V, run: &mut RunState, msr: u32, value: u64) {
     let reason = Exit::MsrWrite { msr, value }.report_reason();
     let len = vcpu.insn_len();
     let rip = vcpu.rip();
-    run.record(reason, len, 0, rip, 0, 0);
+    vcpu.record(run, reason, len, 0, rip, 0, 0);
     let mismatches = run.msrs.gs_base_mismatches;
     if !run.msrs.write(msr, value) {
         crate::println!("l1: WRMSR of MSR {msr:#x}, which L1 does not intercept");
