@@ -14,7 +14,7 @@ use crate::ept_builder::{EptBuilder, Format, FrameMemory};
 use crate::exits::remap::Remap;
 use crate::exits::{self, EXIT_NO_VMX, EXIT_VMX_SETUP_FAILED, RunState};
 use crate::l2::{self, FRAMES_END, L1Frames, L2Space, SetupError};
-use crate::vcpu::GuestRegs;
+use crate::vcpu::{GuestRegs, Vcpu};
 use crate::vmx::caps::{CapsError, Controls, VmxCaps, compute_controls};
 use crate::vmx::entry::{self, ExitFrame};
 use crate::vmx::hw::{CR4_VMXE, HwVmx, MSR_FEATURE_CONTROL, feature_control_update};
@@ -24,6 +24,7 @@ use crate::vmx::soft::SoftVmx;
 use crate::vmx::vcpu::VmxVcpu;
 use crate::vmx::{BackendKind, VmxBackend, VmxFail, select_backend};
 use crate::{svm, x86};
+use nestbench_abi::svm::vmcb as off;
 
 /// Where L1's own descriptor tables are (for the host-state area).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -463,17 +464,63 @@ fn payload_on_svm(boot: &BootInfo) -> RunError {
             asid: 1,
         },
     );
-    let mut run = run_state(&space, 0, setup.has(flag::IO_CHECK));
+    let mut run = run_state(&space, 0, false);
+    run.io_check = setup.has(flag::IO_CHECK).then(|| exits::io::IoCheck::ignoring(exits::io::OPERAND_ENCODING));
     run.report.vendor = nestbench_abi::payload::Vendor::Svm as u32;
     start_tracing(&mut run, boot.trace_capacity);
     if let Err(e) = nested_paging_setup(&mut run, mem, setup, boot, &space) {
         return e;
     }
+    // The VMRUN consistency checks (APM 15.5.1): one field broken on purpose.
+    let broken = setup.has(flag::VMRUN_BAD_ASID) || setup.has(flag::VMRUN_BAD_EFER);
+    if setup.has(flag::VMRUN_BAD_ASID) {
+        vmcb.write32(off::GUEST_ASID, 0);
+    }
+    if setup.has(flag::VMRUN_BAD_EFER) {
+        vmcb.write64(off::EFER, vmcb.read64(off::EFER) & !nestbench_abi::cr::EFER_SVME);
+    }
     let regs = GuestRegs { rdi: p.iterations, rsi: p.arg, ..GuestRegs::default() };
-    // SAFETY: the VMCB is complete (`fill`), SVM is enabled with VM_HSAVE_PA set, and
-    // `host_state` holds L1's VMSAVEd state.
+    // SAFETY: the VMCB is complete (`fill`; one consistency check broken on purpose when
+    // `broken`, which VMRUN answers with VMEXIT_INVALID), SVM is enabled with VM_HSAVE_PA
+    // set, and `host_state` holds L1's VMSAVEd state.
     let mut vcpu = unsafe { svm::vcpu::SvmVcpu::new(vmcb, host_state, space.ept.root(), features, regs) };
+    if broken {
+        vmrun_must_fail(&mut vcpu, &mut run)
+    }
     exits::run_loop(&mut vcpu, &mut run)
+}
+
+/// One VMRUN of a VMCB that breaks a consistency check: the #VMEXIT is recorded under the
+/// kind of VMX's invalid-guest-state entry failure and the run reports it (one failure when
+/// the VMRUN entered L2 or exited otherwise).
+fn vmrun_must_fail(vcpu: &mut svm::vcpu::SvmVcpu, run: &mut RunState) -> ! {
+    vcpu.enter();
+    let v = vcpu.vmcb();
+    let code = v.exit_code();
+    let kind = nestbench_abi::vmx::ExitReason::EntryFailureGuestState as u32;
+    run.record_svm(
+        kind,
+        code,
+        0,
+        v.read64(off::EXITINFO1),
+        v.read64(off::RIP),
+        v.read32(off::EXITINTINFO),
+        v.read64(off::EXITINFO2),
+    );
+    let invalid = code == nestbench_abi::svm::ExitCode::Invalid as u32;
+    if !invalid {
+        crate::println!("l1: the VMRUN with a broken VMCB did not fail: EXITCODE {code:#x}");
+        vcpu.dump();
+    }
+    // L2 never runs, so L1 writes the results: one iteration (the VMRUN), failed unless it
+    // gave VMEXIT_INVALID.
+    let results = nestbench_abi::payload::PayloadResults {
+        magic: nestbench_abi::payload::RESULTS_MAGIC,
+        iterations: 1,
+        failures: u64::from(!invalid),
+        ..run.report.results
+    };
+    run.report_and_exit(0, results, 0)
 }
 
 /// `bytes` of physically contiguous, zeroed frames (the allocator hands out descending

@@ -40,9 +40,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 1,
     fixed_iterations: Some(1),
     soft_engine: Support::Runs,
-    vendors: Vendors::VmxOnly {
-        reason: "its expected exit information is VMX's (SDM Table 28-5 operand encoding, INS/OUTS instruction information); the SVM expectations (IOIO EXITINFO1) are not built",
-    },
+    vendors: Vendors::Both,
     single_level: Twin::Same,
     setup: Setup::flags(setup::IO_CHECK),
 };

@@ -35,6 +35,7 @@
 //! | [`wrmsr`] | 0 | `wrmsr` of IA32_KERNEL_GS_BASE: one WRMSR exit per iteration, L1 checks the value |
 //! | [`inject`] | 0 | `out 0xE0, eax`, then L1 injects #UD, #GP, an external interrupt or an NMI into L2's own IDT: one I/O exit per iteration |
 //! | [`vmmcall`] | 3 | `vmmcall` (AMD): one VMMCALL intercept per iteration, checks L1's RAX (SVM only) |
+//! | [`vmrun_bad_asid`], [`vmrun_bad_efer`] | 0 | a VMRUN of a VMCB that breaks one consistency check: one VMEXIT_INVALID (SVM only) |
 //! | [`cr3`] | 0 | `mov rcx, cr3; mov cr3, rcx` with CR3-load/store exiting: two control-register-access exits per iteration, L1 emulates them |
 //!
 //! Every payload times each iteration kvm-unit-tests style, `lfence; rdtsc; <insn>; lfence;
@@ -69,6 +70,8 @@ pub mod pte_remap;
 pub mod rdmsr;
 pub mod vmcall;
 pub mod vmmcall;
+pub mod vmrun_bad_asid;
+pub mod vmrun_bad_efer;
 pub mod wrmsr;
 
 /// Whether the `soft` engine (L0's userspace nested VMX) can run a payload.
@@ -181,7 +184,7 @@ impl Manifest {
     }
 }
 
-static ALL: [Manifest; 22] = [
+static ALL: [Manifest; 24] = [
     outl::MANIFEST,
     inl::MANIFEST,
     io_encodings::MANIFEST,
@@ -204,6 +207,8 @@ static ALL: [Manifest; 22] = [
     inject::MANIFEST,
     cr3::MANIFEST,
     vmmcall::MANIFEST,
+    vmrun_bad_asid::MANIFEST,
+    vmrun_bad_efer::MANIFEST,
 ];
 
 /// Every payload, in a stable order.
@@ -398,7 +403,9 @@ mod tests {
                 "irq_window",
                 "inject",
                 "cr3",
-                "vmmcall"
+                "vmmcall",
+                "vmrun_bad_asid",
+                "vmrun_bad_efer"
             ]
         );
         for m in all() {

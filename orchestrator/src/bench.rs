@@ -897,14 +897,16 @@ pub struct EmulatedTarget {
 }
 
 impl EmulatedTarget {
-    /// Parse `bochs[:MODEL]@KERNEL` (KERNEL defaults to 6.1).
+    /// Parse `bochs[:MODEL]@KERNEL` or `qemu@KERNEL` (KERNEL defaults to 6.1; QEMU runs with
+    /// `-icount 0`).
     pub fn parse(s: &str) -> anyhow::Result<Self> {
         let (host, kernel) = s.split_once('@').unwrap_or((s, crate::hosts::kernel::DEFAULT_KERNEL));
         let spec = crate::hosts::HostSpec::parse(host)?;
         anyhow::ensure!(spec != crate::hosts::HostSpec::Local, "--emulated-hosts {s:?}: local is not an emulated host");
+        let icount = (spec == crate::hosts::HostSpec::Qemu).then_some(0);
         Ok(Self {
             host: spec,
-            opts: crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), ..Default::default() },
+            opts: crate::hosts::EmulatedOptions { kernel: Some(kernel.to_owned()), icount, ..Default::default() },
         })
     }
 
@@ -916,17 +918,21 @@ impl EmulatedTarget {
 }
 
 /// The emulated hosts a bench measures by default: Skylake-X (VMCS shadowing) and Ivy
-/// Bridge (none), each with every kernel of kernels.list; `--quick`: Skylake-X with 6.1.
+/// Bridge (none), each with every kernel of kernels.list, and QEMU's nested SVM (kvm_amd)
+/// with every kernel; `--quick`: Skylake-X and QEMU with 6.1. QEMU runs with `-icount 0`, so
+/// its cycle figures are instructions of the emulated machine (docs/emulated-hosts.md).
 #[must_use]
 pub fn default_emulated(quick: bool) -> Vec<EmulatedTarget> {
     let kernels = crate::doctor::kernel_aliases();
     let mut v = Vec::new();
-    for model in crate::doctor::LISTED_MODELS {
+    let hosts = crate::doctor::LISTED_MODELS.iter().map(|m| format!("bochs:{m}")).chain(["qemu".to_owned()]);
+    for (i, host) in hosts.enumerate() {
         for k in &kernels {
-            if quick && (model != crate::doctor::LISTED_MODELS[0] || *k != crate::hosts::kernel::DEFAULT_KERNEL) {
+            let first_model = i == 0 || host == "qemu";
+            if quick && (!first_model || *k != crate::hosts::kernel::DEFAULT_KERNEL) {
                 continue;
             }
-            v.extend(EmulatedTarget::parse(&format!("bochs:{model}@{k}")));
+            v.extend(EmulatedTarget::parse(&format!("{host}@{k}")));
         }
     }
     v

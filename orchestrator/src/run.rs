@@ -591,6 +591,10 @@ pub fn render(j: &RunDoc) -> String {
                         opt(f.l0_only_exits),
                         opt(f.l1_traps)
                     );
+                    if let Some(t) = f.tracepoints.as_ref().filter(|t| !t.vmenter_failed.is_empty()) {
+                        let _ =
+                            writeln!(s, "  entry failed   KVM's consistency checks: {}", t.vmenter_failed.join("; "));
+                    }
                 }
             }
             if let Some(amd) = &f.kvm_amd_params {

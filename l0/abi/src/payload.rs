@@ -145,6 +145,13 @@ pub mod setup {
     /// L1 sets "CR3-load exiting" and "CR3-store exiting" (CR3-target count 0) and emulates
     /// L2's MOV to and from CR3 on its guest-state CR3 (`cr3`).
     pub const CR3_EXITING: u32 = 1 << 13;
+    /// SVM: L1 gives the VMCB guest ASID 0, which fails VMRUN's consistency checks (APM
+    /// Vol. 2, 15.5.1: "ASID is equal to zero"): the first VMRUN must exit with
+    /// VMEXIT_INVALID, which L1 records and reports instead of running L2.
+    pub const VMRUN_BAD_ASID: u32 = 1 << 14;
+    /// SVM: L1 clears EFER.SVME in the VMCB's save area (15.5.1: "EFER.SVME is zero"): as
+    /// [`VMRUN_BAD_ASID`].
+    pub const VMRUN_BAD_EFER: u32 = 1 << 15;
 }
 
 /// The events L1 injects for [`setup::INJECT_EVENTS`], by EAX of L2's `out` modulo 4: #UD,

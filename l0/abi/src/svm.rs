@@ -106,6 +106,7 @@ pub const fn code_of_kind(kind: u16) -> Option<ExitCode> {
         Some(R::EptViolation) => ExitCode::Npf,
         Some(R::TripleFault) => ExitCode::Shutdown,
         Some(R::InterruptWindow) => ExitCode::Vintr,
+        Some(R::EntryFailureGuestState) => ExitCode::Invalid,
         _ => return None,
     })
 }

@@ -57,6 +57,10 @@ pub struct NestedCounts {
     pub reflected_by_reason: BTreeMap<String, u64>,
     /// Lines of other events or not in the expected format (kept count, never guessed at).
     pub other_lines: u64,
+    /// What `kvm_nested_vmenter_failed` said, in order (at most 16): the consistency checks
+    /// KVM failed L1's entries on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vmenter_failed: Vec<String>,
 }
 
 impl NestedCounts {

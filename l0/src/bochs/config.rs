@@ -325,6 +325,11 @@ mod tests {
         assert!(e.contains("corei7_skylake_x"), "{e}");
         let e = cpu_model("ryzen").unwrap_err().to_string();
         assert!(e.starts_with("ryzen has no VMX;"), "{e}");
+        // The bochs engine's L1 runs its SVM backend there; emulated Intel hosts still refuse it.
+        assert!(l1_cpu_model("ryzen").is_ok_and(|m| m.svm && !m.vmx));
+        assert!(l1_cpu_model("phenom_8650_toliman").is_ok());
+        assert!(l1_cpu_model("pentium").is_err());
+        assert_eq!(l1_cpu_model("corei7_skylake_x").map(|m| m.name).ok(), Some("corei7_skylake_x"));
         let e = cpu_model("pentium_9000").unwrap_err().to_string();
         assert!(e.starts_with("unknown Bochs CPU model \"pentium_9000\"; models with EPT:"), "{e}");
         assert_eq!(cpu_model("corei7_skylake_x").unwrap().lacks(), Vec::<&str>::new());

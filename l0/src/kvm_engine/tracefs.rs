@@ -9,6 +9,10 @@ use std::path::{Path, PathBuf};
 /// The events captured ([`super::tracepoints`] says what each means).
 pub const EVENTS: [&str; 4] = ["kvm_exit", "kvm_nested_vmexit", "kvm_nested_vmexit_inject", "kvm_nested_vmenter"];
 
+/// Captured where the kernel has them: `kvm_nested_vmenter_failed` names the consistency
+/// check a VM entry into L2 failed (KVM's `CC()` in vmx/nested.c and svm/nested.c).
+pub const OPTIONAL_EVENTS: [&str; 1] = ["kvm_nested_vmenter_failed"];
+
 /// Where tracefs is mounted, if it is (with KVM's events).
 #[must_use]
 pub fn root() -> Option<PathBuf> {
@@ -40,6 +44,12 @@ impl Capture {
         for e in EVENTS {
             write(&c.dir.join(format!("events/kvm/{e}/enable")), "1")?;
         }
+        for e in OPTIONAL_EVENTS {
+            let switch = c.dir.join(format!("events/kvm/{e}/enable"));
+            if switch.exists() {
+                write(&switch, "1")?;
+            }
+        }
         write(&c.dir.join("tracing_on"), "1")?;
         Ok(c)
     }
@@ -55,7 +65,7 @@ impl Capture {
 impl Drop for Capture {
     fn drop(&mut self) {
         // Events must be off before the instance can go; both are best effort at this point.
-        for e in EVENTS {
+        for e in EVENTS.iter().chain(&OPTIONAL_EVENTS) {
             let _ = std::fs::write(self.dir.join(format!("events/kvm/{e}/enable")), "0");
         }
         let _ = std::fs::remove_dir(&self.dir);

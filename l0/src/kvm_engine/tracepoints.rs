@@ -7,7 +7,11 @@
 //!   decides who handles them (nested_vmx_reflect_vmexit).
 //! * `kvm_nested_vmexit_inject`: the ones KVM reflected to L1 (`reason: NAME ext_inf1: 0x...
 //!   ext_inf2: 0x... ext_int: 0x... ext_int_err: 0x...`).
-//! * `kvm_nested_vmenter`: L1's VMLAUNCH/VMRESUME entering L2.
+//! * `kvm_nested_vmenter`: L1's VMLAUNCH/VMRESUME (SVM: VMRUN) entering L2.
+//! * `kvm_nested_vmenter_failed`: the consistency check an entry failed, as KVM's `CC()`
+//!   names it (`control->asid == 0`, `!(save->efer & EFER_SVME)`, ...), kept as text.
+//!
+//! On AMD hosts the same events carry SVM's names (`isa` = SVM): `io`, `npf`, `vmrun`.
 //!
 //! So: L2 exits = nested_vmexit; reflected to L1 = nested_vmexit_inject; handled by L0 alone
 //! = the difference; L1's own exits = kvm_exit - nested_vmexit, and per reflected exit they
@@ -55,6 +59,9 @@ fn reason(text: &str) -> Option<&str> {
     Some(after[..end].trim())
 }
 
+/// Most `kvm_nested_vmenter_failed` texts kept per run.
+pub const MAX_FAILED_CHECKS: usize = 16;
+
 /// Count the nested-VMX events of `text` from thread `tid` (`None`: every thread).
 #[must_use]
 pub fn count(text: &str, tid: Option<u32>) -> NestedCounts {
@@ -88,6 +95,11 @@ pub fn count(text: &str, tid: Option<u32>) -> NestedCounts {
                 bump(&mut c.reflected_by_reason);
             }
             "kvm_nested_vmenter" => c.nested_vmenter += 1,
+            "kvm_nested_vmenter_failed" => {
+                if c.vmenter_failed.len() < MAX_FAILED_CHECKS {
+                    c.vmenter_failed.push(l.text.trim().to_owned());
+                }
+            }
             _ => c.other_lines += 1,
         }
     }
@@ -114,6 +126,8 @@ mod tests {
         let inject = "reason: IO_INSTRUCTION ext_inf1: 0x0000000000e00043 ext_inf2: 0x0000000000000000 ext_int: 0x00000000 ext_int_err: 0x00000000";
         assert_eq!(reason(inject), Some("IO_INSTRUCTION"));
         assert_eq!(line("# tracer: nop"), None);
+        let failed = "  l0-vcpu0-77 [000] ..... 9.5: kvm_nested_vmenter_failed: control->asid == 0\n";
+        assert_eq!(count(failed, Some(77)).vmenter_failed, ["control->asid == 0"]);
         assert_eq!(line("garbage"), None);
     }
 }

@@ -16,10 +16,9 @@
 
 use nestbench_abi::Pod;
 use nestbench_abi::payload::{DONE_PORT, IN_VALUE, INJECTED_EVENTS, IO_ENCODINGS, PAYLOAD_PORT, PayloadResults};
-use nestbench_abi::report::ReportKind;
 use nestbench_abi::vmx::{AddressSize, IoInstructionInfo, IoQualification};
 
-use super::{EXIT_PAYLOAD_FAILED, RunState, advance_rip};
+use super::{RunState, advance_rip};
 use crate::exit::Exit;
 use crate::vcpu::{GuestRegs, Vcpu};
 
@@ -132,9 +131,21 @@ pub struct IoCheck {
     seen_in_case: u8,
     /// Mismatches so far.
     pub mismatches: u64,
+    /// Qualification bits the vendor does not report, compared in neither.
+    unreported: u64,
 }
 
+/// The qualification's operand-encoding bit (SDM Table 28-5, bit 6: immediate or DX), which
+/// SVM's IOIO EXITINFO1 does not have (APM 15.10.2).
+pub const OPERAND_ENCODING: u64 = 1 << 6;
+
 impl IoCheck {
+    /// A check that ignores the `unreported` qualification bits (SVM: [`OPERAND_ENCODING`]).
+    #[must_use]
+    pub const fn ignoring(unreported: u64) -> Self {
+        Self { case: 0, seen_in_case: 0, mismatches: 0, unreported }
+    }
+
     fn expected(case: usize) -> (u64, u32) {
         let c = IO_ENCODINGS[case];
         let q = IoQualification::new(c.size, c.is_in, c.string, c.rep, c.immediate, PAYLOAD_PORT);
@@ -143,12 +154,13 @@ impl IoCheck {
 
     /// Check the next exit; a mismatch is counted and returned.
     pub fn observe(&mut self, qualification: u64, insn_len: u32) -> Option<IoMismatch> {
-        let seen = (qualification, insn_len);
+        let seen = (qualification & !self.unreported, insn_len);
         let Some(c) = IO_ENCODINGS.get(self.case) else {
             self.mismatches += 1;
             return Some(IoMismatch { case: self.case, expected: (0, 0), seen });
         };
-        let expected = Self::expected(self.case);
+        let (q, len) = Self::expected(self.case);
+        let expected = (q & !self.unreported, len);
         let case = self.case;
         self.seen_in_case += 1;
         if self.seen_in_case >= c.exits {
@@ -291,20 +303,8 @@ fn finish<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
     let page = unsafe { core::slice::from_raw_parts(run.results_pa as *const u8, size_of::<PayloadResults>()) };
     let mut results = PayloadResults::from_bytes(page).unwrap_or(run.report.results);
     results.failures = results.failures.saturating_add(mismatches);
-    let r = &mut run.report;
-    r.status = u64::from(vcpu.regs().rax as u32);
-    r.results = results;
-    r.vmx_accesses = vcpu.accesses().wrapping_sub(run.accesses_at_launch);
-    let bytes = r.as_bytes();
-    crate::hypercall::report(ReportKind::PayloadRun, bytes);
-    let ok = r.status == 0 && r.results.failures == 0;
-    crate::println!(
-        "l1: payload done: status {}, failures {}, {} exits",
-        r.status,
-        r.results.failures,
-        r.exits_by_reason.iter().sum::<u32>()
-    );
-    crate::hypercall::exit(if ok { 0 } else { EXIT_PAYLOAD_FAILED })
+    let accesses = vcpu.accesses().wrapping_sub(run.accesses_at_launch);
+    run.report_and_exit(u64::from(vcpu.regs().rax as u32), results, accesses)
 }
 
 #[cfg(test)]
@@ -422,6 +422,20 @@ mod tests {
         assert_eq!(check.mismatches, 0);
         assert!(check.observe(0, 1).is_some(), "an exit past the table");
         assert_eq!(check.mismatches, 1);
+        // SVM: the same table through IOIO EXITINFO1, which has no operand-encoding bit.
+        let mut svm = IoCheck::ignoring(OPERAND_ENCODING);
+        for c in &IO_ENCODINGS {
+            let info1 = (u64::from(PAYLOAD_PORT) << 16)
+                | u64::from(c.size) << 4
+                | u64::from(c.is_in)
+                | u64::from(c.string) << 2
+                | u64::from(c.rep) << 3;
+            let q = crate::svm::decode::io(info1).unwrap();
+            for _ in 0..c.exits {
+                assert_eq!(svm.observe(q.raw(), c.bytes.len() as u32), None, "{:02x?}", c.bytes);
+            }
+        }
+        assert_eq!((svm.finish(), svm.mismatches), (None, 0));
 
         // A wrong length on the second case, then one REP exit missing at the end.
         let mut check = IoCheck::default();

@@ -165,6 +165,24 @@ impl RunState {
         }
     }
 
+    /// Send the payload report with the payload's `status` and `results` and L1's control-
+    /// structure `accesses`, and exit (0 when the status and every check passed).
+    pub fn report_and_exit(&mut self, status: u64, results: PayloadResults, accesses: u32) -> ! {
+        let r = &mut self.report;
+        r.status = status;
+        r.results = results;
+        r.vmx_accesses = accesses;
+        crate::hypercall::report(nestbench_abi::report::ReportKind::PayloadRun, nestbench_abi::Pod::as_bytes(r));
+        let ok = r.status == 0 && r.results.failures == 0;
+        crate::println!(
+            "l1: payload done: status {}, failures {}, {} exits",
+            r.status,
+            r.results.failures,
+            r.exits_by_reason.iter().sum::<u32>()
+        );
+        crate::hypercall::exit(if ok { 0 } else { EXIT_PAYLOAD_FAILED })
+    }
+
     /// Count an SVM exit under its vendor-neutral `kind` (the VMX reason of the same event)
     /// and keep the vendor's record of it (EXITCODE, nRIP - RIP, EXITINFO1, EXITINTINFO,
     /// EXITINFO2; [`ExitRecord`]).

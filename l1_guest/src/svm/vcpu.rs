@@ -218,13 +218,28 @@ impl SvmVcpu {
         let cr3 = self.vmcb.read64(off::CR3);
         let mut bytes = [0u8; 15];
         let mut n = 0;
+        // One translation per page the 15 bytes touch (at most two).
+        let mut page: Option<(u64, u64)> = None;
         for (i, b) in bytes.iter_mut().enumerate() {
-            let Some(pa) = crate::l2::l2_linear_to_l1(&crate::exits::io::L1Phys, self.root, cr3, rip + i as u64) else {
-                break;
+            let linear = rip.wrapping_add(i as u64);
+            let base = match page {
+                Some((l, pa)) if l == linear & !0xFFF => pa,
+                _ => {
+                    let Some(pa) =
+                        crate::l2::l2_linear_to_l1(&crate::exits::io::L1Phys, self.root, cr3, linear & !0xFFF)
+                    else {
+                        break;
+                    };
+                    page = Some((linear & !0xFFF, pa));
+                    pa
+                }
             };
-            // SAFETY: an L1 frame NPT12 maps for L2, inside L1's identity-mapped memory
-            // (`L1Phys` bounds every address it reads tables from; the leaf's page is one
-            // L1 allocated for L2).
+            let pa = base + (linear & 0xFFF);
+            if pa >= crate::l2::FRAMES_END {
+                break;
+            }
+            // SAFETY: inside an L1 frame NPT12 maps for L2 (L1's identity-mapped memory,
+            // bounded by FRAMES_END above).
             *b = unsafe { (pa as *const u8).read_volatile() };
             n = i + 1;
         }
