@@ -54,7 +54,7 @@ fn kvm_engine_here() -> Result<(), String> {
 #[test]
 fn the_recorded_amd_host_is_refused_with_the_reason() {
     let e = caps::plan(&recorded_cpuid(), &recorded_vmx_msrs()).unwrap_err();
-    assert!(e.to_string().contains("CPUID.1:ECX.VMX clear"), "{e}");
+    assert!(e.to_string().contains("CPUID.1:ECX.VMX and CPUID 8000_0001h:ECX.SVM clear"), "{e}");
 }
 
 #[test]

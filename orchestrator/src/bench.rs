@@ -1113,13 +1113,16 @@ pub fn summary(
 }
 
 /// The Bochs CPU generations of the per-model table: full VMX (Skylake-X, Ice Lake), no PML
-/// (Haswell), no VMCS shadowing (Sandy Bridge), no unrestricted guest (Lynnfield).
-pub const BOCHS_GENERATIONS: [&str; 5] = [
+/// (Haswell), no VMCS shadowing (Sandy Bridge), no unrestricted guest (Lynnfield); SVM with
+/// NRIP_SAVE (Ryzen) and without (Phenom: L1 decodes the instruction for the next RIP).
+pub const BOCHS_GENERATIONS: [&str; 7] = [
     "corei7_skylake_x",
     "corei7_icelake_u",
     "corei7_haswell_4770",
     "corei7_sandy_bridge_2600k",
     "corei5_lynnfield_750",
+    "ryzen",
+    "phenom_8650_toliman",
 ];
 /// The payloads of the per-model table (those selected for the bench).
 pub const BOCHS_GENERATION_PAYLOADS: [&str; 4] = ["outl", "hlt", "cpuid", "rdmsr"];
@@ -1136,7 +1139,7 @@ async fn bochs_generations(
     let mut rows = Vec::new();
     let t0 = Instant::now();
     for model in BOCHS_GENERATIONS {
-        let lacks: Vec<String> = l0::bochs::config::cpu_model(model)
+        let lacks: Vec<String> = l0::bochs::config::l1_cpu_model(model)
             .map(|m| m.lacks())
             .unwrap_or_default()
             .iter()

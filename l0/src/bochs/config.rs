@@ -19,6 +19,8 @@ pub struct CpuModel {
     /// SVM with nested paging (CPUID 8000_0001h ECX.SVM, 8000_000Ah EDX.NP): L1 runs its
     /// payloads with its SVM backend there.
     pub svm: bool,
+    /// SVM's next-RIP save (8000_000Ah EDX.NRIPS); without it L1 decodes the instruction.
+    pub nrips: bool,
     /// Secondary control 1, "enable EPT".
     pub ept: bool,
     /// Secondary control 5, "enable VPID".
@@ -40,6 +42,7 @@ const fn no_vmx(name: &'static str) -> CpuModel {
         name,
         vmx: false,
         svm: false,
+        nrips: false,
         ept: false,
         vpid: false,
         unrestricted_guest: false,
@@ -52,8 +55,8 @@ const fn no_vmx(name: &'static str) -> CpuModel {
 
 /// An AMD model with SVM and nested paging (Bochs 2.7's `phenom_8650_toliman`, `zambezi`,
 /// `trinity_apu`, `ryzen`; NRIP_SAVE from `zambezi` on).
-const fn svm(name: &'static str) -> CpuModel {
-    CpuModel { svm: true, ..no_vmx(name) }
+const fn svm(name: &'static str, nrips: bool) -> CpuModel {
+    CpuModel { svm: true, nrips, ..no_vmx(name) }
 }
 
 const fn vmx_only(name: &'static str) -> CpuModel {
@@ -66,6 +69,7 @@ const fn ept(name: &'static str, unrestricted_guest: bool, vmcs_shadowing: bool,
         name,
         vmx: true,
         svm: false,
+        nrips: false,
         ept: true,
         vpid: true,
         unrestricted_guest,
@@ -91,14 +95,14 @@ pub const CPU_MODELS: [CpuModel; 28] = [
     no_vmx("athlon64_clawhammer"),
     no_vmx("athlon64_venice"),
     no_vmx("turion64_tyler"),
-    svm("phenom_8650_toliman"),
+    svm("phenom_8650_toliman", false),
     vmx_only("core2_penryn_t9600"),
     ept("corei5_lynnfield_750", false, false, false, false),
     ept("corei5_arrandale_m520", true, false, false, false),
     ept("corei7_sandy_bridge_2600k", true, false, false, false),
-    svm("zambezi"),
-    svm("trinity_apu"),
-    svm("ryzen"),
+    svm("zambezi", true),
+    svm("trinity_apu", true),
+    svm("ryzen", true),
     ept("corei7_ivy_bridge_3770k", true, false, false, false),
     ept("corei7_haswell_4770", true, true, true, false),
     ept("broadwell_ult", true, true, true, false),
@@ -115,6 +119,10 @@ impl CpuModel {
     /// The VMX features of the full set (Skylake-X) this model lacks.
     #[must_use]
     pub fn lacks(&self) -> Vec<&'static str> {
+        if self.svm {
+            // An SVM model: what L1's SVM backend would use and it lacks.
+            return if self.nrips { Vec::new() } else { vec!["NRIP_SAVE"] };
+        }
         let mut v = Vec::new();
         let mut need = |has: bool, what| {
             if !has {
