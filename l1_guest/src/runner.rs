@@ -413,7 +413,6 @@ fn payload_on_svm(boot: &BootInfo) -> RunError {
     for (f, why) in [
         (flag::EPT_MISCONFIG, "ept_misconfig: an NPT entry has no memory type to misconfigure (VMX only)"),
         (flag::PREEMPTION_TIMER, "preempt_timer: SVM has no VMX-preemption timer (VMX only)"),
-        (flag::INTERRUPT_WINDOW, "irq_window: VMX's interrupt-window exiting; SVM's VINTR is not built (VMX only)"),
         (flag::CR3_EXITING, "cr3: CR3 intercepts on SVM are not built (VMX only)"),
         (flag::INJECT_EVENTS, "inject: SVM event injection is not checked yet (VMX only)"),
     ] {
@@ -465,6 +464,10 @@ fn payload_on_svm(boot: &BootInfo) -> RunError {
         },
     );
     let mut run = run_state(&space, 0, false);
+    // `irq_window`: the VINTR intercept with a pending V_IRQ (crate::svm::window).
+    if setup.has(flag::INTERRUPT_WINDOW) {
+        run.window = svm::window::arm(&mut vmcb, p.iterations);
+    }
     run.io_check = setup.has(flag::IO_CHECK).then(|| exits::io::IoCheck::ignoring(exits::io::OPERAND_ENCODING));
     run.report.vendor = nestbench_abi::payload::Vendor::Svm as u32;
     start_tracing(&mut run, boot.trace_capacity);

@@ -6,7 +6,8 @@
 //! at the entry point, then clears the control and IF. Only then does L2 run: the timed
 //! [`crate::compute`] loop, `iterations` times, with no exit. This is the only form of the
 //! interrupt window the soft engine honours (docs/soft-engine.md "Interrupts": a window
-//! that opens inside L2 is refused, KVM reports it late on this host).
+//! that opens inside L2 is refused, KVM reports it late on this host). On SVM the same
+//! exits are VMEXIT_VINTR: a pending V_IRQ with the VINTR intercept (APM 15.21.4).
 
 use nestbench_abi::payload::Cpl;
 use nestbench_abi::vmx::ExitReason;
@@ -24,7 +25,7 @@ pub const MANIFEST: Manifest = Manifest {
     default_iterations: 100,
     fixed_iterations: None,
     soft_engine: Support::Runs,
-    vendors: Vendors::VmxOnly { reason: "VMX interrupt-window exiting; L1's SVM VINTR path is not built" },
+    vendors: Vendors::Both,
     single_level: Twin::None {
         reason: "its exits come at VM entry, before the timed loop, which has none: a twin would time the loop alone",
     },

@@ -217,15 +217,36 @@ pub fn all() -> &'static [Manifest] {
     &ALL
 }
 
-/// The payload called `name`.
+/// The SVM names of the EPT payloads, which run unchanged on NPT (the same binaries: L1's
+/// nested paging is EPT12 on VMX, NPT12 on SVM): `npt_touch` is `ept_touch`, and so on.
+/// Results keep the payload's own name.
+pub const NPT_ALIASES: [(&str, &str); 5] = [
+    ("npt_touch", "ept_touch"),
+    ("npt_fill", "ept_fill"),
+    ("npt_ro", "ept_ro"),
+    ("npt_remap", "ept_remap"),
+    ("npt_fetch", "ept_fetch"),
+];
+
+/// The payload called `name` (or an [`NPT_ALIASES`] name of one).
 #[must_use]
 pub fn find(name: &str) -> Option<&'static Manifest> {
+    let name = NPT_ALIASES.iter().find(|(alias, _)| *alias == name).map_or(name, |(_, real)| real);
     ALL.iter().find(|m| m.name == name)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn npt_names_find_the_ept_payloads() {
+        for (alias, real) in NPT_ALIASES {
+            assert_eq!(find(alias).map(|m| m.name), Some(real));
+            assert!(find(real).is_some_and(|m| m.vendors.svm().is_ok()), "{real} runs on SVM");
+        }
+        assert!(find("npt_misconfig").is_none());
+    }
     use nestbench_abi::payload::{IO_ENCODINGS, PayloadInfo};
 
     /// `[[bin]]` names in this crate's Cargo.toml, each with its `required-features`.
@@ -410,7 +431,9 @@ mod tests {
         );
         for m in all() {
             let hidden = m.exits_per_iteration.iter().any(|(r, _)| matches!(r, ExitReason::Cpuid | ExitReason::Vmcall));
-            assert_eq!(matches!(m.soft_engine, Support::Unsupported { .. }), hidden, "{}", m.name);
+            // The soft engine is VMX: an SVM-only payload is unsupported there too.
+            let unsupported = hidden || m.vendors.vmx().is_err();
+            assert_eq!(matches!(m.soft_engine, Support::Unsupported { .. }), unsupported, "{}", m.name);
         }
     }
 }

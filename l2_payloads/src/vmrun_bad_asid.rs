@@ -17,7 +17,7 @@ use crate::{Manifest, Support, Twin, Vendors};
 pub const MANIFEST: Manifest = Manifest {
     name: "vmrun_bad_asid",
     description: "VMRUN of a VMCB with guest ASID 0: one VMEXIT_INVALID, L2 never runs",
-    cpl: Cpl::Kernel,
+    cpl: Cpl::User,
     exits_per_iteration: &[(ExitReason::EntryFailureGuestState, 1)],
     default_iterations: 1,
     fixed_iterations: Some(1),

@@ -187,7 +187,7 @@ enum Engine {
     Soft,
     /// Bochs' emulated VMX: L1 on a CPU that really executes VMX (conformance; slow).
     Bochs,
-    /// The host kernel's nested VMX (Intel hosts with kvm_intel nested=1).
+    /// The host kernel's nested VMX or SVM (kvm_intel or kvm_amd with nested=1).
     Kvm,
 }
 
@@ -235,8 +235,9 @@ struct RunArgs {
 /// Where l0 runs (docs/emulated-hosts.md).
 #[derive(clap::Args, Clone)]
 struct HostArgs {
-    /// `local` (this machine's /dev/kvm), or `bochs[:CPU_MODEL]`: an upstream kernel with
-    /// `kvm_intel nested=1` booted in Bochs (default model corei7_skylake_x).
+    /// `local` (this machine's /dev/kvm), `bochs[:CPU_MODEL]`: an upstream kernel with
+    /// `kvm_intel nested=1` booted in Bochs (default model corei7_skylake_x), or `qemu`: one
+    /// with `kvm_amd nested=1` booted in QEMU TCG (nested SVM).
     #[arg(long, default_value = "local", value_name = "HOST")]
     host: String,
     /// The emulated host's kernel: `6.1` or `6.12` (fetched by ./setup.sh), a linux-image
@@ -247,8 +248,9 @@ struct HostArgs {
     /// a tree that has one (make modules_install INSTALL_MOD_PATH=DIR).
     #[arg(long, value_name = "DIR", requires = "kernel")]
     kernel_modules: Option<PathBuf>,
-    /// A kvm_intel parameter for the emulated host, e.g. `enable_shadow_vmcs=0` or `ept=0`
-    /// (repeatable; `nested=1` is always set first).
+    /// A parameter of the emulated host's vendor module (kvm_intel on Bochs, kvm_amd on
+    /// QEMU), e.g. `enable_shadow_vmcs=0` or `ept=0` (repeatable; `nested=1` is always set
+    /// first).
     #[arg(long = "kvm-param", value_name = "NAME=VALUE")]
     kvm_params: Vec<String>,
     /// Extra words for the emulated host's kernel command line (e.g.
@@ -800,7 +802,8 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
     let (host, opts) = a.host.resolve()?;
     anyhow::ensure!(
         host != hosts::HostSpec::Local,
-        "exact figures need an emulated host (--host bochs[:MODEL]), where the TSC counts instructions and every run is the same"
+        "exact figures need an emulated host (--host bochs[:MODEL], or --host qemu --icount 0), where the TSC counts \
+         instructions and every run is the same"
     );
     let names: Vec<String> =
         a.payloads.clone().unwrap_or_else(|| exact::DEFAULT_PAYLOADS.iter().map(|s| (*s).to_owned()).collect());
@@ -824,9 +827,11 @@ fn exact_cmd(a: ExactArgs) -> anyhow::Result<i32> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let title = format!(
-            "KVM nested VMX, exact: {} kernel {}, kvm_intel {}, per reflected exit in steady state ({} vs {} iterations)",
+            "KVM nested {}, exact: {} kernel {}, {} {}, per reflected exit in steady state ({} vs {} iterations)",
+            if host == hosts::HostSpec::Qemu { "SVM" } else { "VMX" },
             host.name(),
             boot.kernel_release,
+            boot.kvm_module,
             boot.kvm_module_params,
             a.iterations,
             2 * a.iterations

@@ -718,8 +718,12 @@ pub fn payloads(json: bool) -> String {
         .collect();
     let limits = l0::soft::l2vm::MEMSLOT_LIMITS;
     if json {
-        return serde_json::to_string_pretty(&json!({ "payloads": rows, "soft_engine_memslot_limits": limits }))
-            .expect("serializes");
+        let aliases: serde_json::Map<String, Value> =
+            l2_payloads::NPT_ALIASES.iter().map(|(a, r)| ((*a).to_owned(), json!(r))).collect();
+        return serde_json::to_string_pretty(
+            &json!({ "payloads": rows, "npt_aliases": aliases, "soft_engine_memslot_limits": limits }),
+        )
+        .expect("serializes");
     }
     let mut s = String::new();
     for r in &rows {
@@ -744,6 +748,8 @@ pub fn payloads(json: bool) -> String {
             );
         }
     }
+    let aliases: Vec<String> = l2_payloads::NPT_ALIASES.iter().map(|(a, r)| format!("{a} = {r}")).collect();
+    let _ = writeln!(s, "\nOn SVM the EPT payloads run on NPT12 unchanged; their SVM names: {}", aliases.join(", "));
     let _ = writeln!(s, "\nsoft engine: EPT12 is shadowed as KVM memslots; known limits:");
     for l in limits {
         let _ = writeln!(s, "  - {l}");

@@ -202,6 +202,14 @@ pub mod vmcb {
     pub const G_PAT: usize = 0x668;
 }
 
+/// The VMCB's virtual-interrupt control (offset 0x060, APM Table B-1, 15.21.4).
+pub mod vintr {
+    /// V_IRQ: a virtual interrupt is pending.
+    pub const V_IRQ: u64 = 1 << 8;
+    /// V_IGN_TPR: the pending virtual interrupt ignores V_TPR.
+    pub const V_IGN_TPR: u64 = 1 << 20;
+}
+
 /// Intercept vector 3 (VMCB offset 0x00C), APM Table B-1.
 pub mod intercept3 {
     /// Physical maskable interrupt.

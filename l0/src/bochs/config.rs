@@ -157,7 +157,7 @@ pub fn models_with_svm() -> Vec<&'static str> {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// Not a Bochs 2.7 CPU model.
-    #[error("unknown Bochs CPU model {name:?}; models with EPT: {}", models_with_ept().join(", "))]
+    #[error("unknown Bochs CPU model {name:?}; models with EPT: {} (and, for the bochs engine, models with SVM: {})", models_with_ept().join(", "), models_with_svm().join(", "))]
     UnknownModel {
         /// What was asked for.
         name: String,

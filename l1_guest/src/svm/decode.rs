@@ -73,6 +73,15 @@ pub fn insn_len(bytes: &[u8]) -> Option<u32> {
     (total <= 15 && total <= bytes.len()).then_some(total as u32)
 }
 
+/// Whether the legacy prefixes that start `bytes` include the address-size override (0x67).
+#[must_use]
+pub fn address_size_override(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .take_while(|b| matches!(b, 0x26 | 0x2E | 0x36 | 0x3E | 0x64 | 0x65 | 0x66 | 0x67 | 0xF0 | 0xF2 | 0xF3))
+        .any(|&b| b == 0x67)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -98,6 +107,9 @@ mod tests {
         assert_eq!(insn_len(&[0x0F, 0x01, 0xC1]), None, "VMCALL is Intel's");
         assert_eq!(insn_len(&[0xE7]), None, "truncated");
         assert_eq!(insn_len(&[0x66; 15]), None, "prefixes only");
+        assert!(address_size_override(&[0xF3, 0x67, 0x6C]));
+        assert!(!address_size_override(&[0xF3, 0x6C, 0x67]), "after the opcode it is not a prefix");
+        assert!(!address_size_override(&[0x48, 0x67]), "REX ends the prefixes");
     }
 
     #[test]

@@ -6,13 +6,15 @@
 //! The run loop ([`crate::exits::run_loop`]) and the handlers of the common exits are the
 //! VMX ones: I/O, HLT, CPUID, RDMSR/WRMSR, VMMCALL (the hypercall kind), nested page faults
 //! (NPT12 is built by the EPT builder in its NPT format, [`crate::ept_builder::Format`]) and
-//! shutdown. What is VMX-only (EPT misconfiguration, the preemption timer, the interrupt
-//! window, CR3 exiting) is refused before L2 starts, naming the set-up.
+//! shutdown; the interrupt window is SVM's VINTR intercept ([`window`]). What is VMX-only
+//! (EPT misconfiguration, the preemption timer, CR3 exiting, VMX event injection) is refused
+//! before L2 starts, naming the set-up.
 
 pub mod decode;
 pub mod setup;
 pub mod vcpu;
 pub mod vmcb;
+pub mod window;
 
 use nestbench_abi::cr;
 use nestbench_abi::svm::{MSR_VM_CR, MSR_VM_HSAVE_PA, VM_CR_SVMDIS, features};

@@ -204,21 +204,22 @@ impl SvmVcpu {
                 linear: 0,
                 qualification: decode::npf(self.info1),
             }),
+            // 15.21.4: the VINTR intercept, taken when L2 can take the pending V_IRQ.
+            Some(ExitCode::Vintr) => Exit::InterruptWindow,
             Some(ExitCode::Invalid) => self.entry_failed(),
             _ => Exit::Other(code),
         }
     }
 
-    /// The intercepted instruction's length from its bytes at RIP, read through L2's paging
-    /// and NPT12 (no NRIP_SAVE).
+    /// Up to 15 bytes of L2's instruction at RIP, read through L2's paging and NPT12 (one
+    /// translation per page they touch); fewer where the next page is not mapped.
     #[cold]
     #[inline(never)]
-    fn decoded_len(&mut self) -> u32 {
+    fn insn_bytes(&mut self) -> ([u8; 15], usize) {
         let rip = self.vmcb.read64(off::RIP);
         let cr3 = self.vmcb.read64(off::CR3);
         let mut bytes = [0u8; 15];
         let mut n = 0;
-        // One translation per page the 15 bytes touch (at most two).
         let mut page: Option<(u64, u64)> = None;
         for (i, b) in bytes.iter_mut().enumerate() {
             let linear = rip.wrapping_add(i as u64);
@@ -243,9 +244,18 @@ impl SvmVcpu {
             *b = unsafe { (pa as *const u8).read_volatile() };
             n = i + 1;
         }
+        (bytes, n)
+    }
+
+    /// The intercepted instruction's length from its bytes at RIP (no NRIP_SAVE).
+    #[cold]
+    #[inline(never)]
+    fn decoded_len(&mut self) -> u32 {
+        let (bytes, n) = self.insn_bytes();
         match decode::insn_len(&bytes[..n]) {
             Some(len) => len,
             None => {
+                let rip = self.vmcb.read64(off::RIP);
                 crate::println!("l1: cannot decode the instruction at L2 RIP {rip:#x}: {:02x?}", &bytes[..n]);
                 crate::hypercall::exit(exits::EXIT_UNEXPECTED_EXIT)
             }
@@ -297,16 +307,21 @@ impl Vcpu for SvmVcpu {
         self.vmcb.read64(off::RFLAGS)
     }
 
-    /// INS/OUTS: the address size from EXITINFO1 (15.10.2); the operand is ES:RDI (INS) or
-    /// DS:RSI (OUTS), whose bases are 0 in 64-bit mode.
+    /// INS/OUTS: the address size from EXITINFO1 (15.10.2); where the CPU leaves all three
+    /// address-size bits clear (QEMU TCG does), from the instruction: L2 runs in 64-bit
+    /// mode, whose address size is 64 bits, 32 with a 0x67 prefix. The operand is ES:RDI
+    /// (INS) or DS:RSI (OUTS), whose bases are 0 in 64-bit mode.
     fn string_io(&mut self) -> StringIo {
         let i = self.info1;
         let size = if i & ioio::A64 != 0 {
             AddressSize::Bits64
         } else if i & ioio::A32 != 0 {
             AddressSize::Bits32
-        } else {
+        } else if i & ioio::A16 != 0 {
             AddressSize::Bits16
+        } else {
+            let (bytes, n) = self.insn_bytes();
+            if decode::address_size_override(&bytes[..n]) { AddressSize::Bits32 } else { AddressSize::Bits64 }
         };
         let is_in = i & ioio::TYPE_IN != 0;
         let (seg, reg) =
@@ -347,8 +362,13 @@ impl Vcpu for SvmVcpu {
         self.flush = true;
     }
 
-    fn vmx_only_exit(&mut self, exit: Exit, _run: &mut RunState) {
-        exits::unexpected::handle(self, exit.report_reason())
+    /// The interrupt window (VINTR, [`super::window`]); EPT misconfiguration and the
+    /// preemption timer never come from SVM.
+    fn vmx_only_exit(&mut self, exit: Exit, run: &mut RunState) {
+        match exit {
+            Exit::InterruptWindow => super::window::handle(self, run),
+            other => exits::unexpected::handle(self, other.report_reason()),
+        }
     }
 
     fn dump(&mut self) {
