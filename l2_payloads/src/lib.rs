@@ -70,6 +70,7 @@ pub mod pte_remap;
 pub mod rdmsr;
 pub mod vmcall;
 pub mod vmmcall;
+pub mod vmrun_bad;
 pub mod vmrun_bad_asid;
 pub mod vmrun_bad_efer;
 pub mod wrmsr;

@@ -37,11 +37,11 @@ pub const MANIFEST: Manifest = Manifest {
 /// `iterations` timed `vmcall`s, each checked; `arg` is unused.
 #[cfg(target_arch = "x86_64")]
 pub fn run(recorder: &mut Recorder, iterations: u64, _arg: u64) {
-    for _ in 0..iterations {
+    each_checked(recorder, iterations, || {
         let value: u64;
         // SAFETY: VMCALL exits to L1, which sets RAX and resumes after it; no memory is
         // touched and only the named registers change.
-        let (before, after) = unsafe {
+        let t = unsafe {
             crate::timed!(
                 "vmcall",
                 "mov {value}, rax";
@@ -49,6 +49,17 @@ pub fn run(recorder: &mut Recorder, iterations: u64, _arg: u64) {
                 options(nomem, nostack),
             )
         };
+        (t, value)
+    });
+}
+
+/// `iterations` of `one` (a timed hypercall instruction: the TSC before and after, and RAX
+/// after it), each recorded and its RAX checked against [`VMCALL_RESULT`]. Shared with
+/// [`crate::vmmcall`].
+#[inline(always)]
+pub(crate) fn each_checked(recorder: &mut Recorder, iterations: u64, mut one: impl FnMut() -> ((u64, u64), u64)) {
+    for _ in 0..iterations {
+        let ((before, after), value) = one();
         recorder.record(before, after);
         if value != VMCALL_RESULT {
             recorder.fail();

@@ -3,7 +3,7 @@
 //!
 //! Each iteration times one `vmmcall`: one #VMEXIT, VMEXIT_VMMCALL (0x81, intercepted at any
 //! CPL when the VMCB's VMMCALL intercept is set: APM Vol. 2, 15.9 and Table B-1), that L1
-//! answers with RAX = [`VMCALL_RESULT`] and by advancing RIP. Every RAX is checked;
+//! answers with RAX = [`crate::vmcall::VMCALL_RESULT`] and by advancing RIP. Every RAX is checked;
 //! mismatches count in `failures`. On Intel CPUs VMMCALL is #UD.
 
 use nestbench_abi::payload::Cpl;
@@ -12,8 +12,6 @@ use nestbench_abi::vmx::ExitReason;
 use crate::rt::Recorder;
 use crate::{Manifest, Support, Twin, Vendors};
 use nestbench_abi::payload::Setup;
-
-use nestbench_abi::payload::VMCALL_RESULT;
 
 /// The manifest.
 pub const MANIFEST: Manifest = Manifest {
@@ -32,11 +30,11 @@ pub const MANIFEST: Manifest = Manifest {
 /// `iterations` timed `vmmcall`s, each checked; `arg` is unused.
 #[cfg(target_arch = "x86_64")]
 pub fn run(recorder: &mut Recorder, iterations: u64, _arg: u64) {
-    for _ in 0..iterations {
+    crate::vmcall::each_checked(recorder, iterations, || {
         let value: u64;
         // SAFETY: VMMCALL is intercepted by L1, which sets RAX and resumes after it; no
         // memory is touched and only the named registers change.
-        let (before, after) = unsafe {
+        let t = unsafe {
             crate::timed!(
                 "vmmcall",
                 "mov {value}, rax";
@@ -44,9 +42,6 @@ pub fn run(recorder: &mut Recorder, iterations: u64, _arg: u64) {
                 options(nomem, nostack),
             )
         };
-        recorder.record(before, after);
-        if value != VMCALL_RESULT {
-            recorder.fail();
-        }
-    }
+        (t, value)
+    });
 }
