@@ -241,14 +241,28 @@ pub async fn run_l0(
     deadline: Duration,
     mut on_event: impl FnMut(Incoming<'_>),
 ) -> Result<ChildRun, ChildError> {
-    let mut child = Command::new(l0)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|source| ChildError::Spawn { path: l0.to_owned(), source })?;
+    let spawn = || {
+        Command::new(l0)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+    };
+    // ETXTBSY: the binary was just written (a fresh build, a test's fake l0) and another
+    // thread's fork still holds a write descriptor to it until its exec closes it. It
+    // clears within milliseconds; anything else, or a binary busy for 200 ms, is the error.
+    let mut tries = 0;
+    let mut child = loop {
+        match spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < 40 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            r => break r.map_err(|source| ChildError::Spawn { path: l0.to_owned(), source })?,
+        }
+    };
     let mut lines = BufReader::new(child.stdout.take().expect("stdout is piped")).lines();
     let mut stderr = child.stderr.take().expect("stderr is piped");
     let stderr_task = tokio::spawn(async move {

@@ -793,7 +793,18 @@ impl OutDir {
             .open(&lock_path)
             .map_err(|e| named("cannot write there", &e))?;
         // SAFETY: flock on a file descriptor this function owns; no memory is involved.
-        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        let try_lock = || unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_EX | libc::LOCK_NB) };
+        // A lock this process just released can still be held for a moment by a child forked
+        // meanwhile (it shares the descriptor until its exec closes it): retry for 200 ms
+        // before calling it another bench, which holds it for minutes.
+        let mut tries = 0;
+        let mut held = try_lock() != 0;
+        while held && tries < 40 {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            tries += 1;
+            held = try_lock() != 0;
+        }
+        if held {
             let holder = std::fs::read_to_string(&lock_path).unwrap_or_default();
             anyhow::bail!(
                 "--out {}: another nestbench bench ({}) is writing there; wait for it or use another --out",
