@@ -440,11 +440,7 @@ fn payload_on_svm(boot: &BootInfo) -> RunError {
     mem.write_bytes(iopm + 4096, &[0xFF; 4096]);
     mem.write_bytes(iopm + 8192, &[0xFF; 4096]);
     let Some(msrpm) = contiguous(&mut mem, nestbench_abi::svm::MSRPM_BYTES) else { return out };
-    for (byte, bit) in svm::setup::msrpm_bits() {
-        let word = msrpm + (byte as u64 & !7);
-        let v = mem.read_u64(word);
-        mem.write_u64(word, v | 1 << ((byte as u64 & 7) * 8 + u64::from(bit)));
-    }
+    mem.write_bytes(msrpm, &svm::setup::MSRPM);
     let Some(vmcb_pa) = mem.alloc_zeroed_page() else { return out };
     // SAFETY: a fresh page of L1's identity-mapped frame region, used only as this VMCB.
     let mut vmcb = unsafe { svm::vmcb::Vmcb::new(vmcb_pa as *mut u8) };
@@ -501,7 +497,7 @@ fn vmrun_must_fail(vcpu: &mut svm::vcpu::SvmVcpu, run: &mut RunState) -> ! {
     let v = vcpu.vmcb();
     let code = v.exit_code();
     let kind = nestbench_abi::vmx::ExitReason::EntryFailureGuestState as u32;
-    run.record_svm(
+    run.record_as(
         kind,
         code,
         0,

@@ -116,9 +116,10 @@ pub trait Vcpu {
     /// Invalidate the cached translations of L2's nested paging rooted at `root` (VMX: INVEPT
     /// of type `kind`, 1 single-context or 2 all-context, SDM 31.3).
     fn invalidate_nested(&mut self, kind: u64, root: u64);
-    /// Handle an exit kind only VMX has ([`Exit::EptMisconfig`], [`Exit::PreemptionTimer`],
-    /// [`Exit::InterruptWindow`]): its handler needs the VMCS itself.
-    fn vmx_only_exit(&mut self, exit: Exit, run: &mut RunState);
+    /// Handle an exit kind whose handler needs the vendor's control structure itself
+    /// ([`Exit::EptMisconfig`] and [`Exit::PreemptionTimer`], VMX only; [`Exit::InterruptWindow`],
+    /// VMX's interrupt-window exiting or SVM's VINTR).
+    fn vendor_exit(&mut self, exit: Exit, run: &mut RunState);
     /// Print the vendor's guest and control state (an exit L1 has no handler for).
     fn dump(&mut self);
     /// Count and record the exit being handled ([`RunState::record`]): the handler passes

@@ -140,29 +140,11 @@ impl RunState {
         self
     }
 
-    /// Count an exit by basic reason and keep its record while there is room.
+    /// Count an exit by basic reason and keep its record while there is room ([`Self::record_as`]
+    /// with the reason as its own kind).
     #[inline(always)]
     pub fn record(&mut self, reason: u32, insn_len: u32, qualification: u64, rip: u64, insn_info: u32, linear: u64) {
-        let r = &mut self.report;
-        if let Some(c) = r.exits_by_reason.get_mut((reason & 0xFFFF) as usize) {
-            *c += 1;
-        }
-        let n = r.records as usize;
-        if n < MAX_EXIT_RECORDS {
-            r.exit_records[n] = ExitRecord {
-                reason,
-                insn_len,
-                qualification,
-                rip_offset: rip.wrapping_sub(L2_IMAGE_BASE),
-                insn_info,
-                reserved: 0,
-                guest_linear: linear,
-            };
-            r.records += 1;
-        }
-        if let Some(ring) = self.ring.as_deref_mut() {
-            self.trace.publish(ring, reason, insn_len, qualification, rip);
-        }
+        self.record_as(reason, reason, insn_len, qualification, rip, insn_info, linear);
     }
 
     /// Send the payload report with the payload's `status` and `results` and L1's control-
@@ -183,12 +165,21 @@ impl RunState {
         crate::hypercall::exit(if ok { 0 } else { EXIT_PAYLOAD_FAILED })
     }
 
-    /// Count an SVM exit under its vendor-neutral `kind` (the VMX reason of the same event)
-    /// and keep the vendor's record of it (EXITCODE, nRIP - RIP, EXITINFO1, EXITINTINFO,
-    /// EXITINFO2; [`ExitRecord`]).
-    #[allow(clippy::too_many_arguments)] // the VMCB's exit fields, as `record`'s are the VMCS's
+    /// Count an exit under its vendor-neutral `kind` (the ABI's exit-reason number) and keep
+    /// the vendor's record of it ([`ExitRecord`]: VMX's exit information, or SVM's EXITCODE,
+    /// nRIP - RIP, EXITINFO1, EXITINTINFO, EXITINFO2), also for the trace ring.
+    #[allow(clippy::too_many_arguments)] // one record's fields, as the ABI lays them out
     #[inline(always)]
-    pub fn record_svm(&mut self, kind: u32, code: u32, insn_len: u32, info1: u64, rip: u64, intinfo: u32, info2: u64) {
+    pub fn record_as(
+        &mut self,
+        kind: u32,
+        reason: u32,
+        insn_len: u32,
+        qualification: u64,
+        rip: u64,
+        insn_info: u32,
+        linear: u64,
+    ) {
         let r = &mut self.report;
         if let Some(c) = r.exits_by_reason.get_mut((kind & 0xFFFF) as usize) {
             *c += 1;
@@ -196,18 +187,18 @@ impl RunState {
         let n = r.records as usize;
         if n < MAX_EXIT_RECORDS {
             r.exit_records[n] = ExitRecord {
-                reason: code,
+                reason,
                 insn_len,
-                qualification: info1,
+                qualification,
                 rip_offset: rip.wrapping_sub(L2_IMAGE_BASE),
-                insn_info: intinfo,
+                insn_info,
                 reserved: 0,
-                guest_linear: info2,
+                guest_linear: linear,
             };
             r.records += 1;
         }
         if let Some(ring) = self.ring.as_deref_mut() {
-            self.trace.publish(ring, code, insn_len, info1, rip);
+            self.trace.publish(ring, reason, insn_len, qualification, rip);
         }
     }
 }
@@ -264,10 +255,10 @@ pub fn run_loop<V: Vcpu>(vcpu: &mut V, run: &mut RunState) -> ! {
             Exit::NestedPageFault(f) => ept_violation::handle(vcpu, run.begin(), f),
             Exit::TripleFault => triple_fault::handle(vcpu, run.begin()),
             // Rebuilt in each arm, so that no other arm keeps the exit in memory for them.
-            Exit::EptMisconfig { gpa } => vcpu.vmx_only_exit(Exit::EptMisconfig { gpa }, run.begin()),
+            Exit::EptMisconfig { gpa } => vcpu.vendor_exit(Exit::EptMisconfig { gpa }, run.begin()),
             Exit::ControlRegister(access) => cr_access::handle(vcpu, run.begin(), access),
-            Exit::PreemptionTimer => vcpu.vmx_only_exit(Exit::PreemptionTimer, run.begin()),
-            Exit::InterruptWindow => vcpu.vmx_only_exit(Exit::InterruptWindow, run.begin()),
+            Exit::PreemptionTimer => vcpu.vendor_exit(Exit::PreemptionTimer, run.begin()),
+            Exit::InterruptWindow => vcpu.vendor_exit(Exit::InterruptWindow, run.begin()),
             Exit::Other(raw) => unexpected::handle(vcpu, raw),
         }
     }

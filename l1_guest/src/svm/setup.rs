@@ -96,13 +96,28 @@ pub fn fill(v: &mut Vmcb, c: &VmcbConfig) {
     v.write64(off::G_PAT, PAT_DEFAULT);
 }
 
-/// The MSRPM bits L1 sets: reads and writes of every MSR it emulates
-/// ([`crate::exits::rdmsr::INTERCEPTED`]), the set the VMX MSR bitmap intercepts.
-pub fn msrpm_bits() -> impl Iterator<Item = (usize, u8)> {
-    crate::exits::rdmsr::INTERCEPTED
-        .iter()
-        .flat_map(|&m| [svm::msrpm_position(m, false), svm::msrpm_position(m, true)])
-        .flatten()
+/// L1's MSRPM, built at compile time (no 8 KiB on L1's stack), as VMX's MSR bitmap
+/// (`crate::vmx::msr_bitmap`): reads and writes of every MSR L1 emulates
+/// ([`crate::exits::rdmsr::INTERCEPTED`]) intercept, nothing else does.
+pub static MSRPM: [u8; svm::MSRPM_BYTES] = msrpm();
+
+/// [`MSRPM`]'s contents.
+#[must_use]
+pub const fn msrpm() -> [u8; svm::MSRPM_BYTES] {
+    let mut b = [0u8; svm::MSRPM_BYTES];
+    let msrs = crate::exits::rdmsr::INTERCEPTED;
+    let mut i = 0;
+    while i < msrs.len() {
+        let mut w = 0;
+        while w < 2 {
+            if let Some((byte, bit)) = svm::msrpm_position(msrs[i], w == 1) {
+                b[byte] |= 1 << bit;
+            }
+            w += 1;
+        }
+        i += 1;
+    }
+    b
 }
 
 #[cfg(test)]
@@ -146,11 +161,15 @@ mod tests {
 
     #[test]
     fn the_msrpm_intercepts_exactly_the_emulated_msrs_both_ways() {
-        let bits: std::vec::Vec<_> = msrpm_bits().collect();
-        assert_eq!(bits.len(), 2 * crate::exits::rdmsr::INTERCEPTED.len(), "every emulated MSR is in a range");
+        let b = msrpm();
+        assert_eq!(b, MSRPM);
+        let n = crate::exits::rdmsr::INTERCEPTED.len() as u32;
+        assert_eq!(b.iter().map(|x| x.count_ones()).sum::<u32>(), 2 * n, "every emulated MSR is in a range");
         for m in crate::exits::rdmsr::INTERCEPTED {
-            assert!(bits.contains(&svm::msrpm_position(m, false).unwrap()));
-            assert!(bits.contains(&svm::msrpm_position(m, true).unwrap()));
+            for write in [false, true] {
+                let (byte, bit) = svm::msrpm_position(m, write).unwrap();
+                assert_ne!(b[byte] & 1 << bit, 0, "{m:#x} write={write}");
+            }
         }
     }
 }

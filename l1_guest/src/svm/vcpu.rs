@@ -25,7 +25,7 @@ use crate::vcpu::{GuestRegs, Vcpu};
 /// VMCB clean bits 9:0 (APM 15.15.3: intercepts, IOPM, ASID, TPR, NP, CRx, DRx, DT, SEG,
 /// CR2): what L1 leaves unchanged between #VMEXIT and the next VMRUN unless it says
 /// otherwise ([`SvmVcpu::set_guest_cr3`] clears CRx).
-pub const CLEAN_ALL: u32 = 0x3FF;
+const CLEAN_ALL: u32 = 0x3FF;
 /// Clean bit 5: CR0, CR3, CR4, EFER.
 const CLEAN_CRX: u32 = 1 << 5;
 
@@ -89,6 +89,13 @@ impl SvmVcpu {
     /// The VMCB (the VM-entry scenarios break its fields).
     pub fn vmcb(&mut self) -> &mut Vmcb {
         &mut self.vmcb
+    }
+
+    /// L1 changed the VMCB areas of clean bits `areas` since the last #VMEXIT: the next VMRUN
+    /// must reload them (15.15.3).
+    pub fn dirty(&mut self, areas: u32) {
+        let clean = self.vmcb.read32(off::CLEAN);
+        self.vmcb.write32(off::CLEAN, clean & !areas);
     }
 
     /// One round trip through L2; the VMCB holds the #VMEXIT's information after it.
@@ -340,8 +347,7 @@ impl Vcpu for SvmVcpu {
 
     fn set_guest_cr3(&mut self, cr3: u64) {
         self.vmcb.write64(off::CR3, cr3);
-        let clean = self.vmcb.read32(off::CLEAN);
-        self.vmcb.write32(off::CLEAN, clean & !CLEAN_CRX);
+        self.dirty(CLEAN_CRX);
     }
 
     /// EVENTINJ (15.20): vector 7:0, type 10:8 (0 INTR, 2 NMI, 3 exception, 4 software
@@ -364,7 +370,7 @@ impl Vcpu for SvmVcpu {
 
     /// The interrupt window (VINTR, [`super::window`]); EPT misconfiguration and the
     /// preemption timer never come from SVM.
-    fn vmx_only_exit(&mut self, exit: Exit, run: &mut RunState) {
+    fn vendor_exit(&mut self, exit: Exit, run: &mut RunState) {
         match exit {
             Exit::InterruptWindow => super::window::handle(self, run),
             other => exits::unexpected::handle(self, other.report_reason()),
@@ -407,6 +413,6 @@ impl Vcpu for SvmVcpu {
     #[inline(always)]
     fn record(&mut self, run: &mut RunState, reason: u32, insn_len: u32, _: u64, rip: u64, _: u32, _: u64) {
         let intinfo = self.vmcb.read32(off::EXITINTINFO);
-        run.record_svm(reason, self.code, insn_len, self.info1, rip, intinfo, self.info2);
+        run.record_as(reason, self.code, insn_len, self.info1, rip, intinfo, self.info2);
     }
 }

@@ -10,7 +10,7 @@
 
 use nestbench_abi::svm::{intercept3, vintr, vmcb as off};
 
-use super::vcpu::{CLEAN_ALL, SvmVcpu};
+use super::vcpu::SvmVcpu;
 use super::vmcb::Vmcb;
 use crate::exit::Exit;
 use crate::exits::RunState;
@@ -45,7 +45,7 @@ pub fn handle(vcpu: &mut SvmVcpu, run: &mut RunState) {
         v.write64(off::VINTR, v.read64(off::VINTR) & !(vintr::V_IRQ | vintr::V_IGN_TPR));
         v.write32(off::INTERCEPT3, v.read32(off::INTERCEPT3) & !intercept3::VINTR);
         v.write64(off::RFLAGS, v.read64(off::RFLAGS) & !RFLAGS_IF);
-        v.write32(off::CLEAN, CLEAN_ALL & !DIRTY & v.read32(off::CLEAN));
+        vcpu.dirty(DIRTY);
     }
 }
 

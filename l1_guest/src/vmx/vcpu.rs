@@ -229,7 +229,7 @@ impl<B: VmxBackend> Vcpu for VmxVcpu<'_, B> {
         must(self.backend.invept(kind, root), "INVEPT");
     }
 
-    fn vmx_only_exit(&mut self, exit: Exit, run: &mut RunState) {
+    fn vendor_exit(&mut self, exit: Exit, run: &mut RunState) {
         let b = &mut self.backend;
         match exit {
             Exit::EptMisconfig { gpa } => exits::ept_misconfig::handle(b, run, gpa),
