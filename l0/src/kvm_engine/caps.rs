@@ -80,6 +80,7 @@ pub fn plan(supported: &[kvm_cpuid_entry2], feature_msrs: &[(u32, u64)]) -> Resu
     let leaf = |f: u32| supported.iter().find(|e| e.function == f && e.index == 0);
     let vmx = leaf(1).is_some_and(|e| e.ecx & hv::CPUID1_ECX_VMX != 0);
     let c = kvm_bindings::CpuId::from_entries(supported).map_err(|e| NoNesting(format!("CPUID entries: {e:?}")))?;
+    let cpuid = crate::x86_setup::guest_cpuid(&c, hv::FEATURE_HYPERCALL).as_slice().to_vec();
     if !vmx {
         let svm = leaf(0x8000_0001).is_some_and(|e| e.ecx & CPUID_8000_0001_ECX_SVM != 0);
         if !svm {
@@ -90,7 +91,6 @@ pub fn plan(supported: &[kvm_cpuid_entry2], feature_msrs: &[(u32, u64)]) -> Resu
         // SVM (an AMD host): L1's CPUID carries 8000_0001h ECX.SVM and leaf 8000_000Ah as KVM
         // offers them (kvm_amd lets L1 set EFER.SVME only when its CPUID has SVM); SVM has no
         // capability MSRs to pass.
-        let cpuid = crate::x86_setup::guest_cpuid(&c, hv::FEATURE_HYPERCALL).as_slice().to_vec();
         return Ok(NestedPlan { cpuid, vmx_msrs: Vec::new() });
     }
     let mut vmx_msrs: Vec<(u32, u64)> =
@@ -102,7 +102,6 @@ pub fn plan(supported: &[kvm_cpuid_entry2], feature_msrs: &[(u32, u64)]) -> Resu
             "KVM lists VMX in CPUID but reports no IA32_VMX_BASIC feature MSR (KVM_GET_MSR_FEATURE_INDEX_LIST)".into(),
         ));
     }
-    let cpuid = crate::x86_setup::guest_cpuid(&c, hv::FEATURE_HYPERCALL).as_slice().to_vec();
     Ok(NestedPlan { cpuid, vmx_msrs })
 }
 
